@@ -1,0 +1,102 @@
+//! The command line: clap definitions, one module per command.
+//!
+//! Each command module has an `Args` struct and `run(args, &Global) -> miette::Result<ExitCode>`;
+//! it stays a few lines that call into the core. Errors become `miette` diagnostics here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod build;
+pub mod deploy;
+pub mod import;
+pub mod init;
+pub mod plan;
+pub mod show;
+pub mod status;
+pub mod validate;
+
+/// Declarative deploys of containers to hosts over SSH, with Consul service registration.
+#[derive(Debug, Parser)]
+#[command(name = "fleet", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// The manifest. Default: fleet.toml, then fleet.json, in the current directory.
+    #[arg(short = 'f', long = "file", global = true, env = "FLEET_FILE")]
+    pub file: Option<PathBuf>,
+    /// When to use colour: auto (a TTY without NO_COLOR), always, never.
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    pub color: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the manifest (and one environment of it) and report every problem at once.
+    Validate(validate::Args),
+    /// Print the resolved desired state of an environment (secrets masked).
+    Show(show::Args),
+    /// Build the apps' images, tagged by content; push them with --push.
+    Build(build::Args),
+    /// Show what a deploy would change on the hosts of an environment.
+    Plan(plan::Args),
+    /// Build, push and converge every host of an environment, health-gated.
+    Deploy(deploy::Args),
+    /// A table of every instance: state, health, restarts, uptime, CPU, memory.
+    Status(status::Args),
+    /// Turn another tool's configuration into a fleet manifest.
+    #[command(subcommand)]
+    Import(import::Source),
+    /// Write a starter manifest and Dockerfile.
+    Init(init::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::ui::init_color(&cli.global.color);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> miette::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Validate(a) => validate::run(a, g).await,
+        Command::Show(a) => show::run(a, g).await,
+        Command::Build(a) => build::run(a, g).await,
+        Command::Plan(a) => plan::run(a, g).await,
+        Command::Deploy(a) => deploy::run(a, g).await,
+        Command::Status(a) => status::run(a, g).await,
+        Command::Import(a) => import::run(a, g).await,
+        Command::Init(a) => init::run(a, g).await,
+    }
+}
+
+/// The error for a command whose issue has not landed yet.
+pub(crate) fn not_yet(what: &str) -> miette::Report {
+    miette::miette!("`fleet {what}` is not implemented yet")
+}

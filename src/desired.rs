@@ -1,0 +1,281 @@
+//! The desired state: what the manifest says should run, per host and per instance.
+//!
+//! Plain data. `resolve` (manifest + environment -> `DesiredState`) lives in
+//! `manifest::resolve`; everything downstream (plan, apply, status) reads only these types.
+//!
+//! Secrets stay references here (`EnvValue::Secret`): their values are read at apply time
+//! only, and the spec hash covers the reference plus a digest of the value, never the value.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// Everything one environment of one project should look like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub project: String,
+    pub environment: String,
+    /// Hosts of this environment, in manifest order.
+    pub hosts: Vec<DesiredHost>,
+    /// Per app facts that are not per instance (image to build, KV config).
+    pub apps: Vec<DesiredApp>,
+    /// How to reach the Consul agent on each host, when the project uses Consul.
+    pub consul: Option<ConsulTarget>,
+    pub registry: Option<RegistryTarget>,
+}
+
+/// How fleet reaches a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostTarget {
+    /// The manifest's name for the host (`web1`).
+    pub name: String,
+    /// `local` for the machine fleet runs on (no SSH), else an address or ssh_config alias.
+    pub address: String,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity_file: Option<String>,
+    /// Path of the Docker socket on the host. Default `/run/docker.sock`.
+    pub docker_socket: String,
+    pub roles: Vec<String>,
+}
+
+impl HostTarget {
+    pub fn is_local(&self) -> bool {
+        self.address == "local"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredHost {
+    pub target: HostTarget,
+    /// Every instance this host should run, ordered by app (manifest order) then instance number.
+    pub instances: Vec<InstanceSpec>,
+}
+
+/// App level facts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredApp {
+    pub name: String,
+    /// The image reference without tag (`10.200.1.1:5000/shop/api`) or with one for
+    /// apps that use a prebuilt `image`.
+    pub image: String,
+    /// The version (image tag) that should run.
+    pub version: String,
+    /// Present when fleet builds the image itself.
+    pub build: Option<BuildSpec>,
+    /// KV keys (full paths, `<project>/<env>/<app>/<key>`) and their values.
+    pub config: BTreeMap<String, String>,
+    /// How many instances a rollout replaces at once.
+    pub batch: u32,
+    /// How long a new instance may take to become healthy before the deploy fails.
+    #[serde(with = "humantime_serde_compat")]
+    pub health_deadline: Duration,
+}
+
+/// What `fleet build` needs to build an app's image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    /// Absolute path of the build context.
+    pub context: std::path::PathBuf,
+    /// Dockerfile path relative to the context.
+    pub dockerfile: String,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
+}
+
+/// One container that should run on one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub app: String,
+    /// 1-based instance number on this host.
+    pub instance: u32,
+    /// The version (image tag) this instance runs.
+    pub version: String,
+    /// Hash of everything that, when changed, needs a new container (hex, 12 chars).
+    pub spec_hash: String,
+    pub container: ContainerSpec,
+    /// The Consul service to register for this instance, if the app has one.
+    pub service: Option<ServiceSpec>,
+}
+
+impl InstanceSpec {
+    /// The container name: carries the version so old and new can run side by side.
+    pub fn container_name(&self, project: &str, env: &str) -> String {
+        format!(
+            "{project}-{env}-{}-{}-{}",
+            self.app, self.instance, self.version
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Full image reference with tag.
+    pub image: String,
+    /// Replaces the image's entrypoint command arguments (`CMD`), when set.
+    pub command: Option<Vec<String>>,
+    pub env: IndexMap<String, EnvValue>,
+    pub ports: Vec<PortSpec>,
+    /// Labels from the manifest plus fleet's own (`labels::ALL`).
+    pub labels: BTreeMap<String, String>,
+    pub volumes: Vec<String>,
+    pub network: Option<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub restart: RestartPolicy,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit in cores.
+    pub cpus: Option<f64>,
+    #[serde(with = "humantime_serde_compat")]
+    pub stop_timeout: Duration,
+    pub health: Option<HealthSpec>,
+}
+
+/// An environment value: literal, or a reference to a secret read at apply time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EnvValue {
+    Plain(String),
+    Secret(SecretRef),
+}
+
+/// Where a secret's value comes from. Never holds the value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretRef {
+    Env(String),
+    File(String),
+}
+
+impl std::fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretRef::Env(v) => write!(f, "(secret from env {v})"),
+            SecretRef::File(p) => write!(f, "(secret from file {p})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// Port inside the container.
+    pub container: u16,
+    /// Port on the host. Resolved: `auto` publishing is turned into a fixed port per instance.
+    pub host: u16,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    No,
+    Always,
+    UnlessStopped,
+    OnFailure { max_retries: Option<u32> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    pub check: HealthCheck,
+    #[serde(with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Consul's DeregisterCriticalServiceAfter.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub deregister_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// HTTP GET of this path on the instance's published port; 2xx is healthy.
+    Http(String),
+    /// TCP connect to the instance's published port.
+    Tcp,
+}
+
+/// The Consul service registered for one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Stable per project, environment, app, instance and host: `<project>-<env>-<app>-<host>-<n>`.
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    /// Manifest meta plus fleet's own (`fleet-project`, ...), see `labels::meta_key`.
+    pub meta: BTreeMap<String, String>,
+    /// Address the service is reached at (the host's address).
+    pub address: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsulTarget {
+    /// Address of the agent as seen from each host, e.g. `http://127.0.0.1:8500`.
+    pub address: String,
+    pub token: Option<SecretRef>,
+    pub datacenter: Option<String>,
+}
+
+/// Durations as humantime strings (`5s`, `1m 30s`) in JSON, so `fleet show --json` reads well.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+/// The registry that built images are pushed to and pulled from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryTarget {
+    /// `host:port` of the registry, as used in image references.
+    pub server: String,
+    pub username: Option<String>,
+    pub password: Option<SecretRef>,
+}
+
+/// What `fleet build` needs for one app (no environment involved).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildTarget {
+    pub app: String,
+    /// Image repository without tag, e.g. `10.200.1.1:5000/shop/api`.
+    pub repository: String,
+    pub build: BuildSpec,
+}
+
+/// The version (image tag) of each built app, from `build::content_tag`; apps with a
+/// prebuilt `image` take the tag of that reference and do not appear here.
+pub type Versions = BTreeMap<String, String>;

@@ -1,0 +1,2 @@
+//! A stand-in for the Consul agent HTTP API.
+fn main() {}
