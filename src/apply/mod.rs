@@ -1,1 +1,3 @@
-//! See docs/architecture.md for what lives here.
+//! Apply: execute a plan on the hosts. Rollout order, health gate, rollback, lock.
+
+pub mod container;

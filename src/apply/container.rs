@@ -1,0 +1,193 @@
+//! From an `InstanceSpec` to the body of Docker's `POST /containers/create`.
+//!
+//! Pure: secret values come in through `secrets`, already read, so this is testable
+//! without a host and the values never pass through anything that prints.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy as DockerRestart,
+    RestartPolicyNameEnum,
+};
+
+use crate::desired::{EnvValue, InstanceSpec, RestartPolicy, SecretRef};
+
+/// A secret that the manifest references but that cannot be read right now.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("env {name} of app {app}: the secret {secret} cannot be read")]
+pub struct MissingSecret {
+    pub app: String,
+    pub name: String,
+    pub secret: SecretRef,
+}
+
+/// The create body for one instance. `secrets` gives the value of each secret reference.
+pub fn create_body(
+    spec: &InstanceSpec,
+    secrets: &dyn Fn(&SecretRef) -> Option<String>,
+) -> Result<ContainerCreateBody, MissingSecret> {
+    let c = &spec.container;
+    let mut env = Vec::with_capacity(c.env.len());
+    for (name, value) in &c.env {
+        let value = match value {
+            EnvValue::Plain(v) => v.clone(),
+            EnvValue::Secret(r) => secrets(r).ok_or_else(|| MissingSecret {
+                app: spec.app.clone(),
+                name: name.clone(),
+                secret: r.clone(),
+            })?,
+        };
+        env.push(format!("{name}={value}"));
+    }
+
+    let mut exposed = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &c.ports {
+        let key = format!("{}/{}", p.container, p.protocol);
+        exposed.push(key.clone());
+        // Host port 0 asks Docker for a free ephemeral port: the new container can then run
+        // beside the old one during a replace, and its real port is read back after start.
+        let host_port = if p.host == 0 {
+            String::new()
+        } else {
+            p.host.to_string()
+        };
+        bindings.insert(
+            key,
+            Some(vec![PortBinding {
+                host_ip: None,
+                host_port: Some(host_port),
+            }]),
+        );
+    }
+
+    let restart = match &c.restart {
+        RestartPolicy::No => DockerRestart {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        },
+        RestartPolicy::Always => DockerRestart {
+            name: Some(RestartPolicyNameEnum::ALWAYS),
+            maximum_retry_count: None,
+        },
+        RestartPolicy::UnlessStopped => DockerRestart {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        },
+        RestartPolicy::OnFailure { max_retries } => DockerRestart {
+            name: Some(RestartPolicyNameEnum::ON_FAILURE),
+            maximum_retry_count: max_retries.map(i64::from),
+        },
+    };
+
+    let host_config = HostConfig {
+        port_bindings: (!bindings.is_empty()).then_some(bindings),
+        binds: (!c.volumes.is_empty()).then(|| c.volumes.clone()),
+        network_mode: c.network.clone(),
+        restart_policy: Some(restart),
+        memory: c.memory.map(|m| m as i64),
+        nano_cpus: c.cpus.map(|n| (n * 1e9).round() as i64),
+        ..Default::default()
+    };
+
+    Ok(ContainerCreateBody {
+        image: Some(c.image.clone()),
+        cmd: c.command.clone(),
+        env: Some(env),
+        labels: Some(
+            c.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        user: c.user.clone(),
+        working_dir: c.workdir.clone(),
+        stop_timeout: Some(c.stop_timeout.as_secs() as i64),
+        host_config: Some(host_config),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use indexmap::IndexMap;
+
+    use super::*;
+    use crate::desired::{ContainerSpec, PortSpec};
+
+    fn spec() -> InstanceSpec {
+        let mut env = IndexMap::new();
+        env.insert("MODE".into(), EnvValue::Plain("prod".into()));
+        env.insert(
+            "DB_PASSWORD".into(),
+            EnvValue::Secret(SecretRef::Env("DB_PW".into())),
+        );
+        InstanceSpec {
+            app: "api".into(),
+            instance: 1,
+            version: "abc123".into(),
+            spec_hash: "0123456789ab".into(),
+            container: ContainerSpec {
+                image: "reg:5000/shop/api:abc123".into(),
+                command: Some(vec!["serve".into()]),
+                env,
+                ports: vec![
+                    PortSpec {
+                        container: 8080,
+                        host: 0,
+                        protocol: "tcp".into(),
+                    },
+                    PortSpec {
+                        container: 9090,
+                        host: 19090,
+                        protocol: "tcp".into(),
+                    },
+                ],
+                labels: BTreeMap::from([("fleet.app".into(), "api".into())]),
+                volumes: vec!["data:/data".into()],
+                network: None,
+                user: Some("app".into()),
+                workdir: None,
+                restart: RestartPolicy::OnFailure {
+                    max_retries: Some(3),
+                },
+                memory: Some(256 * 1024 * 1024),
+                cpus: Some(0.5),
+                stop_timeout: Duration::from_secs(20),
+                health: None,
+            },
+            service: None,
+        }
+    }
+
+    #[test]
+    fn maps_every_field_docker_needs() {
+        let body = create_body(&spec(), &|_| Some("s3cret".into())).unwrap();
+        assert_eq!(body.image.as_deref(), Some("reg:5000/shop/api:abc123"));
+        assert_eq!(body.env.unwrap(), vec!["MODE=prod", "DB_PASSWORD=s3cret"]);
+        assert_eq!(body.stop_timeout, Some(20));
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.memory, Some(268_435_456));
+        assert_eq!(hc.nano_cpus, Some(500_000_000));
+        let rp = hc.restart_policy.unwrap();
+        assert_eq!(rp.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+        assert_eq!(rp.maximum_retry_count, Some(3));
+        let ports = hc.port_bindings.unwrap();
+        let auto = ports["8080/tcp"].as_ref().unwrap()[0].host_port.clone();
+        assert_eq!(auto.as_deref(), Some(""), "port 0 means Docker picks one");
+        let fixed = ports["9090/tcp"].as_ref().unwrap()[0].host_port.clone();
+        assert_eq!(fixed.as_deref(), Some("19090"));
+    }
+
+    #[test]
+    fn a_missing_secret_names_app_and_variable() {
+        let err = create_body(&spec(), &|_| None).unwrap_err();
+        assert_eq!(err.app, "api");
+        assert_eq!(err.name, "DB_PASSWORD");
+        assert_eq!(err.secret, SecretRef::Env("DB_PW".into()));
+    }
+}
