@@ -614,12 +614,14 @@ async fn a_request_without_the_token_gets_acl_denied() {
 async fn registrations_and_kv_survive_a_restart_with_a_data_dir() {
     if std::env::var("FLEET_TEST_CONSUL_ADDR").is_ok() {
         eprintln!(
-            "restart: SKIPPED against a real agent (the suite cannot restart it); runs on the stand-in"
+            "restart: the suite cannot restart a real agent, so this test runs on the stand-in only"
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut config = consul_standin::Config::default();
-    config.data_dir = Some(dir.path().to_path_buf());
+    let config = consul_standin::Config {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..consul_standin::Config::default()
+    };
     let first = consul_standin::start(config.clone()).await.unwrap();
     eprintln!(
         "restart: against the in-process Consul stand-in at {}",

@@ -99,18 +99,7 @@ async fn probe(shared: &Shared, def: &CheckDef) -> (&'static str, String) {
                 };
                 (status, output)
             }
-            Err(e) => {
-                let mut cause = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(inner) = source {
-                    cause = inner.to_string();
-                    source = inner.source();
-                }
-                (
-                    CRITICAL,
-                    format!("{} \"{url}\": {cause}", capitalised(method.as_str())),
-                )
-            }
+            Err(e) => (CRITICAL, http_error_output(method.as_str(), url, &e)),
         };
     }
     if let Some(addr) = &def.tcp {
@@ -118,11 +107,49 @@ async fn probe(shared: &Shared, def: &CheckDef) -> (&'static str, String) {
             .await
         {
             Ok(Ok(_)) => (PASSING, format!("TCP connect {addr}: Success")),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => (
+                CRITICAL,
+                format!("dial tcp {addr}: connect: connection refused"),
+            ),
             Ok(Err(e)) => (CRITICAL, format!("dial tcp {addr}: {e}")),
             Err(_) => (CRITICAL, format!("dial tcp {addr}: i/o timeout")),
         };
     }
     (CRITICAL, String::new())
+}
+
+/// Words the failure as Go's HTTP client does in Consul's Output, e.g.
+/// `Get "http://127.0.0.1:8080/health": dial tcp 127.0.0.1:8080: connect: connection refused`.
+fn http_error_output(method: &str, url: &str, e: &reqwest::Error) -> String {
+    let verb = capitalised(method);
+    let mut io_kind = None;
+    let mut cause = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        cause = inner.to_string();
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        source = inner.source();
+    }
+    if e.is_timeout() {
+        return format!(
+            "{verb} \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+        );
+    }
+    let addr = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+        .unwrap_or_default();
+    match io_kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            format!("{verb} \"{url}\": dial tcp {addr}: connect: connection refused")
+        }
+        Some(std::io::ErrorKind::ConnectionReset) => {
+            format!("{verb} \"{url}\": read tcp {addr}: read: connection reset by peer")
+        }
+        _ => format!("{verb} \"{url}\": {cause}"),
+    }
 }
 
 fn capitalised(method: &str) -> String {

@@ -100,10 +100,10 @@ impl Shared {
     /// Call after every write, with the state lock released: persists and wakes watchers.
     pub fn committed(&self) {
         let state = self.state.lock().unwrap();
-        if let Some(dir) = &self.config.data_dir {
-            if let Err(e) = state.save(&dir.join("standin-state.json")) {
-                eprintln!("consul-standin: cannot persist state: {e:#}");
-            }
+        if let Some(dir) = &self.config.data_dir
+            && let Err(e) = state.save(&dir.join("standin-state.json"))
+        {
+            eprintln!("consul-standin: cannot persist state: {e:#}");
         }
         let index = state.index;
         drop(state);

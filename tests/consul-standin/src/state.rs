@@ -665,10 +665,10 @@ fn parse_check(
         }
     }
     let status = get_str(obj, "status")?.filter(|s| !s.is_empty());
-    if let Some(s) = &status {
-        if ![PASSING, WARNING, CRITICAL].contains(&s.as_str()) {
-            return Err(format!("Invalid check status: {s:?}"));
-        }
+    if let Some(s) = &status
+        && ![PASSING, WARNING, CRITICAL].contains(&s.as_str())
+    {
+        return Err(format!("Invalid check status: {s:?}"));
     }
     let header: BTreeMap<String, Vec<String>> = match obj.get("header") {
         None | Some(Value::Null) => BTreeMap::new(),
