@@ -13,6 +13,15 @@ use fleet::consul::{
     ServiceRegistration, SessionBehavior, SessionRequest,
 };
 
+/// Says which agent a test runs against, or why it skips. Written straight to stderr so the
+/// test harness's capture does not hide it: a skip must be seen.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 const TOKEN: &str = "contract-suite-token";
 
 /// The agent under test: a stand-in we own, or a real agent from the environment.
@@ -30,7 +39,7 @@ impl Agent {
             } else {
                 format!("http://{addr}")
             };
-            eprintln!("{test}: against the real Consul agent at {url} (FLEET_TEST_CONSUL_ADDR)");
+            say!("{test}: against the real Consul agent at {url} (FLEET_TEST_CONSUL_ADDR)");
             return Agent {
                 url,
                 token: std::env::var("FLEET_TEST_CONSUL_TOKEN")
@@ -43,7 +52,7 @@ impl Agent {
         config.acl_token = Some(TOKEN.into());
         config.node = "contract".into();
         let handle = consul_standin::start(config).await.expect("start stand-in");
-        eprintln!(
+        say!(
             "{test}: against the in-process Consul stand-in at {}",
             handle.url()
         );
@@ -569,7 +578,7 @@ async fn a_held_lock_cannot_be_taken_until_its_session_is_destroyed() {
 async fn a_request_without_the_token_gets_acl_denied() {
     let agent = Agent::start("acl").await;
     if agent.token.is_none() {
-        eprintln!(
+        say!(
             "acl: SKIPPED: the real agent has no FLEET_TEST_CONSUL_TOKEN, so ACLs are presumably off"
         );
         return;
@@ -613,7 +622,7 @@ async fn a_request_without_the_token_gets_acl_denied() {
 #[tokio::test]
 async fn registrations_and_kv_survive_a_restart_with_a_data_dir() {
     if std::env::var("FLEET_TEST_CONSUL_ADDR").is_ok() {
-        eprintln!(
+        say!(
             "restart: the suite cannot restart a real agent, so this test runs on the stand-in only"
         );
     }
@@ -623,7 +632,7 @@ async fn registrations_and_kv_survive_a_restart_with_a_data_dir() {
         ..consul_standin::Config::default()
     };
     let first = consul_standin::start(config.clone()).await.unwrap();
-    eprintln!(
+    say!(
         "restart: against the in-process Consul stand-in at {}",
         first.url()
     );
