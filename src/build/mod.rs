@@ -1,1 +1,2 @@
-//! See docs/architecture.md for what lives here.
+//! `fleet build`: build context (`.dockerignore`), content tag, registry check, build, push.
+pub mod ignore;
