@@ -95,7 +95,7 @@ pub fn files_with(ctx: &Path, dockerfile: &str) -> Result<Vec<ContextFile>, Cont
     let ignore = dockerignore(ctx)?;
     let mut out = Vec::new();
     let no_hits = vec![false; ignore.patterns().len()];
-    walk(ctx, ctx, "", &ignore, &no_hits, &mut out)?;
+    walk(ctx, "", &ignore, &no_hits, &mut out)?;
 
     // Docker sends these two whatever `.dockerignore` says.
     let dockerfile = dockerfile.trim_start_matches("./");
@@ -134,7 +134,6 @@ fn entry(path: String, abs: PathBuf, m: &fs::Metadata, kind: FileKind) -> Contex
 /// pattern that matches a directory applies to everything below it (Docker's rule) without
 /// testing every ancestor again for every file.
 fn walk(
-    root: &Path,
     dir: &Path,
     rel: &str,
     ignore: &DockerIgnore,
@@ -175,7 +174,7 @@ fn walk(
             if !excluded {
                 out.push(entry(path.clone(), abs.clone(), &m, FileKind::Dir));
             }
-            walk(root, &abs, &path, ignore, &hits, out)?;
+            walk(&abs, &path, ignore, &hits, out)?;
         } else if excluded {
             continue;
         } else if ft.is_symlink() {

@@ -144,10 +144,10 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// The registry an image repository lives in, when `registry` is not given: the first path
 /// element of the repository when it looks like a host (`10.200.1.1:5000/x`).
 fn registry_of(repository: &str, registry: Option<&RegistryTarget>) -> Option<RegistryTarget> {
-    if let Some(r) = registry {
-        if repository.starts_with(&format!("{}/", r.server)) {
-            return Some(r.clone());
-        }
+    if let Some(r) = registry
+        && repository.starts_with(&format!("{}/", r.server))
+    {
+        return Some(r.clone());
     }
     let (first, _) = repository.split_once('/')?;
     (first.contains(':') || first.contains('.') || first == "localhost").then(|| RegistryTarget {
@@ -182,10 +182,10 @@ pub async fn run(
     // One registry client per server, credentials read once.
     let mut clients: HashMap<String, Arc<RegistryClient>> = HashMap::new();
     for t in targets {
-        if let Some(r) = registry_of(&t.repository, registry) {
-            if !clients.contains_key(&r.server) {
-                clients.insert(r.server.clone(), Arc::new(RegistryClient::for_target(&r)?));
-            }
+        if let Some(r) = registry_of(&t.repository, registry)
+            && !clients.contains_key(&r.server)
+        {
+            clients.insert(r.server.clone(), Arc::new(RegistryClient::for_target(&r)?));
         }
     }
     let docker = tokio::sync::OnceCell::new();
@@ -256,14 +256,14 @@ async fn run_one(
             present: false,
             elapsed: Duration::ZERO,
         };
-        if let Some(c) = &client {
-            if let Some(d) = c.manifest_exists(&t.repository, &tag).await? {
-                outcome.digest = Some(d.0);
-                if !opts.force {
-                    outcome.present = true;
-                    emit(Event::Present);
-                    return Ok(outcome);
-                }
+        if let Some(c) = &client
+            && let Some(d) = c.manifest_exists(&t.repository, &tag).await?
+        {
+            outcome.digest = Some(d.0);
+            if !opts.force {
+                outcome.present = true;
+                emit(Event::Present);
+                return Ok(outcome);
             }
         }
         let docker = docker.get_or_try_init(engine::connect_local).await?;

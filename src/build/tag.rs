@@ -73,7 +73,8 @@ fn content_digests(files: &[ContextFile]) -> Result<Vec<Vec<u8>>, ContextError> 
     let next = AtomicUsize::new(0);
     let mut results: Vec<Option<Result<Vec<u8>, ContextError>>> =
         (0..files.len()).map(|_| None).collect();
-    let chunks: Vec<Vec<(usize, Result<Vec<u8>, ContextError>)>> = std::thread::scope(|s| {
+    type Done = Vec<(usize, Result<Vec<u8>, ContextError>)>;
+    let chunks: Vec<Done> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 s.spawn(|| {

@@ -157,6 +157,9 @@ fn parse_params(s: &str) -> HashMap<String, String> {
     }
 }
 
+/// Auth cache key for "any repository of this registry" (Basic auth is not per repository).
+const ANY_REPO: &str = "";
+
 /// What to send as `Authorization` once a challenge has been answered.
 #[derive(Clone)]
 enum Auth {
@@ -232,7 +235,13 @@ impl RegistryClient {
         let mut answered = false;
         loop {
             let mut req = self.http.head(&url).header(ACCEPT, MANIFEST_ACCEPT);
-            if let Some(a) = self.auth.lock().expect("auth cache").get(name).cloned() {
+            // A repository seen before uses what worked for it; a new one starts with Basic
+            // when Basic worked anywhere on this registry (saves a 401 round trip per app).
+            let known = {
+                let cache = self.auth.lock().expect("auth cache");
+                cache.get(name).or_else(|| cache.get(ANY_REPO)).cloned()
+            };
+            if let Some(a) = known {
                 req = req.header(AUTHORIZATION, header_value(&a));
             }
             let resp = req.send().await.map_err(|e| self.unreachable(e))?;
@@ -257,13 +266,16 @@ impl RegistryClient {
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_challenge);
                     let auth = self.answer(challenge, name).await?;
-                    self.auth
-                        .lock()
-                        .expect("auth cache")
-                        .insert(name.to_string(), auth);
+                    let mut cache = self.auth.lock().expect("auth cache");
+                    if matches!(auth, Auth::Basic(_)) {
+                        cache.insert(ANY_REPO.to_string(), auth.clone());
+                    }
+                    cache.insert(name.to_string(), auth);
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    self.auth.lock().expect("auth cache").remove(name);
+                    let mut cache = self.auth.lock().expect("auth cache");
+                    cache.remove(name);
+                    cache.remove(ANY_REPO);
                     return Err(RegistryError::Unauthorized {
                         registry: self.server.clone(),
                         user: self.user(),
