@@ -21,7 +21,7 @@ pub struct Args {
     /// Build even when the registry already has the tag.
     #[arg(long)]
     pub force: bool,
-    /// Print one JSON object per app (image, tag, digest, built, pushed) instead of a table.
+    /// Print a JSON array, one object per app (image, tag, digest, built, pushed), not a table.
     #[arg(long)]
     pub json: bool,
     /// How many apps build at once.
