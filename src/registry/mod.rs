@@ -1,1 +1,585 @@
-//! See docs/architecture.md for what lives here.
+//! A small Registry HTTP API v2 client: "does this tag exist, and what is its digest?"
+//!
+//! `HEAD /v2/<name>/manifests/<reference>` with the Accept headers of the Docker v2 schema 2
+//! and OCI manifest and index types; a `401` carries a `WWW-Authenticate` challenge, answered
+//! with Basic credentials or with a Bearer token fetched from the challenge's realm.
+//!
+//! Plain HTTP only for now (registries are given as `host:port`, like the testbed's
+//! insecure registry); TLS needs a reqwest TLS feature and is not wired yet.
+//!
+//! The password lives only inside [`Credentials`], whose `Debug` is redacted, and is never put
+//! in an error or a log line.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+
+use crate::desired::{RegistryTarget, SecretRef};
+
+/// The manifest media types fleet accepts when asking for a tag.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json";
+
+/// A content digest as the registry reports it (`sha256:...`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Digest(pub String);
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A user name and password for one registry. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    password: String,
+}
+
+impl Credentials {
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// The password, for the few places that must send it (HTTP auth, X-Registry-Auth).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {registry} refused the login{}", user.as_deref().map(|u| format!(" of user `{u}`")).unwrap_or_else(|| " (no credentials given)".into()))]
+    Unauthorized {
+        registry: String,
+        user: Option<String>,
+    },
+    #[error("registry {registry} is unreachable: {reason}")]
+    Unreachable { registry: String, reason: String },
+    #[error("registry answered {status}: {body}")]
+    Unexpected { status: u16, body: String },
+    #[error("registry password {reference}: {reason}")]
+    Secret { reference: String, reason: String },
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Basic {
+        realm: Option<String>,
+    },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+/// Parse a `WWW-Authenticate` header value: a scheme, then `key="value"` (or bare token)
+/// parameters separated by commas; quoted values may contain commas and `\"` escapes.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = header
+        .split_once(char::is_whitespace)
+        .unwrap_or((header, ""));
+    let params = parse_params(rest);
+    let get = |k: &str| params.get(k).cloned();
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Some(Challenge::Basic {
+            realm: get("realm"),
+        }),
+        "bearer" => Some(Challenge::Bearer {
+            realm: get("realm")?,
+            service: get("service"),
+            scope: get("scope"),
+        }),
+        _ => None,
+    }
+}
+
+fn parse_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ','))
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
+        if key.is_empty() {
+            return out;
+        }
+        if chars.next_if_eq(&'=').is_none() {
+            continue;
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = std::iter::from_fn(|| chars.next_if(|c| *c != ','))
+                .collect::<String>()
+                .trim()
+                .to_string();
+        }
+        out.insert(key, value);
+    }
+}
+
+/// Auth cache key for "any repository of this registry" (Basic auth is not per repository).
+const ANY_REPO: &str = "";
+
+/// What to send as `Authorization` once a challenge has been answered.
+#[derive(Clone)]
+enum Auth {
+    Basic(String),
+    Bearer(String),
+}
+
+/// A client for one registry (`host:port`).
+pub struct RegistryClient {
+    server: String,
+    credentials: Option<Credentials>,
+    http: reqwest::Client,
+    /// Per repository, the `Authorization` value that last worked.
+    auth: Mutex<HashMap<String, Auth>>,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("server", &self.server)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+impl RegistryClient {
+    pub fn new(server: impl Into<String>, credentials: Option<Credentials>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a reqwest client without TLS always builds");
+        Self {
+            server: server.into(),
+            credentials,
+            http,
+            auth: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client for a manifest's registry, with its credentials read now.
+    pub fn for_target(target: &RegistryTarget) -> Result<Self, RegistryError> {
+        Ok(Self::new(target.server.clone(), credentials(target)?))
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
+    fn user(&self) -> Option<String> {
+        self.credentials.as_ref().map(|c| c.username.clone())
+    }
+
+    /// The repository name inside this registry: `10.200.1.1:5000/shop/api` -> `shop/api`.
+    pub fn name_of<'a>(&self, repo: &'a str) -> &'a str {
+        repo.strip_prefix(&self.server)
+            .and_then(|r| r.strip_prefix('/'))
+            .unwrap_or(repo)
+    }
+
+    /// The digest of `repo:tag` when the registry has it, `None` when it does not.
+    pub async fn manifest_exists(
+        &self,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Option<Digest>, RegistryError> {
+        let name = self.name_of(repo);
+        let url = format!("http://{}/v2/{}/manifests/{}", self.server, name, tag);
+        let mut answered = false;
+        loop {
+            let mut req = self.http.head(&url).header(ACCEPT, MANIFEST_ACCEPT);
+            // A repository seen before uses what worked for it; a new one starts with Basic
+            // when Basic worked anywhere on this registry (saves a 401 round trip per app).
+            let known = {
+                let cache = self.auth.lock().expect("auth cache");
+                cache.get(name).or_else(|| cache.get(ANY_REPO)).cloned()
+            };
+            if let Some(a) = known {
+                req = req.header(AUTHORIZATION, header_value(&a));
+            }
+            let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+            match resp.status() {
+                StatusCode::OK => {
+                    let digest = resp
+                        .headers()
+                        .get("docker-content-digest")
+                        .and_then(|v| v.to_str().ok())
+                        .ok_or_else(|| RegistryError::Unexpected {
+                            status: 200,
+                            body: "no Docker-Content-Digest header".into(),
+                        })?;
+                    return Ok(Some(Digest(digest.to_string())));
+                }
+                StatusCode::NOT_FOUND => return Ok(None),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if !answered => {
+                    answered = true;
+                    let challenge = resp
+                        .headers()
+                        .get(WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_challenge);
+                    let auth = self.answer(challenge, name).await?;
+                    let mut cache = self.auth.lock().expect("auth cache");
+                    if matches!(auth, Auth::Basic(_)) {
+                        cache.insert(ANY_REPO.to_string(), auth.clone());
+                    }
+                    cache.insert(name.to_string(), auth);
+                }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    let mut cache = self.auth.lock().expect("auth cache");
+                    cache.remove(name);
+                    cache.remove(ANY_REPO);
+                    return Err(RegistryError::Unauthorized {
+                        registry: self.server.clone(),
+                        user: self.user(),
+                    });
+                }
+                s => {
+                    let body = resp.text().await.unwrap_or_default();
+                    return Err(RegistryError::Unexpected {
+                        status: s.as_u16(),
+                        body: truncate(&body),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Answer a challenge: Basic with the credentials, or fetch a Bearer token from the realm.
+    async fn answer(
+        &self,
+        challenge: Option<Challenge>,
+        name: &str,
+    ) -> Result<Auth, RegistryError> {
+        let unauthorized = || RegistryError::Unauthorized {
+            registry: self.server.clone(),
+            user: self.user(),
+        };
+        match challenge {
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
+                let scope = scope.unwrap_or_else(|| format!("repository:{name}:pull"));
+                let mut url =
+                    reqwest::Url::parse(&realm).map_err(|e| RegistryError::Unexpected {
+                        status: 401,
+                        body: format!("bad token realm `{realm}`: {e}"),
+                    })?;
+                {
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair("scope", &scope);
+                    if let Some(s) = &service {
+                        q.append_pair("service", s);
+                    }
+                }
+                let mut req = self.http.get(url);
+                if let Some(c) = &self.credentials {
+                    req = req.basic_auth(&c.username, Some(&c.password));
+                }
+                let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+                match resp.status() {
+                    s if s.is_success() => {}
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(unauthorized()),
+                    s => {
+                        return Err(RegistryError::Unexpected {
+                            status: s.as_u16(),
+                            body: truncate(&resp.text().await.unwrap_or_default()),
+                        });
+                    }
+                }
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let t: Token = resp.json().await.map_err(|e| RegistryError::Unexpected {
+                    status: 200,
+                    body: format!("token response: {e}"),
+                })?;
+                t.token.or(t.access_token).map(Auth::Bearer).ok_or_else(|| {
+                    RegistryError::Unexpected {
+                        status: 200,
+                        body: "token response without a token".into(),
+                    }
+                })
+            }
+            // Basic, or a 401 without a usable challenge: try Basic if we have credentials.
+            _ => match &self.credentials {
+                Some(c) => Ok(Auth::Basic(
+                    B64.encode(format!("{}:{}", c.username, c.password)),
+                )),
+                None => Err(unauthorized()),
+            },
+        }
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> RegistryError {
+        // reqwest's message carries the URL (no credentials are ever put in a URL here).
+        let mut reason = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            reason = format!("{reason}: {s}");
+            src = s.source();
+        }
+        RegistryError::Unreachable {
+            registry: self.server.clone(),
+            reason,
+        }
+    }
+}
+
+fn header_value(a: &Auth) -> String {
+    match a {
+        Auth::Basic(b) => format!("Basic {b}"),
+        Auth::Bearer(t) => format!("Bearer {t}"),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Read a secret's value now (env variable or file; one trailing newline is dropped).
+pub fn read_secret(r: &SecretRef) -> Result<String, RegistryError> {
+    let fail = |reason: String| RegistryError::Secret {
+        reference: r.to_string(),
+        reason,
+    };
+    match r {
+        SecretRef::Env(v) => std::env::var(v).map_err(|_| fail("the variable is not set".into())),
+        SecretRef::File(p) => std::fs::read_to_string(p)
+            .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_string())
+            .map_err(|e| fail(e.to_string())),
+    }
+}
+
+/// The credentials for a registry: the manifest's (user + secret reference), else the
+/// user's `~/.docker/config.json` `auths` entry for that server, else none.
+/// (Credential helpers, `credsStore`, are not supported yet.)
+pub fn credentials(target: &RegistryTarget) -> Result<Option<Credentials>, RegistryError> {
+    if let Some(pw) = &target.password {
+        let password = read_secret(pw)?;
+        let username = target.username.clone().unwrap_or_default();
+        return Ok(Some(Credentials::new(username, password)));
+    }
+    Ok(docker_config_credentials(
+        &target.server,
+        docker_config_path(),
+    ))
+}
+
+fn docker_config_path() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("DOCKER_CONFIG") {
+        return Some(PathBuf::from(d).join("config.json"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+}
+
+/// Look `server` up in a Docker `config.json` (`auths.<server>.auth` is base64 `user:pass`).
+pub fn docker_config_credentials(server: &str, path: Option<PathBuf>) -> Option<Credentials> {
+    let text = std::fs::read_to_string(path?).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let auths = v.get("auths")?.as_object()?;
+    let entry = auths.iter().find_map(|(k, v)| {
+        let k = k
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        (k == server).then_some(v)
+    })?;
+    if let Some(a) = entry.get("auth").and_then(|a| a.as_str()) {
+        let decoded = String::from_utf8(B64.decode(a).ok()?).ok()?;
+        let (u, p) = decoded.split_once(':')?;
+        return Some(Credentials::new(u, p));
+    }
+    let u = entry.get("username")?.as_str()?;
+    let p = entry.get("password")?.as_str()?;
+    Some(Credentials::new(u, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenge_from_the_spec() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:samalba/my-app:pull,push""#,
+        );
+        assert_eq!(
+            c,
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:samalba/my-app:pull,push".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn parses_basic_and_odd_spacing() {
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic {
+                realm: Some("Registry Realm".into())
+            })
+        );
+        assert_eq!(
+            parse_challenge("basic"),
+            Some(Challenge::Basic { realm: None })
+        );
+        assert_eq!(
+            parse_challenge(r#"Bearer  realm = "http://x/t" , service=reg, scope="a\"b""#),
+            Some(Challenge::Bearer {
+                realm: "http://x/t".into(),
+                service: Some("reg".into()),
+                scope: Some("a\"b".into()),
+            })
+        );
+        assert_eq!(parse_challenge(r#"Bearer service="x""#), None, "no realm");
+        assert_eq!(parse_challenge("Negotiate abc"), None);
+    }
+
+    #[test]
+    fn password_never_in_debug_or_errors() {
+        let c = Credentials::new("alice", "s3cr3t-pw");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        let client = RegistryClient::new("127.0.0.1:1", Some(c));
+        assert!(!format!("{client:?}").contains("s3cr3t"));
+        let e = RegistryError::Unauthorized {
+            registry: "r:5000".into(),
+            user: Some("alice".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "registry r:5000 refused the login of user `alice`"
+        );
+    }
+
+    #[test]
+    fn repository_names_lose_the_server() {
+        let c = RegistryClient::new("10.200.1.1:5000", None);
+        assert_eq!(c.name_of("10.200.1.1:5000/shop/api"), "shop/api");
+        assert_eq!(c.name_of("shop/api"), "shop/api");
+    }
+
+    #[test]
+    fn docker_config_auths() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("config.json");
+        let auth = B64.encode("bob:pw");
+        std::fs::write(
+            &p,
+            format!(r#"{{"auths":{{"http://10.0.0.1:5000/":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        let c = docker_config_credentials("10.0.0.1:5000", Some(p.clone())).unwrap();
+        assert_eq!((c.username.as_str(), c.password()), ("bob", "pw"));
+        assert!(docker_config_credentials("other:5000", Some(p)).is_none());
+    }
+
+    /// A one-shot fake registry on loopback: checks the client's challenge handling end to end.
+    #[tokio::test]
+    async fn basic_challenge_round_trip() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let good = format!("Basic {}", B64.encode("u:p"));
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap();
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let authed = req.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:")
+                        && l.split_once(':').unwrap().1.trim() == good
+                });
+                let resp = if !authed {
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"r\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                } else if req.contains("/manifests/have") {
+                    "HTTP/1.1 200 OK\r\nDocker-Content-Digest: sha256:abc\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                };
+                s.write_all(resp.as_bytes()).await.unwrap();
+            }
+        });
+        let ok = RegistryClient::new(addr.clone(), Some(Credentials::new("u", "p")));
+        assert_eq!(
+            ok.manifest_exists(&format!("{addr}/x/y"), "have")
+                .await
+                .unwrap(),
+            Some(Digest("sha256:abc".into()))
+        );
+        assert_eq!(ok.manifest_exists("x/y", "missing").await.unwrap(), None);
+        let bad = RegistryClient::new(addr.clone(), Some(Credentials::new("u", "wrong-pw")));
+        let e = bad.manifest_exists("x/y", "have").await.unwrap_err();
+        assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
+        assert!(!e.to_string().contains("wrong-pw"));
+        let none = RegistryClient::new(addr, None);
+        assert!(matches!(
+            none.manifest_exists("x/y", "have").await,
+            Err(RegistryError::Unauthorized { user: None, .. })
+        ));
+        let gone = RegistryClient::new("127.0.0.1:1", None);
+        assert!(matches!(
+            gone.manifest_exists("x/y", "t").await,
+            Err(RegistryError::Unreachable { .. })
+        ));
+    }
+}

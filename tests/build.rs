@@ -1,0 +1,275 @@
+//! `fleet build` against the testbed: the local engine at /run/docker.sock and the registry at
+//! 10.200.1.1:5000 (credentials in $FLEET_TESTBED/registry.env).
+//!
+//! These drive the core (`fleet::build::run`) with `BuildTarget`s made here, since the
+//! manifest's `build_targets()` is another part's work; the CLI end to end comes with it.
+//! Every test uses its own repository namespace, so they run in parallel and the registry's
+//! own log can be read per test.
+//!
+//! Without a testbed (no `$FLEET_TESTBED/READY`) the tests say so and pass; with
+//! `FLEET_REQUIRE_TESTBED=1` they fail instead.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use fleet::build::{self, BuildError, Options};
+use fleet::desired::{BuildSpec, BuildTarget, RegistryTarget, SecretRef};
+use fleet::registry::RegistryError;
+
+struct Testbed {
+    dir: PathBuf,
+    registry: String,
+    user: String,
+    password: String,
+}
+
+fn testbed() -> Option<Testbed> {
+    let dir = PathBuf::from(std::env::var("FLEET_TESTBED").unwrap_or_else(|_| "/work/tb".into()));
+    if !dir.join("READY").exists() {
+        if std::env::var_os("FLEET_REQUIRE_TESTBED").is_some() {
+            panic!("no testbed at {}", dir.display());
+        }
+        eprintln!("skipped: no testbed at {}", dir.display());
+        return None;
+    }
+    let env = fs::read_to_string(dir.join("registry.env")).expect("registry.env");
+    let get = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} in registry.env"))
+            .trim()
+            .to_string()
+    };
+    Some(Testbed {
+        registry: get("FLEET_REGISTRY"),
+        user: get("FLEET_REGISTRY_USER"),
+        password: get("FLEET_REGISTRY_PASSWORD"),
+        dir,
+    })
+}
+
+impl Testbed {
+    /// The registry target with the password as a file secret reference.
+    fn target(&self, tmp: &Path, password: &str) -> RegistryTarget {
+        let pw = tmp.join("registry-password");
+        fs::write(&pw, format!("{password}\n")).unwrap();
+        RegistryTarget {
+            server: self.registry.clone(),
+            username: Some(self.user.clone()),
+            password: Some(SecretRef::File(pw.display().to_string())),
+        }
+    }
+
+    /// How many manifest PUTs the registry logged for repositories under `ns`.
+    fn manifest_puts(&self, ns: &str) -> usize {
+        let log = fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default();
+        let needle = format!("\"PUT /v2/{ns}/");
+        log.lines()
+            .filter(|l| l.contains(&needle) && l.contains("/manifests/"))
+            .count()
+    }
+}
+
+/// A unique namespace per test run and test.
+fn namespace(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("fleet-build-test/{test}-{:x}-{}", nanos, std::process::id())
+}
+
+/// A small busybox-httpd app, `FROM scratch`.
+fn app_context(root: &Path, app: &str, page: &str) -> PathBuf {
+    let ctx = root.join(app);
+    fs::create_dir_all(ctx.join("www")).unwrap();
+    fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n\
+         CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    )
+    .unwrap();
+    fs::write(ctx.join(".dockerignore"), "*.tmp\n").unwrap();
+    fs::write(ctx.join("www/index.html"), page).unwrap();
+    ctx
+}
+
+fn target(tb: &Testbed, ns: &str, app: &str, ctx: PathBuf) -> BuildTarget {
+    BuildTarget {
+        app: app.into(),
+        repository: format!("{}/{ns}/{app}", tb.registry),
+        build: BuildSpec {
+            context: ctx,
+            dockerfile: "Dockerfile".into(),
+            args: BTreeMap::new(),
+            target: None,
+        },
+    }
+}
+
+fn push() -> Options {
+    Options {
+        push: true,
+        jobs: 2,
+        ..Options::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_push_builds_all_second_pushes_nothing() {
+    let Some(tb) = testbed() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = namespace("twice");
+    let targets: Vec<_> = ["web", "api", "worker"]
+        .iter()
+        .map(|a| {
+            target(
+                &tb,
+                &ns,
+                a,
+                app_context(tmp.path(), a, &format!("{a} v1\n")),
+            )
+        })
+        .collect();
+    let reg = tb.target(tmp.path(), &tb.password);
+
+    let first = build::run(&targets, Some(&reg), &push()).await.unwrap();
+    assert_eq!(first.len(), 3);
+    for o in &first {
+        assert!(o.built && o.pushed && !o.present, "{o:?}");
+        assert!(
+            o.digest
+                .as_deref()
+                .is_some_and(|d| d.starts_with("sha256:")),
+            "{o:?}"
+        );
+        assert_eq!(o.image, format!("{}/{ns}/{}:{}", tb.registry, o.app, o.tag));
+    }
+    let puts = tb.manifest_puts(&ns);
+    assert_eq!(puts, 3, "one manifest PUT per app");
+
+    let second = build::run(&targets, Some(&reg), &push()).await.unwrap();
+    for (a, b) in first.iter().zip(&second) {
+        assert!(!b.built && !b.pushed && b.present, "{b:?}");
+        assert_eq!(a.tag, b.tag);
+        assert_eq!(a.digest, b.digest);
+    }
+    assert_eq!(
+        tb.manifest_puts(&ns),
+        puts,
+        "the second run PUT no manifest"
+    );
+    let json = serde_json::to_value(&second).unwrap();
+    assert_eq!(json[0]["built"], false);
+    assert_eq!(json[0]["pushed"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_changed_file_changes_only_that_apps_tag() {
+    let Some(tb) = testbed() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = namespace("change");
+    let targets: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|a| target(&tb, &ns, a, app_context(tmp.path(), a, "v1\n")))
+        .collect();
+    let reg = tb.target(tmp.path(), &tb.password);
+    let first = build::run(&targets, Some(&reg), &push()).await.unwrap();
+    let v1 = build::versions(&targets).unwrap();
+
+    // mtime only, and a file .dockerignore leaves out: no tag changes.
+    let page = tmp.path().join("a/www/index.html");
+    fs::File::options()
+        .write(true)
+        .open(&page)
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(7200))
+        .unwrap();
+    fs::write(tmp.path().join("a/scratch.tmp"), "noise").unwrap();
+    assert_eq!(build::versions(&targets).unwrap(), v1);
+
+    fs::write(&page, "v2\n").unwrap();
+    let v2 = build::versions(&targets).unwrap();
+    assert_ne!(v1["a"], v2["a"]);
+    assert_eq!(v1["b"], v2["b"]);
+
+    let second = build::run(&targets, Some(&reg), &push()).await.unwrap();
+    assert!(second[0].built && second[0].pushed, "{:?}", second[0]);
+    assert!(second[1].present && !second[1].built, "{:?}", second[1]);
+    assert_ne!(first[0].digest, second[0].digest);
+    assert_eq!(tb.manifest_puts(&ns), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_is_a_clear_error_without_the_password() {
+    let Some(tb) = testbed() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = namespace("badpw");
+    let targets = vec![target(&tb, &ns, "x", app_context(tmp.path(), "x", "x\n"))];
+    let bad = "not-the-password-31337";
+    let reg = tb.target(tmp.path(), bad);
+    let err = build::run(&targets, Some(&reg), &push()).await.unwrap_err();
+    match &err {
+        BuildError::Registry(RegistryError::Unauthorized { registry, user }) => {
+            assert_eq!(registry, &tb.registry);
+            assert_eq!(user.as_deref(), Some(tb.user.as_str()));
+        }
+        e => panic!("expected Unauthorized, got {e:?}"),
+    }
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains(bad), "{shown}");
+    assert!(
+        shown.contains(&tb.user) && shown.contains(&tb.registry),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_step_names_the_app_and_the_step() {
+    let Some(tb) = testbed() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = namespace("fail");
+    let ctx = app_context(tmp.path(), "broken", "x\n");
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY does-not-exist /x\n",
+    )
+    .unwrap();
+    let targets = vec![target(&tb, &ns, "broken", ctx)];
+    let reg = tb.target(tmp.path(), &tb.password);
+    let err = build::run(&targets, Some(&reg), &push()).await.unwrap_err();
+    match &err {
+        BuildError::StepFailed {
+            app, step, message, ..
+        } => {
+            assert_eq!(app, "broken");
+            assert!(step.contains("COPY does-not-exist"), "{step}");
+            assert!(message.contains("does-not-exist"), "{message}");
+        }
+        e => panic!("expected StepFailed, got {e:?}"),
+    }
+    assert_eq!(tb.manifest_puts(&ns), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_context_is_typed_with_the_app() {
+    let Some(tb) = testbed() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let targets = vec![target(&tb, "unused", "ghost", tmp.path().join("nope"))];
+    let err = build::run(&targets, None, &Options::default())
+        .await
+        .unwrap_err();
+    match err {
+        BuildError::Context { app, source } => {
+            assert_eq!(app, "ghost");
+            assert!(matches!(
+                source,
+                build::context::ContextError::Missing { .. }
+            ));
+        }
+        e => panic!("expected Context, got {e:?}"),
+    }
+}
