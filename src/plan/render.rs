@@ -1,0 +1,1 @@
+//! Rendering (filled in below).

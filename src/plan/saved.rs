@@ -1,0 +1,1 @@
+//! Saved plans (filled in below).
