@@ -15,6 +15,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod consul_read;
+pub mod read;
+
+pub use read::{ObserveOptions, observe_all, observe_host, read_secret};
+
 /// Everything observed for one environment of one project.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObservedState {

@@ -50,11 +50,11 @@ pub enum SavedPlanError {
         found: u32,
         expected: u32,
     },
-    #[error(
-        "the saved plan is for {saved}, not {asked}"
-    )]
+    #[error("the saved plan is for {saved}, not {asked}")]
     OtherEnvironment { saved: String, asked: String },
-    #[error("the hosts changed since the plan was made (observed {now}, plan made on {then}); plan again")]
+    #[error(
+        "the hosts changed since the plan was made (observed {now}, plan made on {then}); plan again"
+    )]
     HostsChanged { then: String, now: String },
     #[error("the manifest (or the versions built) changed since the plan was made; plan again")]
     ManifestChanged,
