@@ -1,0 +1,345 @@
+//! `fleet plan` against the testbed: the transport (SSH mux, forwarded Docker socket), observe,
+//! and (once the manifest lands) the end-to-end acceptance through the real binary.
+//!
+//! Needs a running testbed (`cargo xtask testbed up`): `$FLEET_TESTBED`, else
+//! `<workspace>/target/testbed`. Without one, each test prints SKIPPED and passes; with
+//! FLEET_TESTBED set and unusable, it fails.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fleet::desired::HostTarget;
+use fleet::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
+use fleet::observe::read::list_containers;
+
+/// Tests that use every host take it shared; the one that stops an sshd takes it exclusively.
+static HOSTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+struct Tb {
+    dir: PathBuf,
+    hosts: u32,
+    env: HashMap<String, String>,
+}
+
+fn testbed(test: &str) -> Option<Tb> {
+    let explicit = std::env::var_os("FLEET_TESTBED").map(PathBuf::from);
+    let dir = explicit
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/testbed"));
+    let load = || -> Result<Tb, String> {
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).map_err(|e| format!("{n}: {e}"));
+        if !dir.join("READY").exists() {
+            return Err("no READY file".into());
+        }
+        let hosts = read("hosts")?
+            .trim()
+            .parse()
+            .map_err(|_| "bad hosts file")?;
+        let env = read("registry.env")?
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(Tb {
+            dir: dir.clone(),
+            hosts,
+            env,
+        })
+    };
+    match load() {
+        Ok(tb) => Some(tb),
+        Err(why) if explicit.is_some() => panic!("FLEET_TESTBED={}: {why}", dir.display()),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: no testbed at {} ({why})", dir.display());
+            None
+        }
+    }
+}
+
+impl Tb {
+    fn target(&self, n: u32) -> HostTarget {
+        HostTarget {
+            name: format!("h{n}"),
+            address: format!("10.200.{n}.2"),
+            user: Some("root".into()),
+            port: Some(22),
+            identity_file: Some(self.dir.join("id_ed25519").display().to_string()),
+            docker_socket: "/run/docker.sock".into(),
+            roles: vec![],
+        }
+    }
+
+    fn opts(&self) -> ConnectOptions {
+        ConnectOptions {
+            ssh_config: Some(self.dir.join("ssh_config")),
+            connect_timeout: Duration::from_secs(5),
+            ..ConnectOptions::default()
+        }
+    }
+
+    fn pid(&self, n: u32, file: &str) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join(format!("h{n}/run/{file}")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Restart host N's sshd exactly as the testbed starts it (inside the host's namespaces,
+    /// joined through its dockerd).
+    fn start_sshd(&self, n: u32) {
+        let engine = self.pid(n, "docker.pid").expect("dockerd pid");
+        let st = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/h{n}"))
+            .arg(format!("--mount=/proc/{engine}/ns/mnt"))
+            .arg(format!("--uts=/proc/{engine}/ns/uts"))
+            .arg("/usr/sbin/sshd")
+            .arg("-f")
+            .arg(self.dir.join(format!("h{n}/sshd_config")))
+            .arg("-E")
+            .arg(self.dir.join(format!("h{n}/sshd.log")))
+            .status()
+            .expect("run nsenter");
+        assert!(st.success(), "restarting sshd of h{n} failed");
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(
+            &format!("10.200.{n}.2:22").parse().unwrap(),
+            Duration::from_millis(300),
+        )
+        .is_err()
+        {
+            assert!(Instant::now() < until, "sshd of h{n} did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Restarts the sshd it stopped when dropped, even if the test fails.
+struct SshdStopped<'a>(&'a Tb, u32);
+
+impl Drop for SshdStopped<'_> {
+    fn drop(&mut self) {
+        self.0.start_sshd(self.1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connects_to_every_host_in_parallel_and_reads_each_engine() {
+    let Some(tb) = testbed("connects_to_every_host_in_parallel") else {
+        return;
+    };
+    let _shared = HOSTS.read().await;
+    let targets: Vec<HostTarget> = (1..=tb.hosts).map(|n| tb.target(n)).collect();
+    let opts = tb.opts();
+    let t0 = Instant::now();
+    let sessions = connect_all(&targets, &opts, 32).await;
+    let connected = t0.elapsed();
+    for (t, s) in targets.iter().zip(&sessions) {
+        let s = s.as_ref().unwrap_or_else(|e| panic!("{}: {e}", t.name));
+        let docker = s.docker().await.expect("engine");
+        let info = docker.info().await.expect("info");
+        // Each session reaches its own host's engine.
+        assert_eq!(info.name.as_deref(), Some(t.name.as_str()));
+        let v = docker.client_version();
+        assert!((v.major_version, v.minor_version) >= (1, 41));
+        list_containers(s, "fleet-transport-test", "none")
+            .await
+            .expect("list");
+    }
+    eprintln!(
+        "connected to {} hosts in {:?}, read in {:?}",
+        targets.len(),
+        connected,
+        t0.elapsed()
+    );
+    close_all(sessions, &opts).await;
+    assert!(!opts.runtime_dir.exists(), "runtime dir left behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finds_managed_containers_by_label_through_the_forwarded_socket() {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{
+        CreateContainerOptions, CreateImageOptions, RemoveContainerOptions,
+    };
+    use futures_util::TryStreamExt;
+
+    let Some(tb) = testbed("finds_managed_containers_by_label") else {
+        return;
+    };
+    let opts = tb.opts();
+    let s = HostSession::connect(&tb.target(2), &opts)
+        .await
+        .expect("connect h2");
+    let docker = s.docker().await.expect("engine");
+    let image = format!("{}/fleet-test/hello:v1", tb.env["FLEET_REGISTRY"]);
+    let creds = bollard::auth::DockerCredentials {
+        username: Some(tb.env["FLEET_REGISTRY_USER"].clone()),
+        password: Some(tb.env["FLEET_REGISTRY_PASSWORD"].clone()),
+        serveraddress: Some(tb.env["FLEET_REGISTRY"].clone()),
+        ..Default::default()
+    };
+    docker
+        .create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.clone()),
+                ..Default::default()
+            }),
+            None,
+            Some(creds),
+        )
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("pull the test image on h2");
+    let project = format!("planxport{}", std::process::id());
+    let labels: HashMap<String, String> = [
+        ("fleet.project", project.as_str()),
+        ("fleet.env", "test"),
+        ("fleet.app", "hello"),
+        ("fleet.instance", "1"),
+        ("fleet.version", "v1"),
+        ("fleet.spec", "abcdef123456"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let name = format!("{project}-test-hello-1-v1");
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            ContainerCreateBody {
+                image: Some(image.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    let found = list_containers(&s, &project, "test").await;
+    let other_env = list_containers(&s, &project, "prod").await;
+    docker
+        .remove_container(
+            &created.id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("remove");
+    let found = found.expect("list");
+    assert_eq!(found.len(), 1);
+    let c = &found[0];
+    assert_eq!(c.name, name);
+    assert_eq!(c.app.as_deref(), Some("hello"));
+    assert_eq!(c.instance, Some(1));
+    assert_eq!(c.spec_hash.as_deref(), Some("abcdef123456"));
+    assert_eq!(c.state, fleet::observe::ContainerState::Created);
+    assert!(other_env.expect("list").is_empty());
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_or_changed_host_key_is_refused() {
+    let Some(tb) = testbed("an_unknown_or_changed_host_key_is_refused") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let write_config = |known_hosts: &Path| {
+        let cfg = tmp.path().join(format!(
+            "cfg-{}",
+            known_hosts.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(
+            &cfg,
+            format!(
+                "Host *\n  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  IdentitiesOnly yes\n",
+                known_hosts.display()
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    // Unknown: an empty known_hosts.
+    let empty = tmp.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let opts = ConnectOptions {
+        ssh_config: Some(write_config(&empty)),
+        ..tb.opts()
+    };
+    match HostSession::connect(&tb.target(1), &opts).await {
+        Err(e @ HostError::UnknownHostKey { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("h1") && m.contains("10.200.1.2"), "{m}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("an unknown host key was accepted"),
+    }
+    // Nothing was added to the known_hosts file.
+    assert_eq!(std::fs::read_to_string(&empty).unwrap(), "");
+
+    // Changed: h2's key listed for h1's address.
+    let h2_key = std::fs::read_to_string(tb.dir.join("h2/ssh_host_ed25519_key.pub")).unwrap();
+    let wrong = tmp.path().join("wrong");
+    let key: Vec<&str> = h2_key.split_whitespace().take(2).collect();
+    std::fs::write(&wrong, format!("10.200.1.2 {} {}\n", key[0], key[1])).unwrap();
+    let opts = ConnectOptions {
+        ssh_config: Some(write_config(&wrong)),
+        ..tb.opts()
+    };
+    match HostSession::connect(&tb.target(1), &opts).await {
+        Err(HostError::ChangedHostKey { host, .. }) => assert_eq!(host, "h1"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a changed host key was accepted"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_sshd_is_a_per_host_error_and_the_others_still_connect() {
+    let Some(tb) = testbed("a_stopped_sshd_is_a_per_host_error") else {
+        return;
+    };
+    let _exclusive = HOSTS.write().await;
+    let n = tb.hosts; // the last host
+    let pid = tb.pid(n, "sshd.pid").expect("sshd pid file");
+    let targets: Vec<HostTarget> = (1..=tb.hosts).map(|n| tb.target(n)).collect();
+    let opts = tb.opts();
+    let results = {
+        let st = Command::new("kill").arg(pid.to_string()).status().unwrap();
+        assert!(st.success());
+        let _restart = SshdStopped(&tb, n);
+        // Wait until the listener is really gone.
+        let until = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(format!("10.200.{n}.2:22")).is_ok() {
+            assert!(Instant::now() < until, "sshd did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        connect_all(&targets, &opts, 32).await
+    };
+    let last = results.last().unwrap();
+    match last {
+        Err(e @ HostError::Unreachable { .. }) => {
+            let m = e.to_string();
+            assert!(
+                m.starts_with(&format!("h{n} (10.200.{n}.2): unreachable")),
+                "{m}"
+            );
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("connected to a host without sshd"),
+    }
+    for r in &results[..results.len() - 1] {
+        assert!(r.is_ok(), "{:?}", r.as_ref().err().map(|e| e.to_string()));
+    }
+    close_all(results, &opts).await;
+    // The restarted sshd answers again.
+    let s = HostSession::connect(&tb.target(n), &tb.opts())
+        .await
+        .expect("sshd is back");
+    s.close().await;
+}
