@@ -343,3 +343,233 @@ async fn a_stopped_sshd_is_a_per_host_error_and_the_others_still_connect() {
         .expect("sshd is back");
     s.close().await;
 }
+
+/// Pull the test image on a host's engine with the registry credentials.
+async fn pull(tb: &Tb, docker: &bollard::Docker, image: &str) {
+    use bollard::query_parameters::CreateImageOptions;
+    use futures_util::TryStreamExt;
+    let creds = bollard::auth::DockerCredentials {
+        username: Some(tb.env["FLEET_REGISTRY_USER"].clone()),
+        password: Some(tb.env["FLEET_REGISTRY_PASSWORD"].clone()),
+        serveraddress: Some(tb.env["FLEET_REGISTRY"].clone()),
+        ..Default::default()
+    };
+    docker
+        .create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_string()),
+                ..Default::default()
+            }),
+            None,
+            Some(creds),
+        )
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("pull the test image");
+}
+
+/// A desired state for `hello` (2 instances per host) on every testbed host, built by hand
+/// (the manifest module is merged separately; the CLI tests below use the real manifest).
+fn hello_desired(tb: &Tb, project: &str, version: &str) -> fleet::desired::DesiredState {
+    use fleet::desired::*;
+    let image = format!("{}/fleet-test/hello:{version}", tb.env["FLEET_REGISTRY"]);
+    let hosts = (1..=tb.hosts)
+        .map(|n| DesiredHost {
+            target: tb.target(n),
+            instances: (1..=2)
+                .map(|i| {
+                    let mut env = indexmap::IndexMap::new();
+                    env.insert(
+                        "TOKEN".to_string(),
+                        EnvValue::Secret(SecretRef::Env("FLEET_PLAN_TEST_TOKEN".into())),
+                    );
+                    InstanceSpec {
+                        app: "hello".into(),
+                        instance: i,
+                        version: version.into(),
+                        spec_hash: format!("spec-{version}"),
+                        container: ContainerSpec {
+                            image: image.clone(),
+                            command: None,
+                            env,
+                            ports: vec![PortSpec {
+                                container: 8080,
+                                host: 18080 + i as u16,
+                                protocol: "tcp".into(),
+                            }],
+                            labels: Default::default(),
+                            volumes: vec![],
+                            network: None,
+                            user: None,
+                            workdir: None,
+                            restart: RestartPolicy::UnlessStopped,
+                            memory: None,
+                            cpus: None,
+                            stop_timeout: Duration::from_secs(5),
+                            health: None,
+                        },
+                        service: None,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    DesiredState {
+        project: project.into(),
+        environment: "test".into(),
+        hosts,
+        apps: vec![DesiredApp {
+            name: "hello".into(),
+            image: image.clone(),
+            version: version.into(),
+            build: None,
+            config: Default::default(),
+            batch: 1,
+            health_deadline: Duration::from_secs(10),
+        }],
+        consul: None,
+        registry: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_live_create_replace_remove_and_a_down_host() {
+    use bollard::models::ContainerCreateBody;
+    use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+    use fleet::plan::{Action, live::plan_live, render};
+
+    let Some(tb) = testbed("plan_live_create_replace_remove") else {
+        return;
+    };
+    let secret = "sup3r-s3cret-t0ken";
+    // SAFETY: set once before any thread of this test reads it; no other test uses it.
+    unsafe { std::env::set_var("FLEET_PLAN_TEST_TOKEN", secret) };
+    let project = format!("planlive{}", std::process::id());
+    let v2 = hello_desired(&tb, &project, "v2");
+    let opts = tb.opts();
+
+    // 1. Nothing deployed: every instance is create, exit code 2.
+    let (plan, _, _) = {
+        let _shared = HOSTS.read().await;
+        plan_live(&v2, &opts, 32).await.unwrap()
+    };
+    assert!(plan.faults.is_empty(), "{:?}", plan.faults);
+    assert_eq!(plan.summary().create, 2 * tb.hosts as usize);
+    assert_eq!(plan.detailed_exit_code(), 2);
+
+    // 2. On h1: instance 1 runs an older spec (v1), and an app no longer in the manifest.
+    let s = HostSession::connect(&tb.target(1), &opts).await.unwrap();
+    let docker = s.docker().await.unwrap();
+    let image_v1 = format!("{}/fleet-test/hello:v1", tb.env["FLEET_REGISTRY"]);
+    pull(&tb, &docker, &image_v1).await;
+    let mut ids = Vec::new();
+    for (app, version, spec) in [("hello", "v1", "spec-v1"), ("gone", "v1", "spec-x")] {
+        let labels: HashMap<String, String> = [
+            ("fleet.project", project.as_str()),
+            ("fleet.env", "test"),
+            ("fleet.app", app),
+            ("fleet.instance", "1"),
+            ("fleet.version", version),
+            ("fleet.spec", spec),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let c = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(format!("{project}-test-{app}-1-{version}")),
+                    ..Default::default()
+                }),
+                ContainerCreateBody {
+                    image: Some(image_v1.clone()),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(c.id);
+    }
+
+    // 3. With h3's sshd stopped: h1 and h2 are still planned, h3 is a fault naming it.
+    let n = tb.hosts;
+    let (plan, _, _) = {
+        let _exclusive = HOSTS.write().await;
+        let pid = tb.pid(n, "sshd.pid").unwrap();
+        assert!(
+            Command::new("kill")
+                .arg(pid.to_string())
+                .status()
+                .unwrap()
+                .success()
+        );
+        let _restart = SshdStopped(&tb, n);
+        let until = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(format!("10.200.{n}.2:22")).is_ok() {
+            assert!(Instant::now() < until, "sshd did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        plan_live(&v2, &opts, 32).await.unwrap()
+    };
+    for id in &ids {
+        let _ = docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    }
+    s.close().await;
+
+    let h1 = &plan.hosts[0];
+    let acts: Vec<(String, Option<u32>, Action, Vec<String>)> = h1
+        .instances
+        .iter()
+        .map(|i| {
+            (
+                i.app.clone(),
+                i.instance,
+                i.action,
+                i.reasons
+                    .iter()
+                    .map(|r| format!("{}: {}", r.field, r.detail))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        acts,
+        vec![
+            (
+                "hello".into(),
+                Some(1),
+                Action::Replace,
+                vec!["version: v1 -> v2".into()]
+            ),
+            ("hello".into(), Some(2), Action::Create, vec![]),
+            (
+                "gone".into(),
+                Some(1),
+                Action::Remove,
+                vec!["app: app no longer in the manifest".into()]
+            ),
+        ]
+    );
+    assert!(plan.hosts[1].observed);
+    assert_eq!(plan.faults.len(), 1, "{:?}", plan.faults);
+    assert_eq!(plan.faults[0].host, format!("h{n}"));
+    assert_eq!(plan.faults[0].kind, "unreachable");
+    assert_eq!(plan.detailed_exit_code(), 1);
+    let text = render::human(&plan, false);
+    assert!(
+        text.contains(&format!("h{n} (10.200.{n}.2): could not be read")),
+        "{text}"
+    );
+    let json = render::json(&plan).to_string();
+    assert!(!text.contains(secret) && !json.contains(secret));
+    eprintln!("{text}");
+}

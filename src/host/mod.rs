@@ -115,12 +115,19 @@ impl HostError {
         }
     }
 
-    /// The message without the `host (address): ` prefix, for reports that print those apart.
+    /// The message without the `host (address): ` prefix (and without the kind word, which
+    /// reports print apart), e.g. `connect to host 10.0.0.9 port 22: Connection refused`.
     pub fn cause(&self) -> String {
-        let s = self.to_string();
-        match s.split_once("): ") {
-            Some((_, rest)) if !matches!(self, HostError::RuntimeDir { .. }) => rest.to_string(),
-            _ => s,
+        match self {
+            HostError::Unreachable { cause, .. } | HostError::Ssh { cause, .. } => cause.clone(),
+            HostError::RuntimeDir { .. } => self.to_string(),
+            _ => {
+                let s = self.to_string();
+                match s.split_once("): ") {
+                    Some((_, rest)) => rest.to_string(),
+                    None => s,
+                }
+            }
         }
     }
 }
@@ -189,6 +196,9 @@ fn make_dir(path: &Path) -> Result<(), HostError> {
 fn classify(target: &HostTarget, text: &str) -> HostError {
     let host = target.name.clone();
     let address = target.address.clone();
+    let text = text
+        .replace("failed to connect to the remote host: ", "")
+        .replace("the master connection failed: ", "");
     let detail: String = text
         .lines()
         .map(str::trim)
@@ -584,7 +594,47 @@ mod tests {
         );
         assert_eq!(
             e.cause(),
-            "unreachable: ssh: connect to host 10.0.0.9 port 22: Connection refused"
+            "ssh: connect to host 10.0.0.9 port 22: Connection refused"
         );
+    }
+}
+
+#[cfg(test)]
+mod local_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_host_with_no_engine_is_engine_down_naming_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = HostTarget {
+            name: "laptop".into(),
+            address: "local".into(),
+            user: None,
+            port: None,
+            identity_file: None,
+            docker_socket: dir.path().join("no-docker.sock").display().to_string(),
+            roles: vec![],
+        };
+        let opts = ConnectOptions::default();
+        let s = HostSession::connect(&target, &opts).await.unwrap();
+        assert!(s.is_local());
+        match s.docker().await {
+            Err(e @ HostError::EngineDown { .. }) => {
+                assert_eq!(e.kind(), "engine-down");
+                assert!(
+                    e.to_string()
+                        .starts_with("laptop (local): the Docker engine at ")
+                );
+            }
+            Err(e) => panic!("wrong error {e}"),
+            Ok(_) => panic!("an engine answered on a missing socket"),
+        }
+        // A local host's Consul agent is used where it is, without forwarding.
+        assert_eq!(
+            s.consul_url("http://127.0.0.1:8500/").await.unwrap(),
+            "http://127.0.0.1:8500"
+        );
+        close_all(vec![Ok(s)], &opts).await;
+        assert!(!opts.runtime_dir.exists());
     }
 }

@@ -8,6 +8,7 @@ use crate::observe::Fault;
 
 pub mod diff;
 pub mod fields;
+pub mod live;
 pub mod render;
 pub mod saved;
 
