@@ -4,8 +4,11 @@ use crate::observe::{ContainerState, Fault, ObservedContainer};
 use crate::plan::fixtures::*;
 use crate::plan::{Action, KvAction, ServiceAction};
 
-/// (host, app, instance, action, reason fields) for every non-unchanged instance change.
-fn changes(p: &Plan) -> Vec<(String, String, Option<u32>, Action, Vec<String>)> {
+/// (host, app, instance, action, reason fields).
+type Row = (String, String, Option<u32>, Action, Vec<String>);
+
+/// Every instance change that is not `unchanged`.
+fn changes(p: &Plan) -> Vec<Row> {
     p.hosts
         .iter()
         .flat_map(|h| {
@@ -44,13 +47,7 @@ fn services(p: &Plan) -> Vec<(String, String, ServiceAction, Vec<String>)> {
         .collect()
 }
 
-fn c(
-    host: &str,
-    app: &str,
-    i: Option<u32>,
-    a: Action,
-    r: &[&str],
-) -> (String, String, Option<u32>, Action, Vec<String>) {
+fn c(host: &str, app: &str, i: Option<u32>, a: Action, r: &[&str]) -> Row {
     (
         host.into(),
         app.into(),
@@ -81,11 +78,7 @@ fn an_empty_environment_creates_everything() {
 #[test]
 fn instance_level_table() {
     type Edit = fn(&mut crate::desired::DesiredState, &mut crate::observe::ObservedState);
-    let table: Vec<(
-        &str,
-        Edit,
-        Vec<(String, String, Option<u32>, Action, Vec<String>)>,
-    )> = vec![
+    let table: Vec<(&str, Edit, Vec<Row>)> = vec![
         (
             "new version",
             |d, _| {
