@@ -256,4 +256,50 @@ mod tests {
         assert_eq!(got[0].checks[0].status, "passing");
         assert_eq!(got[0].tags, vec!["prod"]);
     }
+
+    /// A one-shot HTTP server answering every request with `status` and `body`.
+    async fn fake_agent(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(resp.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn agent(base: String) -> Agent {
+        Agent {
+            http: reqwest::Client::new(),
+            base,
+            token: Some("wrong".into()),
+            datacenter: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_consul_denied() {
+        let a = agent(fake_agent("403 Forbidden", "Permission denied").await);
+        let e = fleet_services(&a, "p", "e").await.unwrap_err();
+        assert_eq!(e.kind(), "consul-denied");
+    }
+
+    #[tokio::test]
+    async fn a_missing_kv_prefix_is_empty_and_a_dead_agent_unreachable() {
+        let a = agent(fake_agent("404 Not Found", "").await);
+        assert!(kv_digests(&a, "p/e/").await.unwrap().is_empty());
+        let dead = agent("http://127.0.0.1:1".into());
+        assert_eq!(
+            kv_digests(&dead, "p/e/").await.unwrap_err().kind(),
+            "consul-unreachable"
+        );
+    }
 }
