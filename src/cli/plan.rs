@@ -1,11 +1,102 @@
-//! `fleet plan`.
+//! `fleet plan ENV [--json] [--detailed-exitcode] [--out FILE] [--parallel N]`.
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use miette::IntoDiagnostic;
+use owo_colors::{OwoColorize, Stream};
 
 use super::Global;
+use crate::desired::{BuildTarget, Versions};
+use crate::host::{ConnectOptions, DEFAULT_PARALLEL};
+use crate::plan::{live, render, saved::SavedPlan};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The environment to plan.
+    pub env: String,
+    /// Print the plan as JSON (schema: docs/plan-json.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on any error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Save the plan, with a fingerprint of what was observed, for `fleet deploy --plan FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// How many hosts to connect to and read at once.
+    #[arg(long, default_value_t = DEFAULT_PARALLEL, value_name = "N")]
+    pub parallel: usize,
+    /// Give up on a host after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
 
-pub async fn run(_args: Args, _g: &Global) -> miette::Result<ExitCode> {
-    Err(super::not_yet("plan"))
+/// The version (image tag) of each built app.
+///
+/// TODO(merge): replace with `crate::build::versions` (the build branch has it with this exact
+/// signature). Until then only manifests whose apps all use a prebuilt `image` can be planned.
+fn versions(targets: &[BuildTarget]) -> miette::Result<Versions> {
+    if targets.is_empty() {
+        return Ok(Versions::new());
+    }
+    Err(miette::miette!(
+        "planning apps that fleet builds needs their content tags (crate::build::versions), \
+         which this build does not have yet"
+    ))
+}
+
+/// Whether stdout gets colour, as `ui::init_color` decided.
+fn colour_on() -> bool {
+    let probe = "x"
+        .if_supports_color(Stream::Stdout, |t| t.red())
+        .to_string();
+    probe != "x"
+}
+
+pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
+    let loaded = crate::manifest::load(g.file.as_deref())?;
+    let (targets, _registry) = loaded.build_targets();
+    let versions = versions(&targets)?;
+    let desired = loaded.resolve(&args.env, &versions)?;
+    let connect = ConnectOptions {
+        connect_timeout: args.connect_timeout,
+        ..ConnectOptions::default()
+    };
+    let (plan, observed, _timings) = live::plan_live(&desired, &connect, args.parallel)
+        .await
+        .into_diagnostic()?;
+    if args.json {
+        let doc = render::json(&plan);
+        println!("{}", serde_json::to_string_pretty(&doc).into_diagnostic()?);
+        for f in &plan.faults {
+            eprintln!(
+                "error: {} ({}): {}: {}",
+                f.host, f.address, f.kind, f.message
+            );
+        }
+    } else {
+        print!("{}", render::human(&plan, colour_on()));
+    }
+    if let Some(path) = &args.out {
+        SavedPlan::new(plan.clone(), &desired, &observed)
+            .save(path)
+            .into_diagnostic()?;
+        if !args.json {
+            println!(
+                "\nSaved the plan to {}; apply it with `fleet deploy {} --plan {}`.",
+                path.display(),
+                args.env,
+                path.display()
+            );
+        }
+    }
+    let code = if args.detailed_exitcode {
+        plan.detailed_exit_code()
+    } else if plan.faults.is_empty() {
+        0
+    } else {
+        1
+    };
+    Ok(ExitCode::from(code))
 }

@@ -1,1 +1,640 @@
-//! See docs/architecture.md for what lives here.
+//! One handle per host: an OpenSSH multiplexed connection (native mux), through which the
+//! host's Docker engine (a forwarded unix socket, spoken to by `bollard`) and its Consul agent
+//! (a forwarded local TCP port) are reached. A host whose address is `local` is the machine
+//! fleet runs on: no SSH, the local engine and agent directly.
+//!
+//! Why these choices:
+//! - host keys are checked strictly (`StrictHostKeyChecking=yes`): openssh's default would
+//!   silently trust a host seen for the first time. `FLEET_SSH_ACCEPT_NEW=1` relaxes this to
+//!   `accept-new` for people who want it; a changed key is refused either way;
+//! - the user's `~/.ssh/config` is read by `ssh` itself; `FLEET_SSH_CONFIG` (or
+//!   `ConnectOptions::ssh_config`) names another config file (`ssh -F`);
+//! - control sockets and forwarded sockets live under a short directory
+//!   (`/tmp/fleet-<pid>-<n>/`): unix socket paths are limited to 108 bytes;
+//! - `bollard` does not negotiate the API version by itself: `docker()` does, and refuses
+//!   engines older than API 1.41.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bollard::Docker;
+use futures_util::StreamExt;
+use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::desired::HostTarget;
+
+/// The oldest Docker Engine API fleet talks to.
+pub const MIN_API: (usize, usize) = (1, 41);
+
+/// Default bound on hosts connected (and read) at once.
+pub const DEFAULT_PARALLEL: usize = 32;
+
+/// Why a host could not be used. Every variant names the host and its address.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(
+        "{host} ({address}): host key unknown: the host is not in known_hosts and strict checking is on ({detail})"
+    )]
+    UnknownHostKey {
+        host: String,
+        address: String,
+        detail: String,
+    },
+    #[error(
+        "{host} ({address}): HOST KEY CHANGED: the key differs from known_hosts; refusing to connect ({detail})"
+    )]
+    ChangedHostKey {
+        host: String,
+        address: String,
+        detail: String,
+    },
+    #[error("{host} ({address}): SSH authentication refused for user {user} ({detail})")]
+    AuthRefused {
+        host: String,
+        address: String,
+        user: String,
+        detail: String,
+    },
+    #[error("{host} ({address}): unreachable: {cause}")]
+    Unreachable {
+        host: String,
+        address: String,
+        cause: String,
+    },
+    #[error("{host} ({address}): SSH failed: {cause}")]
+    Ssh {
+        host: String,
+        address: String,
+        cause: String,
+    },
+    #[error("{host} ({address}): the Docker engine at {socket} does not answer: {cause}")]
+    EngineDown {
+        host: String,
+        address: String,
+        socket: String,
+        cause: String,
+    },
+    #[error(
+        "{host} ({address}): the Docker engine speaks API {api}; fleet needs {}.{} or newer (Docker 20.10+)",
+        MIN_API.0, MIN_API.1
+    )]
+    EngineTooOld {
+        host: String,
+        address: String,
+        api: String,
+    },
+    #[error("{host} ({address}): cannot forward {what}: {cause}")]
+    Forward {
+        host: String,
+        address: String,
+        what: String,
+        cause: String,
+    },
+    #[error("cannot create the local runtime directory {path}: {source}")]
+    RuntimeDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl HostError {
+    /// A stable word for reports and JSON (`observe::Fault::kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HostError::UnknownHostKey { .. } => "unknown-host-key",
+            HostError::ChangedHostKey { .. } => "changed-host-key",
+            HostError::AuthRefused { .. } => "auth-refused",
+            HostError::Unreachable { .. } => "unreachable",
+            HostError::Ssh { .. } => "ssh",
+            HostError::EngineDown { .. } => "engine-down",
+            HostError::EngineTooOld { .. } => "engine-too-old",
+            HostError::Forward { .. } => "forward",
+            HostError::RuntimeDir { .. } => "local",
+        }
+    }
+
+    /// The message without the `host (address): ` prefix (and without the kind word, which
+    /// reports print apart), e.g. `connect to host 10.0.0.9 port 22: Connection refused`.
+    pub fn cause(&self) -> String {
+        match self {
+            HostError::Unreachable { cause, .. } | HostError::Ssh { cause, .. } => cause.clone(),
+            HostError::RuntimeDir { .. } => self.to_string(),
+            _ => {
+                let s = self.to_string();
+                match s.split_once("): ") {
+                    Some((_, rest)) => rest.to_string(),
+                    None => s,
+                }
+            }
+        }
+    }
+}
+
+/// How to connect. `Default` reads `FLEET_SSH_CONFIG` and `FLEET_SSH_ACCEPT_NEW`.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Gives up on a host after this long (TCP connect + SSH handshake).
+    pub connect_timeout: Duration,
+    /// An `ssh -F` config file; `None` lets ssh read `~/.ssh/config` as usual.
+    pub ssh_config: Option<PathBuf>,
+    /// Accept a host seen for the first time (`accept-new`) instead of refusing it.
+    pub accept_new_host_keys: bool,
+    /// Where control and forwarded sockets go. Keep it short (108-byte socket path limit).
+    pub runtime_dir: PathBuf,
+    /// Per-request timeout for the Docker engine, seconds.
+    pub docker_timeout_secs: u64,
+}
+
+static RUNTIME_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        let n = RUNTIME_SEQ.fetch_add(1, Ordering::Relaxed);
+        ConnectOptions {
+            connect_timeout: Duration::from_secs(10),
+            ssh_config: std::env::var_os("FLEET_SSH_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            accept_new_host_keys: std::env::var("FLEET_SSH_ACCEPT_NEW").as_deref() == Ok("1"),
+            runtime_dir: PathBuf::from(format!("/tmp/fleet-{}-{n}", std::process::id())),
+            docker_timeout_secs: 120,
+        }
+    }
+}
+
+enum Link {
+    Local,
+    Ssh(Session),
+}
+
+/// An open connection to one host. Reuse it for the whole command; `close()` it at the end.
+pub struct HostSession {
+    target: HostTarget,
+    link: Link,
+    /// This host's own directory under the runtime dir (forwarded sockets).
+    dir: PathBuf,
+    docker_timeout_secs: u64,
+    docker: OnceCell<Docker>,
+    forwards: Mutex<Vec<(u16, String, u16)>>,
+}
+
+fn make_dir(path: &Path) -> Result<(), HostError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| HostError::RuntimeDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Turn what `ssh` printed into a typed error.
+fn classify(target: &HostTarget, text: &str) -> HostError {
+    let host = target.name.clone();
+    let address = target.address.clone();
+    let text = text
+        .replace("failed to connect to the remote host: ", "")
+        .replace("the master connection failed: ", "");
+    let detail: String = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("@@@") && !l.starts_with('@'))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let t = text.to_ascii_lowercase();
+    if t.contains("remote host identification has changed")
+        || t.contains("host key for") && t.contains("has changed")
+    {
+        HostError::ChangedHostKey {
+            host,
+            address,
+            detail,
+        }
+    } else if t.contains("host key verification failed") || t.contains("host key is known") {
+        HostError::UnknownHostKey {
+            host,
+            address,
+            detail,
+        }
+    } else if t.contains("permission denied") || t.contains("too many authentication failures") {
+        HostError::AuthRefused {
+            host,
+            address,
+            user: target
+                .user
+                .clone()
+                .unwrap_or_else(|| "(from ssh config)".into()),
+            detail,
+        }
+    } else if [
+        "connection refused",
+        "timed out",
+        "no route to host",
+        "network is unreachable",
+        "could not resolve",
+        "connection closed",
+        "connection reset",
+    ]
+    .iter()
+    .any(|p| t.contains(p))
+    {
+        HostError::Unreachable {
+            host,
+            address,
+            cause: detail,
+        }
+    } else {
+        HostError::Ssh {
+            host,
+            address,
+            cause: detail,
+        }
+    }
+}
+
+/// The whole chain of an error, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A 64-bit FNV-1a of the host name: short, stable directory names for sockets.
+fn short_name(name: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{:08x}", h as u32)
+}
+
+impl HostSession {
+    /// Connect to one host: SSH master (native mux) unless the address is `local`.
+    pub async fn connect(target: &HostTarget, opts: &ConnectOptions) -> Result<Self, HostError> {
+        let dir = opts.runtime_dir.join(short_name(&target.name));
+        make_dir(&dir)?;
+        let link = if target.is_local() {
+            Link::Local
+        } else {
+            let mut b = SessionBuilder::default();
+            b.known_hosts_check(if opts.accept_new_host_keys {
+                KnownHosts::Add
+            } else {
+                KnownHosts::Strict
+            })
+            .connect_timeout(opts.connect_timeout)
+            .server_alive_interval(Duration::from_secs(15))
+            .control_directory(&dir);
+            if let Some(u) = &target.user {
+                b.user(u.clone());
+            }
+            if let Some(p) = target.port {
+                b.port(p);
+            }
+            if let Some(k) = &target.identity_file {
+                b.keyfile(k);
+            }
+            if let Some(c) = &opts.ssh_config {
+                b.config_file(c);
+            }
+            // ssh enforces ConnectTimeout for TCP only; bound the handshake too.
+            let limit = opts.connect_timeout + Duration::from_secs(5);
+            match tokio::time::timeout(limit, b.connect_mux(&target.address)).await {
+                Err(_) => {
+                    return Err(HostError::Unreachable {
+                        host: target.name.clone(),
+                        address: target.address.clone(),
+                        cause: format!(
+                            "no SSH session after {}",
+                            humantime::format_duration(limit)
+                        ),
+                    });
+                }
+                Ok(Err(e)) => return Err(classify(target, &chain(&e))),
+                Ok(Ok(s)) => Link::Ssh(s),
+            }
+        };
+        Ok(HostSession {
+            target: target.clone(),
+            link,
+            dir,
+            docker_timeout_secs: opts.docker_timeout_secs,
+            docker: OnceCell::new(),
+            forwards: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn target(&self) -> &HostTarget {
+        &self.target
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self.link, Link::Local)
+    }
+
+    fn forward_err(&self, what: impl Into<String>, cause: impl Into<String>) -> HostError {
+        HostError::Forward {
+            host: self.target.name.clone(),
+            address: self.target.address.clone(),
+            what: what.into(),
+            cause: cause.into(),
+        }
+    }
+
+    fn engine_down(&self, cause: impl Into<String>) -> HostError {
+        HostError::EngineDown {
+            host: self.target.name.clone(),
+            address: self.target.address.clone(),
+            socket: self.target.docker_socket.clone(),
+            cause: cause.into(),
+        }
+    }
+
+    /// The host's Docker engine, version-negotiated (API >= 1.41). The first call forwards
+    /// the socket and asks the engine its version; later calls return the same client.
+    pub async fn docker(&self) -> Result<Docker, HostError> {
+        self.docker
+            .get_or_try_init(|| async {
+                let socket = match &self.link {
+                    Link::Local => PathBuf::from(&self.target.docker_socket),
+                    Link::Ssh(s) => {
+                        let local = self.dir.join("docker.sock");
+                        let _ = std::fs::remove_file(&local);
+                        s.request_port_forward(
+                            ForwardType::Local,
+                            Socket::from(local.clone()),
+                            Socket::from(PathBuf::from(&self.target.docker_socket)),
+                        )
+                        .await
+                        .map_err(|e| {
+                            self.forward_err(
+                                format!("the Docker socket {}", self.target.docker_socket),
+                                chain(&e),
+                            )
+                        })?;
+                        local
+                    }
+                };
+                let path = socket.to_string_lossy();
+                let docker = Docker::connect_with_unix(
+                    &path,
+                    self.docker_timeout_secs,
+                    bollard::API_DEFAULT_VERSION,
+                )
+                .map_err(|e| self.engine_down(chain(&e)))?;
+                let docker =
+                    tokio::time::timeout(Duration::from_secs(15), docker.negotiate_version())
+                        .await
+                        .map_err(|_| self.engine_down("no answer within 15s"))?
+                        .map_err(|e| self.engine_down(chain(&e)))?;
+                let v = docker.client_version();
+                if (v.major_version, v.minor_version) < MIN_API {
+                    return Err(HostError::EngineTooOld {
+                        host: self.target.name.clone(),
+                        address: self.target.address.clone(),
+                        api: format!("{}.{}", v.major_version, v.minor_version),
+                    });
+                }
+                Ok(docker)
+            })
+            .await
+            .cloned()
+    }
+
+    /// A local `127.0.0.1:<port>` that reaches `remote_host:remote_port` as seen from the host.
+    /// For a `local` host that is the remote address itself.
+    pub async fn forward_tcp(
+        &self,
+        remote_host: &str,
+        remote_port: u16,
+    ) -> Result<std::net::SocketAddr, HostError> {
+        let what = format!("{remote_host}:{remote_port}");
+        let ssh = match &self.link {
+            Link::Local => {
+                return tokio::net::lookup_host(&what)
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| self.forward_err(what.clone(), "cannot resolve"));
+            }
+            Link::Ssh(s) => s,
+        };
+        let mut forwards = self.forwards.lock().await;
+        if let Some((p, _, _)) = forwards
+            .iter()
+            .find(|(_, h, p)| h == remote_host && *p == remote_port)
+        {
+            return Ok(([127, 0, 0, 1], *p).into());
+        }
+        // Pick a free port, then ask ssh to listen there; retry if another process won the race.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| self.forward_err(what.clone(), e.to_string()))?
+                .port();
+            match ssh
+                .request_port_forward(
+                    ForwardType::Local,
+                    Socket::TcpSocket {
+                        host: "127.0.0.1".into(),
+                        port,
+                    },
+                    Socket::TcpSocket {
+                        host: remote_host.to_string().into(),
+                        port: remote_port,
+                    },
+                )
+                .await
+            {
+                Ok(()) => {
+                    forwards.push((port, remote_host.to_string(), remote_port));
+                    return Ok(([127, 0, 0, 1], port).into());
+                }
+                Err(e) => last = chain(&e),
+            }
+        }
+        Err(self.forward_err(what, last))
+    }
+
+    /// The base URL (`http://127.0.0.1:<port>`) of the host's Consul agent, given the agent's
+    /// address as seen from the host (`ConsulTarget::address`, e.g. `http://127.0.0.1:8500`).
+    pub async fn consul_url(&self, agent_address: &str) -> Result<String, HostError> {
+        let url = reqwest::Url::parse(agent_address).map_err(|e| {
+            self.forward_err(format!("the Consul agent {agent_address}"), e.to_string())
+        })?;
+        let host = url.host_str().unwrap_or("127.0.0.1").to_string();
+        let port = url.port_or_known_default().unwrap_or(8500);
+        if self.is_local() {
+            return Ok(agent_address.trim_end_matches('/').to_string());
+        }
+        let local = self.forward_tcp(&host, port).await?;
+        Ok(format!("{}://{local}", url.scheme()))
+    }
+
+    /// `consul_url("http://127.0.0.1:8500")`: the agent where it usually listens.
+    pub async fn consul_port(&self) -> Result<std::net::SocketAddr, HostError> {
+        self.forward_tcp("127.0.0.1", 8500).await
+    }
+
+    /// Close the SSH master (which ends every forward) and remove this host's sockets.
+    pub async fn close(self) {
+        if let Link::Ssh(s) = self.link {
+            let _ = s.close().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Connect to every host, at most `parallel` at once; one result per host, in input order. A
+/// failing host does not stop the others.
+pub async fn connect_all(
+    targets: &[HostTarget],
+    opts: &ConnectOptions,
+    parallel: usize,
+) -> Vec<Result<HostSession, HostError>> {
+    futures_util::stream::iter(targets)
+        .map(|t| HostSession::connect(t, opts))
+        .buffered(parallel.max(1))
+        .collect()
+        .await
+}
+
+/// Close every session that opened, then remove the runtime directory.
+pub async fn close_all(sessions: Vec<Result<HostSession, HostError>>, opts: &ConnectOptions) {
+    futures_util::future::join_all(
+        sessions
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|s| s.close()),
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&opts.runtime_dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> HostTarget {
+        HostTarget {
+            name: "web1".into(),
+            address: "10.0.0.9".into(),
+            user: Some("deploy".into()),
+            port: None,
+            identity_file: None,
+            docker_socket: "/run/docker.sock".into(),
+            roles: vec![],
+        }
+    }
+
+    #[test]
+    fn classifies_ssh_messages() {
+        let cases = [
+            (
+                "No ED25519 host key is known for 10.0.0.9 and you have requested strict checking.\nHost key verification failed.",
+                "unknown-host-key",
+            ),
+            (
+                "@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.",
+                "changed-host-key",
+            ),
+            (
+                "root@10.0.0.9: Permission denied (publickey).",
+                "auth-refused",
+            ),
+            (
+                "ssh: connect to host 10.0.0.9 port 22: Connection refused",
+                "unreachable",
+            ),
+            (
+                "ssh: connect to host 10.0.0.9 port 22: Connection timed out",
+                "unreachable",
+            ),
+            (
+                "ssh: Could not resolve hostname nope: Name or service not known",
+                "unreachable",
+            ),
+            ("something else entirely", "ssh"),
+        ];
+        for (text, kind) in cases {
+            let e = classify(&t(), text);
+            assert_eq!(e.kind(), kind, "{text}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("web1 (10.0.0.9): "), "{msg}");
+        }
+    }
+
+    #[test]
+    fn socket_paths_stay_short() {
+        let o = ConnectOptions::default();
+        let p = o
+            .runtime_dir
+            .join(short_name(&"x".repeat(300)))
+            .join(".ssh-connectionXXXXXX")
+            .join("master");
+        assert!(p.as_os_str().len() < 100, "{}", p.display());
+    }
+
+    #[test]
+    fn cause_drops_the_host_prefix() {
+        let e = classify(
+            &t(),
+            "ssh: connect to host 10.0.0.9 port 22: Connection refused",
+        );
+        assert_eq!(
+            e.cause(),
+            "ssh: connect to host 10.0.0.9 port 22: Connection refused"
+        );
+    }
+}
+
+#[cfg(test)]
+mod local_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_host_with_no_engine_is_engine_down_naming_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = HostTarget {
+            name: "laptop".into(),
+            address: "local".into(),
+            user: None,
+            port: None,
+            identity_file: None,
+            docker_socket: dir.path().join("no-docker.sock").display().to_string(),
+            roles: vec![],
+        };
+        let opts = ConnectOptions::default();
+        let s = HostSession::connect(&target, &opts).await.unwrap();
+        assert!(s.is_local());
+        match s.docker().await {
+            Err(e @ HostError::EngineDown { .. }) => {
+                assert_eq!(e.kind(), "engine-down");
+                assert!(
+                    e.to_string()
+                        .starts_with("laptop (local): the Docker engine at ")
+                );
+            }
+            Err(e) => panic!("wrong error {e}"),
+            Ok(_) => panic!("an engine answered on a missing socket"),
+        }
+        // A local host's Consul agent is used where it is, without forwarding.
+        assert_eq!(
+            s.consul_url("http://127.0.0.1:8500/").await.unwrap(),
+            "http://127.0.0.1:8500"
+        );
+        close_all(vec![Ok(s)], &opts).await;
+        assert!(!opts.runtime_dir.exists());
+    }
+}

@@ -1,1 +1,239 @@
-//! See docs/architecture.md for what lives here.
+//! The plan: what a deploy would change, computed by the pure `diff(desired, observed)`,
+//! rendered as human text (`render::human`) or as JSON (`render::json`, schema in
+//! `docs/plan-json.md`), and saved with a fingerprint of what was observed (`saved`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::observe::Fault;
+
+pub mod diff;
+pub mod fields;
+pub mod live;
+pub mod render;
+pub mod saved;
+
+pub use diff::diff;
+
+/// Everything a deploy of one environment would do, host by host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub project: String,
+    pub environment: String,
+    pub hosts: Vec<HostPlan>,
+    /// KV changes (cluster-wide, not per host).
+    pub kv: Vec<KvChange>,
+    /// Every host (or agent) that could not be read; their part of the plan is unknown.
+    pub faults: Vec<Fault>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostPlan {
+    pub name: String,
+    pub address: String,
+    /// `false` when the host could not be read: `instances` and `services` are then empty.
+    pub observed: bool,
+    /// Sorted by app (manifest order, then apps no longer in the manifest), then instance.
+    pub instances: Vec<InstanceChange>,
+    pub services: Vec<ServiceChange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Replace,
+    Remove,
+    Start,
+    Unchanged,
+}
+
+impl Action {
+    /// `+` create, `±` replace, `-` remove, `~` start (changed in place), blank unchanged.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::Create => "+",
+            Action::Replace => "±",
+            Action::Remove => "-",
+            Action::Start => "~",
+            Action::Unchanged => " ",
+        }
+    }
+}
+
+/// One container slot (app + instance number) on one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceChange {
+    pub app: String,
+    /// `None` for a managed container whose labels carry no readable instance number.
+    pub instance: Option<u32>,
+    pub action: Action,
+    /// The container there now (for replace, remove, start, unchanged).
+    pub current: Option<ContainerRef>,
+    /// What should run (for create, replace, start, unchanged).
+    pub desired: Option<DesiredRef>,
+    pub reasons: Vec<Reason>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    pub id: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub spec_hash: Option<String>,
+    pub state: String,
+    pub health: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredRef {
+    pub name: String,
+    pub image: String,
+    pub version: String,
+    pub spec_hash: String,
+}
+
+/// Why something changes: a field name and a human explanation that never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    pub field: String,
+    pub detail: String,
+}
+
+impl Reason {
+    pub fn new(field: &str, detail: impl Into<String>) -> Self {
+        Reason {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceAction {
+    Register,
+    Update,
+    Deregister,
+    Unchanged,
+}
+
+impl ServiceAction {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            ServiceAction::Register => "+",
+            ServiceAction::Update => "~",
+            ServiceAction::Deregister => "-",
+            ServiceAction::Unchanged => " ",
+        }
+    }
+}
+
+/// One Consul registration on one host's agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceChange {
+    pub id: String,
+    pub name: String,
+    /// The app it belongs to (from the desired state, else from its `fleet-app` Meta).
+    pub app: String,
+    pub instance: Option<u32>,
+    pub action: ServiceAction,
+    pub reasons: Vec<Reason>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvAction {
+    Put,
+    Delete,
+    Unchanged,
+}
+
+/// One KV key. Values are never part of a plan: only whether they change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvChange {
+    pub key: String,
+    pub action: KvAction,
+    /// `new key`, `value changed`, `no longer in the manifest`, or empty when unchanged.
+    pub reason: String,
+}
+
+/// Counts for the summary line and the JSON `summary` object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub create: usize,
+    pub replace: usize,
+    pub remove: usize,
+    pub start: usize,
+    pub unchanged: usize,
+    pub register: usize,
+    pub update: usize,
+    pub deregister: usize,
+    pub kv_put: usize,
+    pub kv_delete: usize,
+}
+
+impl Summary {
+    pub fn changes(&self) -> usize {
+        self.create
+            + self.replace
+            + self.remove
+            + self.start
+            + self.register
+            + self.update
+            + self.deregister
+            + self.kv_put
+            + self.kv_delete
+    }
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for h in &self.hosts {
+            for i in &h.instances {
+                match i.action {
+                    Action::Create => s.create += 1,
+                    Action::Replace => s.replace += 1,
+                    Action::Remove => s.remove += 1,
+                    Action::Start => s.start += 1,
+                    Action::Unchanged => s.unchanged += 1,
+                }
+            }
+            for v in &h.services {
+                match v.action {
+                    ServiceAction::Register => s.register += 1,
+                    ServiceAction::Update => s.update += 1,
+                    ServiceAction::Deregister => s.deregister += 1,
+                    ServiceAction::Unchanged => {}
+                }
+            }
+        }
+        for k in &self.kv {
+            match k.action {
+                KvAction::Put => s.kv_put += 1,
+                KvAction::Delete => s.kv_delete += 1,
+                KvAction::Unchanged => {}
+            }
+        }
+        s
+    }
+
+    /// True when a deploy would change something.
+    pub fn has_changes(&self) -> bool {
+        self.summary().changes() > 0
+    }
+
+    /// The exit code for `--detailed-exitcode`: 1 on any fault, else 2 with changes, else 0.
+    pub fn detailed_exit_code(&self) -> u8 {
+        if !self.faults.is_empty() {
+            1
+        } else if self.has_changes() {
+            2
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures;

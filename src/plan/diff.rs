@@ -1,0 +1,578 @@
+//! `diff(desired, observed) -> Plan`: pure, deterministic, tested without hosts.
+//!
+//! Rules, per host that could be read:
+//! - a desired instance with no container is **create**;
+//! - with a container of the same spec hash: **unchanged** when it runs, **start** when it
+//!   exited (or was created and never started);
+//! - with a container of another spec hash: **replace**, with reasons from the `fleet.fields`
+//!   label (`plan::fields`), else from the version label, else the spec hashes;
+//! - every other managed container is **remove** (app no longer in the manifest, app no longer
+//!   on this host, instance beyond the count, a second container for one instance, unreadable
+//!   labels).
+//! - Consul: desired service absent **register**, different **update**, fleet's registrations
+//!   that are not desired **deregister** (saying when their container is gone).
+//! - KV (when the project uses Consul): **put** new or changed keys, **delete** keys under
+//!   `<project>/<env>/` that the manifest no longer has, except those whose first segment
+//!   starts with `_` or `.` (fleet's own bookkeeping, e.g. the deploy lock).
+//!
+//! Only fleet's own records are compared (spec hash, field digests, registration fields): what
+//! Docker or Consul fill in by themselves can never show up as drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::desired::{DesiredState, InstanceSpec, ServiceSpec};
+use crate::labels;
+use crate::observe::{Fault, ObservedContainer, ObservedHost, ObservedService, ObservedState};
+
+use super::fields::{FieldDigests, differences};
+use super::{
+    Action, ContainerRef, DesiredRef, HostPlan, InstanceChange, KvAction, KvChange, Plan, Reason,
+    ServiceAction, ServiceChange,
+};
+
+/// Compare what should run with what runs.
+pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Plan {
+    let app_order: Vec<&str> = desired.apps.iter().map(|a| a.name.as_str()).collect();
+    let mut faults: Vec<Fault> = Vec::new();
+    let mut hosts = Vec::new();
+    for dh in &desired.hosts {
+        let name = &dh.target.name;
+        let Some(oh) = observed.hosts.iter().find(|h| &h.name == name) else {
+            faults.push(Fault {
+                host: name.clone(),
+                address: dh.target.address.clone(),
+                kind: "not-observed".into(),
+                message: "the host was not read".into(),
+            });
+            hosts.push(unknown_host(name, &dh.target.address));
+            continue;
+        };
+        if let Some(f) = &oh.fault {
+            faults.push(f.clone());
+            hosts.push(unknown_host(name, &dh.target.address));
+            continue;
+        }
+        if let Some(f) = &oh.consul_fault {
+            faults.push(f.clone());
+        }
+        let instances = diff_instances(desired, &app_order, &dh.instances, oh);
+        let services = match &oh.services {
+            Some(obs) => diff_services(&app_order, &dh.instances, obs, oh),
+            None => Vec::new(),
+        };
+        hosts.push(HostPlan {
+            name: name.clone(),
+            address: dh.target.address.clone(),
+            observed: true,
+            instances,
+            services,
+        });
+    }
+    let kv = if desired.consul.is_some() {
+        if let Some(f) = &observed.kv_fault {
+            faults.push(f.clone());
+        }
+        observed
+            .kv
+            .as_ref()
+            .map(|kv| diff_kv(desired, &kv.entries))
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Plan {
+        project: desired.project.clone(),
+        environment: desired.environment.clone(),
+        hosts,
+        kv,
+        faults,
+    }
+}
+
+fn unknown_host(name: &str, address: &str) -> HostPlan {
+    HostPlan {
+        name: name.into(),
+        address: address.into(),
+        observed: false,
+        instances: Vec::new(),
+        services: Vec::new(),
+    }
+}
+
+fn container_ref(c: &ObservedContainer) -> ContainerRef {
+    ContainerRef {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        version: c.version.clone(),
+        spec_hash: c.spec_hash.clone(),
+        state: c.state.as_str().into(),
+        health: format!("{:?}", c.health).to_lowercase(),
+    }
+}
+
+fn desired_ref(d: &DesiredState, i: &InstanceSpec) -> DesiredRef {
+    DesiredRef {
+        name: i.container_name(&d.project, &d.environment),
+        image: i.container.image.clone(),
+        version: i.version.clone(),
+        spec_hash: i.spec_hash.clone(),
+    }
+}
+
+/// Position of an app in manifest order; apps no longer in the manifest sort after, by name.
+fn app_rank<'a>(order: &[&str], app: &'a str) -> (usize, &'a str) {
+    (
+        order.iter().position(|a| *a == app).unwrap_or(usize::MAX),
+        app,
+    )
+}
+
+fn diff_instances(
+    d: &DesiredState,
+    app_order: &[&str],
+    want: &[InstanceSpec],
+    oh: &ObservedHost,
+) -> Vec<InstanceChange> {
+    // Observed containers per (app, instance) slot.
+    let mut slots: BTreeMap<(Option<&str>, Option<u32>), Vec<&ObservedContainer>> = BTreeMap::new();
+    for c in &oh.containers {
+        slots
+            .entry((c.app.as_deref(), c.instance))
+            .or_default()
+            .push(c);
+    }
+    let mut out = Vec::new();
+    for w in want {
+        let found = slots
+            .remove(&(Some(w.app.as_str()), Some(w.instance)))
+            .unwrap_or_default();
+        let desired = Some(desired_ref(d, w));
+        if found.is_empty() {
+            out.push(InstanceChange {
+                app: w.app.clone(),
+                instance: Some(w.instance),
+                action: Action::Create,
+                current: None,
+                desired,
+                reasons: Vec::new(),
+            });
+            continue;
+        }
+        // Keep the best one: same spec first, then running, then the newest.
+        let best = found
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, c)| {
+                (
+                    c.spec_hash.as_deref() == Some(w.spec_hash.as_str()),
+                    c.state.is_up(),
+                    c.created,
+                    c.id.as_str(),
+                )
+            })
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        let c = found[best];
+        let (action, reasons) = if c.spec_hash.as_deref() == Some(w.spec_hash.as_str()) {
+            if c.state.is_up() {
+                (Action::Unchanged, Vec::new())
+            } else {
+                (
+                    Action::Start,
+                    vec![Reason::new(
+                        "state",
+                        format!("container is {}", c.state.as_str()),
+                    )],
+                )
+            }
+        } else {
+            (Action::Replace, replace_reasons(c, w))
+        };
+        out.push(InstanceChange {
+            app: w.app.clone(),
+            instance: Some(w.instance),
+            action,
+            current: Some(container_ref(c)),
+            desired,
+            reasons,
+        });
+        for (i, extra) in found.iter().enumerate() {
+            if i != best {
+                out.push(remove(
+                    extra,
+                    "duplicate",
+                    format!("a second container for this instance (kept {})", c.name),
+                ));
+            }
+        }
+    }
+    // What is left is not desired on this host.
+    let apps_here: BTreeMap<&str, u32> = want.iter().fold(BTreeMap::new(), |mut m, w| {
+        let n = m.entry(w.app.as_str()).or_insert(0);
+        *n = (*n).max(w.instance);
+        m
+    });
+    for ((app, instance), cs) in slots {
+        for c in cs {
+            let (field, why) = match (app, instance) {
+                (Some(a), Some(_)) if !app_order.contains(&a) => {
+                    ("app", "app no longer in the manifest".to_string())
+                }
+                (Some(a), Some(_)) => match apps_here.get(a) {
+                    None => ("host", "app no longer placed on this host".to_string()),
+                    Some(n) => (
+                        "count",
+                        format!("instance beyond the count ({n} on this host)"),
+                    ),
+                },
+                _ => (
+                    "labels",
+                    format!("no readable {} / {} label", labels::APP, labels::INSTANCE),
+                ),
+            };
+            out.push(remove(c, field, why));
+        }
+    }
+    out.sort_by(|a, b| {
+        (
+            app_rank(app_order, &a.app),
+            a.instance,
+            a.action == Action::Remove,
+        )
+            .cmp(&(
+                app_rank(app_order, &b.app),
+                b.instance,
+                b.action == Action::Remove,
+            ))
+    });
+    out
+}
+
+fn remove(c: &ObservedContainer, field: &str, why: String) -> InstanceChange {
+    InstanceChange {
+        app: c.app.clone().unwrap_or_else(|| "?".into()),
+        instance: c.instance,
+        action: Action::Remove,
+        current: Some(container_ref(c)),
+        desired: None,
+        reasons: vec![Reason::new(field, why)],
+    }
+}
+
+/// The repository part of an image reference (without `:tag` / `@digest`).
+fn repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    }
+}
+
+fn replace_reasons(c: &ObservedContainer, w: &InstanceSpec) -> Vec<Reason> {
+    let mut reasons = Vec::new();
+    let version_changed = c.version.as_deref() != Some(w.version.as_str());
+    if version_changed {
+        reasons.push(Reason::new(
+            "version",
+            format!(
+                "{} -> {}",
+                c.version.as_deref().unwrap_or("(none)"),
+                w.version
+            ),
+        ));
+    }
+    let new = FieldDigests::of(&w.container);
+    match &c.fields {
+        Some(old) => {
+            let (fields, env) = differences(old, &new);
+            for f in fields {
+                if f == "image" {
+                    // A new tag of the same repository is already said by `version`.
+                    if !(version_changed && repository(&c.image) == repository(&w.container.image))
+                    {
+                        reasons.push(Reason::new(
+                            "image",
+                            format!("{} -> {}", c.image, w.container.image),
+                        ));
+                    }
+                } else {
+                    reasons.push(Reason::new(&f, describe(&f, w)));
+                }
+            }
+            if !env.is_empty() {
+                reasons.push(Reason::new("env", env.join(", ")));
+            }
+            if reasons.is_empty() {
+                reasons.push(Reason::new(
+                    "secret",
+                    "a secret's value changed (values are never shown)",
+                ));
+            }
+        }
+        None => {
+            if !version_changed && c.image != w.container.image {
+                reasons.push(Reason::new(
+                    "image",
+                    format!("{} -> {}", c.image, w.container.image),
+                ));
+            }
+            if reasons.is_empty() {
+                reasons.push(Reason::new(
+                    "spec",
+                    format!(
+                        "spec hash {} -> {}",
+                        c.spec_hash.as_deref().unwrap_or("(none)"),
+                        w.spec_hash
+                    ),
+                ));
+            }
+        }
+    }
+    reasons
+}
+
+/// The new value of a changed field, said briefly (never an env value).
+fn describe(field: &str, w: &InstanceSpec) -> String {
+    let s = &w.container;
+    let now = match field {
+        "command" => s
+            .command
+            .as_ref()
+            .map(|c| format!("{c:?}"))
+            .unwrap_or_else(|| "the image's default".into()),
+        "ports" => {
+            let p: Vec<String> = s
+                .ports
+                .iter()
+                .map(|p| format!("{}:{}/{}", p.host, p.container, p.protocol))
+                .collect();
+            if p.is_empty() {
+                "none".into()
+            } else {
+                p.join(", ")
+            }
+        }
+        "volumes" => {
+            if s.volumes.is_empty() {
+                "none".into()
+            } else {
+                s.volumes.join(", ")
+            }
+        }
+        "network" => s.network.clone().unwrap_or_else(|| "default".into()),
+        "user" => s.user.clone().unwrap_or_else(|| "the image's".into()),
+        "workdir" => s.workdir.clone().unwrap_or_else(|| "the image's".into()),
+        "restart" => match &s.restart {
+            crate::desired::RestartPolicy::No => "no".into(),
+            crate::desired::RestartPolicy::Always => "always".into(),
+            crate::desired::RestartPolicy::UnlessStopped => "unless-stopped".into(),
+            crate::desired::RestartPolicy::OnFailure { max_retries } => match max_retries {
+                Some(n) => format!("on-failure:{n}"),
+                None => "on-failure".into(),
+            },
+        },
+        "memory" => s
+            .memory
+            .map(|m| bytesize::ByteSize(m).to_string())
+            .unwrap_or_else(|| "unlimited".into()),
+        "cpus" => s
+            .cpus
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "unlimited".into()),
+        "stop_timeout" => humantime::format_duration(s.stop_timeout).to_string(),
+        "health" => match &s.health {
+            None => "none".into(),
+            Some(h) => {
+                let what = match &h.check {
+                    crate::desired::HealthCheck::Http(p) => format!("http {p}"),
+                    crate::desired::HealthCheck::Tcp => "tcp".into(),
+                };
+                format!("{what} every {}", humantime::format_duration(h.interval))
+            }
+        },
+        "labels" => {
+            let l: Vec<&str> = s
+                .labels
+                .keys()
+                .filter(|k| !k.starts_with("fleet."))
+                .map(String::as_str)
+                .collect();
+            return format!("changed (now: {})", l.join(", "));
+        }
+        _ => return "changed".into(),
+    };
+    format!("changed (now {now})")
+}
+
+fn sorted(v: &[String]) -> Vec<&String> {
+    let mut v: Vec<&String> = v.iter().collect();
+    v.sort();
+    v
+}
+
+fn service_reasons(want: &ServiceSpec, have: &ObservedService) -> Vec<Reason> {
+    let mut r = Vec::new();
+    if want.name != have.name {
+        r.push(Reason::new(
+            "name",
+            format!("{} -> {}", have.name, want.name),
+        ));
+    }
+    if sorted(&want.tags) != sorted(&have.tags) {
+        r.push(Reason::new(
+            "tags",
+            format!("[{}] -> [{}]", have.tags.join(", "), want.tags.join(", ")),
+        ));
+    }
+    if want.meta != have.meta {
+        let keys: BTreeSet<&String> = want
+            .meta
+            .iter()
+            .filter(|(k, v)| have.meta.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .chain(have.meta.keys().filter(|k| !want.meta.contains_key(*k)))
+            .collect();
+        let keys: Vec<&str> = keys.into_iter().map(String::as_str).collect();
+        r.push(Reason::new("meta", keys.join(", ")));
+    }
+    if want.address != have.address {
+        r.push(Reason::new(
+            "address",
+            format!("{} -> {}", have.address, want.address),
+        ));
+    }
+    if want.port != have.port {
+        r.push(Reason::new(
+            "port",
+            format!("{} -> {}", have.port, want.port),
+        ));
+    }
+    r
+}
+
+fn diff_services(
+    app_order: &[&str],
+    want: &[InstanceSpec],
+    have: &[ObservedService],
+    oh: &ObservedHost,
+) -> Vec<ServiceChange> {
+    let meta_app = labels::meta_key(labels::APP);
+    let meta_inst = labels::meta_key(labels::INSTANCE);
+    let by_id: BTreeMap<&str, &ObservedService> = have.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut out = Vec::new();
+    let mut wanted_ids = BTreeSet::new();
+    for w in want {
+        let Some(svc) = &w.service else { continue };
+        wanted_ids.insert(svc.id.as_str());
+        let (action, reasons) = match by_id.get(svc.id.as_str()) {
+            None => (
+                ServiceAction::Register,
+                vec![Reason::new("service", "not registered")],
+            ),
+            Some(h) => {
+                let r = service_reasons(svc, h);
+                if r.is_empty() {
+                    (ServiceAction::Unchanged, r)
+                } else {
+                    (ServiceAction::Update, r)
+                }
+            }
+        };
+        out.push(ServiceChange {
+            id: svc.id.clone(),
+            name: svc.name.clone(),
+            app: w.app.clone(),
+            instance: Some(w.instance),
+            action,
+            reasons,
+        });
+    }
+    let wanted_apps: BTreeSet<&str> = want.iter().map(|w| w.app.as_str()).collect();
+    for h in have {
+        if wanted_ids.contains(h.id.as_str()) {
+            continue;
+        }
+        let app = h.meta.get(&meta_app).cloned();
+        let instance = h.meta.get(&meta_inst).and_then(|i| i.parse::<u32>().ok());
+        let has_container = oh
+            .containers
+            .iter()
+            .any(|c| c.app == app && c.instance == instance && app.is_some());
+        let why = if !has_container {
+            Reason::new("container", "its container is gone")
+        } else {
+            match &app {
+                Some(a) if !app_order.contains(&a.as_str()) => {
+                    Reason::new("app", "app no longer in the manifest")
+                }
+                Some(a) if !wanted_apps.contains(a.as_str()) => {
+                    Reason::new("host", "app no longer placed on this host")
+                }
+                _ => Reason::new("service", "no longer in the manifest"),
+            }
+        };
+        out.push(ServiceChange {
+            id: h.id.clone(),
+            name: h.name.clone(),
+            app: app.unwrap_or_else(|| "?".into()),
+            instance,
+            action: ServiceAction::Deregister,
+            reasons: vec![why],
+        });
+    }
+    out.sort_by(|a, b| {
+        (app_rank(app_order, &a.app), a.instance, &a.id).cmp(&(
+            app_rank(app_order, &b.app),
+            b.instance,
+            &b.id,
+        ))
+    });
+    out
+}
+
+/// Whether a key under `<project>/<env>/` is fleet's own bookkeeping (never deleted by a plan).
+fn reserved(rel: &str) -> bool {
+    rel.starts_with('_') || rel.starts_with('.') || rel.is_empty() || rel.ends_with('/')
+}
+
+fn diff_kv(d: &DesiredState, have: &BTreeMap<String, String>) -> Vec<KvChange> {
+    let prefix = format!("{}/{}/", d.project, d.environment);
+    let mut want: BTreeMap<&str, &str> = BTreeMap::new();
+    for a in &d.apps {
+        for (k, v) in &a.config {
+            want.insert(k, v);
+        }
+    }
+    let mut out = Vec::new();
+    for (k, v) in &want {
+        let digest = crate::observe::value_digest(v.as_bytes());
+        let (action, reason) = match have.get(*k) {
+            None => (KvAction::Put, "new key"),
+            Some(h) if *h != digest => (KvAction::Put, "value changed"),
+            Some(_) => (KvAction::Unchanged, ""),
+        };
+        out.push(KvChange {
+            key: (*k).into(),
+            action,
+            reason: reason.into(),
+        });
+    }
+    for k in have.keys() {
+        let Some(rel) = k.strip_prefix(&prefix) else {
+            continue;
+        };
+        if want.contains_key(k.as_str()) || reserved(rel) {
+            continue;
+        }
+        out.push(KvChange {
+            key: k.clone(),
+            action: KvAction::Delete,
+            reason: "no longer in the manifest".into(),
+        });
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,244 @@
+//! Test data: a small desired state and the observed state a correct deploy of it leaves.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::desired::*;
+use crate::labels;
+use crate::observe::*;
+use crate::plan::fields::FieldDigests;
+
+fn target(name: &str, n: u8) -> HostTarget {
+    HostTarget {
+        name: name.into(),
+        address: format!("10.200.{n}.2"),
+        user: Some("root".into()),
+        port: None,
+        identity_file: None,
+        docker_socket: "/run/docker.sock".into(),
+        roles: vec!["web".into()],
+    }
+}
+
+pub fn instance(host: &str, app: &str, n: u32, version: &str) -> InstanceSpec {
+    let mut labels_map = BTreeMap::new();
+    for (k, v) in [
+        (labels::PROJECT, "shop"),
+        (labels::ENV, "prod"),
+        (labels::APP, app),
+    ] {
+        labels_map.insert(k.to_string(), v.to_string());
+    }
+    labels_map.insert(labels::INSTANCE.into(), n.to_string());
+    labels_map.insert(labels::VERSION.into(), version.into());
+    let mut env = indexmap::IndexMap::new();
+    env.insert("LOG".to_string(), EnvValue::Plain("info".into()));
+    env.insert(
+        "DB_PASSWORD".to_string(),
+        EnvValue::Secret(SecretRef::Env("SHOP_DB_PASSWORD".into())),
+    );
+    let port = 8080 + n as u16 - 1;
+    let container = ContainerSpec {
+        image: format!("10.200.1.1:5000/shop/{app}:{version}"),
+        command: None,
+        env,
+        ports: vec![PortSpec {
+            container: 8080,
+            host: port,
+            protocol: "tcp".into(),
+        }],
+        labels: labels_map,
+        volumes: vec![],
+        network: None,
+        user: None,
+        workdir: None,
+        restart: RestartPolicy::UnlessStopped,
+        memory: Some(256 * 1024 * 1024),
+        cpus: None,
+        stop_timeout: Duration::from_secs(10),
+        health: Some(HealthSpec {
+            check: HealthCheck::Http("/health".into()),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            deregister_after: None,
+        }),
+    };
+    let mut s = InstanceSpec {
+        app: app.into(),
+        instance: n,
+        version: version.into(),
+        spec_hash: String::new(),
+        container,
+        service: None,
+    };
+    s.spec_hash = spec_hash(&s);
+    s.container
+        .labels
+        .insert(labels::SPEC.into(), s.spec_hash.clone());
+    if app == "web" {
+        let mut meta = BTreeMap::new();
+        for (l, v) in [
+            (labels::PROJECT, "shop".to_string()),
+            (labels::ENV, "prod".into()),
+            (labels::APP, app.into()),
+            (labels::INSTANCE, n.to_string()),
+        ] {
+            meta.insert(labels::meta_key(l), v);
+        }
+        s.service = Some(ServiceSpec {
+            id: format!("shop-prod-{app}-{host}-{n}"),
+            name: format!("shop-{app}"),
+            tags: vec!["prod".into()],
+            meta,
+            address: "10.200.1.2".into(),
+            port,
+        });
+    }
+    s
+}
+
+/// A stand-in for the manifest's spec hash, good enough for tests: the hash of the spec JSON
+/// without fleet's own labels.
+pub fn spec_hash(s: &InstanceSpec) -> String {
+    use sha2::Digest;
+    let mut c = s.container.clone();
+    c.labels.retain(|k, _| !k.starts_with("fleet."));
+    hex::encode(&sha2::Sha256::digest(serde_json::to_vec(&c).unwrap())[..6])
+}
+
+pub fn rehash(s: &mut InstanceSpec) {
+    s.spec_hash = spec_hash(s);
+    s.container
+        .labels
+        .insert(labels::SPEC.into(), s.spec_hash.clone());
+}
+
+/// shop/prod: web x2 (with a Consul service) + worker x1 on h1 and h2; KV for web.
+pub fn desired() -> DesiredState {
+    let hosts = [("h1", 1u8), ("h2", 2)]
+        .into_iter()
+        .map(|(h, n)| DesiredHost {
+            target: target(h, n),
+            instances: vec![
+                instance(h, "web", 1, "v1"),
+                instance(h, "web", 2, "v1"),
+                instance(h, "worker", 1, "v1"),
+            ],
+        })
+        .collect();
+    let app = |name: &str, config: &[(&str, &str)]| DesiredApp {
+        name: name.into(),
+        image: format!("10.200.1.1:5000/shop/{name}"),
+        version: "v1".into(),
+        build: None,
+        config: config
+            .iter()
+            .map(|(k, v)| (format!("shop/prod/{name}/{k}"), v.to_string()))
+            .collect(),
+        batch: 1,
+        health_deadline: Duration::from_secs(30),
+    };
+    DesiredState {
+        project: "shop".into(),
+        environment: "prod".into(),
+        hosts,
+        apps: vec![
+            app("web", &[("greeting", "hello"), ("api_key", "s3cr3t-v4lue")]),
+            app("worker", &[]),
+        ],
+        consul: Some(ConsulTarget {
+            address: "http://127.0.0.1:8500".into(),
+            token: None,
+            datacenter: None,
+        }),
+        registry: None,
+    }
+}
+
+/// A container as a deploy of `i` leaves it.
+pub fn container_for(d: &DesiredState, i: &InstanceSpec, created: i64) -> ObservedContainer {
+    ObservedContainer {
+        id: format!("{:0>12}", created),
+        name: i.container_name(&d.project, &d.environment),
+        app: Some(i.app.clone()),
+        instance: Some(i.instance),
+        version: Some(i.version.clone()),
+        spec_hash: Some(i.spec_hash.clone()),
+        fields: Some(FieldDigests::of(&i.container)),
+        image: i.container.image.clone(),
+        state: ContainerState::Running,
+        health: Health::Healthy,
+        created,
+    }
+}
+
+pub fn service_for(s: &ServiceSpec) -> ObservedService {
+    ObservedService {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        tags: s.tags.clone(),
+        meta: s.meta.clone(),
+        address: s.address.clone(),
+        port: s.port,
+        checks: vec![ObservedCheck {
+            id: format!("service:{}", s.id),
+            status: "passing".into(),
+        }],
+    }
+}
+
+/// What the hosts look like right after a correct deploy of `d`.
+pub fn deployed(d: &DesiredState) -> ObservedState {
+    let mut created = 1_700_000_000;
+    let hosts = d
+        .hosts
+        .iter()
+        .map(|h| ObservedHost {
+            name: h.target.name.clone(),
+            address: h.target.address.clone(),
+            containers: h
+                .instances
+                .iter()
+                .map(|i| {
+                    created += 1;
+                    container_for(d, i, created)
+                })
+                .collect(),
+            services: Some(
+                h.instances
+                    .iter()
+                    .filter_map(|i| i.service.as_ref().map(service_for))
+                    .collect(),
+            ),
+            fault: None,
+            consul_fault: None,
+        })
+        .collect();
+    let entries = d
+        .apps
+        .iter()
+        .flat_map(|a| a.config.iter())
+        .map(|(k, v)| (k.clone(), value_digest(v.as_bytes())))
+        .collect();
+    ObservedState {
+        project: d.project.clone(),
+        environment: d.environment.clone(),
+        hosts,
+        kv: Some(ObservedKv {
+            via_host: "h1".into(),
+            entries,
+        }),
+        kv_fault: None,
+    }
+}
+
+/// Nothing deployed yet.
+pub fn empty(d: &DesiredState) -> ObservedState {
+    let mut o = deployed(d);
+    for h in &mut o.hosts {
+        h.containers.clear();
+        h.services = Some(vec![]);
+    }
+    o.kv.as_mut().unwrap().entries.clear();
+    o
+}

@@ -1,0 +1,473 @@
+//! A plan as text for people (`human`) and as JSON for tools (`json`, documented in
+//! `docs/plan-json.md`).
+//!
+//! Human output is grouped by host then app; hosts with nothing to do collapse to one line.
+//! Symbols: `+` create / register / put, `±` replace, `~` start / update, `-` remove /
+//! deregister / delete. Colour is a parameter (the CLI passes what `ui::init_color` decided),
+//! so snapshots are stable. Neither form ever holds a KV value or a secret.
+
+use std::fmt::Write;
+
+use owo_colors::OwoColorize;
+use serde::Serialize;
+
+use super::{
+    Action, HostPlan, InstanceChange, KvAction, Plan, ServiceAction, ServiceChange, Summary,
+};
+
+/// The version of the JSON document's shape. Bumped on any incompatible change.
+pub const JSON_FORMAT_VERSION: u32 = 1;
+
+struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    fn sym(&self, sym: &str) -> String {
+        if !self.on {
+            return sym.to_string();
+        }
+        match sym {
+            "+" => sym.green().bold().to_string(),
+            "-" => sym.red().bold().to_string(),
+            "±" | "~" => sym.yellow().bold().to_string(),
+            _ => sym.to_string(),
+        }
+    }
+    fn bold(&self, s: &str) -> String {
+        if self.on {
+            s.bold().to_string()
+        } else {
+            s.to_string()
+        }
+    }
+    fn dim(&self, s: &str) -> String {
+        if self.on {
+            s.dimmed().to_string()
+        } else {
+            s.to_string()
+        }
+    }
+    fn red(&self, s: &str) -> String {
+        if self.on {
+            s.red().to_string()
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+fn instance_label(i: &InstanceChange) -> String {
+    match i.instance {
+        Some(n) => format!("{}#{n}", i.app),
+        None => format!("{}#?", i.app),
+    }
+}
+
+fn instance_line(p: &Paint, i: &InstanceChange) -> String {
+    let what = match i.action {
+        Action::Create => format!(
+            "{:<10} {}  ({})",
+            "create",
+            i.desired.as_ref().map(|d| d.name.as_str()).unwrap_or("?"),
+            i.desired.as_ref().map(|d| d.image.as_str()).unwrap_or("?")
+        ),
+        Action::Replace => format!(
+            "{:<10} {} -> {}",
+            "replace",
+            i.current.as_ref().map(|c| c.name.as_str()).unwrap_or("?"),
+            i.desired.as_ref().map(|d| d.name.as_str()).unwrap_or("?")
+        ),
+        Action::Remove => format!(
+            "{:<10} {}",
+            "remove",
+            i.current.as_ref().map(|c| c.name.as_str()).unwrap_or("?")
+        ),
+        Action::Start => format!(
+            "{:<10} {}",
+            "start",
+            i.current.as_ref().map(|c| c.name.as_str()).unwrap_or("?")
+        ),
+        Action::Unchanged => "unchanged".into(),
+    };
+    format!(
+        "    {} {:<10} {what}",
+        p.sym(i.action.symbol()),
+        instance_label(i)
+    )
+}
+
+fn service_line(p: &Paint, s: &ServiceChange) -> String {
+    let word = match s.action {
+        ServiceAction::Register => "register",
+        ServiceAction::Update => "update",
+        ServiceAction::Deregister => "deregister",
+        ServiceAction::Unchanged => "unchanged",
+    };
+    format!(
+        "    {} {:<10} {word:<10} consul service {} ({})",
+        p.sym(s.action.symbol()),
+        match s.instance {
+            Some(n) => format!("{}#{n}", s.app),
+            None => format!("{}#?", s.app),
+        },
+        s.name,
+        s.id
+    )
+}
+
+fn host_has_changes(h: &HostPlan) -> bool {
+    h.instances.iter().any(|i| i.action != Action::Unchanged)
+        || h.services
+            .iter()
+            .any(|s| s.action != ServiceAction::Unchanged)
+}
+
+fn write_host(out: &mut String, p: &Paint, plan: &Plan, h: &HostPlan) {
+    let head = format!("{} ({})", p.bold(&h.name), h.address);
+    if !h.observed {
+        let why = plan
+            .faults
+            .iter()
+            .find(|f| f.host == h.name)
+            .map(|f| format!("{}: {}", f.kind, f.message))
+            .unwrap_or_else(|| "not read".into());
+        let _ = writeln!(
+            out,
+            "{head}: {}",
+            p.red(&format!("could not be read ({why})"))
+        );
+        return;
+    }
+    let unchanged = h
+        .instances
+        .iter()
+        .filter(|i| i.action == Action::Unchanged)
+        .count();
+    if !host_has_changes(h) {
+        let _ = writeln!(out, "{head}: no changes ({unchanged} unchanged)");
+        return;
+    }
+    let _ = writeln!(out, "{head}");
+    // Apps in the order the diff sorted them (manifest order, then removed apps).
+    let mut apps: Vec<&str> = Vec::new();
+    for a in h
+        .instances
+        .iter()
+        .map(|i| i.app.as_str())
+        .chain(h.services.iter().map(|s| s.app.as_str()))
+    {
+        if !apps.contains(&a) {
+            apps.push(a);
+        }
+    }
+    for app in apps {
+        let inst: Vec<&InstanceChange> = h
+            .instances
+            .iter()
+            .filter(|i| i.app == app && i.action != Action::Unchanged)
+            .collect();
+        let svcs: Vec<&ServiceChange> = h
+            .services
+            .iter()
+            .filter(|s| s.app == app && s.action != ServiceAction::Unchanged)
+            .collect();
+        if inst.is_empty() && svcs.is_empty() {
+            continue;
+        }
+        let same = h
+            .instances
+            .iter()
+            .filter(|i| i.app == app && i.action == Action::Unchanged)
+            .count();
+        let tail = if same > 0 {
+            p.dim(&format!(" ({same} unchanged)"))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "  {}{tail}", p.bold(app));
+        for i in inst {
+            let _ = writeln!(out, "{}", instance_line(p, i));
+            for r in &i.reasons {
+                let _ = writeln!(out, "        {}: {}", r.field, r.detail);
+            }
+        }
+        for s in svcs {
+            let _ = writeln!(out, "{}", service_line(p, s));
+            for r in &s.reasons {
+                let _ = writeln!(out, "        {}: {}", r.field, r.detail);
+            }
+        }
+    }
+}
+
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}")
+}
+
+/// `Plan: 3 to create, 2 to replace, 1 to remove, 12 unchanged.` (start only when non-zero),
+/// then a Consul/KV line when they change.
+fn summary_lines(s: &Summary) -> Vec<String> {
+    let mut parts = vec![
+        count(s.create, "to create"),
+        count(s.replace, "to replace"),
+        count(s.remove, "to remove"),
+    ];
+    if s.start > 0 {
+        parts.push(count(s.start, "to start"));
+    }
+    parts.push(count(s.unchanged, "unchanged"));
+    let mut lines = vec![format!("Plan: {}.", parts.join(", "))];
+    let mut more = Vec::new();
+    if s.register + s.update + s.deregister > 0 {
+        more.push(format!(
+            "Consul: {} to register, {} to update, {} to deregister.",
+            s.register, s.update, s.deregister
+        ));
+    }
+    if s.kv_put + s.kv_delete > 0 {
+        more.push(format!(
+            "KV: {} to put, {} to delete.",
+            s.kv_put, s.kv_delete
+        ));
+    }
+    if !more.is_empty() {
+        lines.push(more.join(" "));
+    }
+    lines
+}
+
+/// The plan for a person. `color`: whether to emit ANSI colours.
+pub fn human(plan: &Plan, color: bool) -> String {
+    let p = Paint { on: color };
+    let mut out = String::new();
+    let s = plan.summary();
+    let _ = writeln!(
+        out,
+        "Plan for {} / {} ({} host{})",
+        p.bold(&plan.project),
+        p.bold(&plan.environment),
+        plan.hosts.len(),
+        if plan.hosts.len() == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(out);
+    if s.changes() == 0 && plan.faults.is_empty() {
+        let _ = writeln!(
+            out,
+            "No changes. {} instance{} up to date on {} host{}.",
+            s.unchanged,
+            if s.unchanged == 1 { "" } else { "s" },
+            plan.hosts.len(),
+            if plan.hosts.len() == 1 { "" } else { "s" }
+        );
+        return out;
+    }
+    for h in &plan.hosts {
+        write_host(&mut out, &p, plan, h);
+        let _ = writeln!(out);
+    }
+    let kv: Vec<_> = plan
+        .kv
+        .iter()
+        .filter(|k| k.action != KvAction::Unchanged)
+        .collect();
+    if !kv.is_empty() {
+        let _ = writeln!(out, "{}", p.bold("KV"));
+        for k in kv {
+            let sym = match k.action {
+                KvAction::Put => "+",
+                KvAction::Delete => "-",
+                KvAction::Unchanged => " ",
+            };
+            let word = if k.action == KvAction::Put {
+                "put"
+            } else {
+                "delete"
+            };
+            let _ = writeln!(
+                out,
+                "    {} {word:<10} {}  ({})",
+                p.sym(sym),
+                k.key,
+                k.reason
+            );
+        }
+        let _ = writeln!(out);
+    }
+    for l in summary_lines(&s) {
+        let _ = writeln!(out, "{}", p.bold(&l));
+    }
+    if !plan.faults.is_empty() {
+        let _ = writeln!(out);
+        let n = plan.faults.len();
+        let _ = writeln!(
+            out,
+            "{}",
+            p.red(&format!(
+                "Error: {n} host{} could not be fully read; {} not planned:",
+                if n == 1 { "" } else { "s" },
+                if n == 1 {
+                    "its part is"
+                } else {
+                    "their parts are"
+                }
+            ))
+        );
+        for f in &plan.faults {
+            let _ = writeln!(
+                out,
+                "  {} ({}): {}: {}",
+                f.host, f.address, f.kind, f.message
+            );
+        }
+    }
+    out
+}
+
+/// The JSON document (`docs/plan-json.md`): the plan plus `format_version`, `summary` and
+/// `changes`.
+pub fn json(plan: &Plan) -> serde_json::Value {
+    #[derive(Serialize)]
+    struct Doc<'a> {
+        format_version: u32,
+        changes: bool,
+        summary: Summary,
+        #[serde(flatten)]
+        plan: &'a Plan,
+    }
+    serde_json::to_value(Doc {
+        format_version: JSON_FORMAT_VERSION,
+        changes: plan.has_changes(),
+        summary: plan.summary(),
+        plan,
+    })
+    .expect("a plan serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::{ContainerState, Fault};
+    use crate::plan::diff;
+    use crate::plan::fixtures::*;
+
+    /// A plan with every kind of change: replace (version, env), create, remove (app gone),
+    /// start, register, update, deregister, KV put/delete, and one unreachable host.
+    fn busy() -> Plan {
+        let mut d = desired();
+        let mut o = deployed(&d);
+        // h1: web#1 new version with an env change, web#2 exited, worker removed from manifest.
+        let mut w = instance("h1", "web", 1, "v2");
+        w.container.env.insert(
+            "FEATURE".into(),
+            crate::desired::EnvValue::Plain("on".into()),
+        );
+        rehash(&mut w);
+        d.hosts[0].instances[0] = w;
+        o.hosts[0].containers[1].state = ContainerState::Exited;
+        d.apps.retain(|a| a.name != "worker");
+        for h in &mut d.hosts {
+            h.instances.retain(|i| i.app != "worker");
+        }
+        // h1: a stale registration for web#3.
+        let ghost = instance("h1", "web", 3, "v1");
+        o.hosts[0]
+            .services
+            .as_mut()
+            .unwrap()
+            .push(service_for(ghost.service.as_ref().unwrap()));
+        // h1: web#1's registration gets a new tag.
+        d.hosts[0].instances[0]
+            .service
+            .as_mut()
+            .unwrap()
+            .tags
+            .push("canary".into());
+        // h2: unreachable.
+        o.hosts[1].fault = Some(Fault {
+            host: "h2".into(),
+            address: "10.200.2.2".into(),
+            kind: "unreachable".into(),
+            message: "ssh: connect to host 10.200.2.2 port 22: Connection refused".into(),
+        });
+        // KV: one new key, one changed value, one leftover.
+        d.apps[0]
+            .config
+            .insert("shop/prod/web/greeting".into(), "bonjour".into());
+        d.apps[0]
+            .config
+            .insert("shop/prod/web/new".into(), "1".into());
+        o.kv.as_mut()
+            .unwrap()
+            .entries
+            .insert("shop/prod/old/x".into(), "d".into());
+        // A third host with nothing deployed yet.
+        let mut h3 = d.hosts[0].clone();
+        h3.target.name = "h3".into();
+        h3.target.address = "10.200.3.2".into();
+        for i in &mut h3.instances {
+            *i = instance("h3", &i.app, i.instance, &i.version);
+        }
+        d.hosts.push(h3);
+        o.hosts.push(crate::observe::ObservedHost {
+            name: "h3".into(),
+            address: "10.200.3.2".into(),
+            services: Some(vec![]),
+            ..Default::default()
+        });
+        diff(&d, &o)
+    }
+
+    #[test]
+    fn human_busy_plan() {
+        insta::assert_snapshot!(human(&busy(), false));
+    }
+
+    #[test]
+    fn human_no_changes() {
+        let d = desired();
+        insta::assert_snapshot!(human(&diff(&d, &deployed(&d)), false));
+    }
+
+    #[test]
+    fn human_empty_environment() {
+        let d = desired();
+        insta::assert_snapshot!(human(&diff(&d, &empty(&d)), false));
+    }
+
+    #[test]
+    fn json_schema_of_a_busy_plan() {
+        insta::assert_json_snapshot!(json(&busy()));
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let p = busy();
+        assert!(!human(&p, false).contains('\x1b'));
+        assert!(human(&p, true).contains('\x1b'));
+    }
+
+    #[test]
+    fn no_secret_or_kv_value_in_any_output() {
+        let p = busy();
+        let text = human(&p, false) + &json(&p).to_string();
+        for v in ["s3cr3t-v4lue", "bonjour", "hello", "SHOP_DB_PASSWORD"] {
+            assert!(!text.contains(v), "{v} leaked");
+        }
+    }
+
+    #[test]
+    fn summary_line_format() {
+        let s = Summary {
+            create: 3,
+            replace: 2,
+            remove: 1,
+            unchanged: 12,
+            ..Default::default()
+        };
+        assert_eq!(
+            summary_lines(&s),
+            vec!["Plan: 3 to create, 2 to replace, 1 to remove, 12 unchanged.".to_string()]
+        );
+    }
+}
