@@ -79,9 +79,14 @@ pub fn registry_config(l: &Layout) -> Result<()> {
     )
 }
 
-/// An empty daemon config so a machine-wide /etc/docker/daemon.json cannot clash with our flags.
-pub fn daemon_json(l: &Layout) -> Result<()> {
-    write(&l.path("daemon.json"), "{}\n")
+/// The engine's own daemon config (a machine-wide /etc/docker/daemon.json must not clash with our
+/// flags). Each engine gets its own trust key, which is what `docker info` reports as its ID:
+/// the default /etc/docker/key.json would give every host the same engine ID.
+pub fn daemon_json(path: &Path, key: &Path) -> Result<()> {
+    write(
+        path,
+        &format!("{{\"deprecated-key-path\": \"{}\"}}\n", key.display()),
+    )
 }
 
 pub fn host_key(l: &Layout, n: u32) -> Result<()> {

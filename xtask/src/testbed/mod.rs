@@ -120,9 +120,8 @@ pub fn up(l: &Layout, hosts: u32) -> Result<()> {
     for n in 1..=hosts {
         wait_engine(l, n)?;
         start_sshd(l, n)?;
-        match &consul {
-            Ok(bin) => start_consul(l, n, bin)?,
-            Err(_) => {}
+        if let Ok(bin) = &consul {
+            start_consul(l, n, bin)?;
         }
     }
     for n in 1..=hosts {
@@ -159,11 +158,12 @@ pub fn up(l: &Layout, hosts: u32) -> Result<()> {
     )
     .with_context(|| format!("h{last} cannot log in to the registry at {REGISTRY}"))?;
 
-    match &consul {
-        Ok(_) => {}
-        Err(why) => eprintln!("testbed: Consul agent slot empty on every host: {why}"),
+    if let Err(why) = &consul {
+        eprintln!("testbed: Consul agent slot empty on every host: {why}");
     }
     status(l)?;
+    // Other sessions and helpers wait for this file; `down` removes it first.
+    std::fs::write(l.path("READY"), format!("{hosts}\n"))?;
     println!(
         "testbed up in {}: hosts h1..h{hosts}, registry {REGISTRY}; see {}",
         l.d(),
@@ -261,11 +261,11 @@ fn start_local_engine(l: &Layout) -> Result<()> {
     let local = l.path("local");
     std::fs::create_dir_all(local.join("data"))?;
     std::fs::create_dir_all(local.join("exec"))?;
-    files::daemon_json(l)?;
+    files::daemon_json(&local.join("daemon.json"), &local.join("key.json"))?;
     let _pid = sh::spawn_detached(
         Command::new("dockerd")
             .arg("--config-file")
-            .arg(l.path("daemon.json"))
+            .arg(local.join("daemon.json"))
             .arg("--data-root")
             .arg(local.join("data"))
             .arg("--exec-root")
@@ -302,14 +302,14 @@ fn start_engine(l: &Layout, n: u32) -> Result<()> {
     }
     std::fs::create_dir_all(run.join("sshd"))?;
     std::fs::create_dir_all(l.host_file(n, "docker"))?;
-    files::daemon_json(l)?;
+    files::daemon_json(&l.host_file(n, "daemon.json"), &l.host_file(n, "key.json"))?;
     let script = format!(
         "set -e; hostname h{n}; mount --bind {run} /run; \
          exec dockerd --config-file {cfg} --data-root {data} --exec-root /run/docker \
          --pidfile /run/docker.pid -H unix:///run/docker.sock --iptables=false \
          --bip 10.210.{n}.1/24 --insecure-registry {INSECURE}",
         run = q(run.display().to_string()),
-        cfg = q(l.path("daemon.json").display().to_string()),
+        cfg = q(l.host_file(n, "daemon.json").display().to_string()),
         data = q(l.host_file(n, "docker").display().to_string()),
     );
     sh::spawn_detached(
@@ -505,6 +505,8 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 
 pub fn down(l: &Layout) -> Result<()> {
     ensure_root()?;
+    let _ = std::fs::remove_file(l.path("READY"));
+    let _ = std::fs::remove_file(l.path("hosts"));
     let mut hosts: BTreeSet<u32> = l.known_hosts_numbers().into_iter().collect();
     // Namespaces hN are the testbed's by convention; after a half-started run they may exist
     // without a host dir. Only when no other DIR claims them.
@@ -537,7 +539,6 @@ pub fn down(l: &Layout) -> Result<()> {
     if owner.as_deref() == Some(l.d().as_str()) || owner.is_none() {
         let _ = std::fs::remove_file(MARKER);
     }
-    let _ = std::fs::remove_file(l.path("READY"));
     let problems = leftovers(l);
     if !problems.is_empty() {
         bail!(
