@@ -52,7 +52,11 @@ impl Testbed {
                 )
             }
             Err(why) => {
-                eprintln!(
+                // Straight to the stderr handle: libtest captures eprintln! of passing tests, and
+                // a skip must be visible.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "SKIPPED {test}: no testbed ({why}); run `cargo xtask testbed up` or set FLEET_TESTBED"
                 );
                 None

@@ -573,15 +573,19 @@ pub fn leftovers(l: &Layout) -> Vec<String> {
             v.push(format!("process {p} ({what})"));
         }
     }
-    for n in layout::existing_netns() {
-        v.push(format!("network namespace h{n}"));
-    }
-    if let Ok(links) = sh::output("ip -o link show") {
-        for line in links.lines().filter(|l| l.contains("fleet-h")) {
-            v.push(format!(
-                "link {}",
-                line.split(':').nth(1).unwrap_or("").trim()
-            ));
+    // Namespaces and veths are global: they count as ours unless another DIR claims them.
+    let owner = std::fs::read_to_string(MARKER).ok();
+    if owner.as_deref().is_none_or(|o| o.trim() == l.d()) {
+        for n in layout::existing_netns() {
+            v.push(format!("network namespace h{n}"));
+        }
+        if let Ok(links) = sh::output("ip -o link show") {
+            for line in links.lines().filter(|l| l.contains("fleet-h")) {
+                v.push(format!(
+                    "link {}",
+                    line.split(':').nth(1).unwrap_or("").trim()
+                ));
+            }
         }
     }
     for m in mounts_under(&l.dir) {
