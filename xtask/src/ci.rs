@@ -58,7 +58,12 @@ fn run_tests(l: &Layout) -> Result<i32> {
 /// For now (deploy does not exist yet): testbed up, the hello images pushed, and how to reach
 /// everything by hand.
 pub fn demo(l: &Layout) -> Result<()> {
-    testbed::up(l, 3)?;
+    // Keep the size of a testbed that is already up (3 hosts otherwise).
+    let hosts = std::fs::read_to_string(l.path("hosts"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(3);
+    testbed::up(l, hosts)?;
     image::image(l)?;
     let d = l.d();
     let demo_name = "fleet-demo-hello";
@@ -88,7 +93,7 @@ pub fn demo(l: &Layout) -> Result<()> {
     }
     println!(
         r#"
-The testbed is up in {d}: hosts h1..h3, each its own sshd + Docker engine, one registry.
+The testbed is up in {d}: hosts h1..h{hosts}, each its own sshd + Docker engine, one registry.
 hello:v1 was built locally, pushed to {reg} and is running on h1 (container {demo_name}):
 
   curl http://{url}/                  # the page says "version: v1"

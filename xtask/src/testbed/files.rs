@@ -168,8 +168,12 @@ HOSTS  h1..h{hosts}: host N is network namespace hN (+ its own mount and UTS nam
        - sshd on 10.200.N.2:22 (root, key auth only, host key {d}/hN/ssh_host_ed25519_key)
        - its own dockerd, seen by every SSH session at the default /run/docker.sock
          (from outside also at {d}/hN/run/docker.sock); bridge 10.210.N.1/24, no iptables
-       - a Consul agent slot on the host's own 127.0.0.1:8500 (consul-standin, when built;
-         `cargo xtask testbed status` says up or absent; ACL token from {d}/consul.token if present)
+       - a Consul agent slot on the host's own 127.0.0.1:8500: consul-standin, started when
+         FLEET_CONSUL_STANDIN=/path/to/binary or the workspace's target/debug/consul-standin
+         (built by `up`) takes --listen/--data-dir/--node; data {d}/hN/consul; with
+         `--acl-token TOKEN` when {d}/consul.token exists (agents read it at start: after
+         changing it, kill the agent by {d}/hN/run/consul.pid and run `up` again).
+         `cargo xtask testbed status` says up or absent.
        Logs: {d}/hN/{{dockerd,sshd,consul}}.log
 
 SSH    ssh -F {d}/ssh_config h2 docker info
