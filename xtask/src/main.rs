@@ -1,4 +1,103 @@
-//! `cargo xtask`: the project's own tasks (testbed, demo, ci, bench).
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("no task yet")
+//! `cargo xtask`: the project's own tasks (testbed, demo, ci).
+mod ci;
+mod procs;
+mod sh;
+mod testbed;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use testbed::layout::Layout;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "fleet's own tasks: testbed, demo, ci")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Local multi-host testbed: namespaces h1..hN with sshd + dockerd, a registry, Consul slots.
+    Testbed {
+        #[command(subcommand)]
+        cmd: TestbedCmd,
+    },
+    /// Testbed up, build and push the hello images, then show how to reach the hosts.
+    Demo(DirArg),
+    /// The test command: testbed up + image, `cargo test --workspace`, testbed down (always),
+    /// then check nothing is left; exits with the tests' code.
+    Ci {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long, default_value_t = 3)]
+        hosts: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TestbedCmd {
+    /// Start (or repair) the testbed; harmless when it already runs.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        hosts: u32,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Show each host's sshd, engine and Consul agent, and whether ssh reaches it.
+    Status(DirArg),
+    /// Stop everything the testbed started (by pid file), remove namespaces, veths and mounts.
+    Down(DirArg),
+    /// Build and push the hello test images (v1, v2) to the testbed registry.
+    Image(DirArg),
+}
+
+#[derive(Args)]
+struct DirArg {
+    /// Testbed directory [default: <workspace>/target/testbed]
+    #[arg(long, env = "FLEET_TESTBED")]
+    dir: Option<PathBuf>,
+}
+
+impl DirArg {
+    fn path(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| workspace().join("target/testbed"))
+    }
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let ws = workspace();
+    match cli.cmd {
+        Cmd::Testbed { cmd } => match cmd {
+            TestbedCmd::Up { hosts, dir } => testbed::up(&Layout::new(&dir.path(), &ws)?, hosts),
+            TestbedCmd::Status(dir) => testbed::status(&Layout::existing(&dir.path(), &ws)),
+            TestbedCmd::Down(dir) => testbed::down(&Layout::existing(&dir.path(), &ws)),
+            TestbedCmd::Image(dir) => testbed::image::image(&Layout::existing(&dir.path(), &ws)),
+        },
+        Cmd::Demo(dir) => ci::demo(&Layout::new(&dir.path(), &ws)?),
+        Cmd::Ci { dir, hosts } => {
+            let code = ci::ci(&Layout::new(&dir.path(), &ws)?, hosts)?;
+            std::process::exit(code)
+        }
+    }
 }

@@ -1,0 +1,255 @@
+//! Shared helpers for end-to-end tests against the testbed (`cargo xtask testbed up`).
+//!
+//! Use from a test file with `mod support;` and start each test with
+//! `let Some(tb) = support::Testbed::get("my_test") else { return };`.
+//!
+//! The testbed dir is `$FLEET_TESTBED`, else `<workspace>/target/testbed`. When FLEET_TESTBED is
+//! set (as `cargo xtask ci` does), a missing testbed FAILS the test; when it is not set and the
+//! default dir holds no running testbed, the test prints why it is skipped and passes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The registry address everyone uses (push from outside, pull on hosts, image references).
+pub const REGISTRY: &str = "10.200.1.1:5000";
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// `h1`, ... (also the ssh_config alias and the host's hostname / engine name).
+    pub name: String,
+    /// `10.200.N.2`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Testbed {
+    pub dir: PathBuf,
+    pub hosts: Vec<Host>,
+    pub registry: String,
+    pub registry_user: String,
+    pub registry_password: String,
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Testbed {
+    /// The running testbed, or `None` (after printing a skip message naming `test`) when none is
+    /// set up and FLEET_TESTBED is unset. Panics when FLEET_TESTBED is set but not usable.
+    pub fn get(test: &str) -> Option<Testbed> {
+        let explicit = std::env::var_os("FLEET_TESTBED").map(PathBuf::from);
+        let dir = explicit
+            .clone()
+            .unwrap_or_else(|| workspace().join("target/testbed"));
+        match Self::load(&dir) {
+            Ok(tb) => Some(tb),
+            Err(why) if explicit.is_some() => {
+                panic!(
+                    "FLEET_TESTBED={} is not a running testbed: {why}",
+                    dir.display()
+                )
+            }
+            Err(why) => {
+                // Straight to the stderr handle: libtest captures eprintln! of passing tests, and
+                // a skip must be visible.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED {test}: no testbed ({why}); run `cargo xtask testbed up` or set FLEET_TESTBED"
+                );
+                None
+            }
+        }
+    }
+
+    /// Reads a testbed dir written by `cargo xtask testbed up`.
+    pub fn load(dir: &Path) -> Result<Testbed, String> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .map_err(|e| format!("{}: {e}", dir.join(name).display()))
+        };
+        let count: u32 = read("hosts")?
+            .trim()
+            .parse()
+            .map_err(|_| "bad hosts file".to_string())?;
+        let env = read("registry.env")?;
+        let get = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .map(str::to_string)
+                .ok_or_else(|| format!("registry.env lacks {k}"))
+        };
+        Ok(Testbed {
+            dir: dir.canonicalize().map_err(|e| e.to_string())?,
+            hosts: (1..=count)
+                .map(|n| Host {
+                    name: format!("h{n}"),
+                    address: format!("10.200.{n}.2"),
+                })
+                .collect(),
+            registry: get("FLEET_REGISTRY")?,
+            registry_user: get("FLEET_REGISTRY_USER")?,
+            registry_password: get("FLEET_REGISTRY_PASSWORD")?,
+        })
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("the testbed has no host {name}"))
+    }
+    pub fn ssh_config(&self) -> PathBuf {
+        self.dir.join("ssh_config")
+    }
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.join("known_hosts")
+    }
+    pub fn identity_file(&self) -> PathBuf {
+        self.dir.join("id_ed25519")
+    }
+    /// Manifest fragment `[hosts.hN] address/user/port/identity_file`.
+    pub fn hosts_toml(&self) -> PathBuf {
+        self.dir.join("hosts.toml")
+    }
+    /// Host N's Docker socket, reachable from outside the namespace too.
+    pub fn docker_socket(&self, host: &str) -> PathBuf {
+        self.dir.join(host).join("run/docker.sock")
+    }
+
+    /// `ssh -F <ssh_config> HOST CMD` (CMD runs under the remote user's shell).
+    pub fn ssh(&self, host: &str, cmd: &str) -> Output {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(self.ssh_config())
+            .arg(host)
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run ssh")
+    }
+
+    /// Like `ssh`, but panics unless the command succeeds; returns trimmed stdout.
+    pub fn ssh_ok(&self, host: &str, cmd: &str) -> String {
+        let out = self.ssh(host, cmd);
+        assert!(
+            out.status.success(),
+            "ssh {host} {cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A `docker` command against the local engine (/run/docker.sock, what `fleet build` uses)
+    /// with a client config dir of the caller's choice (so tests never touch ~/.docker).
+    pub fn local_docker(&self, docker_config: &Path) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_CONFIG", docker_config)
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["-H", "unix:///run/docker.sock"]);
+        c
+    }
+
+    /// Logs `docker_config` in to the registry (local client).
+    pub fn local_login(&self, docker_config: &Path) {
+        let mut child = self
+            .local_docker(docker_config)
+            .args([
+                "login",
+                "-u",
+                &self.registry_user,
+                "--password-stdin",
+                &self.registry,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("docker login");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(self.registry_password.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "docker login failed");
+    }
+
+    /// Shell snippet for a host: run `docker ARGS` logged in with the registry credentials through
+    /// a throwaway client config (hosts keep no credentials around).
+    pub fn with_login(&self, docker_args: &str) -> String {
+        format!(
+            "c=$(mktemp -d); printf %s '{}' | DOCKER_CONFIG=$c docker login -u '{}' --password-stdin {} >/dev/null 2>&1 && DOCKER_CONFIG=$c docker {docker_args}; r=$?; rm -rf $c; exit $r",
+            self.registry_password, self.registry_user, self.registry
+        )
+    }
+
+    /// Builds (on the local engine) and pushes a tiny unique image `REGISTRY/fleet-test/NAME:TAG`
+    /// (busybox + a random stamp; entrypoint `busybox sleep 3600`) and returns its reference.
+    pub fn push_unique_image(&self, name: &str) -> String {
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::copy("/bin/busybox", ctx.path().join("busybox")).unwrap();
+        std::fs::write(ctx.path().join("stamp"), unique()).unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY stamp /stamp\nENTRYPOINT [\"/bin/busybox\", \"sleep\", \"3600\"]\n",
+        )
+        .unwrap();
+        let image = format!("{}/fleet-test/{name}:{}", self.registry, unique());
+        let cfg = tempfile::tempdir().unwrap();
+        run_ok(
+            self.local_docker(cfg.path())
+                .args(["build", "-q", "-t", &image])
+                .arg(ctx.path()),
+        );
+        self.local_login(cfg.path());
+        run_ok(self.local_docker(cfg.path()).args(["push", "-q", &image]));
+        image
+    }
+
+    /// The real `fleet` binary, with the environment that points it at this testbed:
+    /// FLEET_SSH_CONFIG (known_hosts, key), FLEET_REGISTRY*, FLEET_TESTBED.
+    pub fn fleet(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fleet"));
+        c.env("FLEET_SSH_CONFIG", self.ssh_config())
+            .env("FLEET_TESTBED", &self.dir)
+            .env("FLEET_REGISTRY", &self.registry)
+            .env("FLEET_REGISTRY_USER", &self.registry_user)
+            .env("FLEET_REGISTRY_PASSWORD", &self.registry_password)
+            .env("NO_COLOR", "1");
+        c
+    }
+}
+
+/// Runs a command and panics with its output unless it succeeds; returns trimmed stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A short string unique to this call (pid + time + counter), for names and tags.
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t{}-{:x}-{}",
+        std::process::id(),
+        t & 0xffff_ffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
