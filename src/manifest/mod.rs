@@ -21,6 +21,7 @@ use miette::NamedSource;
 use crate::desired::{BuildTarget, DesiredState, RegistryTarget, SecretRef, Versions};
 
 pub mod diag;
+pub mod init;
 pub mod model;
 pub mod node;
 pub mod pm2;
