@@ -170,13 +170,17 @@ fn parse(
     dir: &Path,
 ) -> Result<(model::Manifest, Arc<str>), ManifestError> {
     let shared: Arc<str> = Arc::from(src);
-    let invalid = |problems: Vec<Problem>| ManifestError::Invalid {
+    let invalid = |mut problems: Vec<Problem>| ManifestError::Invalid {
+        // In file order, as a reader goes through it (stable: same place keeps found order).
+        problems: {
+            problems.sort_by_key(|p| p.span.offset());
+            problems
+        },
         path: name.to_string(),
         src: NamedSource::new(name, shared.clone()).with_language(match format {
             Format::Toml => "TOML",
             Format::Json => "JSON",
         }),
-        problems,
     };
     let tree = match format {
         Format::Toml => node::parse_toml(src),

@@ -103,15 +103,38 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
         });
     }
 
+    // The container spec (and so the spec hash) of instance N of an app is the same on every
+    // host: compute it once per app and instance, then copy it to each host.
+    let templates: BTreeMap<&str, Vec<InstanceSpec>> = e
+        .apps
+        .iter()
+        .filter_map(|a| {
+            let (image, version) = images.get(a.name.as_str())?;
+            let specs = (1..=a.instances)
+                .map(|n| instance(m, env, a, n, image, version))
+                .collect();
+            Some((a.name.as_str(), specs))
+        })
+        .collect();
+
     let mut hosts = Vec::new();
     for h in m.hosts.iter().filter(|h| e.hosts.contains(&h.target.name)) {
         let mut instances = Vec::new();
         for a in e.apps.iter().filter(|a| runs_on(a, &h.target)) {
-            let Some((image, version)) = images.get(a.name.as_str()) else {
+            let Some(specs) = templates.get(a.name.as_str()) else {
                 continue;
             };
-            for n in 1..=a.instances {
-                instances.push(instance(m, env, &h.target, a, n, image, version));
+            for spec in specs {
+                let mut spec = spec.clone();
+                if let Some(s) = &mut spec.service {
+                    s.id = service_id(&m.project, env, &a.name, &h.target.name, spec.instance);
+                    s.address = if h.target.is_local() {
+                        "127.0.0.1".into()
+                    } else {
+                        h.target.address.clone()
+                    };
+                }
+                instances.push(spec);
             }
         }
         hosts.push(DesiredHost {
@@ -130,10 +153,10 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
     })
 }
 
+/// Instance `n` of an app, with the service's host-specific `id` and `address` left empty.
 fn instance(
     m: &Manifest,
     env: &str,
-    host: &crate::desired::HostTarget,
     a: &AppDef,
     n: u32,
     image: &str,
@@ -178,15 +201,11 @@ fn instance(
         let mut meta = s.meta.clone();
         meta.extend(ours.iter().map(|(k, v)| (labels::meta_key(k), v.clone())));
         Some(ServiceSpec {
-            id: service_id(&m.project, env, &a.name, &host.name, n),
+            id: String::new(),
             name: s.name.clone(),
             tags: s.tags.clone(),
             meta,
-            address: if host.is_local() {
-                "127.0.0.1".into()
-            } else {
-                host.address.clone()
-            },
+            address: String::new(),
             port,
         })
     });
