@@ -1078,6 +1078,19 @@ fn check_placement(
             });
             cx.err(&app.span, format!("app `{}` has no host to run on {where_}", app.name), "placed nowhere", Some("check its `roles`/`hosts` and the environment's `hosts`; set `instances = 0` in the environment to leave it out on purpose".into()));
         }
+        if let (Some(port), Published::Auto) = (app.port, app.published)
+            && port as u32 + app.instances.saturating_sub(1) > u16::MAX as u32
+        {
+            cx.err(
+                &app.port_span,
+                format!("{} instances from port {port} go past 65535", app.instances),
+                "host ports overflow",
+                Some(
+                    "instance N publishes port + N - 1: use a lower `port` or fewer instances"
+                        .into(),
+                ),
+            );
+        }
         for h in placed {
             for i in 1..=app.instances {
                 let Some(port) = app.host_port(i) else {

@@ -120,6 +120,9 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("max_restarts", ""),
 ];
 
+/// One app's env overrides in one environment: (app, [(name, value)]).
+type AppEnv = (String, Vec<(String, String)>);
+
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
@@ -200,7 +203,7 @@ pub fn import(json: &str) -> Result<Import, Pm2Error> {
     let mut warnings = Vec::new();
     let mut out = String::new();
     // Environments in first-seen order, with per app env overrides.
-    let mut envs: Vec<(String, Vec<(String, Vec<(String, String)>)>)> = Vec::new();
+    let mut envs: Vec<(String, Vec<AppEnv>)> = Vec::new();
     let mut apps_toml = String::new();
     let mut used = Vec::new();
 

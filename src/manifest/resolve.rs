@@ -283,3 +283,98 @@ pub fn spec_hash(c: &ContainerSpec) -> String {
     let json = serde_json::to_vec(&input).expect("plain data serializes");
     hex::encode(Sha256::digest(json))[..12].to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::manifest::{Format, load_str};
+
+    const SRC: &str = r#"
+[project]
+name = "p"
+[hosts.here]
+address = "local"
+[hosts.there]
+address = "10.0.0.2"
+[registry]
+server = "r:5000"
+[apps.web]
+image = "nginx:1.27"
+port = 80
+instances = 2
+service = true
+[apps.api]
+build = "api"
+hosts = ["there"]
+[environments.prod]
+"#;
+
+    fn state(versions: &[(&str, &str)]) -> Result<DesiredState, crate::manifest::ManifestError> {
+        let m = load_str(SRC, Format::Toml, "m.toml", Path::new("/proj")).unwrap();
+        m.resolve(
+            "prod",
+            &versions
+                .iter()
+                .map(|(a, v)| (a.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn resolves_per_host_per_instance() {
+        let s = state(&[("api", "c0ffee")]).unwrap();
+        let here: Vec<_> = s.hosts[0]
+            .instances
+            .iter()
+            .map(|i| (i.app.as_str(), i.instance))
+            .collect();
+        assert_eq!(here, [("web", 1), ("web", 2)]);
+        let there: Vec<_> = s.hosts[1]
+            .instances
+            .iter()
+            .map(|i| (i.app.as_str(), i.instance))
+            .collect();
+        assert_eq!(there, [("web", 1), ("web", 2), ("api", 1)]);
+        let web2 = &s.hosts[0].instances[1];
+        assert_eq!(web2.version, "1.27");
+        assert_eq!(web2.container.image, "nginx:1.27");
+        assert_eq!(web2.container.ports[0].host, 81);
+        let svc = web2.service.as_ref().unwrap();
+        assert_eq!(
+            (svc.id.as_str(), svc.address.as_str(), svc.port),
+            ("p-prod-web-here-2", "127.0.0.1", 81)
+        );
+        let api = &s.hosts[1].instances[2];
+        assert_eq!(api.container.image, "r:5000/p/api:c0ffee");
+        assert_eq!(api.container.labels[labels::SPEC], api.spec_hash);
+        assert_eq!(
+            s.apps[1].build.as_ref().unwrap().context,
+            Path::new("/proj/api")
+        );
+        // Same app and instance on two hosts: same spec, different service IDs.
+        assert_eq!(
+            s.hosts[0].instances[0].spec_hash,
+            s.hosts[1].instances[0].spec_hash
+        );
+    }
+
+    #[test]
+    fn built_apps_need_a_valid_version() {
+        assert!(matches!(
+            state(&[]),
+            Err(crate::manifest::ManifestError::Resolve {
+                source: ResolveError::NoVersion(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            state(&[("api", "not/a/tag")]),
+            Err(crate::manifest::ManifestError::Resolve {
+                source: ResolveError::BadVersion { .. },
+                ..
+            })
+        ));
+    }
+}
