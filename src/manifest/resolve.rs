@@ -117,10 +117,12 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
         })
         .collect();
 
-    let mut hosts = Vec::new();
+    let mut hosts = Vec::with_capacity(e.hosts.len());
     for h in m.hosts.iter().filter(|h| e.hosts.contains(&h.target.name)) {
-        let mut instances = Vec::new();
-        for a in e.apps.iter().filter(|a| runs_on(a, &h.target)) {
+        let placed: Vec<&AppDef> = e.apps.iter().filter(|a| runs_on(a, &h.target)).collect();
+        let count = placed.iter().map(|a| a.instances as usize).sum();
+        let mut instances = Vec::with_capacity(count);
+        for a in placed {
             let Some(specs) = templates.get(a.name.as_str()) else {
                 continue;
             };
