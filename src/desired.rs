@@ -4,7 +4,8 @@
 //! `manifest::resolve`; everything downstream (plan, apply, status) reads only these types.
 //!
 //! Secrets stay references here (`EnvValue::Secret`): their values are read at apply time
-//! only, and the spec hash covers the reference plus a digest of the value, never the value.
+//! only (`manifest::secret::read`), and the spec hash covers the reference, never the value
+//! (see `manifest::resolve` for exactly what the hash covers).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

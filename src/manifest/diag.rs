@@ -1,0 +1,283 @@
+//! Problems found in a manifest, collected all at once and rendered as miette diagnostics.
+
+use std::time::Duration;
+
+use miette::SourceSpan;
+
+use super::node::{Key, Node, Span, Table, Value};
+
+/// One problem at one place of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+#[error("{message}")]
+pub struct Problem {
+    pub message: String,
+    #[label("{label}")]
+    pub span: SourceSpan,
+    pub label: String,
+    #[help]
+    pub help: Option<String>,
+}
+
+/// Collects problems while decoding. Every `Option`-returning helper has already recorded
+/// why it returns `None`, so callers just skip what is missing and carry on.
+#[derive(Debug, Default)]
+pub struct Cx {
+    pub problems: Vec<Problem>,
+}
+
+/// The closest candidate to a misspelt name, if close enough to be a likely typo.
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(name, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+impl Cx {
+    pub fn err(
+        &mut self,
+        span: &Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: Option<String>,
+    ) {
+        let p = Problem {
+            message: message.into(),
+            span: (span.start, span.end - span.start).into(),
+            label: label.into(),
+            help,
+        };
+        if !self.problems.contains(&p) {
+            self.problems.push(p);
+        }
+    }
+
+    fn wrong_type(&mut self, node: &Node, expected: &str) {
+        self.err(
+            &node.span,
+            format!("expected {expected}, found {}", node.value.type_name()),
+            format!("this should be {expected}"),
+            None,
+        );
+    }
+
+    /// A table whose keys must all be in `allowed`; unknown keys are reported with a suggestion.
+    pub fn table<'a>(&mut self, node: &'a Node, what: &str, allowed: &[&str]) -> Option<&'a Table> {
+        let Value::Table(t) = &node.value else {
+            self.wrong_type(node, &format!("a table ({what})"));
+            return None;
+        };
+        for (k, _) in &t.entries {
+            if !allowed.contains(&k.name.as_str()) {
+                self.unknown_key(k, what, allowed);
+            }
+        }
+        Some(t)
+    }
+
+    pub fn unknown_key(&mut self, k: &Key, what: &str, allowed: &[&str]) {
+        let help = match did_you_mean(&k.name, allowed.iter().copied()) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!("{what} takes: {}", allowed.join(", ")),
+        };
+        self.err(
+            &k.span,
+            format!("unknown key `{}` in {what}", k.name),
+            "unknown key",
+            Some(help),
+        );
+    }
+
+    /// A table of arbitrary keys (maps such as `env` or `config`).
+    pub fn map<'a>(&mut self, node: &'a Node, what: &str) -> Option<&'a Table> {
+        match &node.value {
+            Value::Table(t) => Some(t),
+            _ => {
+                self.wrong_type(node, &format!("a table ({what})"));
+                None
+            }
+        }
+    }
+
+    pub fn str(&mut self, node: &Node) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            _ => {
+                self.wrong_type(node, "a string");
+                None
+            }
+        }
+    }
+
+    /// A non-empty string.
+    pub fn text(&mut self, node: &Node) -> Option<String> {
+        let s = self.str(node)?;
+        if s.trim().is_empty() {
+            self.err(&node.span, "this must not be empty", "empty", None);
+            return None;
+        }
+        Some(s)
+    }
+
+    pub fn bool(&mut self, node: &Node) -> Option<bool> {
+        match node.value {
+            Value::Bool(b) => Some(b),
+            _ => {
+                self.wrong_type(node, "a boolean");
+                None
+            }
+        }
+    }
+
+    /// An integer in `min..=max`.
+    pub fn int(&mut self, node: &Node, min: i64, max: i64) -> Option<i64> {
+        match node.value {
+            Value::Int(n) if (min..=max).contains(&n) => Some(n),
+            Value::Int(n) => {
+                self.err(
+                    &node.span,
+                    format!("{n} is out of range"),
+                    format!("must be between {min} and {max}"),
+                    None,
+                );
+                None
+            }
+            _ => {
+                self.wrong_type(node, "an integer");
+                None
+            }
+        }
+    }
+
+    pub fn u16(&mut self, node: &Node, min: u16) -> Option<u16> {
+        self.int(node, min as i64, u16::MAX as i64)
+            .map(|n| n as u16)
+    }
+
+    pub fn u32(&mut self, node: &Node, min: u32) -> Option<u32> {
+        self.int(node, min as i64, u32::MAX as i64)
+            .map(|n| n as u32)
+    }
+
+    /// A positive number (integer or float).
+    pub fn positive(&mut self, node: &Node) -> Option<f64> {
+        let f = match node.value {
+            Value::Int(n) => n as f64,
+            Value::Float(f) => f,
+            _ => {
+                self.wrong_type(node, "a number");
+                return None;
+            }
+        };
+        if !(f.is_finite() && f > 0.0) {
+            self.err(
+                &node.span,
+                format!("{f} is not a positive number"),
+                "must be > 0",
+                None,
+            );
+            return None;
+        }
+        Some(f)
+    }
+
+    /// A humantime duration: `500ms`, `5s`, `1m 30s`.
+    pub fn duration(&mut self, node: &Node) -> Option<Duration> {
+        let s = self.str(node)?;
+        match humantime::parse_duration(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(
+                    &node.span,
+                    format!("`{s}` is not a duration: {e}"),
+                    "not a duration",
+                    Some("write a number and a unit, e.g. `500ms`, `5s`, `2m`, `1h 30m`".into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A size in bytes: `256MiB`, `1GB`, `512 KiB`, or a plain integer of bytes.
+    pub fn size(&mut self, node: &Node) -> Option<u64> {
+        match &node.value {
+            Value::Int(n) if *n > 0 => Some(*n as u64),
+            Value::Str(s) => match s.trim().parse::<bytesize::ByteSize>() {
+                Ok(b) if b.as_u64() > 0 => Some(b.as_u64()),
+                _ => {
+                    self.err(
+                        &node.span,
+                        format!("`{s}` is not a size"),
+                        "not a size",
+                        Some("write a number and a unit, e.g. `256MiB`, `1GiB`, `512MB`".into()),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.wrong_type(node, "a size such as \"256MiB\"");
+                None
+            }
+        }
+    }
+
+    /// An array of strings; a single string is accepted as a one-element array only when `one` is set.
+    pub fn str_list(&mut self, node: &Node) -> Option<Vec<(String, Span)>> {
+        let Value::Array(items) = &node.value else {
+            self.wrong_type(node, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in items {
+            if let Some(s) = self.text(item) {
+                out.push((s, item.span.clone()));
+            }
+        }
+        Some(out)
+    }
+
+    /// A table of string values (numbers and booleans are accepted and written as text, as
+    /// they would be in an environment variable).
+    pub fn string_map(&mut self, node: &Node, what: &str) -> Vec<(String, String, Span)> {
+        let Some(t) = self.map(node, what) else {
+            return Vec::new();
+        };
+        t.entries
+            .iter()
+            .filter_map(|(k, v)| Some((k.name.clone(), self.scalar_text(v)?, k.span.clone())))
+            .collect()
+    }
+
+    /// A string, or a number / boolean written as text.
+    pub fn scalar_text(&mut self, node: &Node) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(n) => Some(n.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => {
+                self.wrong_type(node, "a string");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_only_for_near_misses() {
+        assert_eq!(
+            did_you_mean("instance", ["instances", "image"]),
+            Some("instances")
+        );
+        assert_eq!(did_you_mean("zzz", ["instances", "image"]), None);
+    }
+}

@@ -1,0 +1,1149 @@
+//! The typed manifest, decoded from the spanned tree with every problem recorded.
+//!
+//! Environments are decoded by overlaying their app tables on the base apps first (see
+//! `node::overlay` and docs/manifest.md "Environments"), then decoding the merged tree like any
+//! app, so an overlay gets exactly the same checks, at its own spans.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use super::diag::{Cx, did_you_mean};
+use super::node::{Key, Node, Span, Table, Value};
+use crate::desired::{
+    BuildSpec, ConsulTarget, EnvValue, HealthCheck, HealthSpec, HostTarget, RegistryTarget,
+    RestartPolicy, SecretRef,
+};
+
+pub const TOP_KEYS: &[&str] = &[
+    "project",
+    "registry",
+    "consul",
+    "hosts",
+    "apps",
+    "environments",
+];
+pub const PROJECT_KEYS: &[&str] = &["name"];
+pub const REGISTRY_KEYS: &[&str] = &["server", "username", "password"];
+pub const CONSUL_KEYS: &[&str] = &["address", "token", "datacenter"];
+pub const HOST_KEYS: &[&str] = &[
+    "address",
+    "user",
+    "port",
+    "identity_file",
+    "docker_socket",
+    "roles",
+];
+pub const APP_KEYS: &[&str] = &[
+    "build",
+    "image",
+    "roles",
+    "hosts",
+    "instances",
+    "port",
+    "published",
+    "command",
+    "args",
+    "env",
+    "health",
+    "restart",
+    "limits",
+    "stop_timeout",
+    "service",
+    "config",
+    "volumes",
+    "labels",
+    "network",
+    "user",
+    "workdir",
+    "batch",
+];
+pub const BUILD_KEYS: &[&str] = &["context", "dockerfile", "args", "target"];
+pub const HEALTH_KEYS: &[&str] = &[
+    "http",
+    "tcp",
+    "interval",
+    "timeout",
+    "deregister_after",
+    "deadline",
+];
+pub const LIMIT_KEYS: &[&str] = &["memory", "cpus"];
+pub const SERVICE_KEYS: &[&str] = &["name", "tags", "meta"];
+pub const ENV_KEYS: &[&str] = &["hosts", "env", "apps", "consul"];
+
+/// Defaults, documented in docs/manifest.md.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
+/// Consul refuses anything shorter for DeregisterCriticalServiceAfter.
+pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Directory of the manifest file; build contexts are relative to it.
+    pub dir: PathBuf,
+    pub project: String,
+    pub registry: Option<RegistryTarget>,
+    /// Registry user name / password references, where they are written.
+    pub registry_secrets: Vec<(SecretRef, Span)>,
+    pub hosts: Vec<HostDef>,
+    /// Apps as written, before any environment.
+    pub apps: Vec<AppDef>,
+    pub environments: Vec<EnvDef>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostDef {
+    pub target: HostTarget,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvDef {
+    pub name: String,
+    pub span: Span,
+    /// Host names, manifest order.
+    pub hosts: Vec<String>,
+    /// Apps with this environment's overlays applied.
+    pub apps: Vec<AppDef>,
+    pub consul: Option<ConsulTarget>,
+    /// Every secret reference this environment uses, where it is written.
+    pub secrets: Vec<(SecretRef, Span)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    Build(BuildSpec),
+    /// A prebuilt image: repository with tag, and the tag.
+    Image {
+        reference: String,
+        tag: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Host port = container port + instance - 1.
+    Auto,
+    /// The same host port for every instance (so at most one instance per host).
+    Fixed(u16),
+    /// Not published on the host.
+    No,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceDef {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppDef {
+    pub name: String,
+    pub span: Span,
+    pub source: Option<Source>,
+    pub roles: Vec<(String, Span)>,
+    pub hosts: Vec<(String, Span)>,
+    pub instances: u32,
+    pub port: Option<u16>,
+    pub published: Published,
+    /// Where the host port is decided (`published`, else `port`, else the app's name).
+    pub port_span: Span,
+    pub command: Option<Vec<String>>,
+    pub env: IndexMap<String, EnvValue>,
+    pub secrets: Vec<(SecretRef, Span)>,
+    pub health: Option<HealthSpec>,
+    pub health_deadline: Duration,
+    pub restart: RestartPolicy,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub stop_timeout: Duration,
+    pub service: Option<ServiceDef>,
+    pub config: BTreeMap<String, String>,
+    pub volumes: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub network: Option<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub batch: u32,
+}
+
+impl AppDef {
+    /// The host port of one instance, per the `published` rule.
+    pub fn host_port(&self, instance: u32) -> Option<u16> {
+        let port = self.port?;
+        match self.published {
+            Published::Auto => u16::try_from(port as u32 + instance - 1).ok(),
+            Published::Fixed(p) => Some(p),
+            Published::No => None,
+        }
+    }
+}
+
+fn name_ok(s: &str, extra: &[char]) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || extra.contains(&c))
+}
+
+fn check_name(cx: &mut Cx, what: &str, name: &str, span: &Span, extra: &[char]) -> bool {
+    if name_ok(name, extra) && name.len() <= 63 {
+        return true;
+    }
+    let allowed = if extra.is_empty() {
+        "lowercase letters, digits and `-`".to_string()
+    } else {
+        format!(
+            "lowercase letters, digits, `-` and {}",
+            extra
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    cx.err(
+        span,
+        format!("`{name}` is not a valid {what} name"),
+        "invalid name",
+        Some(format!(
+            "{what} names go into container names, Consul IDs and KV paths: use {allowed}, starting with a letter or digit, at most 63 characters"
+        )),
+    );
+    false
+}
+
+/// A `{ env = ".." }` / `{ file = ".." }` reference, or `None` (with a problem) if malformed.
+fn secret_ref(cx: &mut Cx, node: &Node) -> Option<SecretRef> {
+    let t = cx.table(node, "a secret reference", &["env", "file"])?;
+    if t.entries.len() != 1 {
+        cx.err(
+            &node.span,
+            "a secret reference has exactly one of `env` or `file`",
+            "not a secret reference",
+            Some("write `{ env = \"VAR\" }` or `{ file = \"/path\" }`".into()),
+        );
+        return None;
+    }
+    let (k, v) = &t.entries[0];
+    let s = cx.text(v)?;
+    Some(match k.name.as_str() {
+        "env" => SecretRef::Env(s),
+        _ => SecretRef::File(s),
+    })
+}
+
+/// A plain string or a secret reference.
+fn secret_or_text(
+    cx: &mut Cx,
+    node: &Node,
+    secrets: &mut Vec<(SecretRef, Span)>,
+) -> Option<EnvValue> {
+    match &node.value {
+        Value::Table(_) => {
+            let r = secret_ref(cx, node)?;
+            secrets.push((r.clone(), node.span.clone()));
+            Some(EnvValue::Secret(r))
+        }
+        _ => cx.scalar_text(node).map(EnvValue::Plain),
+    }
+}
+
+fn get<'a>(t: &'a Table, k: &str) -> Option<&'a Node> {
+    t.get(k)
+}
+
+pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
+    let top = cx.table(root, "the manifest", TOP_KEYS)?;
+
+    let project = match get(top, "project") {
+        Some(n) => cx
+            .table(n, "[project]", PROJECT_KEYS)
+            .and_then(|t| match get(t, "name") {
+                Some(name) => {
+                    let s = cx.text(name)?;
+                    check_name(cx, "project", &s, &name.span, &[]).then_some(s)
+                }
+                None => {
+                    cx.err(
+                        &n.span,
+                        "[project] has no `name`",
+                        "missing `name`",
+                        Some("add `name = \"myproject\"`".into()),
+                    );
+                    None
+                }
+            }),
+        None => {
+            cx.err(
+                &(0..0),
+                "the manifest has no [project]",
+                "missing [project]",
+                Some("add `[project]` with `name = \"myproject\"`".into()),
+            );
+            None
+        }
+    };
+
+    let mut registry_secrets = Vec::new();
+    let registry = get(top, "registry").and_then(|n| {
+        let t = cx.table(n, "[registry]", REGISTRY_KEYS)?;
+        let server = match get(t, "server") {
+            Some(s) => cx.text(s),
+            None => {
+                cx.err(
+                    &n.span,
+                    "[registry] has no `server`",
+                    "missing `server`",
+                    Some("add `server = \"host:5000\"`".into()),
+                );
+                None
+            }
+        };
+        // The user name is not a secret, but it may come from the environment (as on CI):
+        // read at load time, so builds and pulls see a plain name.
+        let username = get(t, "username").and_then(|u| match &u.value {
+            Value::Table(_) => {
+                let r = secret_ref(cx, u)?;
+                registry_secrets.push((r.clone(), u.span.clone()));
+                super::secret::read(&r).ok()
+            }
+            _ => cx.text(u),
+        });
+        let password = get(t, "password").and_then(|p| {
+            let r = secret_ref(cx, p)?;
+            registry_secrets.push((r.clone(), p.span.clone()));
+            Some(r)
+        });
+        if let Some(p) = get(t, "password")
+            && matches!(p.value, Value::Str(_))
+        {
+            cx.problems
+                .pop_if(|pr| pr.message.starts_with("expected a table"));
+            cx.err(
+                &p.span,
+                "a password must not be written in the manifest",
+                "plain-text password",
+                Some("use a secret reference: `password = { env = \"REGISTRY_PASSWORD\" }`".into()),
+            );
+        }
+        Some(RegistryTarget {
+            server: server?,
+            username,
+            password,
+        })
+    });
+
+    let base_consul = get(top, "consul");
+    let mut hosts = Vec::new();
+    if let Some(n) = get(top, "hosts")
+        && let Some(t) = cx.map(n, "[hosts]")
+    {
+        for (k, v) in &t.entries {
+            if let Some(h) = decode_host(cx, k, v) {
+                hosts.push(HostDef::new(h, k.span.clone()));
+            }
+        }
+    }
+    if hosts.is_empty() && get(top, "hosts").is_none() {
+        cx.err(
+            &(0..0),
+            "the manifest has no [hosts]",
+            "missing [hosts]",
+            Some("add a host: `[hosts.web1]` with `address = \"10.0.0.1\"`".into()),
+        );
+    }
+    let all_roles: Vec<String> = {
+        let mut r: Vec<String> = hosts.iter().flat_map(|h| h.target.roles.clone()).collect();
+        r.sort();
+        r.dedup();
+        r
+    };
+
+    let empty = Table::default();
+    let app_nodes: Vec<(Key, Node)> = match get(top, "apps") {
+        Some(n) => cx.map(n, "[apps]").unwrap_or(&empty).entries.clone(),
+        None => {
+            cx.err(
+                &(0..0),
+                "the manifest has no [apps]",
+                "missing [apps]",
+                Some("add an app: `[apps.web]` with `image = \"nginx:1.27\"`".into()),
+            );
+            Vec::new()
+        }
+    };
+    let mut apps = Vec::new();
+    for (k, v) in &app_nodes {
+        if let Some(a) = decode_app(cx, k, v, dir) {
+            apps.push(a);
+        }
+    }
+
+    let mut environments = Vec::new();
+    if let Some(n) = get(top, "environments")
+        && let Some(t) = cx.map(n, "[environments]")
+    {
+        for (k, v) in &t.entries {
+            if let Some(e) = decode_env(cx, k, v, &app_nodes, base_consul, &hosts, dir) {
+                environments.push(e);
+            }
+        }
+    }
+
+    // Placement and ports, per environment; with none, for the manifest as written.
+    let registry_ok = registry.is_some();
+    let checks: Vec<(Option<&str>, Vec<&HostDef>, &[AppDef])> = if environments.is_empty() {
+        vec![(None, hosts.iter().collect(), &apps[..])]
+    } else {
+        environments
+            .iter()
+            .map(|e| {
+                let hs = hosts
+                    .iter()
+                    .filter(|h| e.hosts.contains(&h.target.name))
+                    .collect();
+                (Some(e.name.as_str()), hs, &e.apps[..])
+            })
+            .collect()
+    };
+    for (env, env_hosts, env_apps) in checks {
+        check_placement(
+            cx,
+            env,
+            &env_hosts,
+            env_apps,
+            &hosts,
+            &all_roles,
+            registry_ok,
+        );
+    }
+    if environments.is_empty() {
+        // Consul settings are still checked once.
+        if let Some(c) = base_consul {
+            decode_consul(cx, c);
+        }
+    }
+
+    Some(Manifest {
+        dir: dir.to_path_buf(),
+        project: project?,
+        registry,
+        registry_secrets,
+        hosts,
+        apps,
+        environments,
+    })
+}
+
+fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
+    check_name(cx, "host", &k.name, &k.span, &['_']);
+    let t = cx.table(v, &format!("host `{}`", k.name), HOST_KEYS)?;
+    let address = match get(t, "address") {
+        Some(a) => cx.text(a),
+        None => {
+            cx.err(
+                &k.span,
+                format!("host `{}` has no `address`", k.name),
+                "missing `address`",
+                Some("add `address = \"10.0.0.1\"` (or \"local\" for this machine)".into()),
+            );
+            None
+        }
+    };
+    let roles = get(t, "roles")
+        .and_then(|r| cx.str_list(r))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    Some(HostTarget {
+        name: k.name.clone(),
+        address: address?,
+        user: get(t, "user").and_then(|u| cx.text(u)),
+        port: get(t, "port").and_then(|p| cx.u16(p, 1)),
+        identity_file: get(t, "identity_file").and_then(|p| cx.text(p)),
+        docker_socket: get(t, "docker_socket")
+            .and_then(|p| cx.text(p))
+            .unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
+        roles,
+    })
+}
+
+fn decode_consul(cx: &mut Cx, n: &Node) -> Option<(ConsulTarget, Option<(SecretRef, Span)>)> {
+    let t = cx.table(n, "[consul]", CONSUL_KEYS)?;
+    let address = match get(t, "address") {
+        Some(a) => {
+            let s = cx.text(a)?;
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                cx.err(&a.span, format!("`{s}` is not an http(s) URL"), "not a URL", Some("write the agent's address as seen from each host, e.g. `http://127.0.0.1:8500`".into()));
+            }
+            Some(s)
+        }
+        None => {
+            cx.err(
+                &n.span,
+                "[consul] has no `address`",
+                "missing `address`",
+                Some("add `address = \"http://127.0.0.1:8500\"`".into()),
+            );
+            None
+        }
+    };
+    let token = get(t, "token").and_then(|p| Some((secret_ref(cx, p)?, p.span.clone())));
+    Some((
+        ConsulTarget {
+            address: address?,
+            token: token.as_ref().map(|(r, _)| r.clone()),
+            datacenter: get(t, "datacenter").and_then(|d| cx.text(d)),
+        },
+        token,
+    ))
+}
+
+// decode_host returns HostTarget; keep the span with it here.
+impl HostDef {
+    fn new(target: HostTarget, span: Span) -> Self {
+        HostDef { target, span }
+    }
+}
+
+fn decode_env(
+    cx: &mut Cx,
+    k: &Key,
+    v: &Node,
+    app_nodes: &[(Key, Node)],
+    base_consul: Option<&Node>,
+    hosts: &[HostDef],
+    dir: &Path,
+) -> Option<EnvDef> {
+    check_name(cx, "environment", &k.name, &k.span, &['_']);
+    let t = cx.table(v, &format!("environment `{}`", k.name), ENV_KEYS)?;
+    let host_names: Vec<&str> = hosts.iter().map(|h| h.target.name.as_str()).collect();
+    let env_hosts = match get(t, "hosts").and_then(|h| cx.str_list(h)) {
+        Some(list) => {
+            for (h, span) in &list {
+                unknown_ref(cx, "host", h, span, &host_names);
+            }
+            // Manifest order, whatever order the environment lists them in.
+            host_names
+                .iter()
+                .filter(|h| list.iter().any(|(l, _)| l == *h))
+                .map(|h| h.to_string())
+                .collect()
+        }
+        None => host_names.iter().map(|h| h.to_string()).collect(),
+    };
+
+    let overlays: Vec<(Key, Node)> =
+        match get(t, "apps").and_then(|a| cx.map(a, "environment apps")) {
+            Some(o) => o.entries.clone(),
+            None => Vec::new(),
+        };
+    let app_names: Vec<&str> = app_nodes.iter().map(|(k, _)| k.name.as_str()).collect();
+    for (ok, ov) in &overlays {
+        if !app_names.contains(&ok.name.as_str()) {
+            unknown_ref(cx, "app", &ok.name, &ok.span, &app_names);
+        }
+        if let Value::Table(ot) = &ov.value
+            && let Some(b) = ot.entries.iter().find(|(bk, _)| bk.name == "build")
+        {
+            cx.err(&b.0.span, "`build` cannot change per environment", "not allowed here", Some("an image is built once and deployed to every environment; override `env`, `instances`, ... instead".into()));
+        }
+    }
+
+    let mut apps = Vec::new();
+    let mut secrets = Vec::new();
+    for (ak, an) in app_nodes {
+        let mut merged = an.clone();
+        if let Some(env_wide) = get(t, "env") {
+            let synthetic = Node {
+                span: env_wide.span.clone(),
+                value: Value::Table(Table {
+                    entries: vec![(
+                        Key {
+                            name: "env".into(),
+                            span: env_wide.span.clone(),
+                        },
+                        env_wide.clone(),
+                    )],
+                }),
+            };
+            if matches!(merged.value, Value::Table(_)) && matches!(env_wide.value, Value::Table(_))
+            {
+                merged = super::node::overlay(&merged, &synthetic);
+            } else {
+                cx.map(env_wide, "environment env");
+            }
+        }
+        if let Some((_, ov)) = overlays.iter().find(|(ok, _)| ok.name == ak.name) {
+            let mut ov = ov.clone();
+            if let Value::Table(t) = &mut ov.value {
+                t.entries.retain(|(k, _)| k.name != "build");
+            }
+            merged = super::node::overlay(&merged, &ov);
+        }
+        if let Some(a) = decode_app(cx, ak, &merged, dir) {
+            secrets.extend(a.secrets.iter().cloned());
+            apps.push(a);
+        }
+    }
+
+    let consul_node = match (base_consul, get(t, "consul")) {
+        (Some(b), Some(o)) => Some(super::node::overlay(b, o)),
+        (b, o) => b.or(o).cloned(),
+    };
+    let consul = consul_node
+        .as_ref()
+        .and_then(|c| decode_consul(cx, c))
+        .map(|(c, tok)| {
+            secrets.extend(tok);
+            c
+        });
+    Some(EnvDef {
+        name: k.name.clone(),
+        span: k.span.clone(),
+        hosts: env_hosts,
+        apps,
+        consul,
+        secrets,
+    })
+}
+
+fn unknown_ref(cx: &mut Cx, what: &str, name: &str, span: &Span, known: &[&str]) -> bool {
+    if known.contains(&name) {
+        return true;
+    }
+    let help = match did_you_mean(name, known.iter().copied()) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None if known.is_empty() => format!("the manifest defines no {what}s"),
+        None => format!("the {what}s are: {}", known.join(", ")),
+    };
+    cx.err(
+        span,
+        format!("there is no {what} `{name}`"),
+        format!("unknown {what}"),
+        Some(help),
+    );
+    false
+}
+
+fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
+    check_name(cx, "app", &k.name, &k.span, &[]);
+    let what = format!("app `{}`", k.name);
+    let t = cx.table(v, &what, APP_KEYS)?;
+    let mut secrets = Vec::new();
+
+    let build = get(t, "build").and_then(|b| decode_build(cx, b, dir));
+    let image = get(t, "image").and_then(|i| {
+        let s = cx.text(i)?;
+        Some(parse_image(&s))
+    });
+    let source = match (get(t, "build"), get(t, "image")) {
+        (None, None) => {
+            cx.err(&k.span, format!("app `{}` has neither `build` nor `image`", k.name), "no image source", Some("add `build = { context = \"app\" }` to build it here, or `image = \"name:tag\"` for a prebuilt image".into()));
+            None
+        }
+        (Some(_), Some(i)) => {
+            cx.err(
+                &i.span,
+                format!("app `{}` has both `build` and `image`", k.name),
+                "remove one",
+                Some(
+                    "use `build` for an image fleet builds and pushes, `image` for a prebuilt one"
+                        .into(),
+                ),
+            );
+            None
+        }
+        (Some(_), None) => build.map(Source::Build),
+        (None, Some(_)) => image.map(|(reference, tag)| Source::Image { reference, tag }),
+    };
+
+    let roles = get(t, "roles")
+        .and_then(|r| cx.str_list(r))
+        .unwrap_or_default();
+    let hosts = get(t, "hosts")
+        .and_then(|r| cx.str_list(r))
+        .unwrap_or_default();
+    if let (Some(_), Some(h)) = (get(t, "roles"), get(t, "hosts")) {
+        cx.err(&h.span, format!("app `{}` has both `roles` and `hosts`", k.name), "remove one", Some("place an app by `roles` (every host with one of them) or by `hosts` (names), not both".into()));
+    }
+    let instances = get(t, "instances").and_then(|n| cx.u32(n, 0)).unwrap_or(1);
+    let port = get(t, "port").and_then(|p| cx.u16(p, 1));
+    let published = match get(t, "published") {
+        None => Published::Auto,
+        Some(n) => match &n.value {
+            Value::Str(s) if s == "auto" => Published::Auto,
+            Value::Bool(false) => Published::No,
+            Value::Int(_) => cx
+                .u16(n, 1)
+                .map(Published::Fixed)
+                .unwrap_or(Published::Auto),
+            _ => {
+                cx.err(&n.span, "`published` is \"auto\", a port number, or false", "invalid `published`", Some("\"auto\": container port + instance - 1 on the host; 8080: that host port (one instance per host); false: not published".into()));
+                Published::Auto
+            }
+        },
+    };
+    if let (None, Some(p)) = (get(t, "port"), get(t, "published")) {
+        cx.err(
+            &p.span,
+            "`published` needs `port`",
+            "no container port",
+            Some("add `port = 8080`, the port the app listens on inside the container".into()),
+        );
+    }
+    let port_span = get(t, "published")
+        .or(get(t, "port"))
+        .map_or(k.span.clone(), |n| n.span.clone());
+
+    let mut command = get(t, "command").and_then(|c| match &c.value {
+        Value::Str(s) => Some(s.split_whitespace().map(str::to_string).collect::<Vec<_>>()),
+        _ => cx
+            .str_list(c)
+            .map(|l| l.into_iter().map(|(s, _)| s).collect()),
+    });
+    if let Some(a) = get(t, "args").and_then(|a| cx.str_list(a)) {
+        command
+            .get_or_insert_with(Vec::new)
+            .extend(a.into_iter().map(|(s, _)| s));
+    }
+
+    let mut env = IndexMap::new();
+    if let Some(e) = get(t, "env").and_then(|e| cx.map(e, "env")) {
+        for (ek, ev) in &e.entries {
+            if ek.name.is_empty() || ek.name.contains('=') || ek.name.contains('\0') {
+                cx.err(
+                    &ek.span,
+                    format!("`{}` is not a valid environment variable name", ek.name),
+                    "invalid name",
+                    Some("names cannot be empty or contain `=`".into()),
+                );
+                continue;
+            }
+            if let Some(val) = secret_or_text(cx, ev, &mut secrets) {
+                env.insert(ek.name.clone(), val);
+            }
+        }
+    }
+
+    let mut health = None;
+    let mut health_deadline = DEFAULT_HEALTH_DEADLINE;
+    if let Some(h) = get(t, "health") {
+        health = decode_health(cx, h, &mut health_deadline);
+        if port.is_none() && health.is_some() {
+            cx.err(
+                &h.span,
+                "a health check needs `port`",
+                "no port to check",
+                Some("add `port = ...`, the port the app listens on".into()),
+            );
+        }
+    }
+
+    let restart = match get(t, "restart") {
+        None => RestartPolicy::UnlessStopped,
+        Some(r) => cx
+            .str(r)
+            .and_then(|s| parse_restart(&s))
+            .unwrap_or_else(|| {
+                if matches!(r.value, Value::Str(_)) {
+                    cx.err(
+                        &r.span,
+                        "invalid restart policy",
+                        "unknown policy",
+                        Some(
+                            "use one of: no, always, unless-stopped, on-failure, on-failure:N"
+                                .into(),
+                        ),
+                    );
+                }
+                RestartPolicy::UnlessStopped
+            }),
+    };
+
+    let (mut memory, mut cpus) = (None, None);
+    if let Some(l) = get(t, "limits").and_then(|l| cx.table(l, "limits", LIMIT_KEYS)) {
+        memory = get(l, "memory").and_then(|m| cx.size(m));
+        if let Some(m) = (memory.is_some_and(|m| m < 6 * 1024 * 1024))
+            .then(|| get(l, "memory"))
+            .flatten()
+        {
+            cx.err(
+                &m.span,
+                "Docker needs at least 6MiB of memory for a container",
+                "too small",
+                Some("memory sizes take a unit: `256MiB`, `1GiB`".into()),
+            );
+        }
+        cpus = get(l, "cpus").and_then(|c| cx.positive(c));
+    }
+    let stop_timeout = get(t, "stop_timeout")
+        .and_then(|d| cx.duration(d))
+        .unwrap_or(DEFAULT_STOP_TIMEOUT);
+
+    let service = get(t, "service").and_then(|s| match &s.value {
+        Value::Bool(true) => Some(ServiceDef { name: k.name.clone(), tags: vec![], meta: BTreeMap::new() }),
+        Value::Bool(false) => None,
+        _ => {
+            let st = cx.table(s, "service", SERVICE_KEYS)?;
+            let name = get(st, "name").and_then(|n| {
+                let s = cx.text(n)?;
+                check_name(cx, "service", &s, &n.span, &[]).then_some(s)
+            });
+            let tags = get(st, "tags").and_then(|t| cx.str_list(t)).unwrap_or_default();
+            let mut meta = BTreeMap::new();
+            if let Some(m) = get(st, "meta") {
+                for (mk, mv, mspan) in cx.string_map(m, "service meta") {
+                    if mk.is_empty() || mk.len() > 64 || !mk.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                        cx.err(&mspan, format!("`{mk}` is not a valid Consul meta key"), "invalid meta key", Some("Consul meta keys take letters, digits, `-` and `_`, at most 64 characters".into()));
+                    } else if mk.starts_with("fleet-") {
+                        cx.err(&mspan, format!("`{mk}` is reserved"), "reserved by fleet", Some("fleet sets the `fleet-*` meta keys itself".into()));
+                    } else {
+                        meta.insert(mk, mv);
+                    }
+                }
+            }
+            Some(ServiceDef { name: name.unwrap_or_else(|| k.name.clone()), tags: tags.into_iter().map(|(s, _)| s).collect(), meta })
+        }
+    });
+    if service.is_some()
+        && port.is_none()
+        && let Some(s) = get(t, "service")
+    {
+        cx.err(
+            &s.span,
+            "a Consul service needs `port`",
+            "no port to register",
+            Some("add `port = ...`, the port the app listens on".into()),
+        );
+    }
+
+    let mut config = BTreeMap::new();
+    if let Some(c) = get(t, "config") {
+        for (ck, cv, cspan) in cx.string_map(c, "config") {
+            if ck.is_empty()
+                || ck.starts_with('/')
+                || ck.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+            {
+                cx.err(&cspan, format!("`{ck}` is not a valid config key"), "invalid key", Some("keys are relative KV paths such as `db/pool`: no leading `/`, no empty, `.` or `..` parts".into()));
+            } else {
+                config.insert(ck, cv);
+            }
+        }
+    }
+
+    let volumes = get(t, "volumes")
+        .and_then(|v| cx.str_list(v))
+        .unwrap_or_default();
+    for (vol, span) in &volumes {
+        let parts: Vec<&str> = vol.split(':').collect();
+        let ok = (2..=3).contains(&parts.len())
+            && !parts[0].is_empty()
+            && parts[1].starts_with('/')
+            && parts.get(2).is_none_or(|m| matches!(*m, "ro" | "rw"));
+        if !ok {
+            cx.err(span, format!("`{vol}` is not a volume"), "invalid volume", Some("write `name:/path/in/container` (named) or `/host/path:/path/in/container[:ro]` (bind)".into()));
+        }
+    }
+    let mut labels = BTreeMap::new();
+    if let Some(l) = get(t, "labels") {
+        for (lk, lv, lspan) in cx.string_map(l, "labels") {
+            if lk.starts_with("fleet.") {
+                cx.err(
+                    &lspan,
+                    format!("`{lk}` is reserved"),
+                    "reserved by fleet",
+                    Some("fleet sets the `fleet.*` labels itself".into()),
+                );
+            } else {
+                labels.insert(lk, lv);
+            }
+        }
+    }
+    let batch = get(t, "batch").and_then(|b| cx.u32(b, 1)).unwrap_or(1);
+
+    Some(AppDef {
+        name: k.name.clone(),
+        span: k.span.clone(),
+        source,
+        roles,
+        hosts,
+        instances,
+        port,
+        published,
+        port_span,
+        command,
+        env,
+        secrets,
+        health,
+        health_deadline,
+        restart,
+        memory,
+        cpus,
+        stop_timeout,
+        service,
+        config,
+        volumes: volumes.into_iter().map(|(s, _)| s).collect(),
+        labels,
+        network: get(t, "network").and_then(|n| cx.text(n)),
+        user: get(t, "user").and_then(|n| cx.text(n)),
+        workdir: get(t, "workdir").and_then(|n| cx.text(n)),
+        batch,
+    })
+}
+
+fn decode_build(cx: &mut Cx, b: &Node, dir: &Path) -> Option<BuildSpec> {
+    let (context, t) = match &b.value {
+        Value::Str(_) => (cx.text(b)?, None),
+        _ => {
+            let t = cx.table(b, "build", BUILD_KEYS)?;
+            let c = match get(t, "context") {
+                Some(c) => cx.text(c)?,
+                None => ".".to_string(),
+            };
+            (c, Some(t))
+        }
+    };
+    let args = t
+        .and_then(|t| get(t, "args"))
+        .map(|a| {
+            cx.string_map(a, "build args")
+                .into_iter()
+                .map(|(k, v, _)| (k, v))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(BuildSpec {
+        context: normalize(&dir.join(context)),
+        dockerfile: t
+            .and_then(|t| get(t, "dockerfile"))
+            .and_then(|d| cx.text(d))
+            .unwrap_or_else(|| "Dockerfile".into()),
+        args,
+        target: t.and_then(|t| get(t, "target")).and_then(|d| cx.text(d)),
+    })
+}
+
+/// `a/./b/../c` -> `a/c`, without touching the file system (resolution is pure).
+pub fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `nginx:1.27` -> (`nginx:1.27`, `1.27`); `registry:5000/x` -> (`registry:5000/x:latest`, `latest`).
+pub fn parse_image(s: &str) -> (String, String) {
+    let last = s.rsplit('/').next().unwrap_or(s);
+    if let Some((_, digest)) = s.split_once('@') {
+        let hex = digest.rsplit(':').next().unwrap_or(digest);
+        return (s.to_string(), hex.chars().take(12).collect());
+    }
+    match last.rsplit_once(':') {
+        Some((_, tag)) if !tag.is_empty() => (s.to_string(), tag.to_string()),
+        _ => (format!("{s}:latest"), "latest".to_string()),
+    }
+}
+
+pub fn parse_restart(s: &str) -> Option<RestartPolicy> {
+    Some(match s {
+        "no" => RestartPolicy::No,
+        "always" => RestartPolicy::Always,
+        "unless-stopped" => RestartPolicy::UnlessStopped,
+        "on-failure" => RestartPolicy::OnFailure { max_retries: None },
+        _ => {
+            let n = s.strip_prefix("on-failure:")?.parse().ok()?;
+            RestartPolicy::OnFailure {
+                max_retries: Some(n),
+            }
+        }
+    })
+}
+
+fn decode_health(cx: &mut Cx, h: &Node, deadline: &mut Duration) -> Option<HealthSpec> {
+    let t = cx.table(h, "health", HEALTH_KEYS)?;
+    let check = match (get(t, "http"), get(t, "tcp")) {
+        (Some(p), None) => {
+            let path = cx.text(p)?;
+            if !path.starts_with('/') {
+                cx.err(
+                    &p.span,
+                    format!("`{path}` is not a path"),
+                    "must start with `/`",
+                    Some("write the path of the health endpoint, e.g. `/health`".into()),
+                );
+            }
+            Some(HealthCheck::Http(path))
+        }
+        (None, Some(b)) => cx.bool(b).filter(|b| *b).map(|_| HealthCheck::Tcp),
+        (Some(_), Some(b)) => {
+            cx.err(
+                &b.span,
+                "a health check is `http` or `tcp`, not both",
+                "remove one",
+                None,
+            );
+            None
+        }
+        (None, None) => {
+            cx.err(
+                &h.span,
+                "a health check needs `http` or `tcp`",
+                "no check",
+                Some("add `http = \"/health\"` or `tcp = true`".into()),
+            );
+            None
+        }
+    };
+    let interval = get(t, "interval")
+        .and_then(|d| cx.duration(d))
+        .unwrap_or(DEFAULT_HEALTH_INTERVAL);
+    let timeout = get(t, "timeout")
+        .and_then(|d| cx.duration(d))
+        .unwrap_or(DEFAULT_HEALTH_TIMEOUT);
+    let deregister_after = get(t, "deregister_after").and_then(|d| {
+        let v = cx.duration(d)?;
+        if v < MIN_DEREGISTER_AFTER {
+            cx.err(
+                &d.span,
+                "Consul's minimum for deregister_after is 1m",
+                "too short",
+                Some("use `1m` or more".into()),
+            );
+        }
+        Some(v)
+    });
+    if let Some(d) = get(t, "deadline").and_then(|d| cx.duration(d)) {
+        *deadline = d;
+    }
+    Some(HealthSpec {
+        check: check?,
+        interval,
+        timeout,
+        deregister_after,
+    })
+}
+
+/// Hosts and roles exist, every app has somewhere to run, built apps have a registry, and no
+/// two instances publish the same host port on one host.
+fn check_placement(
+    cx: &mut Cx,
+    env: Option<&str>,
+    env_hosts: &[&HostDef],
+    apps: &[AppDef],
+    all_hosts: &[HostDef],
+    all_roles: &[String],
+    registry: bool,
+) {
+    let host_names: Vec<&str> = all_hosts.iter().map(|h| h.target.name.as_str()).collect();
+    let role_names: Vec<&str> = all_roles.iter().map(String::as_str).collect();
+    let remote = env_hosts.iter().any(|h| !h.target.is_local());
+    // (host, port) -> (app, instance)
+    let mut taken: BTreeMap<(&str, u16), (&str, u32)> = BTreeMap::new();
+    for app in apps {
+        for (r, span) in &app.roles {
+            unknown_ref(cx, "role", r, span, &role_names);
+        }
+        for (h, span) in &app.hosts {
+            unknown_ref(cx, "host", h, span, &host_names);
+        }
+        if !registry && remote && matches!(app.source, Some(Source::Build(_))) {
+            cx.err(&app.span, format!("app `{}` is built here, but the manifest has no [registry]", app.name), "needs a registry", Some("remote hosts pull built images from a registry: add `[registry]` with `server = \"host:5000\"`".into()));
+        }
+        let placed: Vec<&&HostDef> = env_hosts
+            .iter()
+            .filter(|h| runs_on(app, &h.target))
+            .collect();
+        if placed.is_empty() && app.instances > 0 {
+            let where_ = env.map_or("on any host".to_string(), |e| {
+                format!("in environment `{e}`")
+            });
+            cx.err(&app.span, format!("app `{}` has no host to run on {where_}", app.name), "placed nowhere", Some("check its `roles`/`hosts` and the environment's `hosts`; set `instances = 0` in the environment to leave it out on purpose".into()));
+        }
+        if let (Some(port), Published::Auto) = (app.port, app.published)
+            && port as u32 + app.instances.saturating_sub(1) > u16::MAX as u32
+        {
+            cx.err(
+                &app.port_span,
+                format!("{} instances from port {port} go past 65535", app.instances),
+                "host ports overflow",
+                Some(
+                    "instance N publishes port + N - 1: use a lower `port` or fewer instances"
+                        .into(),
+                ),
+            );
+        }
+        for h in placed {
+            for i in 1..=app.instances {
+                let Some(port) = app.host_port(i) else {
+                    continue;
+                };
+                if let Some((other, oi)) =
+                    taken.insert((h.target.name.as_str(), port), (app.name.as_str(), i))
+                {
+                    let in_env = env.map_or(String::new(), |e| format!(" in environment `{e}`"));
+                    cx.err(&app.port_span, format!("host port {port} is published twice on host `{}`{in_env}", h.target.name), format!("instance {i} of `{}` and instance {oi} of `{other}`", app.name), Some("with `published = \"auto\"` instance N uses port + N - 1: give apps port ranges that do not overlap; a fixed `published` port allows one instance per host".into()));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Whether an app runs on a host: by `hosts`, else by `roles`, else everywhere.
+pub fn runs_on(app: &AppDef, host: &HostTarget) -> bool {
+    if !app.hosts.is_empty() {
+        app.hosts.iter().any(|(h, _)| *h == host.name)
+    } else if !app.roles.is_empty() {
+        app.roles.iter().any(|(r, _)| host.roles.contains(r))
+    } else {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_and_restart_policies() {
+        assert_eq!(
+            parse_image("nginx:1.27"),
+            ("nginx:1.27".into(), "1.27".into())
+        );
+        assert_eq!(
+            parse_image("reg:5000/x"),
+            ("reg:5000/x:latest".into(), "latest".into())
+        );
+        assert_eq!(
+            parse_restart("on-failure:3"),
+            Some(RestartPolicy::OnFailure {
+                max_retries: Some(3)
+            })
+        );
+        assert_eq!(parse_restart("sometimes"), None);
+    }
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+    }
+}
