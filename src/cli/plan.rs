@@ -7,7 +7,6 @@ use miette::IntoDiagnostic;
 use owo_colors::{OwoColorize, Stream};
 
 use super::Global;
-use crate::desired::{BuildTarget, Versions};
 use crate::host::{ConnectOptions, DEFAULT_PARALLEL};
 use crate::plan::{live, render, saved::SavedPlan};
 
@@ -32,20 +31,6 @@ pub struct Args {
     pub connect_timeout: Duration,
 }
 
-/// The version (image tag) of each built app.
-///
-/// TODO(merge): replace with `crate::build::versions` (the build branch has it with this exact
-/// signature). Until then only manifests whose apps all use a prebuilt `image` can be planned.
-fn versions(targets: &[BuildTarget]) -> miette::Result<Versions> {
-    if targets.is_empty() {
-        return Ok(Versions::new());
-    }
-    Err(miette::miette!(
-        "planning apps that fleet builds needs their content tags (crate::build::versions), \
-         which this build does not have yet"
-    ))
-}
-
 /// Whether stdout gets colour, as `ui::init_color` decided.
 fn colour_on() -> bool {
     let probe = "x"
@@ -57,7 +42,7 @@ fn colour_on() -> bool {
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let loaded = crate::manifest::load(g.file.as_deref())?;
     let (targets, _registry) = loaded.build_targets();
-    let versions = versions(&targets)?;
+    let versions = crate::build::versions(&targets).into_diagnostic()?;
     let desired = loaded.resolve(&args.env, &versions)?;
     let connect = ConnectOptions {
         connect_timeout: args.connect_timeout,
