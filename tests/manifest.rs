@@ -271,7 +271,14 @@ fn examples_validate_and_show_masks_secrets() {
     let state: fleet::desired::DesiredState = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(state.hosts.len(), 3);
     let i = &state.hosts[1].instances[0];
-    assert_eq!(i.container.image, "10.200.1.1:5000/hello/hello:unbuilt");
+    // `show` resolves the version fleet would deploy: the content tag of the app's context.
+    let loaded = fleet::manifest::load(Some(&root.join("manifests/hello/fleet.toml"))).unwrap();
+    let tag = &fleet::build::versions(&loaded.build_targets().0).unwrap()["hello"];
+    assert_eq!(tag.len(), 12);
+    assert_eq!(
+        i.container.image,
+        format!("10.200.1.1:5000/hello/hello:{tag}")
+    );
     assert_eq!(i.container.ports[0].host, 8080);
     assert_eq!(
         i.service.as_ref().unwrap().id,
