@@ -58,14 +58,7 @@ impl ObserveOptions {
 
 /// A secret's value, from its reference. Never logged; errors name the reference only.
 pub fn read_secret(r: &SecretRef) -> Result<String, String> {
-    match r {
-        SecretRef::Env(v) => {
-            std::env::var(v).map_err(|_| format!("environment variable {v} is not set"))
-        }
-        SecretRef::File(p) => std::fs::read_to_string(p)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| format!("cannot read secret file {p}: {e}")),
-    }
+    crate::manifest::secret::read(r).map_err(|e| e.to_string())
 }
 
 fn fault(t: &HostTarget, kind: &str, message: impl Into<String>) -> Fault {
