@@ -176,7 +176,7 @@ pub struct AppDef {
 impl AppDef {
     /// The host port of one instance, per the `published` rule.
     pub fn host_port(&self, _instance: u32) -> Option<u16> {
-        let port = self.port?;
+        self.port?;
         match self.published {
             // 0: Docker picks a free host port when the container starts (see docs/manifest.md,
             // *Ports*); apply reads it back and registers that one.
