@@ -93,7 +93,9 @@ pub async fn wait_consul(
                 Some(c) if c.status == CheckStatus::Passing => return Ok(t0.elapsed()),
                 Some(c) => {
                     if !c.output.is_empty() {
-                        last = c.output.trim().to_string();
+                        // One line: Consul's output can hold a whole HTML error page.
+                        let one: Vec<&str> = c.output.split_whitespace().collect();
+                        last = one.join(" ").chars().take(160).collect();
                     }
                 }
                 None => last = format!("no check {check_id} on the agent"),
