@@ -164,7 +164,8 @@ impl std::fmt::Display for SecretRef {
 pub struct PortSpec {
     /// Port inside the container.
     pub container: u16,
-    /// Port on the host. Resolved: `auto` publishing is turned into a fixed port per instance.
+    /// Port on the host. `0` (`published = "auto"`): Docker picks a free port when the
+    /// container starts, so a new container can run beside the old one during a replace.
     pub host: u16,
     #[serde(default = "tcp")]
     pub protocol: String,
@@ -215,6 +216,8 @@ pub struct ServiceSpec {
     pub meta: BTreeMap<String, String>,
     /// Address the service is reached at (the host's address).
     pub address: String,
+    /// The registered port. `0`: the instance's auto port, read back from the running container
+    /// by apply (and never drift for the plan).
     pub port: u16,
 }
 

@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod import;
 pub mod init;
 pub mod plan;
+pub mod rollback;
 pub mod show;
 pub mod status;
 pub mod validate;
@@ -50,6 +51,8 @@ pub enum Command {
     Plan(plan::Args),
     /// Build, push and converge every host of an environment, health-gated.
     Deploy(deploy::Args),
+    /// Return an environment to its previous good release (or --to VERSION), health-gated.
+    Rollback(rollback::Args),
     /// A table of every instance: state, health, restarts, uptime, CPU, memory.
     Status(status::Args),
     /// Turn another tool's configuration into a fleet manifest.
@@ -90,6 +93,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Build(a) => build::run(a, g).await,
         Command::Plan(a) => plan::run(a, g).await,
         Command::Deploy(a) => deploy::run(a, g).await,
+        Command::Rollback(a) => rollback::run(a, g).await,
         Command::Status(a) => status::run(a, g).await,
         Command::Import(a) => import::run(a, g).await,
         Command::Init(a) => init::run(a, g).await,

@@ -175,10 +175,12 @@ pub struct AppDef {
 
 impl AppDef {
     /// The host port of one instance, per the `published` rule.
-    pub fn host_port(&self, instance: u32) -> Option<u16> {
-        let port = self.port?;
+    pub fn host_port(&self, _instance: u32) -> Option<u16> {
+        self.port?;
         match self.published {
-            Published::Auto => u16::try_from(port as u32 + instance - 1).ok(),
+            // 0: Docker picks a free host port when the container starts (see docs/manifest.md,
+            // *Ports*); apply reads it back and registers that one.
+            Published::Auto => Some(0),
             Published::Fixed(p) => Some(p),
             Published::No => None,
         }
@@ -687,7 +689,7 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
                 .map(Published::Fixed)
                 .unwrap_or(Published::Auto),
             _ => {
-                cx.err(&n.span, "`published` is \"auto\", a port number, or false", "invalid `published`", Some("\"auto\": container port + instance - 1 on the host; 8080: that host port (one instance per host); false: not published".into()));
+                cx.err(&n.span, "`published` is \"auto\", a port number, or false", "invalid `published`", Some("\"auto\": Docker picks a free host port per container; 8080: that host port (one instance per host); false: not published".into()));
                 Published::Auto
             }
         },
@@ -1078,29 +1080,17 @@ fn check_placement(
             });
             cx.err(&app.span, format!("app `{}` has no host to run on {where_}", app.name), "placed nowhere", Some("check its `roles`/`hosts` and the environment's `hosts`; set `instances = 0` in the environment to leave it out on purpose".into()));
         }
-        if let (Some(port), Published::Auto) = (app.port, app.published)
-            && port as u32 + app.instances.saturating_sub(1) > u16::MAX as u32
-        {
-            cx.err(
-                &app.port_span,
-                format!("{} instances from port {port} go past 65535", app.instances),
-                "host ports overflow",
-                Some(
-                    "instance N publishes port + N - 1: use a lower `port` or fewer instances"
-                        .into(),
-                ),
-            );
-        }
         for h in placed {
             for i in 1..=app.instances {
-                let Some(port) = app.host_port(i) else {
+                // Auto ports (0) are picked by Docker per container: they never collide.
+                let Some(port) = app.host_port(i).filter(|p| *p != 0) else {
                     continue;
                 };
                 if let Some((other, oi)) =
                     taken.insert((h.target.name.as_str(), port), (app.name.as_str(), i))
                 {
                     let in_env = env.map_or(String::new(), |e| format!(" in environment `{e}`"));
-                    cx.err(&app.port_span, format!("host port {port} is published twice on host `{}`{in_env}", h.target.name), format!("instance {i} of `{}` and instance {oi} of `{other}`", app.name), Some("with `published = \"auto\"` instance N uses port + N - 1: give apps port ranges that do not overlap; a fixed `published` port allows one instance per host".into()));
+                    cx.err(&app.port_span, format!("host port {port} is published twice on host `{}`{in_env}", h.target.name), format!("instance {i} of `{}` and instance {oi} of `{other}`", app.name), Some("a fixed `published` port allows one instance per host and one app per port: use `published = \"auto\"` (Docker picks a free port, registered in Consul) or another port".into()));
                     break;
                 }
             }

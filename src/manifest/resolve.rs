@@ -342,11 +342,14 @@ hosts = ["there"]
         let web2 = &s.hosts[0].instances[1];
         assert_eq!(web2.version, "1.27");
         assert_eq!(web2.container.image, "nginx:1.27");
-        assert_eq!(web2.container.ports[0].host, 81);
+        assert_eq!(
+            web2.container.ports[0].host, 0,
+            "auto: Docker picks the port"
+        );
         let svc = web2.service.as_ref().unwrap();
         assert_eq!(
             (svc.id.as_str(), svc.address.as_str(), svc.port),
-            ("p-prod-web-here-2", "127.0.0.1", 81)
+            ("p-prod-web-here-2", "127.0.0.1", 0)
         );
         let api = &s.hosts[1].instances[2];
         assert_eq!(api.container.image, "r:5000/p/api:c0ffee");
