@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::model::{AppDef, Manifest, Source, runs_on};
 use crate::desired::{
-    ContainerSpec, DesiredApp, DesiredHost, DesiredState, EnvValue, InstanceSpec, PortSpec,
+    ContainerSpec, DesiredApp, DesiredHost, DesiredState, EnvValue, Hooks, InstanceSpec, PortSpec,
     RestartPolicy, ServiceSpec, Versions,
 };
 use crate::labels;
@@ -152,6 +152,16 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
         apps,
         consul: e.consul.clone(),
         registry: m.registry.clone(),
+        hooks: Hooks {
+            pre_deploy: e
+                .pre_deploy
+                .clone()
+                .unwrap_or_else(|| m.hooks.pre_deploy.clone()),
+            post_deploy: e
+                .post_deploy
+                .clone()
+                .unwrap_or_else(|| m.hooks.post_deploy.clone()),
+        },
     })
 }
 
