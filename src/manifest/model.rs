@@ -469,11 +469,14 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
 }
 
 /// A hook: one command (a string) or several (an array of strings, run in order). Each runs
-/// with `sh -c`, so an empty one is a mistake, not a no-op.
+/// with `sh -c`; `Cx::text` refuses an empty one (a mistake, not a no-op).
 fn hook_commands(cx: &mut Cx, node: &Node) -> Option<Vec<String>> {
-    let list = match &node.value {
-        Value::Str(s) => vec![(s.clone(), node.span.clone())],
-        Value::Array(_) => cx.str_list(node)?,
+    match &node.value {
+        Value::Str(_) => cx.text(node).map(|c| vec![c]),
+        Value::Array(_) => {
+            let list = cx.str_list(node)?;
+            Some(list.into_iter().map(|(c, _)| c).collect())
+        }
         _ => {
             cx.err(
                 &node.span,
@@ -481,22 +484,9 @@ fn hook_commands(cx: &mut Cx, node: &Node) -> Option<Vec<String>> {
                 "not a command",
                 Some("write `pre_deploy = \"make check\"` or `pre_deploy = [\"a\", \"b\"]`".into()),
             );
-            return None;
-        }
-    };
-    let mut ok = true;
-    for (cmd, span) in &list {
-        if cmd.trim().is_empty() {
-            cx.err(
-                span,
-                "a hook command is empty",
-                "empty command",
-                Some("remove it, or write the command to run".into()),
-            );
-            ok = false;
+            None
         }
     }
-    ok.then(|| list.into_iter().map(|(c, _)| c).collect())
 }
 
 fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
