@@ -98,7 +98,7 @@ async fn release(store: &Store, env: &str, yes: bool) -> miette::Result<ExitCode
     if !yes {
         if !crate::ui::interactive() {
             return Err(miette!(
-                help = "run `fleet lock release {env} --yes` to release it without asking",
+                help = format!("run `fleet lock release {env} --yes` to release it without asking"),
                 "the deploy lock of {env} is {}; not releasing it without --yes (no terminal to ask on)",
                 describe(&h)
             ));
