@@ -194,7 +194,7 @@ pub async fn list(
         .iter()
         .filter_map(|p| serde_json::from_str(&p.value_str()).ok())
         .collect();
-    releases.sort_by(|a, b| b.id.cmp(&a.id));
+    releases.sort_by_key(|r| std::cmp::Reverse(r.id));
     Ok(releases)
 }
 
