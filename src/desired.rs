@@ -25,6 +25,25 @@ pub struct DesiredState {
     /// How to reach the Consul agent on each host, when the project uses Consul.
     pub consul: Option<ConsulTarget>,
     pub registry: Option<RegistryTarget>,
+    /// Commands run on the machine fleet runs on, before and after a deploy.
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+}
+
+/// `pre_deploy` / `post_deploy` commands (each run with `sh -c`, in order), after the
+/// environment's override (an environment that sets a hook replaces the project's list).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hooks {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_deploy: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_deploy: Vec<String>,
+}
+
+impl Hooks {
+    pub fn is_empty(&self) -> bool {
+        self.pre_deploy.is_empty() && self.post_deploy.is_empty()
+    }
 }
 
 /// How fleet reaches a host.

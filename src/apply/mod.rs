@@ -4,12 +4,16 @@
 //! - `container`: `InstanceSpec` -> Docker create body.
 //! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
 //! - `kv`: KV config with check-and-set.
-//! - `services`: the seam to the deploy lock, release ledger and hooks (task G's modules).
+//! - `services`: what a deploy needs around the engine: lock, release ledger, hooks.
+//! - `lock`, `ledger`, `hooks`: the deploy lock, the release records, pre/post deploy hooks.
 
 pub mod container;
 pub mod deploy;
 pub mod health;
+pub mod hooks;
 pub mod kv;
+pub mod ledger;
+pub mod lock;
 pub mod services;
 
 pub use deploy::{ApplyOptions, Failure, Report, Step, apply};

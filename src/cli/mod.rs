@@ -12,8 +12,10 @@ pub mod build;
 pub mod deploy;
 pub mod import;
 pub mod init;
+pub mod lock;
 pub mod plan;
 pub mod rollback;
+pub mod releases;
 pub mod show;
 pub mod status;
 pub mod validate;
@@ -60,6 +62,11 @@ pub enum Command {
     Import(import::Source),
     /// Write a starter manifest and Dockerfile.
     Init(init::Args),
+    /// The deploy lock of an environment: who holds it; release it.
+    #[command(subcommand)]
+    Lock(lock::Command),
+    /// The release ledger of an environment: every deploy, newest first.
+    Releases(releases::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -97,6 +104,8 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Status(a) => status::run(a, g).await,
         Command::Import(a) => import::run(a, g).await,
         Command::Init(a) => init::run(a, g).await,
+        Command::Lock(a) => lock::run(a, g).await,
+        Command::Releases(a) => releases::run(a, g).await,
     }
 }
 

@@ -13,7 +13,7 @@ use indexmap::IndexMap;
 use super::diag::{Cx, did_you_mean};
 use super::node::{Key, Node, Span, Table, Value};
 use crate::desired::{
-    BuildSpec, ConsulTarget, EnvValue, HealthCheck, HealthSpec, HostTarget, RegistryTarget,
+    BuildSpec, ConsulTarget, EnvValue, HealthCheck, HealthSpec, Hooks, HostTarget, RegistryTarget,
     RestartPolicy, SecretRef,
 };
 
@@ -25,7 +25,7 @@ pub const TOP_KEYS: &[&str] = &[
     "apps",
     "environments",
 ];
-pub const PROJECT_KEYS: &[&str] = &["name"];
+pub const PROJECT_KEYS: &[&str] = &["name", "pre_deploy", "post_deploy"];
 pub const REGISTRY_KEYS: &[&str] = &["server", "username", "password"];
 pub const CONSUL_KEYS: &[&str] = &["address", "token", "datacenter"];
 pub const HOST_KEYS: &[&str] = &[
@@ -71,7 +71,14 @@ pub const HEALTH_KEYS: &[&str] = &[
 ];
 pub const LIMIT_KEYS: &[&str] = &["memory", "cpus"];
 pub const SERVICE_KEYS: &[&str] = &["name", "tags", "meta"];
-pub const ENV_KEYS: &[&str] = &["hosts", "env", "apps", "consul"];
+pub const ENV_KEYS: &[&str] = &[
+    "hosts",
+    "env",
+    "apps",
+    "consul",
+    "pre_deploy",
+    "post_deploy",
+];
 
 /// Defaults, documented in docs/manifest.md.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
@@ -94,6 +101,8 @@ pub struct Manifest {
     /// Apps as written, before any environment.
     pub apps: Vec<AppDef>,
     pub environments: Vec<EnvDef>,
+    /// `[project] pre_deploy` / `post_deploy`.
+    pub hooks: Hooks,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +122,9 @@ pub struct EnvDef {
     pub consul: Option<ConsulTarget>,
     /// Every secret reference this environment uses, where it is written.
     pub secrets: Vec<(SecretRef, Span)>,
+    /// Hooks this environment sets; each replaces the project's list of the same kind.
+    pub pre_deploy: Option<Vec<String>>,
+    pub post_deploy: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +305,19 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
         }
     };
 
+    let mut hooks = Hooks::default();
+    if let Some(t) = get(top, "project").and_then(|n| match &n.value {
+        Value::Table(t) => Some(t),
+        _ => None,
+    }) {
+        hooks.pre_deploy = get(t, "pre_deploy")
+            .and_then(|h| hook_commands(cx, h))
+            .unwrap_or_default();
+        hooks.post_deploy = get(t, "post_deploy")
+            .and_then(|h| hook_commands(cx, h))
+            .unwrap_or_default();
+    }
+
     let mut registry_secrets = Vec::new();
     let registry = get(top, "registry").and_then(|n| {
         let t = cx.table(n, "[registry]", REGISTRY_KEYS)?;
@@ -441,7 +466,29 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
         hosts,
         apps,
         environments,
+        hooks,
     })
+}
+
+/// A hook: one command (a string) or several (an array of strings, run in order). Each runs
+/// with `sh -c`; `Cx::text` refuses an empty one (a mistake, not a no-op).
+fn hook_commands(cx: &mut Cx, node: &Node) -> Option<Vec<String>> {
+    match &node.value {
+        Value::Str(_) => cx.text(node).map(|c| vec![c]),
+        Value::Array(_) => {
+            let list = cx.str_list(node)?;
+            Some(list.into_iter().map(|(c, _)| c).collect())
+        }
+        _ => {
+            cx.err(
+                &node.span,
+                "a hook is a command (a string) or a list of commands",
+                "not a command",
+                Some("write `pre_deploy = \"make check\"` or `pre_deploy = [\"a\", \"b\"]`".into()),
+            );
+            None
+        }
+    }
 }
 
 fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
@@ -615,6 +662,8 @@ fn decode_env(
         apps,
         consul,
         secrets,
+        pre_deploy: get(t, "pre_deploy").and_then(|h| hook_commands(cx, h)),
+        post_deploy: get(t, "post_deploy").and_then(|h| hook_commands(cx, h)),
     })
 }
 
