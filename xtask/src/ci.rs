@@ -41,16 +41,8 @@ pub fn ci(l: &Layout, hosts: u32) -> Result<i32> {
 }
 
 fn run_tests(l: &Layout) -> Result<i32> {
-    let env = std::fs::read_to_string(l.path("registry.env"))?;
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["test", "--workspace"])
-        .current_dir(&l.workspace)
-        .env("FLEET_TESTBED", &l.dir)
-        .env("FLEET_SSH_CONFIG", l.path("ssh_config"));
-    for line in env.lines() {
-        if let Some((k, v)) = line.split_once('=') {
-            cmd.env(k, v);
-        }
-    }
+    cmd.args(["test", "--workspace"]).current_dir(&l.workspace);
+    l.point_at(&mut cmd)?;
     crate::sh::interactive(&mut cmd)
 }

@@ -20,17 +20,10 @@ fn fleet_bin(l: &Layout) -> Result<PathBuf> {
 
 /// `fleet ARGS` with the testbed's ssh config and registry credentials.
 fn fleet(l: &Layout, bin: &Path, manifest: &Path, args: &[&str]) -> Result<(bool, String)> {
-    let env = std::fs::read_to_string(l.path("registry.env"))?;
     let mut c = Command::new(bin);
     c.arg("-f").arg(manifest).args(args);
-    c.env("FLEET_SSH_CONFIG", l.path("ssh_config"))
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null());
-    for line in env.lines() {
-        if let Some((k, v)) = line.split_once('=') {
-            c.env(k, v);
-        }
-    }
+    c.env("NO_COLOR", "1").stdin(std::process::Stdio::null());
+    l.point_at(&mut c)?;
     let out = c.output()?;
     let text = format!(
         "{}{}",

@@ -1,4 +1,5 @@
-//! `cargo xtask`: the project's own tasks (testbed, demo, ci).
+//! `cargo xtask`: the project's own tasks (testbed, demo, ci, bench).
+mod bench;
 mod ci;
 mod deploy;
 mod procs;
@@ -26,10 +27,11 @@ enum Cmd {
     },
     /// Testbed up, `fleet deploy` manifests/hello to it (then again: no changes), show how to reach it.
     Demo(DirArg),
-    /// Benchmarks: `bench deploy` rolls a one-app change out to 1, 5, 10, 20 hosts, against the floor.
+    /// Benchmarks, each printing ratios against a baseline of the same run: manifest (load +
+    /// resolve 500 apps x 200 hosts), build (hashing, no-change push), plan and deploy (1..20 hosts).
     Bench {
-        /// What to measure (only `deploy`).
-        #[arg(value_parser = ["deploy"])]
+        /// What to measure.
+        #[arg(value_parser = ["manifest", "build", "plan", "deploy"])]
         what: String,
         /// Host counts to measure (those above the testbed's size are skipped).
         #[arg(long, value_delimiter = ',', default_value = "1,5,10,20")]
@@ -107,11 +109,9 @@ fn run() -> Result<()> {
             TestbedCmd::Image(dir) => testbed::image::image(&Layout::existing(&dir.path(), &ws)),
         },
         Cmd::Demo(dir) => deploy::demo(&Layout::new(&dir.path(), &ws)?),
-        Cmd::Bench {
-            what: _,
-            hosts,
-            dir,
-        } => deploy::bench(&Layout::existing(&dir.path(), &ws), &hosts),
+        Cmd::Bench { what, hosts, dir } => {
+            bench::run(&Layout::existing(&dir.path(), &ws), &what, &hosts)
+        }
         Cmd::Ci { dir, hosts } => {
             let code = ci::ci(&Layout::new(&dir.path(), &ws)?, hosts)?;
             std::process::exit(code)
