@@ -897,7 +897,7 @@ async fn launch_new(
                 // spec) -> another name; by a leftover of a killed deploy -> remove it.
                 let existing = h.docker.inspect_container(&name, None).await.ok();
                 let eid = existing.and_then(|e| e.id).unwrap_or_default();
-                if protect.iter().any(|p| *p == eid) {
+                if protect.contains(&eid) {
                     name = format!("{}-{}", l.name, &uuid_ish()[..6]);
                 } else {
                     let _ = h
@@ -1147,7 +1147,7 @@ async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
         else {
             continue;
         };
-        images.sort_by(|x, y| y.created.cmp(&x.created));
+        images.sort_by_key(|i| std::cmp::Reverse(i.created));
         for img in images.into_iter().skip(keep) {
             if used.contains(&img.id) {
                 continue;
