@@ -40,6 +40,11 @@ struct Project {
 impl Project {
     /// manifests/hello copied, renamed, with short intervals and deadline.
     fn new(tb: &Testbed) -> Project {
+        Project::named(tb, "fdt")
+    }
+
+    /// `new` with its own name prefix (tests in this file run at once).
+    fn named(tb: &Testbed, prefix: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("m");
         copy_dir(
@@ -47,7 +52,7 @@ impl Project {
             &root,
         );
         std::fs::copy("/bin/busybox", root.join("app/busybox")).unwrap();
-        let name = format!("fdt{}", std::process::id());
+        let name = format!("{prefix}{}", std::process::id());
         let toml = std::fs::read_to_string(root.join("fleet.toml"))
             .unwrap()
             .replacen("name = \"hello\"", &format!("name = \"{name}\""), 1)
@@ -61,6 +66,59 @@ impl Project {
             root,
             name,
         }
+    }
+
+    /// Deploy to h1 only (the lock/ledger tests need no more).
+    fn one_host(&self) {
+        self.edit(|t| t.replace("hosts = [\"h1\", \"h2\", \"h3\"]", "hosts = [\"h1\"]"));
+    }
+
+    fn edit(&self, f: impl FnOnce(&str) -> String) {
+        let path = self.root.join("fleet.toml");
+        let t = std::fs::read_to_string(&path).unwrap();
+        let new = f(&t);
+        assert_ne!(new, t, "the edit changed nothing");
+        std::fs::write(&path, new).unwrap();
+    }
+
+    /// Makes the next version fail its health check (no /health file).
+    fn break_health(&self) {
+        let path = self.root.join("app/start.sh");
+        let start = std::fs::read_to_string(&path).unwrap();
+        let broken = start.replace(
+            "$b cp /app/www/health /www/health",
+            "echo 'no health file today' >&2",
+        );
+        assert_ne!(start, broken);
+        std::fs::write(&path, broken).unwrap();
+    }
+
+    /// Waits until the deploy lock is free (a SIGKILLed holder's expires within its TTL).
+    fn wait_lock_free(&self, tb: &Testbed, within: Duration) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let o = self.run(tb, &["lock", "status", "production"]);
+            if text(&o).contains("is free") {
+                return;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "the lock was not freed within {within:?}: {}",
+                text(&o)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `fleet releases production --json`.
+    fn releases(&self, tb: &Testbed) -> Vec<serde_json::Value> {
+        let o = self.run(tb, &["releases", "production", "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     fn set_version(&self, v: &str) {
@@ -241,7 +299,9 @@ impl Drop for Cleanup<'_> {
                 &format!(
                     "ids=$(docker ps -aq --filter label=fleet.project={p}); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; \
                      for s in $(curl -s http://127.0.0.1:8500/v1/agent/services | grep -o '\"{p}-[^\"]*\"' | tr -d '\"' | sort -u); do \
-                       curl -s -X PUT http://127.0.0.1:8500/v1/agent/service/deregister/$s >/dev/null; done; true",
+                       curl -s -X PUT http://127.0.0.1:8500/v1/agent/service/deregister/$s >/dev/null; done; \
+                     curl -s -X DELETE 'http://127.0.0.1:8500/v1/kv/{p}/?recurse' >/dev/null; \
+                     rm -f /var/lib/fleet/{p}-*; true",
                     p = self.project
                 ),
             );
@@ -403,6 +463,8 @@ async fn deploy_story_v1_v2_v3_kill_rollback() {
                 .unwrap_or_else(|e| panic!("{} does not answer after the kill: {e}", h.name));
         }
     }
+    // The killed deploy's lock is not renewed any more: it expires within its TTL by itself.
+    p.wait_lock_free(&tb, Duration::from_secs(40));
     let o = p.run(&tb, &["deploy", "production", "--yes", "--no-build"]);
     assert!(o.status.success(), "deploy after the kill:\n{}", text(&o));
     for h in &tb.hosts {
@@ -432,4 +494,215 @@ async fn deploy_story_v1_v2_v3_kill_rollback() {
         Ok(a) => a.close().await,
         Err(_) => panic!("agents still shared"),
     }
+}
+
+/// Two deploys started together: one takes the lock and deploys, the other is refused at once
+/// (exit 1) naming the holder (user, machine, pid) and since when; the ledger has one release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deploys_at_once_one_is_refused_naming_the_holder() {
+    let Some(tb) = Testbed::get("deploy_lock_race") else {
+        return;
+    };
+    let p = Project::named(&tb, "fdl");
+    let _cleanup = Cleanup {
+        tb: &tb,
+        project: p.name.clone(),
+    };
+    p.one_host();
+    // The winner holds the lock through a slow pre_deploy hook, so the two surely overlap.
+    p.edit(|t| {
+        t.replacen(
+            &format!("name = \"{}\"", p.name),
+            &format!("name = \"{}\"\npre_deploy = [\"sleep 2\"]", p.name),
+            1,
+        )
+    });
+    p.set_version("race");
+    let o = p.run(&tb, &["build", "--push"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let spawn = || {
+        p.fleet(&tb, &["deploy", "production", "--yes", "--no-build"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let pids = [a.id(), b.id()];
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let ok: Vec<usize> = (0..2).filter(|&i| outs[i].status.success()).collect();
+    assert_eq!(
+        ok.len(),
+        1,
+        "exactly one deploy proceeds:\n--- a ---\n{}\n--- b ---\n{}",
+        text(&outs[0]),
+        text(&outs[1])
+    );
+    let (winner, loser) = (ok[0], 1 - ok[0]);
+    let refused = text(&outs[loser]);
+    assert_eq!(outs[loser].status.code(), Some(1), "{refused}");
+    assert!(
+        refused.contains("another deploy holds the lock"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!("(pid {}", pids[winner])),
+        "the refusal names the holder's pid {}: {refused}",
+        pids[winner]
+    );
+    assert!(refused.contains("since "), "{refused}");
+    assert!(
+        !refused.contains("[pre_deploy]"),
+        "the refused deploy ran hooks: {refused}"
+    );
+    // One release, succeeded; the lock is free again.
+    let rel = p.releases(&tb);
+    assert_eq!(rel.len(), 1, "{rel:?}");
+    assert_eq!(rel[0]["outcome"], "succeeded");
+    let o = p.run(&tb, &["lock", "status", "production"]);
+    assert!(text(&o).contains("is free"), "{}", text(&o));
+    assert_eq!(containers(&tb, "h1", &p.name).len(), 1);
+}
+
+/// A failing pre_deploy hook stops the deploy before anything changes: exit 1, the commands
+/// after it do not run, no container, no release, the lock free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pre_deploy_hook_changes_nothing() {
+    let Some(tb) = Testbed::get("deploy_pre_hook") else {
+        return;
+    };
+    let p = Project::named(&tb, "fdh");
+    let _cleanup = Cleanup {
+        tb: &tb,
+        project: p.name.clone(),
+    };
+    p.one_host();
+    let marker = p.root.join("after-the-failure");
+    p.edit(|t| {
+        t.replacen(
+            &format!("name = \"{}\"", p.name),
+            &format!(
+                "name = \"{}\"\npre_deploy = [\"echo checking $FLEET_ENV $FLEET_APPS\", \"exit 3\", \"touch {}\"]",
+                p.name,
+                marker.display()
+            ),
+            1,
+        )
+    });
+    p.set_version("hook");
+    let o = p.run(&tb, &["deploy", "production", "--yes"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("[pre_deploy] checking production hello"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the pre_deploy hook `exit 3` failed with exit code 3"),
+        "{out}"
+    );
+    assert!(out.contains("nothing was changed"), "{out}");
+    assert!(!marker.exists(), "a command after the failing one ran");
+    assert!(
+        containers(&tb, "h1", &p.name).is_empty(),
+        "a container was created"
+    );
+    assert!(p.releases(&tb).is_empty());
+    let o = p.run(&tb, &["lock", "status", "production"]);
+    assert!(text(&o).contains("is free"), "{}", text(&o));
+}
+
+/// The ledger: a deploy, another, a failed one; `fleet releases` lists them with outcomes;
+/// `fleet rollback` (no version) returns to the last good release other than the current one;
+/// post_deploy runs after each successful apply only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_list_outcomes_and_rollback_uses_the_ledger() {
+    let Some(tb) = Testbed::get("deploy_ledger") else {
+        return;
+    };
+    let p = Project::named(&tb, "fdr");
+    let _cleanup = Cleanup {
+        tb: &tb,
+        project: p.name.clone(),
+    };
+    p.one_host();
+    let log = p.root.join("post.log");
+    p.edit(|t| {
+        t.replacen(
+            &format!("name = \"{}\"", p.name),
+            &format!(
+                "name = \"{}\"\npost_deploy = \"echo $FLEET_OUTCOME $FLEET_VERSION >> {}\"",
+                p.name,
+                log.display()
+            ),
+            1,
+        )
+    });
+    let mut tags = Vec::new();
+    for v in ["r1", "r2"] {
+        p.set_version(v);
+        tags.push(p.tag());
+        let o = p.run(&tb, &["deploy", "production", "--yes"]);
+        assert!(o.status.success(), "{v}:\n{}", text(&o));
+    }
+    let start = std::fs::read_to_string(p.root.join("app/start.sh")).unwrap();
+    p.break_health();
+    p.set_version("r3");
+    let bad = p.tag();
+    let o = p.run(&tb, &["deploy", "production", "--yes"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    std::fs::write(p.root.join("app/start.sh"), &start).unwrap();
+
+    let rel = p.releases(&tb);
+    let seen: Vec<(String, String)> = rel
+        .iter()
+        .map(|r| {
+            (
+                r["versions"]["hello"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 3, "{rel:?}");
+    assert_eq!(seen[0].0, bad);
+    assert!(
+        seen[0].1 == "failed" || seen[0].1 == "rolled-back",
+        "{seen:?}"
+    );
+    assert_eq!(seen[1], (tags[1].clone(), "succeeded".to_string()));
+    assert_eq!(seen[2], (tags[0].clone(), "succeeded".to_string()));
+    let ids: Vec<u64> = rel.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert!(ids[0] > ids[1] && ids[1] > ids[2], "newest first: {ids:?}");
+    let o = p.run(&tb, &["releases", "production"]);
+    let table = text(&o);
+    assert!(table.contains("OUTCOME"), "{table}");
+    assert!(table.contains(&format!("hello={}", tags[0])), "{table}");
+    assert!(table.contains("succeeded"), "{table}");
+
+    // What runs is r2 (the failed r3 was rolled back): rollback returns to r1.
+    let o = p.run(&tb, &["rollback", "production", "--yes"]);
+    let out = text(&o);
+    assert!(o.status.success(), "rollback:\n{out}");
+    assert!(
+        out.contains(&format!("rollback: to release {}", ids[2])),
+        "{out}"
+    );
+    let c = containers(&tb, "h1", &p.name);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0].1, tags[0]);
+    let rel = p.releases(&tb);
+    assert_eq!(rel[0]["outcome"], "succeeded");
+    assert_eq!(rel[0]["versions"]["hello"], tags[0].as_str());
+    assert!(
+        rel[0]["summary"].as_str().unwrap().starts_with("rollback:"),
+        "{:?}",
+        rel[0]
+    );
+    // post_deploy ran after r1, r2 and the rollback; not after the failed r3.
+    let posts = std::fs::read_to_string(&log).unwrap();
+    let expect: Vec<String> = [&tags[0], &tags[1], &tags[0]]
+        .iter()
+        .map(|t| format!("succeeded hello={t}"))
+        .collect();
+    assert_eq!(posts.lines().collect::<Vec<_>>(), expect, "{posts}");
 }

@@ -46,6 +46,10 @@ use crate::plan::{Action, HostPlan, InstanceChange, Plan, ServiceAction};
 /// Progress lines: (host, message).
 pub type Events = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
+/// Asked before each batch of instances: `Some(reason)` stops the rollout there (the deploy
+/// lock was lost: another deploy may be about to start).
+pub type Cancel = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// How to apply.
 #[derive(Clone)]
 pub struct ApplyOptions {
@@ -61,6 +65,9 @@ pub struct ApplyOptions {
     /// The Consul ACL token's value, when the project has one.
     pub consul_token: Option<String>,
     pub events: Option<Events>,
+    /// Checked before each batch; a reason stops every host at its next instance, with a
+    /// failure naming it and no rollback (whoever took over now owns the environment).
+    pub cancel: Option<Cancel>,
 }
 
 impl Default for ApplyOptions {
@@ -72,6 +79,7 @@ impl Default for ApplyOptions {
             keep_images: 3,
             consul_token: None,
             events: None,
+            cancel: None,
         }
     }
 }
@@ -221,6 +229,8 @@ struct Ctx<'a> {
     opts: &'a ApplyOptions,
     creds: Option<DockerCredentials>,
     stop: AtomicBool,
+    /// Stopped by `opts.cancel` (no rollback then).
+    cancelled: AtomicBool,
     steps: Mutex<Vec<Step>>,
     failures: Mutex<Vec<Failure>>,
     undo: Mutex<Vec<Undo>>,
@@ -294,6 +304,7 @@ pub async fn apply(
         opts,
         creds,
         stop: AtomicBool::new(false),
+        cancelled: AtomicBool::new(false),
         steps: Mutex::new(Vec::new()),
         failures: Mutex::new(Vec::new()),
         undo: Mutex::new(Vec::new()),
@@ -371,7 +382,7 @@ pub async fn apply(
         ..Default::default()
     };
     report.failures = std::mem::take(&mut *ctx.failures.lock().unwrap());
-    if !report.failures.is_empty() && opts.rollback {
+    if !report.failures.is_empty() && opts.rollback && !ctx.cancelled.load(Ordering::SeqCst) {
         let undo = std::mem::take(&mut *ctx.undo.lock().unwrap());
         let (done, errors) = roll_back(&ctx, &hosts, undo).await;
         report.rolled_back = done;
@@ -460,6 +471,22 @@ async fn run_host(ctx: &Ctx<'_>, h: &Host<'_>) {
     for (app, changes) in per_app {
         let batch = ctx.app(app).map(|a| a.batch.max(1)).unwrap_or(1) as usize;
         for chunk in changes.chunks(batch) {
+            if let Some(reason) = ctx.opts.cancel.as_ref().and_then(|c| c()) {
+                if !ctx.cancelled.swap(true, Ordering::SeqCst) {
+                    let c = chunk[0];
+                    ctx.failures.lock().unwrap().push(Failure {
+                        host: host.clone(),
+                        app: app.to_string(),
+                        instance: c.instance,
+                        version: c.desired.as_ref().map(|d| d.version.clone()),
+                        reason: format!("stopped before this instance: {reason}"),
+                        logs: Vec::new(),
+                    });
+                }
+                ctx.stop.store(true, Ordering::SeqCst);
+                ctx.emit(host, &format!("stopping: {reason}"));
+                return;
+            }
             if ctx.stop.load(Ordering::SeqCst) {
                 ctx.emit(host, "stopping: another instance failed");
                 return;

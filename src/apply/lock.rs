@@ -352,6 +352,44 @@ impl DeployLock {
         self.lost.load(Ordering::SeqCst)
     }
 
+    /// The flag behind [`is_lost`](Self::is_lost), for code that checks it without holding
+    /// the lock (the deploy engine, between instances).
+    pub fn lost_flag(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+
+    /// Replaces the plan summary others see in the lock: a deploy takes the lock before it
+    /// plans, so the summary is known only afterwards.
+    pub async fn set_summary(&mut self, summary: &str) -> Result<(), LockError> {
+        self.holder.summary = summary.to_string();
+        let holder_json = serde_json::to_string(&self.holder).expect("serialisable");
+        let still_ours = match &self.backend {
+            None => false,
+            Some(Backend::Consul {
+                client,
+                key,
+                session,
+            }) => {
+                // Acquiring again with the same session only rewrites the value.
+                client
+                    .kv_acquire(key, holder_json.as_bytes(), session)
+                    .await?
+            }
+            Some(Backend::Host { host, path, token }) => {
+                let script = format!(
+                    "{guard}\nif grep -q '\"token\":\"{token}\"' \"$f\" 2>/dev/null; then\n  exp=$(sed -n 's/^{{\"expires\":\\([0-9]*\\),.*/\\1/p' \"$f\")\n  printf '{{\"expires\":%s,\"token\":\"%s\",\"holder\":%s}}\\n' \"$exp\" {token} {h} > \"$f.tmp\" && mv \"$f.tmp\" \"$f\" && echo OK\nelse echo LOST; fi",
+                    guard = guard_prelude(path),
+                    h = sh_quote(&holder_json),
+                );
+                run(host, &script).await?.starts_with("OK")
+            }
+        };
+        if !still_ours {
+            self.lost.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
     /// The Consul session holding the lock (`None` for a host lock file).
     pub fn session(&self) -> Option<&str> {
         match &self.backend {

@@ -4,8 +4,9 @@
 //! - `container`: `InstanceSpec` -> Docker create body.
 //! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
 //! - `kv`: KV config with check-and-set.
-//! - `services`: what a deploy needs around the engine: lock, release ledger, hooks.
-//! - `lock`, `ledger`, `hooks`: the deploy lock, the release records, pre/post deploy hooks.
+//! - `lock`, `ledger`, `hooks`: the deploy lock, the release records, pre/post deploy hooks
+//!   (`lock::Store` opens the lock and ledger of an environment; `cli::deploy::converge` wires
+//!   them around `apply`).
 
 pub mod container;
 pub mod deploy;
@@ -14,6 +15,5 @@ pub mod hooks;
 pub mod kv;
 pub mod ledger;
 pub mod lock;
-pub mod services;
 
 pub use deploy::{ApplyOptions, Failure, Report, Step, apply};

@@ -2,10 +2,11 @@
 //! [--parallel N]`: build + push, plan, confirm, apply (health-gated, rolling back on failure).
 //!
 //! `converge` is shared with `fleet rollback`, which only picks other versions.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,7 +16,9 @@ use miette::{IntoDiagnostic, miette};
 
 use super::Global;
 use crate::apply::deploy::{ApplyOptions, Events, Report};
-use crate::apply::services::{Outcome, ReleaseRecord, Services};
+use crate::apply::hooks::{self, HookKind};
+use crate::apply::ledger::{Release, ReleaseOutcome};
+use crate::apply::lock::{DeployLock, Holder, LockError, Store};
 use crate::desired::{DesiredState, Versions};
 use crate::host::{ConnectOptions, DEFAULT_PARALLEL, close_all, connect_all};
 use crate::manifest::Loaded;
@@ -179,15 +182,48 @@ fn restrict(plan: &mut Plan, d: &DesiredState, apps: &[String]) {
         .retain(|k| keys.iter().any(|p| k.key.starts_with(p)));
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// The apps a plan changes (instances, registrations or KV config): `FLEET_APPS` of the hooks.
+fn changed_apps(plan: &Plan, d: &DesiredState) -> Vec<String> {
+    let mut apps = std::collections::BTreeSet::new();
+    for h in &plan.hosts {
+        for i in &h.instances {
+            if i.action != crate::plan::Action::Unchanged {
+                apps.insert(i.app.clone());
+            }
+        }
+        for s in &h.services {
+            if s.action != crate::plan::ServiceAction::Unchanged {
+                apps.insert(s.app.clone());
+            }
+        }
+    }
+    for k in &plan.kv {
+        if k.action != crate::plan::KvAction::Unchanged {
+            let rest = k
+                .key
+                .strip_prefix(&format!("{}/{}/", d.project, d.environment));
+            if let Some(app) = rest.and_then(|r| r.split('/').next()) {
+                apps.insert(app.to_string());
+            }
+        }
+    }
+    apps.into_iter().collect()
 }
 
-/// Resolve with `versions`, observe, plan, confirm, apply, report. The exit code is 1 on a
-/// failed instance.
+/// What the ledger records for a finished apply.
+pub fn outcome_of(report: &Report) -> ReleaseOutcome {
+    if report.ok() {
+        ReleaseOutcome::Succeeded
+    } else if !report.rolled_back.is_empty() && report.rollback_errors.is_empty() {
+        ReleaseOutcome::RolledBack
+    } else {
+        ReleaseOutcome::Failed
+    }
+}
+
+/// Resolve with `versions`, take the deploy lock, observe, plan, confirm, run the
+/// `pre_deploy` hooks, record the release, apply, record its outcome, run the `post_deploy`
+/// hooks, release the lock. The exit code is 1 on a failed instance.
 pub async fn converge(
     loaded: &Loaded,
     versions: &Versions,
@@ -200,12 +236,55 @@ pub async fn converge(
             return Err(miette!("there is no app `{a}` in environment {}", c.env));
         }
     }
+    // The lock before anything else touches a host: a second deploy is refused at once.
+    // The store has its own connection options: its SSH master to the first host must not
+    // share a control directory with the per-host sessions below.
+    let store_opts = ConnectOptions::default();
+    let store = Store::open(&desired, &store_opts)
+        .await
+        .map_err(|e| miette!("cannot reach the deploy lock of {}: {e}", c.env))?;
+    let lock = match store
+        .acquire(Holder::current(), &format!("{}: planning", c.verb))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            store.close().await;
+            let _ = std::fs::remove_dir_all(&store_opts.runtime_dir);
+            return Err(match e {
+                LockError::Held { .. } => miette!(
+                    help = format!(
+                        "wait for it to finish; if its holder is gone, the lock expires by itself \
+                         (or `fleet lock release {}`)",
+                        c.env
+                    ),
+                    "{e}"
+                ),
+                e => miette!("cannot take the deploy lock of {}: {e}", c.env),
+            });
+        }
+    };
+    let mut lock = lock;
     let connect = ConnectOptions::default();
-    let oo = ObserveOptions::for_desired(&desired, c.parallel).map_err(|e| miette!("{e}"))?;
-    let targets: Vec<_> = desired.hosts.iter().map(|h| h.target.clone()).collect();
-    let sessions = connect_all(&targets, &connect, c.parallel).await;
-    let result = converge_on(&desired, &sessions, &oo, c, t0).await;
-    close_all(sessions, &connect).await;
+    let result = match ObserveOptions::for_desired(&desired, c.parallel) {
+        Ok(oo) => {
+            let targets: Vec<_> = desired.hosts.iter().map(|h| h.target.clone()).collect();
+            let sessions = connect_all(&targets, &connect, c.parallel).await;
+            let r = converge_on(&desired, &sessions, &oo, c, t0, &store, &mut lock).await;
+            close_all(sessions, &connect).await;
+            r
+        }
+        Err(e) => Err(miette!("{e}")),
+    };
+    // Released on every path (an error above included).
+    if let Err(e) = lock.release().await {
+        line(
+            "lock",
+            &format!("could not release the deploy lock ({e}); it expires by itself"),
+        );
+    }
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&store_opts.runtime_dir);
     result
 }
 
@@ -215,6 +294,8 @@ async fn converge_on(
     oo: &ObserveOptions,
     c: &Converge,
     t0: Instant,
+    store: &Store,
+    lock: &mut DeployLock,
 ) -> miette::Result<ExitCode> {
     let targets: Vec<_> = desired.hosts.iter().map(|h| h.target.clone()).collect();
     let observed = observe_all(&targets, sessions, oo).await;
@@ -246,20 +327,7 @@ async fn converge_on(
     }
     let open: Vec<&crate::host::HostSession> =
         sessions.iter().filter_map(|s| s.as_ref().ok()).collect();
-    let first = open.first().copied();
-    let token = oo.consul_token.clone();
-    let consul = match first {
-        Some(s) => crate::apply::deploy::consul_for(s, desired, token.clone())
-            .await
-            .map_err(|e| miette!("{e}"))?,
-        None => None,
-    };
-    let services = Services {
-        consul,
-        project: desired.project.clone(),
-        environment: desired.environment.clone(),
-    };
-    let versions: std::collections::BTreeMap<String, String> = desired
+    let versions: BTreeMap<String, String> = desired
         .apps
         .iter()
         .map(|a| (a.name.clone(), a.version.clone()))
@@ -271,22 +339,7 @@ async fn converge_on(
                 serde_json::json!({"ok": true, "changes": 0, "versions": versions, "seconds": t0.elapsed().as_secs_f64()})
             );
         }
-        // A release that changes nothing is still the current good one (first deploy of a
-        // ledger, or a rollback target).
-        let last = services.releases().await;
-        if last.last().map(|r| &r.versions) != Some(&versions) {
-            let _ = services
-                .record(ReleaseRecord {
-                    id: format!("{}", now_secs()),
-                    versions: versions.clone(),
-                    user: whoami(),
-                    started: now_secs(),
-                    finished: now_secs(),
-                    outcome: Outcome::Success,
-                    summary: format!("{}: no changes", c.verb),
-                })
-                .await;
-        }
+        record_unchanged(store, lock, &versions, c.verb).await;
         return Ok(ExitCode::SUCCESS);
     }
     if !c.yes {
@@ -309,56 +362,122 @@ async fn converge_on(
         "{}: {} create, {} replace, {} remove, {} start",
         c.verb, s.create, s.replace, s.remove, s.start
     );
-    let lock = services.lock(&summary).await.map_err(|e| miette!("{e}"))?;
-    let started = now_secs();
+    if let Err(e) = lock.set_summary(&summary).await {
+        line(
+            "lock",
+            &format!("could not write the plan into the lock: {e}"),
+        );
+    }
+    let lost = lock.lost_flag();
+    if lost.load(Ordering::SeqCst) {
+        return Err(miette!(
+            "the deploy lock of {} was lost before the rollout started; nothing was changed",
+            c.env
+        ));
+    }
+    let changed = changed_apps(&plan, desired);
+    let hook_env = hooks::env_for(&desired.project, &desired.environment, &versions, &changed);
+    hooks::run_all(HookKind::PreDeploy, &desired.hooks.pre_deploy, &hook_env)
+        .await
+        .map_err(|e| miette!(help = "nothing was changed", "{e}"))?;
+    let release = match store
+        .append_release(Release::begin(lock.holder(), versions.clone(), &summary))
+        .await
+    {
+        Ok(r) => {
+            line("ledger", &format!("release {} ({})", r.id, r.outcome));
+            Some(r.id)
+        }
+        Err(e) => {
+            line("ledger", &format!("could not record the release: {e}"));
+            None
+        }
+    };
     let (ev, multi) = events();
     let opts = ApplyOptions {
         parallel: c.parallel,
         rollback: c.rollback,
         drain: c.drain,
-        consul_token: token,
+        consul_token: oo.consul_token.clone(),
         events: Some(ev),
+        cancel: Some(Arc::new(move || {
+            lost.load(Ordering::SeqCst).then(|| {
+                "the deploy lock was lost (released with `fleet lock release`, or not renewed \
+                 in time); another deploy may hold it now"
+                    .to_string()
+            })
+        })),
         ..Default::default()
     };
     let report = crate::apply::apply(desired, &observed, &plan, &open, &opts).await;
     if let Some(m) = multi {
         let _ = m.clear();
     }
-    let report = report.map_err(|e| miette!("{e}"))?;
-    let outcome = if report.ok() {
-        Outcome::Success
-    } else if !report.rolled_back.is_empty() {
-        Outcome::RolledBack
-    } else {
-        Outcome::Failed
+    let outcome = match &report {
+        Ok(r) => outcome_of(r),
+        Err(_) => ReleaseOutcome::Failed,
     };
-    if let Err(e) = services
-        .record(ReleaseRecord {
-            id: format!("{started}"),
-            versions,
-            user: whoami(),
-            started,
-            finished: now_secs(),
-            outcome,
-            summary,
-        })
-        .await
+    if let Some(id) = release
+        && let Err(e) = store.update_release(id, outcome).await
     {
-        line("ledger", &format!("could not record the release: {e}"));
+        line(
+            "ledger",
+            &format!("could not record release {id} as {outcome}: {e}"),
+        );
     }
-    lock.release().await;
+    let report = report.map_err(|e| miette!("{e}"))?;
     print_report(&report, c.json, t0);
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if !report.ok() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut post_env = hook_env;
+    post_env.push(("FLEET_OUTCOME".into(), outcome.to_string()));
+    if let Some(id) = release {
+        post_env.push(("FLEET_RELEASE".into(), id.to_string()));
+    }
+    hooks::run_all(HookKind::PostDeploy, &desired.hooks.post_deploy, &post_env)
+        .await
+        .map_err(|e| {
+            miette!(
+                help = "the release is deployed and recorded as succeeded; only the hook failed",
+                "{e}"
+            )
+        })?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn whoami() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+/// A deploy that changes nothing still says which versions run, when the ledger does not
+/// say so already (the first deploy of an existing environment, or after a failed deploy):
+/// that is what `fleet rollback` returns to later.
+async fn record_unchanged(
+    store: &Store,
+    lock: &DeployLock,
+    versions: &BTreeMap<String, String>,
+    verb: &str,
+) {
+    let list = match store.releases().await {
+        Ok(l) => l,
+        Err(e) => {
+            line("ledger", &format!("cannot read the release ledger: {e}"));
+            return;
+        }
+    };
+    if list
+        .first()
+        .is_some_and(|r| r.outcome == ReleaseOutcome::Succeeded && &r.versions == versions)
+    {
+        return;
+    }
+    let mut r = Release::begin(
+        lock.holder(),
+        versions.clone(),
+        &format!("{verb}: no changes"),
+    );
+    r.outcome = ReleaseOutcome::Succeeded;
+    r.finished = Some(r.started.clone());
+    if let Err(e) = store.append_release(r).await {
+        line("ledger", &format!("could not record the release: {e}"));
+    }
 }
 
 fn print_report(r: &Report, json: bool, t0: Instant) {

@@ -1,5 +1,6 @@
-//! `fleet rollback ENV [APP] [--to VERSION]`: converge on the versions of the previous good
-//! release (or a named version), health-gated like any deploy, without building.
+//! `fleet rollback ENV [APP] [--to VERSION]`: converge on the versions of the release ledger's
+//! last good release other than what runs now (or a named version), health-gated like any
+//! deploy (lock, hooks and ledger included), without building.
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -7,8 +8,10 @@ use miette::{IntoDiagnostic, miette};
 
 use super::Global;
 use super::deploy::{Converge, converge};
-use crate::apply::services::Services;
-use crate::host::{ConnectOptions, DEFAULT_PARALLEL, HostSession};
+use crate::apply::ledger::{Release, ReleaseOutcome, newest_good};
+use crate::apply::lock::Store;
+use crate::desired::Versions;
+use crate::host::{ConnectOptions, DEFAULT_PARALLEL};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -38,44 +41,22 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let loaded = crate::manifest::load(g.file.as_deref())?;
     loaded.check_environment(&args.env)?;
     let (targets, _) = loaded.build_targets();
-    // Read the ledger through the first host's agent.
-    let probe = loaded.resolve(
-        &args.env,
-        &crate::build::versions(&targets).into_diagnostic()?,
-    )?;
-    let connect = ConnectOptions::default();
-    let first = probe
-        .hosts
-        .first()
-        .ok_or_else(|| miette!("environment {} has no hosts", args.env))?;
-    let session = HostSession::connect(&first.target, &connect)
+    let sources = crate::build::versions(&targets).into_diagnostic()?;
+    // The ledger, from the environment's Consul (else its first host).
+    let probe = loaded.resolve(&args.env, &sources)?;
+    let opts = ConnectOptions::default();
+    let store = Store::open(&probe, &opts)
         .await
-        .into_diagnostic()?;
-    let token = crate::observe::ObserveOptions::for_desired(&probe, 1)
-        .map_err(|e| miette!("{e}"))?
-        .consul_token;
-    let consul = crate::apply::deploy::consul_for(&session, &probe, token)
-        .await
-        .map_err(|e| miette!("{e}"))?;
-    let services = Services {
-        consul,
-        project: probe.project.clone(),
-        environment: probe.environment.clone(),
-    };
-    let releases = services.releases().await;
-    session.close().await;
-    // What runs now: the newest release's versions (else the current sources').
-    let mut versions = releases
-        .last()
+        .map_err(|e| miette!("cannot reach the release ledger of {}: {e}", args.env))?;
+    let releases = store.releases().await;
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&opts.runtime_dir);
+    let releases = releases.into_diagnostic()?;
+    // What runs now: the newest good release's versions (else the current sources').
+    let mut versions: Versions = newest_good(&releases, None)
         .map(|r| r.versions.clone())
-        .unwrap_or_else(|| {
-            probe
-                .apps
-                .iter()
-                .map(|a| (a.name.clone(), a.version.clone()))
-                .collect()
-        });
-    let target: crate::desired::Versions = match &args.to {
+        .unwrap_or(sources);
+    let target: Versions = match &args.to {
         Some(v) => {
             let apps: Vec<String> = match &args.app {
                 Some(a) => vec![a.clone()],
@@ -84,19 +65,23 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
             apps.into_iter().map(|a| (a, v.clone())).collect()
         }
         None => {
-            let Some(r) = crate::apply::services::previous_good(&releases, &versions) else {
+            let Some(r) = rollback_target(&releases, &versions, args.app.as_deref()) else {
                 return Err(miette!(
-                    help = "name a version with --to VERSION",
+                    help = "name a version with --to VERSION (`fleet releases ENV` lists them)",
                     "no earlier good release of {} to return to",
                     args.env
                 ));
             };
+            eprintln!(
+                "rollback: to release {} ({}, {}@{})",
+                r.id, r.started, r.user, r.host
+            );
             match &args.app {
                 Some(a) => r
                     .versions
                     .get(a)
                     .map(|v| [(a.clone(), v.clone())].into())
-                    .ok_or_else(|| miette!("the previous good release has no app `{a}`"))?,
+                    .ok_or_else(|| miette!("release {} has no app `{a}`", r.id))?,
                 None => r.versions.clone(),
             }
         }
@@ -117,4 +102,59 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         verb: "rollback",
     };
     converge(&loaded, &versions, &c, t0).await
+}
+
+/// The release to return to: the newest succeeded one whose versions differ from `current`
+/// (for one `app`: whose version of that app differs). Releases are newest first.
+pub fn rollback_target<'a>(
+    releases: &'a [Release],
+    current: &Versions,
+    app: Option<&str>,
+) -> Option<&'a Release> {
+    match app {
+        None => newest_good(releases, Some(current)),
+        Some(app) => releases.iter().find(|r| {
+            r.outcome == ReleaseOutcome::Succeeded
+                && r.versions
+                    .get(app)
+                    .is_some_and(|v| current.get(app) != Some(v))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(id: u64, outcome: ReleaseOutcome, api: &str, web: &str) -> Release {
+        Release {
+            id,
+            versions: [("api".into(), api.into()), ("web".into(), web.into())].into(),
+            user: "u".into(),
+            host: "m".into(),
+            started: "2025-01-01T00:00:00Z".into(),
+            finished: None,
+            outcome,
+            summary: String::new(),
+        }
+    }
+
+    #[test]
+    fn rollback_skips_the_current_failed_and_unfinished_releases() {
+        use ReleaseOutcome::*;
+        let list = vec![
+            rel(5, InProgress, "a4", "w2"),
+            rel(4, Failed, "a3", "w2"),
+            rel(3, Succeeded, "a2", "w2"),
+            rel(2, RolledBack, "a9", "w1"),
+            rel(1, Succeeded, "a1", "w1"),
+        ];
+        let current = list[2].versions.clone();
+        assert_eq!(rollback_target(&list, &current, None).unwrap().id, 1);
+        // For one app: the newest good release with another version of it.
+        let current: Versions = [("api".into(), "a2".into()), ("web".into(), "w1".into())].into();
+        assert_eq!(rollback_target(&list, &current, Some("web")).unwrap().id, 3);
+        assert_eq!(rollback_target(&list, &current, Some("api")).unwrap().id, 1);
+        assert!(rollback_target(&list[2..3], &list[2].versions, None).is_none());
+    }
 }
