@@ -514,7 +514,7 @@ async fn plan_live_create_replace_remove_and_a_down_host() {
         plan_live(&v2, &opts, 32).await.unwrap()
     };
     for id in &ids {
-        let _ = docker
+        docker
             .remove_container(
                 id,
                 Some(RemoveContainerOptions {
@@ -522,7 +522,8 @@ async fn plan_live_create_replace_remove_and_a_down_host() {
                     ..Default::default()
                 }),
             )
-            .await;
+            .await
+            .expect("remove the test's containers");
     }
     s.close().await;
 

@@ -148,6 +148,7 @@ pub struct ConnectOptions {
 }
 
 static RUNTIME_SEQ: AtomicUsize = AtomicUsize::new(0);
+static SESSION_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Default for ConnectOptions {
     fn default() -> Self {
@@ -281,7 +282,12 @@ fn short_name(name: &str) -> String {
 impl HostSession {
     /// Connect to one host: SSH master (native mux) unless the address is `local`.
     pub async fn connect(target: &HostTarget, opts: &ConnectOptions) -> Result<Self, HostError> {
-        let dir = opts.runtime_dir.join(short_name(&target.name));
+        // One directory per session, even for two sessions to the same host: closing one
+        // removes its directory, which must not take the other's forwarded sockets with it.
+        let k = SESSION_SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = opts
+            .runtime_dir
+            .join(format!("{}-{k}", short_name(&target.name)));
         make_dir(&dir)?;
         let link = if target.is_local() {
             Link::Local
@@ -525,6 +531,10 @@ impl HostSession {
             let _ = s.close().await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The runtime directory goes with its last session.
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 
@@ -550,7 +560,8 @@ pub async fn connect_all(
         .await
 }
 
-/// Close every session that opened, then remove the runtime directory.
+/// Close every session that opened, then remove the runtime directory if no other session
+/// (opened with the same options) still has its sockets there.
 pub async fn close_all(sessions: Vec<Result<HostSession, HostError>>, opts: &ConnectOptions) {
     futures_util::future::join_all(
         sessions
@@ -559,7 +570,7 @@ pub async fn close_all(sessions: Vec<Result<HostSession, HostError>>, opts: &Con
             .map(|s| s.close()),
     )
     .await;
-    let _ = std::fs::remove_dir_all(&opts.runtime_dir);
+    let _ = std::fs::remove_dir(&opts.runtime_dir);
 }
 
 #[cfg(test)]
@@ -620,7 +631,7 @@ mod tests {
         let o = ConnectOptions::default();
         let p = o
             .runtime_dir
-            .join(short_name(&"x".repeat(300)))
+            .join(format!("{}-{}", short_name(&"x".repeat(300)), usize::MAX))
             .join(".ssh-connectionXXXXXX")
             .join("master");
         assert!(p.as_os_str().len() < 100, "{}", p.display());
