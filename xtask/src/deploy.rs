@@ -57,7 +57,7 @@ pub fn demo(l: &Layout) -> Result<()> {
     let port = testbed::ssh_out(
         l,
         1,
-        "docker ps --filter label=fleet.project=hello --format '{{.Ports}}' | sed -n 's/.*:\\([0-9]*\\)->8080.*/\\1/p' | head -1",
+        "docker ps --filter label=fleet.project=hello --format '{{.Ports}}' | sed -n 's/.*0\\.0\\.0\\.0:\\([0-9]*\\)->8080.*/\\1/p' | head -1",
     )?;
     let d = l.d();
     println!(
