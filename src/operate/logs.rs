@@ -133,6 +133,17 @@ pub fn split_chunk(source: &str, stream: Stream, chunk: &[u8]) -> Vec<LogLine> {
         .collect()
 }
 
+/// The last `tail` lines of one container's lines (all when `None`).
+pub fn keep_tail(mut lines: Vec<LogLine>, tail: Option<u64>) -> Vec<LogLine> {
+    if let Some(n) = tail {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if lines.len() > n {
+            lines.drain(..lines.len() - n);
+        }
+    }
+    lines
+}
+
 /// Lines of several containers merged by time (stable: lines with the same time keep the order
 /// each container gave them).
 pub fn merge(mut lines: Vec<LogLine>) -> Vec<LogLine> {
@@ -158,7 +169,12 @@ fn docker_options(o: &LogOptions, follow: bool, since: Option<i64>) -> LogsOptio
         since: since.clamp(0, i32::MAX as i64) as i32,
         until: 0,
         timestamps: true,
-        tail: o.tail.map_or_else(|| "all".into(), |n| n.to_string()),
+        // The engine counts `tail` over both streams before it drops the unwanted one: with a
+        // stream chosen, everything is read and the tail is cut here (`keep_tail`).
+        tail: match (o.tail, o.stream) {
+            (Some(n), None) => n.to_string(),
+            _ => "all".into(),
+        },
     }
 }
 
@@ -247,7 +263,7 @@ pub async fn collect(
                         Err(e) => return Err(format!("{label}: reading logs: {e}")),
                     }
                 }
-                Ok(out)
+                Ok(keep_tail(out, o.tail))
             }
         }))
         .await;
@@ -342,6 +358,7 @@ pub async fn follow(
                     }
                 };
                 let label = src.label();
+                let tail = if first { o.tail } else { None };
                 let tx = tx.clone();
                 let done = done_tx.clone();
                 let docker = docker.clone();
@@ -354,15 +371,21 @@ pub async fn follow(
                     // before printing; then lines go out as they come.
                     let mut backlog = Some(Vec::new());
                     let mut first_tx = Some(first_tx);
+                    let backlog_until = tokio::time::Instant::now() + Duration::from_secs(1);
                     loop {
                         let next = if backlog.is_some() {
-                            match tokio::time::timeout(Duration::from_millis(300), st.next()).await
-                            {
+                            // The backlog ends at the first pause in the output, or after a
+                            // second for a container that never pauses.
+                            let wait = Duration::from_millis(300).min(
+                                backlog_until
+                                    .saturating_duration_since(tokio::time::Instant::now()),
+                            );
+                            match tokio::time::timeout(wait, st.next()).await {
                                 Ok(n) => n,
                                 Err(_) => {
                                     if let (Some(b), Some(ftx)) = (backlog.take(), first_tx.take())
                                     {
-                                        let _ = ftx.send(b);
+                                        let _ = ftx.send(keep_tail(b, tail));
                                     }
                                     continue;
                                 }
@@ -388,7 +411,7 @@ pub async fn follow(
                         }
                     }
                     if let (Some(b), Some(ftx)) = (backlog.take(), first_tx.take()) {
-                        let _ = ftx.send(b);
+                        let _ = ftx.send(keep_tail(b, tail));
                     }
                     let _ = done.send((cid, newest));
                 });
@@ -477,7 +500,22 @@ mod tests {
         };
         let d = docker_options(&o, false, None);
         assert!(!d.stdout && d.stderr && d.timestamps);
-        assert_eq!(d.tail, "5");
+        assert_eq!(
+            d.tail, "all",
+            "with a stream chosen the tail is cut locally"
+        );
+        let both = LogOptions {
+            tail: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(docker_options(&both, false, None).tail, "5");
+        let lines = split_chunk(
+            "a#1@h",
+            Stream::Out,
+            b"1970-01-01T00:00:01Z 1\n1970-01-01T00:00:02Z 2\n",
+        );
+        assert_eq!(keep_tail(lines.clone(), Some(1))[0].text, "2");
+        assert_eq!(keep_tail(lines, None).len(), 2);
         assert_eq!(
             docker_options(&LogOptions::default(), true, None).tail,
             "all"
