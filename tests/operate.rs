@@ -83,7 +83,17 @@ impl Project {
 }
 
 impl Drop for Project {
+    /// `OPTEST_KEEP=1` leaves the project running (and its manifest on disk) to look at by hand;
+    /// remove it later with `fleet -f <manifest> destroy test --yes`.
     fn drop(&mut self) {
+        if std::env::var_os("OPTEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!(
+                "OPTEST_KEEP: kept {}",
+                dir.keep().join("fleet.toml").display()
+            );
+            return;
+        }
         ops::destroy_quietly(&self.tb, &self.manifest());
     }
 }
@@ -218,6 +228,25 @@ command = ["-c", "i=0; while [ $i -lt 500 ]; do i=$((i+1)); echo out-$i; echo er
         "follow did not pick h1 up again after the restart:\n{}",
         seen.lock().unwrap().join("\n")
     );
+    // A deploy replacing h2's instance: a new container (new version) appears, the old one goes.
+    let mut next = ops::resolve(&p.manifest(), "test");
+    next.hosts.retain(|h| h.target.name == "h2");
+    for i in &mut next.hosts[0].instances {
+        i.version = "v1b".into();
+        i.container
+            .labels
+            .insert("fleet.version".into(), "v1b".into());
+    }
+    let old_h2 = p.fleet(&["stop", "test", "talker", "--host", "h2"]);
+    assert_eq!(old_h2.0, 0, "{old_h2:?}");
+    ops::start_instances(&p.tb, &next, &[("talker", SH)]).await;
+    let h2_first = "talker#1@h2 (out): out-1".to_string();
+    assert!(
+        wait_for(&|s| s.iter().filter(|l| **l == h2_first).count() == 2, 20),
+        "follow did not pick up the replacing container on h2:\n{}",
+        seen.lock().unwrap().join("\n")
+    );
+
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();

@@ -71,6 +71,10 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     };
     let tty = std::io::stdout().is_terminal();
     let mut code;
+    // One listener for the whole watch: a Ctrl-C that comes while the hosts are being read
+    // (not only during the sleep) must end it.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let readings = gather(&cx, &sel).await;
         let now = now();
@@ -96,7 +100,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
             println!();
         }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut interrupted => break,
             _ = tokio::time::sleep(args.interval) => {}
         }
     }

@@ -45,6 +45,9 @@ impl InfoView {
         let _ = writeln!(s, "{}", self.title);
         for (name, rows) in &self.sections {
             let _ = writeln!(s, "  {name}");
+            if rows.is_empty() {
+                let _ = writeln!(s, "    (none)");
+            }
             let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
             for (k, v) in rows {
                 let _ = writeln!(s, "    {k:<w$}  {v}");
@@ -157,7 +160,10 @@ pub async fn views(cx: &Connected, sel: &Selector) -> (Vec<InfoView>, Vec<String
                 ("restarts".into(), i.restart_count.unwrap_or(0).to_string()),
                 ("created".into(), time_text(i.created.as_deref())),
                 ("started".into(), time_text(state.started_at.as_deref())),
-                ("finished".into(), time_text(state.finished_at.as_deref())),
+                (
+                    "last stopped".into(),
+                    time_text(state.finished_at.as_deref()),
+                ),
                 (
                     "last exit code".into(),
                     state

@@ -798,6 +798,26 @@ mod tests {
         insta::assert_json_snapshot!(v["instances"][0]);
     }
 
+    /// The example in docs/status-json.md is a valid document, and every field of a row the
+    /// code writes is in the documented table.
+    #[test]
+    fn the_documented_example_parses_and_every_field_is_documented() {
+        let doc = include_str!("../../docs/status-json.md");
+        let start = doc.find("```json\n").expect("an example") + 8;
+        let end = start + doc[start..].find("```").unwrap();
+        let parsed: StatusDoc = serde_json::from_str(&doc[start..end]).expect("example parses");
+        assert_eq!(parsed.format_version, JSON_FORMAT_VERSION);
+        let (d, r) = busy();
+        let rows = rows(&d, &r, &Selector::default(), 1_100);
+        let v = serde_json::to_value(StatusDoc::new(&d, &r, rows, 1)).unwrap();
+        let mut fields: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        fields.extend(v["instances"][0].as_object().unwrap().keys().cloned());
+        fields.extend(v["faults"][0].as_object().unwrap().keys().cloned());
+        for f in fields {
+            assert!(doc.contains(&format!("| `{f}`")), "{f} is not documented");
+        }
+    }
+
     #[test]
     fn cpu_and_memory_as_docker_stats_computes_them() {
         let s: bollard::models::ContainerStatsResponse = serde_json::from_value(serde_json::json!({
