@@ -432,6 +432,9 @@ command = ["-c", "echo starting; /bin/busybox httpd -p 8081 -h /app/www; /bin/bu
         out.contains("started") && out.contains("registered"),
         "{out}"
     );
+    let (code, again, err) = p.fleet(&["start", "test", "steady", "--host", "h1"]);
+    assert_eq!(code, 0, "{again}\n{err}");
+    assert!(again.contains("already running"), "{again}");
     assert_eq!(services(&p).1, 4);
 
     // exec: output and the command's exit code.

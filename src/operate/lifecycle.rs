@@ -13,6 +13,7 @@ use super::status::labels_of;
 use super::{Connected, Selector, instance_label, managed_services, registration};
 use crate::consul::ConsulClient;
 use crate::host::HostSession;
+use crate::observe::ContainerState;
 use crate::observe::read::list_containers;
 
 /// Which lifecycle call.
@@ -105,12 +106,18 @@ async fn on_host(
                 }
             }
             match action {
+                // The engine answers 304 to stopping a stopped or starting a running
+                // container; say so instead of failing.
+                Action::Stop if !c.state.is_up() => done.push("already stopped".into()),
                 Action::Stop => {
                     docker
                         .stop_container(&c.id, None::<StopContainerOptions>)
                         .await
                         .map_err(|e| format!("stop: {e}"))?;
                     done.push("stopped".into());
+                }
+                Action::Start if c.state == ContainerState::Running => {
+                    done.push("already running".into())
                 }
                 Action::Start => {
                     docker
