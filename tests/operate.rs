@@ -461,6 +461,30 @@ command = ["-c", "echo starting; /bin/busybox httpd -p 8081 -h /app/www; /bin/bu
         "exit 7",
     ]);
     assert_eq!(code, 7);
+
+    // The manifest changes: crasher removed, steady scaled to 2. Its containers are now rows
+    // of their own (unwanted), and the instance nobody started is missing.
+    let text = std::fs::read_to_string(p.manifest()).unwrap();
+    let cut = text.find("[apps.crasher]").unwrap();
+    let end = text.find("[environments.test]").unwrap();
+    let text = format!("{}{}", &text[..cut], &text[end..])
+        .replace("[apps.steady]\n", "[apps.steady]\ninstances = 2\n");
+    std::fs::write(p.manifest(), text).unwrap();
+    let doc = p.status();
+    let presence = |app: &str, n: u32, host: &str| {
+        doc.instances
+            .iter()
+            .find(|r| r.app == app && r.instance == Some(n) && r.host == host)
+            .map(|r| r.presence)
+    };
+    assert_eq!(presence("crasher", 1, "h1"), Some(Presence::Unwanted));
+    assert_eq!(presence("steady", 2, "h2"), Some(Presence::Missing));
+    assert_eq!(presence("steady", 1, "h2"), Some(Presence::Desired));
+    let (_, table, _) = p.fleet(&["status", "test"]);
+    assert!(
+        table.contains("not in manifest") && table.contains("missing"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
