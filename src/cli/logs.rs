@@ -23,8 +23,8 @@ pub struct Args {
     /// Only stdout (`out`) or only stderr (`err`).
     #[arg(long, value_parser = ["out", "err"])]
     pub stream: Option<String>,
-    /// Keep following every instance until Ctrl-C (picks up replaced containers). `-f` after
-    /// `logs` means this too (see `follow_shorthand`); the manifest is then `--file`.
+    /// Keep following every instance until Ctrl-C (picks up replaced containers). After `logs`,
+    /// `-f` means --follow: give the manifest as `fleet -f FILE logs ...` or `--file FILE`.
     #[arg(long)]
     pub follow: bool,
     /// Only lines newer than this (`10m`, `1h 30m`).
