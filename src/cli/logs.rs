@@ -46,7 +46,8 @@ pub struct Args {
 pub fn follow_shorthand(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {
-    let mut seen_logs = false;
+    // None: the subcommand is not reached yet; Some(is it `logs`).
+    let mut subcommand: Option<bool> = None;
     let mut skip_value = false;
     args.into_iter()
         .enumerate()
@@ -55,16 +56,19 @@ pub fn follow_shorthand(
                 skip_value = false;
                 return a;
             }
-            if !seen_logs {
-                // Global options before the subcommand that take a value.
-                if a == "-f" || a == "--file" || a == "--color" {
-                    skip_value = true;
-                } else if a == "logs" {
-                    seen_logs = true;
+            match subcommand {
+                None => {
+                    // Global options before the subcommand that take a separate value.
+                    if a == "-f" || a == "--file" || a == "--color" {
+                        skip_value = true;
+                    } else if !a.to_string_lossy().starts_with('-') {
+                        subcommand = Some(a == "logs");
+                    }
+                    a
                 }
-                return a;
+                Some(true) if a == "-f" => "--follow".into(),
+                Some(_) => a,
             }
-            if a == "-f" { "--follow".into() } else { a }
         })
         .collect()
 }
@@ -150,6 +154,11 @@ mod tests {
         assert_eq!(
             r(&["fleet", "plan", "prod", "-f", "x.toml"]),
             ["fleet", "plan", "prod", "-f", "x.toml"]
+        );
+        // An environment called `logs` is not the subcommand.
+        assert_eq!(
+            r(&["fleet", "--color", "never", "plan", "logs", "-f", "x.toml"]),
+            ["fleet", "--color", "never", "plan", "logs", "-f", "x.toml"]
         );
     }
 }
