@@ -48,6 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             apps: vec![],
             consul: None,
             registry: None,
+            hooks: Default::default(),
         };
         let mut best = Duration::MAX;
         for _ in 0..3 {

@@ -25,6 +25,25 @@ pub struct DesiredState {
     /// How to reach the Consul agent on each host, when the project uses Consul.
     pub consul: Option<ConsulTarget>,
     pub registry: Option<RegistryTarget>,
+    /// Commands run on the machine fleet runs on, before and after a deploy.
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+}
+
+/// `pre_deploy` / `post_deploy` commands (each run with `sh -c`, in order), after the
+/// environment's override (an environment that sets a hook replaces the project's list).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hooks {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_deploy: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_deploy: Vec<String>,
+}
+
+impl Hooks {
+    pub fn is_empty(&self) -> bool {
+        self.pre_deploy.is_empty() && self.post_deploy.is_empty()
+    }
 }
 
 /// How fleet reaches a host.
@@ -164,7 +183,8 @@ impl std::fmt::Display for SecretRef {
 pub struct PortSpec {
     /// Port inside the container.
     pub container: u16,
-    /// Port on the host. Resolved: `auto` publishing is turned into a fixed port per instance.
+    /// Port on the host. `0` (`published = "auto"`): Docker picks a free port when the
+    /// container starts, so a new container can run beside the old one during a replace.
     pub host: u16,
     #[serde(default = "tcp")]
     pub protocol: String,
@@ -215,6 +235,8 @@ pub struct ServiceSpec {
     pub meta: BTreeMap<String, String>,
     /// Address the service is reached at (the host's address).
     pub address: String,
+    /// The registered port. `0`: the instance's auto port, read back from the running container
+    /// by apply (and never drift for the plan).
     pub port: u16,
 }
 

@@ -118,7 +118,11 @@ fn shop_resolves_with_overlays_ports_services_and_kv() {
         "production overlay: 3 api instances per web host"
     );
     let ports: Vec<u16> = api.iter().map(|i| i.container.ports[0].host).collect();
-    assert_eq!(ports, [5000, 5001, 5002], "auto: port + instance - 1");
+    assert_eq!(
+        ports,
+        [0, 0, 0],
+        "auto: Docker picks a free port per container"
+    );
     assert_eq!(api[0].container.image, "10.200.1.1:5000/shop/api:a1");
     assert_eq!(
         api[0].container.env["LOG_LEVEL"],
@@ -126,7 +130,11 @@ fn shop_resolves_with_overlays_ports_services_and_kv() {
     );
     let svc = api[1].service.as_ref().unwrap();
     assert_eq!(svc.id, "shop-production-api-h1-2");
-    assert_eq!((svc.address.as_str(), svc.port), ("10.200.1.2", 5001));
+    assert_eq!(
+        (svc.address.as_str(), svc.port),
+        ("10.200.1.2", 0),
+        "auto port"
+    );
     assert_eq!(svc.meta["team"], "core");
     assert_eq!(svc.meta["fleet-spec"], api[1].spec_hash);
     assert_eq!(api[1].container.labels["fleet.instance"], "2");
@@ -271,8 +279,15 @@ fn examples_validate_and_show_masks_secrets() {
     let state: fleet::desired::DesiredState = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(state.hosts.len(), 3);
     let i = &state.hosts[1].instances[0];
-    assert_eq!(i.container.image, "10.200.1.1:5000/hello/hello:unbuilt");
-    assert_eq!(i.container.ports[0].host, 8080);
+    // `show` resolves the version fleet would deploy: the content tag of the app's context.
+    let loaded = fleet::manifest::load(Some(&root.join("manifests/hello/fleet.toml"))).unwrap();
+    let tag = &fleet::build::versions(&loaded.build_targets().0).unwrap()["hello"];
+    assert_eq!(tag.len(), 12);
+    assert_eq!(
+        i.container.image,
+        format!("10.200.1.1:5000/hello/hello:{tag}")
+    );
+    assert_eq!(i.container.ports[0].host, 0, "published = auto");
     assert_eq!(
         i.service.as_ref().unwrap().id,
         "hello-production-hello-h2-1"

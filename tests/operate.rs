@@ -507,9 +507,13 @@ service = { name = "hello", tags = ["http"] }
 config = { greeting = "hello", colour = "blue" }
 "#,
     );
-    p.start(&[]).await;
+    // A real deploy: its registrations (IDs carrying the container), KV config, release
+    // ledger and lock are what destroy has to find.
+    let (code, out, err) = p.fleet(&["deploy", "test", "--yes"]);
+    assert_eq!(code, 0, "deploy failed:\n{out}\n{err}");
     let (c, s, k) = ops::leftovers(&p.tb, &p.name, &hosts).await;
-    assert_eq!((c, s, k), (3, 3, 2), "what start_instances made");
+    assert_eq!((c, s), (3, 3), "what the deploy made");
+    assert!(k >= 2, "the config keys and the ledger: {k}");
 
     // No terminal and no --yes: refuses, and removes nothing.
     let (code, out, err) = p.fleet(&["destroy", "test"]);
@@ -519,14 +523,11 @@ config = { greeting = "hello", colour = "blue" }
         out.contains("hello#1@h1") && out.contains(&format!("{}/test/hello/greeting", p.name)),
         "the list first:\n{out}"
     );
-    assert_eq!(ops::leftovers(&p.tb, &p.name, &hosts).await, (3, 3, 2));
+    assert_eq!(ops::leftovers(&p.tb, &p.name, &hosts).await, (3, 3, k));
 
     let (code, out, err) = p.fleet(&["destroy", "test", "--yes"]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        out.contains("Removed 3 containers, 3 services, 2 KV keys"),
-        "{out}"
-    );
+    assert!(out.contains("Removed 3 containers, 3 services, "), "{out}");
     assert_eq!(ops::leftovers(&p.tb, &p.name, &hosts).await, (0, 0, 0));
 
     let (code, out, err) = p.fleet(&["plan", "test", "--detailed-exitcode"]);

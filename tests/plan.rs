@@ -429,6 +429,7 @@ fn hello_desired(tb: &Tb, project: &str, version: &str) -> fleet::desired::Desir
         }],
         consul: None,
         registry: None,
+        hooks: Default::default(),
     }
 }
 

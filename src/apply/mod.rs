@@ -1,3 +1,19 @@
 //! Apply: execute a plan on the hosts. Rollout order, health gate, rollback, lock.
+//!
+//! - `deploy`: the engine (`apply(desired, observed, plan, sessions, opts) -> Report`).
+//! - `container`: `InstanceSpec` -> Docker create body.
+//! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
+//! - `kv`: KV config with check-and-set.
+//! - `lock`, `ledger`, `hooks`: the deploy lock, the release records, pre/post deploy hooks
+//!   (`lock::Store` opens the lock and ledger of an environment; `cli::deploy::converge` wires
+//!   them around `apply`).
 
 pub mod container;
+pub mod deploy;
+pub mod health;
+pub mod hooks;
+pub mod kv;
+pub mod ledger;
+pub mod lock;
+
+pub use deploy::{ApplyOptions, Failure, Report, Step, apply};

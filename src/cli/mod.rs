@@ -15,9 +15,12 @@ pub mod exec;
 pub mod import;
 pub mod info;
 pub mod init;
+pub mod lock;
 pub mod logs;
 pub mod plan;
+pub mod releases;
 pub mod restart;
+pub mod rollback;
 pub mod show;
 pub mod status;
 pub mod validate;
@@ -55,6 +58,8 @@ pub enum Command {
     Plan(plan::Args),
     /// Build, push and converge every host of an environment, health-gated.
     Deploy(deploy::Args),
+    /// Return an environment to its previous good release (or --to VERSION), health-gated.
+    Rollback(rollback::Args),
     /// A table of every instance: state, health, restarts, uptime, CPU, memory.
     Status(status::Args),
     /// The details of an instance: image, command, env (secrets masked), ports, Consul.
@@ -76,6 +81,11 @@ pub enum Command {
     Import(import::Source),
     /// Write a starter manifest and Dockerfile.
     Init(init::Args),
+    /// The deploy lock of an environment: who holds it; release it.
+    #[command(subcommand)]
+    Lock(lock::Command),
+    /// The release ledger of an environment: every deploy, newest first.
+    Releases(releases::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -109,6 +119,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Build(a) => build::run(a, g).await,
         Command::Plan(a) => plan::run(a, g).await,
         Command::Deploy(a) => deploy::run(a, g).await,
+        Command::Rollback(a) => rollback::run(a, g).await,
         Command::Status(a) => status::run(a, g).await,
         Command::Info(a) => info::run(a, g).await,
         Command::Logs(a) => logs::run(a, g).await,
@@ -119,10 +130,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Destroy(a) => destroy::run(a, g).await,
         Command::Import(a) => import::run(a, g).await,
         Command::Init(a) => init::run(a, g).await,
+        Command::Lock(a) => lock::run(a, g).await,
+        Command::Releases(a) => releases::run(a, g).await,
     }
-}
-
-/// The error for a command whose issue has not landed yet.
-pub(crate) fn not_yet(what: &str) -> miette::Report {
-    miette::miette!("`fleet {what}` is not implemented yet")
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use super::Global;
-use super::status::{Reach, connect};
+use super::status::{Locked, Reach, connect};
 use crate::operate::Selector;
 use crate::operate::lifecycle::{Action, run as lifecycle};
 
@@ -30,7 +30,15 @@ pub async fn run(args: Args, g: &Global, action: Action) -> miette::Result<ExitC
         instance: args.instance,
         host: args.host.clone(),
     };
+    let lock = match Locked::take(&cx.desired, &format!("fleet {}", action.verb())).await {
+        Ok(l) => l,
+        Err(e) => {
+            cx.close().await;
+            return Err(e);
+        }
+    };
     let (outcomes, errors) = lifecycle(&cx, &sel, action).await;
+    lock.release().await;
     cx.close().await;
     let mut failed = !errors.is_empty();
     for o in &outcomes {

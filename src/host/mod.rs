@@ -487,6 +487,38 @@ impl HostSession {
         self.forward_tcp("127.0.0.1", 8500).await
     }
 
+    /// Runs `sh -c script` on the host (locally for a `local` host) and returns its exit code
+    /// (`None` when killed by a signal), stdout and stderr. For small bookkeeping scripts (lock
+    /// file, release ledger), not for the Docker work, which goes through the engine's API.
+    pub async fn run_sh(&self, script: &str) -> Result<ShOutput, HostError> {
+        let out = match &self.link {
+            Link::Local => tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(|e| HostError::Ssh {
+                    host: self.target.name.clone(),
+                    address: self.target.address.clone(),
+                    cause: format!("cannot run sh: {e}"),
+                })?,
+            Link::Ssh(s) => s
+                .command("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(openssh::Stdio::null())
+                .output()
+                .await
+                .map_err(|e| classify(&self.target, &chain(&e)))?,
+        };
+        Ok(ShOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
     /// Close the SSH master (which ends every forward) and remove this host's sockets.
     pub async fn close(self) {
         if let Link::Ssh(s) = self.link {
@@ -494,6 +526,14 @@ impl HostSession {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// What a script run by [`HostSession::run_sh`] left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Connect to every host, at most `parallel` at once; one result per host, in input order. A

@@ -13,7 +13,7 @@ use indexmap::IndexMap;
 use super::diag::{Cx, did_you_mean};
 use super::node::{Key, Node, Span, Table, Value};
 use crate::desired::{
-    BuildSpec, ConsulTarget, EnvValue, HealthCheck, HealthSpec, HostTarget, RegistryTarget,
+    BuildSpec, ConsulTarget, EnvValue, HealthCheck, HealthSpec, Hooks, HostTarget, RegistryTarget,
     RestartPolicy, SecretRef,
 };
 
@@ -25,7 +25,7 @@ pub const TOP_KEYS: &[&str] = &[
     "apps",
     "environments",
 ];
-pub const PROJECT_KEYS: &[&str] = &["name"];
+pub const PROJECT_KEYS: &[&str] = &["name", "pre_deploy", "post_deploy"];
 pub const REGISTRY_KEYS: &[&str] = &["server", "username", "password"];
 pub const CONSUL_KEYS: &[&str] = &["address", "token", "datacenter"];
 pub const HOST_KEYS: &[&str] = &[
@@ -71,7 +71,14 @@ pub const HEALTH_KEYS: &[&str] = &[
 ];
 pub const LIMIT_KEYS: &[&str] = &["memory", "cpus"];
 pub const SERVICE_KEYS: &[&str] = &["name", "tags", "meta"];
-pub const ENV_KEYS: &[&str] = &["hosts", "env", "apps", "consul"];
+pub const ENV_KEYS: &[&str] = &[
+    "hosts",
+    "env",
+    "apps",
+    "consul",
+    "pre_deploy",
+    "post_deploy",
+];
 
 /// Defaults, documented in docs/manifest.md.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
@@ -94,6 +101,8 @@ pub struct Manifest {
     /// Apps as written, before any environment.
     pub apps: Vec<AppDef>,
     pub environments: Vec<EnvDef>,
+    /// `[project] pre_deploy` / `post_deploy`.
+    pub hooks: Hooks,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +122,9 @@ pub struct EnvDef {
     pub consul: Option<ConsulTarget>,
     /// Every secret reference this environment uses, where it is written.
     pub secrets: Vec<(SecretRef, Span)>,
+    /// Hooks this environment sets; each replaces the project's list of the same kind.
+    pub pre_deploy: Option<Vec<String>>,
+    pub post_deploy: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -175,10 +187,12 @@ pub struct AppDef {
 
 impl AppDef {
     /// The host port of one instance, per the `published` rule.
-    pub fn host_port(&self, instance: u32) -> Option<u16> {
-        let port = self.port?;
+    pub fn host_port(&self, _instance: u32) -> Option<u16> {
+        self.port?;
         match self.published {
-            Published::Auto => u16::try_from(port as u32 + instance - 1).ok(),
+            // 0: Docker picks a free host port when the container starts (see docs/manifest.md,
+            // *Ports*); apply reads it back and registers that one.
+            Published::Auto => Some(0),
             Published::Fixed(p) => Some(p),
             Published::No => None,
         }
@@ -290,6 +304,19 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
             None
         }
     };
+
+    let mut hooks = Hooks::default();
+    if let Some(t) = get(top, "project").and_then(|n| match &n.value {
+        Value::Table(t) => Some(t),
+        _ => None,
+    }) {
+        hooks.pre_deploy = get(t, "pre_deploy")
+            .and_then(|h| hook_commands(cx, h))
+            .unwrap_or_default();
+        hooks.post_deploy = get(t, "post_deploy")
+            .and_then(|h| hook_commands(cx, h))
+            .unwrap_or_default();
+    }
 
     let mut registry_secrets = Vec::new();
     let registry = get(top, "registry").and_then(|n| {
@@ -439,7 +466,29 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
         hosts,
         apps,
         environments,
+        hooks,
     })
+}
+
+/// A hook: one command (a string) or several (an array of strings, run in order). Each runs
+/// with `sh -c`; `Cx::text` refuses an empty one (a mistake, not a no-op).
+fn hook_commands(cx: &mut Cx, node: &Node) -> Option<Vec<String>> {
+    match &node.value {
+        Value::Str(_) => cx.text(node).map(|c| vec![c]),
+        Value::Array(_) => {
+            let list = cx.str_list(node)?;
+            Some(list.into_iter().map(|(c, _)| c).collect())
+        }
+        _ => {
+            cx.err(
+                &node.span,
+                "a hook is a command (a string) or a list of commands",
+                "not a command",
+                Some("write `pre_deploy = \"make check\"` or `pre_deploy = [\"a\", \"b\"]`".into()),
+            );
+            None
+        }
+    }
 }
 
 fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
@@ -613,6 +662,8 @@ fn decode_env(
         apps,
         consul,
         secrets,
+        pre_deploy: get(t, "pre_deploy").and_then(|h| hook_commands(cx, h)),
+        post_deploy: get(t, "post_deploy").and_then(|h| hook_commands(cx, h)),
     })
 }
 
@@ -687,7 +738,7 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
                 .map(Published::Fixed)
                 .unwrap_or(Published::Auto),
             _ => {
-                cx.err(&n.span, "`published` is \"auto\", a port number, or false", "invalid `published`", Some("\"auto\": container port + instance - 1 on the host; 8080: that host port (one instance per host); false: not published".into()));
+                cx.err(&n.span, "`published` is \"auto\", a port number, or false", "invalid `published`", Some("\"auto\": Docker picks a free host port per container; 8080: that host port (one instance per host); false: not published".into()));
                 Published::Auto
             }
         },
@@ -1078,29 +1129,17 @@ fn check_placement(
             });
             cx.err(&app.span, format!("app `{}` has no host to run on {where_}", app.name), "placed nowhere", Some("check its `roles`/`hosts` and the environment's `hosts`; set `instances = 0` in the environment to leave it out on purpose".into()));
         }
-        if let (Some(port), Published::Auto) = (app.port, app.published)
-            && port as u32 + app.instances.saturating_sub(1) > u16::MAX as u32
-        {
-            cx.err(
-                &app.port_span,
-                format!("{} instances from port {port} go past 65535", app.instances),
-                "host ports overflow",
-                Some(
-                    "instance N publishes port + N - 1: use a lower `port` or fewer instances"
-                        .into(),
-                ),
-            );
-        }
         for h in placed {
             for i in 1..=app.instances {
-                let Some(port) = app.host_port(i) else {
+                // Auto ports (0) are picked by Docker per container: they never collide.
+                let Some(port) = app.host_port(i).filter(|p| *p != 0) else {
                     continue;
                 };
                 if let Some((other, oi)) =
                     taken.insert((h.target.name.as_str(), port), (app.name.as_str(), i))
                 {
                     let in_env = env.map_or(String::new(), |e| format!(" in environment `{e}`"));
-                    cx.err(&app.port_span, format!("host port {port} is published twice on host `{}`{in_env}", h.target.name), format!("instance {i} of `{}` and instance {oi} of `{other}`", app.name), Some("with `published = \"auto\"` instance N uses port + N - 1: give apps port ranges that do not overlap; a fixed `published` port allows one instance per host".into()));
+                    cx.err(&app.port_span, format!("host port {port} is published twice on host `{}`{in_env}", h.target.name), format!("instance {i} of `{}` and instance {oi} of `{other}`", app.name), Some("a fixed `published` port allows one instance per host and one app per port: use `published = \"auto\"` (Docker picks a free port, registered in Consul) or another port".into()));
                     break;
                 }
             }

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::model::{AppDef, Manifest, Source, runs_on};
 use crate::desired::{
-    ContainerSpec, DesiredApp, DesiredHost, DesiredState, EnvValue, InstanceSpec, PortSpec,
+    ContainerSpec, DesiredApp, DesiredHost, DesiredState, EnvValue, Hooks, InstanceSpec, PortSpec,
     RestartPolicy, ServiceSpec, Versions,
 };
 use crate::labels;
@@ -152,6 +152,16 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
         apps,
         consul: e.consul.clone(),
         registry: m.registry.clone(),
+        hooks: Hooks {
+            pre_deploy: e
+                .pre_deploy
+                .clone()
+                .unwrap_or_else(|| m.hooks.pre_deploy.clone()),
+            post_deploy: e
+                .post_deploy
+                .clone()
+                .unwrap_or_else(|| m.hooks.post_deploy.clone()),
+        },
     })
 }
 
@@ -342,11 +352,14 @@ hosts = ["there"]
         let web2 = &s.hosts[0].instances[1];
         assert_eq!(web2.version, "1.27");
         assert_eq!(web2.container.image, "nginx:1.27");
-        assert_eq!(web2.container.ports[0].host, 81);
+        assert_eq!(
+            web2.container.ports[0].host, 0,
+            "auto: Docker picks the port"
+        );
         let svc = web2.service.as_ref().unwrap();
         assert_eq!(
             (svc.id.as_str(), svc.address.as_str(), svc.port),
-            ("p-prod-web-here-2", "127.0.0.1", 81)
+            ("p-prod-web-here-2", "127.0.0.1", 0)
         );
         let api = &s.hosts[1].instances[2];
         assert_eq!(api.container.image, "r:5000/p/api:c0ffee");
@@ -378,5 +391,59 @@ hosts = ["there"]
                 ..
             })
         ));
+    }
+}
+
+#[cfg(test)]
+mod hook_tests {
+    use std::path::Path;
+
+    use crate::manifest::{Format, load_str};
+
+    const BASE: &str = r#"
+[project]
+name = "shop"
+pre_deploy = "make test"
+post_deploy = ["echo one", "echo two"]
+
+[hosts.web1]
+address = "10.0.0.1"
+
+[apps.web]
+image = "nginx:1.27"
+
+[environments.production]
+[environments.staging]
+pre_deploy = []
+post_deploy = "echo staging"
+"#;
+
+    #[test]
+    fn hooks_resolve_with_per_environment_replacement() {
+        let m = load_str(BASE, Format::Toml, "m.toml", Path::new("/p")).unwrap();
+        let v = m.placeholder_versions();
+        let prod = m.resolve("production", &v).unwrap().hooks;
+        assert_eq!(prod.pre_deploy, vec!["make test"]);
+        assert_eq!(prod.post_deploy, vec!["echo one", "echo two"]);
+        let staging = m.resolve("staging", &v).unwrap().hooks;
+        assert!(staging.pre_deploy.is_empty());
+        assert_eq!(staging.post_deploy, vec!["echo staging"]);
+    }
+
+    #[test]
+    fn hooks_must_be_commands() {
+        for (bad, expect) in [
+            ("pre_deploy = 3", "a hook is a command"),
+            ("pre_deploy = [\"ok\", \"  \"]", "must not be empty"),
+            ("pre_deploy = \"\"", "must not be empty"),
+            ("pre_deploy = [1]", "expected"),
+        ] {
+            let src = BASE.replace("pre_deploy = \"make test\"", bad);
+            let err = load_str(&src, Format::Toml, "m.toml", Path::new("/p"))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"));
+            let text = crate::manifest::render_plain(&err);
+            assert!(text.contains(expect), "{bad}: {text}");
+        }
     }
 }

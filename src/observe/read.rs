@@ -3,15 +3,15 @@
 //! host whose agent answered. All hosts at once, bounded.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptions;
 use futures_util::StreamExt;
 
-use super::consul_read::{self, Agent};
+use super::consul_read;
 use super::{
     ContainerState, Fault, Health, ObservedContainer, ObservedHost, ObservedKv, ObservedState,
 };
+use crate::consul::{ConsulClient, ConsulError};
 use crate::desired::{ConsulTarget, DesiredState, HostTarget, SecretRef};
 use crate::host::{HostError, HostSession};
 use crate::labels;
@@ -43,29 +43,24 @@ impl ObserveOptions {
         })
     }
 
-    fn agent(&self, base: String) -> Agent {
-        Agent {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("a plain HTTP client builds"),
-            base,
-            token: self.consul_token.clone(),
-            datacenter: self.consul.as_ref().and_then(|c| c.datacenter.clone()),
-        }
+    /// The typed Consul client for an agent reached at `base`, named after the host for errors.
+    fn agent(&self, base: &str, host: &HostTarget) -> Result<ConsulClient, ConsulError> {
+        let datacenter = self.consul.as_ref().and_then(|c| c.datacenter.clone());
+        let address = self
+            .consul
+            .as_ref()
+            .map(|c| c.address.as_str())
+            .unwrap_or("");
+        Ok(
+            ConsulClient::new(base, self.consul_token.clone(), datacenter)?
+                .with_target(format!("{} (agent {address})", host.name)),
+        )
     }
 }
 
 /// A secret's value, from its reference. Never logged; errors name the reference only.
 pub fn read_secret(r: &SecretRef) -> Result<String, String> {
-    match r {
-        SecretRef::Env(v) => {
-            std::env::var(v).map_err(|_| format!("environment variable {v} is not set"))
-        }
-        SecretRef::File(p) => std::fs::read_to_string(p)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| format!("cannot read secret file {p}: {e}")),
-    }
+    crate::manifest::secret::read(r).map_err(|e| e.to_string())
 }
 
 fn fault(t: &HostTarget, kind: &str, message: impl Into<String>) -> Fault {
@@ -146,7 +141,10 @@ pub async fn list_containers(
 
 /// Read one host: containers and (when configured) Consul registrations, concurrently.
 /// Returns the agent it reached, for the KV read.
-pub async fn observe_host(s: &HostSession, o: &ObserveOptions) -> (ObservedHost, Option<Agent>) {
+pub async fn observe_host(
+    s: &HostSession,
+    o: &ObserveOptions,
+) -> (ObservedHost, Option<ConsulClient>) {
     let t = s.target();
     let consul = async {
         let Some(c) = &o.consul else {
@@ -156,12 +154,20 @@ pub async fn observe_host(s: &HostSession, o: &ObserveOptions) -> (ObservedHost,
             Ok(b) => b,
             Err(e) => return (None, Some(fault(t, e.kind(), e.cause())), None),
         };
-        let agent = o.agent(base);
-        match consul_read::fleet_services(&agent, &o.project, &o.environment).await {
-            Ok(v) => (Some(v), None, Some(agent)),
+        let read = async {
+            let agent = o.agent(&base, t)?;
+            let services = consul_read::fleet_services(&agent, &o.project, &o.environment).await?;
+            Ok::<_, ConsulError>((services, agent))
+        };
+        match read.await {
+            Ok((v, agent)) => (Some(v), None, Some(agent)),
             Err(e) => (
                 None,
-                Some(fault(t, e.kind(), format!("agent {}: {e}", c.address))),
+                Some(fault(
+                    t,
+                    consul_read::fault_kind(&e),
+                    format!("agent {}: {e}", c.address),
+                )),
                 None,
             ),
         }
@@ -190,10 +196,10 @@ pub async fn observe_host(s: &HostSession, o: &ObserveOptions) -> (ObservedHost,
 
 /// The KV under `<project>/<env>/`, read through `agent`.
 pub async fn observe_kv(
-    agent: &Agent,
+    agent: &ConsulClient,
     via: &str,
     o: &ObserveOptions,
-) -> Result<ObservedKv, consul_read::ConsulReadError> {
+) -> Result<ObservedKv, ConsulError> {
     let prefix = format!("{}/{}/", o.project, o.environment);
     let entries = consul_read::kv_digests(agent, &prefix).await?;
     Ok(ObservedKv {
@@ -209,7 +215,7 @@ pub async fn observe_all(
     sessions: &[Result<HostSession, HostError>],
     o: &ObserveOptions,
 ) -> ObservedState {
-    let results: Vec<(ObservedHost, Option<Agent>)> =
+    let results: Vec<(ObservedHost, Option<ConsulClient>)> =
         futures_util::stream::iter(targets.iter().zip(sessions))
             .map(|(t, s)| async move {
                 match s {
@@ -236,7 +242,7 @@ pub async fn observe_all(
                     state.kv_fault = Some(Fault {
                         host: name,
                         address,
-                        kind: e.kind().into(),
+                        kind: consul_read::fault_kind(&e).into(),
                         message: format!("reading KV: {e}"),
                     })
                 }

@@ -3,7 +3,9 @@
 //!
 //! What is removed is what `inventory` found (labels, Meta, the KV prefix `<project>/<env>/`),
 //! never what the manifest says: a host or app removed from the manifest still gets cleaned as
-//! long as the environment still lists the host.
+//! long as the environment still lists the host. The CLI holds the environment's deploy lock
+//! from the listing to the last removal, so no deploy runs in between; the lock's own key goes
+//! last (`remove_free_lock_key`).
 
 use std::fmt::Write;
 
@@ -163,7 +165,9 @@ pub async fn inventory(cx: &Connected) -> Inventory {
             .await
         {
             Ok(k) => {
-                inv.kv_keys = k.value;
+                // The deploy lock (held by this destroy) goes when it is released.
+                let lock = crate::apply::lock::lock_key(&d.project, &d.environment);
+                inv.kv_keys = k.value.into_iter().filter(|k| *k != lock).collect();
                 inv.kv_keys.sort();
                 inv.kv_via = Some(via);
             }
@@ -226,24 +230,49 @@ pub async fn remove(cx: &Connected, inv: &Inventory) -> Vec<String> {
         && let Some(Ok(s)) = cx.session(via)
         && let Some(c) = cx.consul(s).await
     {
-        let deleted = match c {
-            Ok(c) => c
-                .kv_delete(
-                    &inv.kv_prefix,
-                    &KvDelete {
-                        recurse: true,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = deleted {
-            errors.push(format!("delete KV {}: {e}", inv.kv_prefix));
+        // Key by key, not the prefix: the deploy lock under it is held by this destroy.
+        match c {
+            Ok(c) => {
+                for k in &inv.kv_keys {
+                    if let Err(e) = c.kv_delete(k, &KvDelete::default()).await {
+                        errors.push(format!("delete KV {k}: {e}"));
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("delete KV {}: {e}", inv.kv_prefix)),
         }
     }
     errors
+}
+
+/// After destroy's own deploy lock is released: delete the lock key if it is still there and
+/// nobody holds it (releasing a Consul lock leaves the key behind, unlocked). A key some other
+/// session holds by now is left alone.
+pub async fn remove_free_lock_key(cx: &Connected, inv: &Inventory) -> Result<(), String> {
+    let Some(via) = &inv.kv_via else {
+        return Ok(());
+    };
+    let Some(Ok(s)) = cx.session(via) else {
+        return Ok(());
+    };
+    let Some(c) = cx.consul(s).await else {
+        return Ok(());
+    };
+    let c = c.map_err(|e| e.to_string())?;
+    let key = crate::apply::lock::lock_key(&inv.project, &inv.environment);
+    match c.kv_get(&key).await.map_err(|e| e.to_string())? {
+        Some(pair) if pair.session.is_none() => {
+            let opts = KvDelete {
+                cas: Some(pair.modify_index),
+                ..Default::default()
+            };
+            c.kv_delete(&key, &opts)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("delete KV {key}: {e}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

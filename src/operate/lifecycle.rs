@@ -149,7 +149,13 @@ async fn on_host(
                         registration::published_port(ports, p.container, &p.protocol)
                     });
                 if let Some(port) = port
-                    && let Some(reg) = registration::for_instance(spec, port, &labels_of(&i))
+                    && let Some(reg) = registration::for_instance(
+                        spec,
+                        &c.id,
+                        port,
+                        &s.target().address,
+                        &labels_of(&i),
+                    )
                 {
                     consul
                         .register_service(&reg)

@@ -3,20 +3,26 @@
 //!
 //! Built from the desired `InstanceSpec` plus what the container really is: its published port
 //! (Docker may have picked it) and its own version and spec labels (a container may run an older
-//! version than the manifest now says). Once `apply` exposes its own registration builder this
-//! should call it, so both register the same thing.
+//! version than the manifest now says). The ID and the check are `apply`'s own
+//! (`apply::deploy::registration_id`, `apply::health::check_definition`), so a restarted
+//! instance is registered exactly as a deploy registers it: `<service id>-<container short id>`.
 
 use std::collections::BTreeMap;
 
-use crate::consul::{CheckDefinition, ServiceRegistration, go_duration};
-use crate::desired::{HealthCheck, InstanceSpec};
+use crate::apply::deploy::registration_id;
+use crate::apply::health::check_definition;
+use crate::consul::ServiceRegistration;
+use crate::desired::InstanceSpec;
 use crate::labels;
 
-/// The registration for `spec` running in a container whose labels are `container_labels` and
-/// whose service port is published on `host_port`. `None` when the app has no service.
+/// The registration for `spec` running in container `container_id` whose labels are
+/// `container_labels` and whose service port is published on `host_port`. `None` when the app
+/// has no service.
 pub fn for_instance(
     spec: &InstanceSpec,
+    container_id: &str,
     host_port: u16,
+    host_address: &str,
     container_labels: &BTreeMap<String, String>,
 ) -> Option<ServiceRegistration> {
     let s = spec.service.as_ref()?;
@@ -27,32 +33,23 @@ pub fn for_instance(
             meta.insert(labels::meta_key(l), v.clone());
         }
     }
-    let check = spec.container.health.as_ref().map(|h| {
-        let (http, tcp) = match &h.check {
-            HealthCheck::Http(path) => (
-                Some(format!("http://{}:{host_port}{path}", s.address)),
-                None,
-            ),
-            HealthCheck::Tcp => (None, Some(format!("{}:{host_port}", s.address))),
-        };
-        CheckDefinition {
-            name: Some(format!("{} health", s.name)),
-            http,
-            tcp,
-            interval: Some(go_duration(h.interval)),
-            timeout: Some(go_duration(h.timeout)),
-            deregister_critical_service_after: h.deregister_after.map(go_duration),
-            ..Default::default()
-        }
-    });
+    let address = if s.address.is_empty() {
+        host_address.to_string()
+    } else {
+        s.address.clone()
+    };
     Some(ServiceRegistration {
-        id: Some(s.id.clone()),
+        id: Some(registration_id(&s.id, container_id)),
         name: s.name.clone(),
         tags: s.tags.clone(),
-        address: Some(s.address.clone()),
         port: Some(host_port),
         meta,
-        check,
+        check: spec
+            .container
+            .health
+            .as_ref()
+            .map(|h| check_definition(h, &address, host_port)),
+        address: Some(address),
         ..Default::default()
     })
 }
@@ -73,7 +70,7 @@ pub fn published_port(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{HealthSpec, ServiceSpec};
+    use crate::desired::{HealthCheck, HealthSpec, ServiceSpec};
     use std::time::Duration;
 
     fn spec() -> InstanceSpec {
@@ -101,8 +98,12 @@ mod tests {
     #[test]
     fn registers_the_real_port_and_the_containers_own_version() {
         let labels = BTreeMap::from([("fleet.version".to_string(), "v1".to_string())]);
-        let r = for_instance(&spec(), 32768, &labels).unwrap();
-        assert_eq!(r.id.as_deref(), Some("p-e-web-h1-1"));
+        let r = for_instance(&spec(), "0123456789abcdef", 32768, "10.9.9.9", &labels).unwrap();
+        assert_eq!(
+            r.id.as_deref(),
+            Some("p-e-web-h1-1-0123456789ab"),
+            "apply's ID scheme"
+        );
         assert_eq!(r.port, Some(32768));
         assert_eq!(r.meta["fleet-version"], "v1");
         let c = r.check.unwrap();
@@ -115,7 +116,7 @@ mod tests {
     fn no_service_no_registration() {
         let mut s = spec();
         s.service = None;
-        assert!(for_instance(&s, 1, &BTreeMap::new()).is_none());
+        assert!(for_instance(&s, "c", 1, "h", &BTreeMap::new()).is_none());
     }
 
     #[test]

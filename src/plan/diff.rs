@@ -9,8 +9,15 @@
 //! - every other managed container is **remove** (app no longer in the manifest, app no longer
 //!   on this host, instance beyond the count, a second container for one instance, unreadable
 //!   labels).
-//! - Consul: desired service absent **register**, different **update**, fleet's registrations
-//!   that are not desired **deregister** (saying when their container is gone).
+//! - Consul: registrations are matched to instances by Meta (`fleet-app`, `fleet-instance`),
+//!   never by ID (apply registers each container under its own ID so old and new overlap).
+//!   Desired service absent **register**, different **update** (a desired port of 0, the auto
+//!   port, matches any registered port), a second registration for one instance and fleet's
+//!   registrations that are not desired **deregister** (saying when their container is gone).
+//! - Two containers for one instance (a deploy killed mid-replace): the one with the desired
+//!   spec is kept (then a running one, then the newest), the others are **remove**d; apply
+//!   converges the kept one's registration before removing the others, so the instance keeps
+//!   being served.
 //! - KV (when the project uses Consul): **put** new or changed keys, **delete** keys under
 //!   `<project>/<env>/` that the manifest no longer has, except those whose first segment
 //!   starts with `_` or `.` (fleet's own bookkeeping, e.g. the deploy lock).
@@ -441,7 +448,8 @@ fn service_reasons(want: &ServiceSpec, have: &ObservedService) -> Vec<Reason> {
             format!("{} -> {}", have.address, want.address),
         ));
     }
-    if want.port != have.port {
+    // 0 is the instance's auto port (Docker picked it): whatever was registered is right.
+    if want.port != 0 && want.port != have.port {
         r.push(Reason::new(
             "port",
             format!("{} -> {}", have.port, want.port),
@@ -458,38 +466,75 @@ fn diff_services(
 ) -> Vec<ServiceChange> {
     let meta_app = labels::meta_key(labels::APP);
     let meta_inst = labels::meta_key(labels::INSTANCE);
-    let by_id: BTreeMap<&str, &ObservedService> = have.iter().map(|s| (s.id.as_str(), s)).collect();
+    let meta_spec = labels::meta_key(labels::SPEC);
+    // Registrations are matched to instances by their Meta (app + instance), not by ID: apply
+    // registers each container under its own ID (`<base id>-<container>`), so that old and new
+    // are both registered while a replace overlaps.
+    let slot_of = |s: &ObservedService| {
+        (
+            s.meta.get(&meta_app).cloned(),
+            s.meta.get(&meta_inst).and_then(|i| i.parse::<u32>().ok()),
+        )
+    };
     let mut out = Vec::new();
-    let mut wanted_ids = BTreeSet::new();
+    let mut matched: BTreeSet<&str> = BTreeSet::new();
     for w in want {
         let Some(svc) = &w.service else { continue };
-        wanted_ids.insert(svc.id.as_str());
-        let (action, reasons) = match by_id.get(svc.id.as_str()) {
+        let slot = (Some(w.app.clone()), Some(w.instance));
+        let found: Vec<&ObservedService> = have.iter().filter(|h| slot_of(h) == slot).collect();
+        // Keep the registration of the desired spec, passing first; the others go.
+        let best = found.iter().copied().max_by_key(|h| {
+            (
+                h.meta.get(&meta_spec) == Some(&w.spec_hash),
+                service_reasons(svc, h).is_empty(),
+                h.checks.iter().all(|c| c.status == "passing"),
+                h.id.as_str(),
+            )
+        });
+        let (id, action, reasons) = match best {
             None => (
+                svc.id.clone(),
                 ServiceAction::Register,
                 vec![Reason::new("service", "not registered")],
             ),
             Some(h) => {
+                matched.insert(h.id.as_str());
                 let r = service_reasons(svc, h);
                 if r.is_empty() {
-                    (ServiceAction::Unchanged, r)
+                    (h.id.clone(), ServiceAction::Unchanged, r)
                 } else {
-                    (ServiceAction::Update, r)
+                    (h.id.clone(), ServiceAction::Update, r)
                 }
             }
         };
         out.push(ServiceChange {
-            id: svc.id.clone(),
+            id,
             name: svc.name.clone(),
             app: w.app.clone(),
             instance: Some(w.instance),
             action,
             reasons,
         });
+        for extra in found {
+            if Some(extra.id.as_str()) != best.map(|b| b.id.as_str()) {
+                matched.insert(extra.id.as_str());
+                out.push(ServiceChange {
+                    id: extra.id.clone(),
+                    name: extra.name.clone(),
+                    app: w.app.clone(),
+                    instance: Some(w.instance),
+                    action: ServiceAction::Deregister,
+                    reasons: vec![Reason::new(
+                        "duplicate",
+                        "a second registration for this instance",
+                    )],
+                });
+            }
+        }
     }
     let wanted_apps: BTreeSet<&str> = want.iter().map(|w| w.app.as_str()).collect();
     for h in have {
-        if wanted_ids.contains(h.id.as_str()) {
+        if matched.contains(h.id.as_str()) {
             continue;
         }
         let app = h.meta.get(&meta_app).cloned();

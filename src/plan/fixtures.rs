@@ -152,6 +152,7 @@ pub fn desired() -> DesiredState {
             datacenter: None,
         }),
         registry: None,
+        hooks: Default::default(),
     }
 }
 

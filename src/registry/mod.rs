@@ -392,18 +392,12 @@ fn truncate(s: &str) -> String {
     }
 }
 
-/// Read a secret's value now (env variable or file; one trailing newline is dropped).
+/// Read a secret's value now (see `manifest::secret::read`).
 pub fn read_secret(r: &SecretRef) -> Result<String, RegistryError> {
-    let fail = |reason: String| RegistryError::Secret {
+    crate::manifest::secret::read(r).map_err(|e| RegistryError::Secret {
         reference: r.to_string(),
-        reason,
-    };
-    match r {
-        SecretRef::Env(v) => std::env::var(v).map_err(|_| fail("the variable is not set".into())),
-        SecretRef::File(p) => std::fs::read_to_string(p)
-            .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_string())
-            .map_err(|e| fail(e.to_string())),
-    }
+        reason: e.to_string(),
+    })
 }
 
 /// The credentials for a registry: the manifest's (user + secret reference), else the

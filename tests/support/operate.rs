@@ -145,8 +145,13 @@ pub async fn start_instances(tb: &Testbed, desired: &DesiredState, entrypoint: &
                 });
                 let labels = fleet::operate::status::labels_of(&i);
                 if let Some(port) = port
-                    && let Some(reg) =
-                        fleet::operate::registration::for_instance(&spec, port, &labels)
+                    && let Some(reg) = fleet::operate::registration::for_instance(
+                        &spec,
+                        i.id.as_deref().unwrap_or_default(),
+                        port,
+                        &h.target.address,
+                        &labels,
+                    )
                 {
                     consul.register_service(&reg).await.expect("register");
                 }

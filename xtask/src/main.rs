@@ -1,5 +1,7 @@
-//! `cargo xtask`: the project's own tasks (testbed, demo, ci).
+//! `cargo xtask`: the project's own tasks (testbed, demo, ci, bench).
+mod bench;
 mod ci;
+mod deploy;
 mod procs;
 mod sh;
 mod testbed;
@@ -23,8 +25,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TestbedCmd,
     },
-    /// Testbed up, build and push the hello images, then show how to reach the hosts.
+    /// Testbed up, `fleet deploy` manifests/hello to it (then again: no changes), show how to reach it.
     Demo(DirArg),
+    /// Benchmarks, each printing ratios against a baseline of the same run: manifest (load +
+    /// resolve 500 apps x 200 hosts), build (hashing, no-change push), plan and deploy (1..20 hosts).
+    Bench {
+        /// What to measure.
+        #[arg(value_parser = ["manifest", "build", "plan", "deploy"])]
+        what: String,
+        /// Host counts to measure (those above the testbed's size are skipped).
+        #[arg(long, value_delimiter = ',', default_value = "1,5,10,20")]
+        hosts: Vec<u32>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
     /// The test command: testbed up + image, `cargo test --workspace`, testbed down (always),
     /// then check nothing is left; exits with the tests' code.
     Ci {
@@ -94,7 +108,10 @@ fn run() -> Result<()> {
             TestbedCmd::Down(dir) => testbed::down(&Layout::existing(&dir.path(), &ws)),
             TestbedCmd::Image(dir) => testbed::image::image(&Layout::existing(&dir.path(), &ws)),
         },
-        Cmd::Demo(dir) => ci::demo(&Layout::new(&dir.path(), &ws)?),
+        Cmd::Demo(dir) => deploy::demo(&Layout::new(&dir.path(), &ws)?),
+        Cmd::Bench { what, hosts, dir } => {
+            bench::run(&Layout::existing(&dir.path(), &ws), &what, &hosts)
+        }
         Cmd::Ci { dir, hosts } => {
             let code = ci::ci(&Layout::new(&dir.path(), &ws)?, hosts)?;
             std::process::exit(code)

@@ -433,3 +433,47 @@ fn repository_strips_tag_but_not_registry_port() {
     );
     assert_eq!(repository("web@sha256:abc"), "web");
 }
+
+#[test]
+fn registrations_match_by_meta_not_id_and_auto_ports_are_not_drift() {
+    let mut d = desired();
+    for h in &mut d.hosts {
+        for i in &mut h.instances {
+            if let Some(s) = &mut i.service {
+                s.port = 0;
+            }
+        }
+    }
+    let mut o = deployed(&d);
+    for h in &mut o.hosts {
+        for s in h.services.as_mut().unwrap() {
+            s.id = format!("{}-0123456789ab", s.id);
+            s.port = 32768;
+        }
+    }
+    assert!(
+        !diff(&d, &o).has_changes(),
+        "{:#?}",
+        services(&diff(&d, &o))
+    );
+    // A second registration of one instance (a killed replace) is deregistered, and the one of
+    // the desired spec is kept.
+    let mut old = o.hosts[0].services.as_ref().unwrap()[0].clone();
+    old.id = "shop-prod-web-h1-1-old".into();
+    old.meta.insert("fleet-spec".into(), "older".into());
+    o.hosts[0].services.as_mut().unwrap().push(old);
+    let p = diff(&d, &o);
+    let s: Vec<_> = services(&p)
+        .into_iter()
+        .filter(|(_, _, a, _)| *a != ServiceAction::Unchanged)
+        .collect();
+    assert_eq!(
+        s,
+        vec![(
+            "h1".into(),
+            "shop-prod-web-h1-1-old".into(),
+            ServiceAction::Deregister,
+            vec!["a second registration for this instance".into()]
+        )]
+    );
+}

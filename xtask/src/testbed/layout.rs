@@ -40,6 +40,20 @@ impl Layout {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// Point a command (fleet, cargo test, a bench) at this testbed: `FLEET_TESTBED`,
+    /// `FLEET_SSH_CONFIG` and the registry credentials of `registry.env`.
+    pub fn point_at(&self, cmd: &mut std::process::Command) -> anyhow::Result<()> {
+        let env = std::fs::read_to_string(self.path("registry.env"))?;
+        cmd.env("FLEET_TESTBED", &self.dir)
+            .env("FLEET_SSH_CONFIG", self.path("ssh_config"));
+        for line in env.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        Ok(())
+    }
     pub fn d(&self) -> String {
         self.dir.display().to_string()
     }

@@ -65,10 +65,22 @@ pub fn ensure_packages() -> Result<()> {
 }
 
 /// Refuses when the global namespaces belong to a testbed in another DIR that is still up.
+/// A testbed whose processes are all gone (its session was stopped, the machine kept its
+/// namespaces) is abandoned: it is taken down first, so CI on a reused machine can start.
 fn check_owner(l: &Layout) -> Result<()> {
     if let Ok(owner) = std::fs::read_to_string(MARKER) {
         let owner = owner.trim();
         if owner != l.d() && !layout::existing_netns().is_empty() {
+            let other = Layout::existing(Path::new(owner), &l.workspace);
+            let live = leftovers(&other)
+                .iter()
+                .any(|thing| thing.starts_with("process "));
+            if !live {
+                eprintln!(
+                    "testbed: the testbed in {owner} has no live process left; taking it down"
+                );
+                return down(&other);
+            }
             bail!(
                 "another testbed is up in {owner} (namespaces {}); stop it first with `cargo xtask testbed down --dir {owner}`",
                 layout::existing_netns()

@@ -1,0 +1,217 @@
+//! The health gate: when is a freshly started container good enough to take traffic?
+//!
+//! - The app has a Consul service: the Consul check of the container's *own* registration
+//!   (`service:<registration id>`) must pass. That is exactly what clients querying
+//!   `?passing` will see, so the old instance is deregistered only once the new one is visible.
+//! - No service, but a health check in the manifest: fleet probes the instance itself, from the
+//!   host (an SSH-forwarded TCP port to the published port on the host's 127.0.0.1).
+//! - Neither: the image's Docker `HEALTHCHECK` when it has one, else "still running after a
+//!   short settle time".
+//!
+//! Every wait gives up at the app's health deadline, and fails early when the container exits.
+
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::HealthStatusEnum;
+
+use crate::consul::{CheckDefinition, CheckStatus, ConsulClient};
+use crate::desired::{HealthCheck, HealthSpec};
+use crate::host::HostSession;
+
+/// How often the gate looks again.
+const POLL: Duration = Duration::from_millis(200);
+/// Without any health signal, a container that still runs after this long counts as healthy.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Why a container did not become healthy.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Unhealthy {
+    #[error("not healthy within {}: {last}", humantime::format_duration(*deadline))]
+    Deadline { deadline: Duration, last: String },
+    #[error("the container exited (code {code})")]
+    Exited { code: i64 },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The Consul check for an instance published on `address:port`.
+pub fn check_definition(h: &HealthSpec, address: &str, port: u16) -> CheckDefinition {
+    let mut c = CheckDefinition {
+        interval: Some(format_go(h.interval)),
+        timeout: Some(format_go(h.timeout)),
+        deregister_critical_service_after: h.deregister_after.map(format_go),
+        ..Default::default()
+    };
+    match &h.check {
+        HealthCheck::Http(path) => c.http = Some(format!("http://{address}:{port}{path}")),
+        HealthCheck::Tcp => c.tcp = Some(format!("{address}:{port}")),
+    }
+    c
+}
+
+/// A duration as Consul reads it (`1500ms`, `2s`).
+pub fn format_go(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Fails early when the container is no longer running.
+async fn still_running(docker: &Docker, id: &str) -> Result<(), Unhealthy> {
+    let i = docker
+        .inspect_container(id, None)
+        .await
+        .map_err(|e| Unhealthy::Other(format!("inspecting the container: {e}")))?;
+    let st = i.state.unwrap_or_default();
+    if st.running == Some(true) || st.restarting == Some(true) {
+        Ok(())
+    } else {
+        Err(Unhealthy::Exited {
+            code: st.exit_code.unwrap_or(-1),
+        })
+    }
+}
+
+/// Wait until the Consul check of registration `service_id` passes.
+pub async fn wait_consul(
+    consul: &ConsulClient,
+    service_id: &str,
+    docker: &Docker,
+    container: &str,
+    deadline: Duration,
+) -> Result<Duration, Unhealthy> {
+    let t0 = Instant::now();
+    let check_id = format!("service:{service_id}");
+    let mut last = "the check has not run yet".to_string();
+    let mut n = 0u32;
+    loop {
+        match consul.agent_checks().await {
+            Ok(checks) => match checks.get(&check_id) {
+                Some(c) if c.status == CheckStatus::Passing => return Ok(t0.elapsed()),
+                Some(c) => {
+                    if !c.output.is_empty() {
+                        // One line: Consul's output can hold a whole HTML error page.
+                        let one: Vec<&str> = c.output.split_whitespace().collect();
+                        last = one.join(" ").chars().take(160).collect();
+                    }
+                }
+                None => last = format!("no check {check_id} on the agent"),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        n += 1;
+        if n.is_multiple_of(5) {
+            still_running(docker, container).await?;
+        }
+        if t0.elapsed() >= deadline {
+            return Err(Unhealthy::Deadline { deadline, last });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// One probe of `127.0.0.1:port` on the host, through the session.
+async fn probe(session: &HostSession, check: &HealthCheck, port: u16, timeout: Duration) -> String {
+    let addr = match session.forward_tcp("127.0.0.1", port).await {
+        Ok(a) => a,
+        Err(e) => return e.to_string(),
+    };
+    match check {
+        HealthCheck::Tcp => {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+                // Through an SSH forward the local connect succeeds even when the remote end
+                // refuses; a refused remote connection closes at once, so read a moment.
+                Ok(Ok(_)) => String::new(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".into(),
+            }
+        }
+        HealthCheck::Http(path) => {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(timeout)
+                .build()
+                .expect("plain client");
+            match client.get(format!("http://{addr}{path}")).send().await {
+                Ok(r) if r.status().is_success() => String::new(),
+                Ok(r) => format!("HTTP {}", r.status()),
+                Err(e) => e.to_string(),
+            }
+        }
+    }
+}
+
+/// Wait for fleet's own probe (no Consul service), the image's HEALTHCHECK, or a settle time.
+pub async fn wait_local(
+    session: &HostSession,
+    docker: &Docker,
+    container: &str,
+    health: Option<&HealthSpec>,
+    port: Option<u16>,
+    deadline: Duration,
+) -> Result<Duration, Unhealthy> {
+    let t0 = Instant::now();
+    let mut last = String::from("no answer yet");
+    loop {
+        still_running(docker, container).await?;
+        match (health, port) {
+            (Some(h), Some(p)) => {
+                let r = probe(session, &h.check, p, h.timeout).await;
+                if r.is_empty() {
+                    return Ok(t0.elapsed());
+                }
+                last = r;
+            }
+            _ => {
+                let i = docker
+                    .inspect_container(container, None)
+                    .await
+                    .map_err(|e| Unhealthy::Other(e.to_string()))?;
+                match i.state.and_then(|s| s.health).and_then(|h| h.status) {
+                    Some(HealthStatusEnum::HEALTHY) => return Ok(t0.elapsed()),
+                    Some(HealthStatusEnum::UNHEALTHY) => last = "Docker says unhealthy".into(),
+                    Some(HealthStatusEnum::STARTING) => last = "Docker says starting".into(),
+                    _ if t0.elapsed() >= SETTLE => return Ok(t0.elapsed()),
+                    _ => {}
+                }
+            }
+        }
+        if t0.elapsed() >= deadline {
+            return Err(Unhealthy::Deadline { deadline, last });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consul_check_uses_the_real_port_on_the_host_address() {
+        let h = HealthSpec {
+            check: HealthCheck::Http("/health".into()),
+            interval: Duration::from_millis(1500),
+            timeout: Duration::from_secs(1),
+            deregister_after: Some(Duration::from_secs(60)),
+        };
+        let c = check_definition(&h, "10.200.1.2", 32771);
+        assert_eq!(c.http.as_deref(), Some("http://10.200.1.2:32771/health"));
+        assert_eq!(c.interval.as_deref(), Some("1500ms"));
+        assert_eq!(c.timeout.as_deref(), Some("1s"));
+        assert_eq!(c.deregister_critical_service_after.as_deref(), Some("60s"));
+        let t = check_definition(
+            &HealthSpec {
+                check: HealthCheck::Tcp,
+                ..h
+            },
+            "10.0.0.1",
+            80,
+        );
+        assert_eq!(t.tcp.as_deref(), Some("10.0.0.1:80"));
+        assert!(t.http.is_none());
+    }
+}

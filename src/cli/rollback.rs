@@ -1,0 +1,160 @@
+//! `fleet rollback ENV [APP] [--to VERSION]`: converge on the versions of the release ledger's
+//! last good release other than what runs now (or a named version), health-gated like any
+//! deploy (lock, hooks and ledger included), without building.
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use miette::{IntoDiagnostic, miette};
+
+use super::Global;
+use super::deploy::{Converge, converge};
+use crate::apply::ledger::{Release, ReleaseOutcome, newest_good};
+use crate::apply::lock::Store;
+use crate::desired::Versions;
+use crate::host::{ConnectOptions, DEFAULT_PARALLEL};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The environment to roll back.
+    pub env: String,
+    /// Roll back only this app (the others stay as they are).
+    pub app: Option<String>,
+    /// The version (image tag) to return to, instead of the previous good release's.
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<String>,
+    /// Do not ask for confirmation (required without a TTY).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How many hosts to work on at once.
+    #[arg(long, default_value_t = DEFAULT_PARALLEL, value_name = "N")]
+    pub parallel: usize,
+    /// Wait between deregistering an old instance and stopping it.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+}
+
+pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
+    let t0 = Instant::now();
+    let loaded = crate::manifest::load(g.file.as_deref())?;
+    loaded.check_environment(&args.env)?;
+    let (targets, _) = loaded.build_targets();
+    let sources = crate::build::versions(&targets).into_diagnostic()?;
+    // The ledger, from the environment's Consul (else its first host).
+    let probe = loaded.resolve(&args.env, &sources)?;
+    let opts = ConnectOptions::default();
+    let store = Store::open(&probe, &opts)
+        .await
+        .map_err(|e| miette!("cannot reach the release ledger of {}: {e}", args.env))?;
+    let releases = store.releases().await;
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&opts.runtime_dir);
+    let releases = releases.into_diagnostic()?;
+    // What runs now: the newest good release's versions (else the current sources').
+    let mut versions: Versions = newest_good(&releases, None)
+        .map(|r| r.versions.clone())
+        .unwrap_or(sources);
+    let target: Versions = match &args.to {
+        Some(v) => {
+            let apps: Vec<String> = match &args.app {
+                Some(a) => vec![a.clone()],
+                None => targets.iter().map(|t| t.app.clone()).collect(),
+            };
+            apps.into_iter().map(|a| (a, v.clone())).collect()
+        }
+        None => {
+            let Some(r) = rollback_target(&releases, &versions, args.app.as_deref()) else {
+                return Err(miette!(
+                    help = "name a version with --to VERSION (`fleet releases ENV` lists them)",
+                    "no earlier good release of {} to return to",
+                    args.env
+                ));
+            };
+            eprintln!(
+                "rollback: to release {} ({}, {}@{})",
+                r.id, r.started, r.user, r.host
+            );
+            match &args.app {
+                Some(a) => r
+                    .versions
+                    .get(a)
+                    .map(|v| [(a.clone(), v.clone())].into())
+                    .ok_or_else(|| miette!("release {} has no app `{a}`", r.id))?,
+                None => r.versions.clone(),
+            }
+        }
+    };
+    for (app, v) in &target {
+        eprintln!("rollback: {app} -> {v}");
+        versions.insert(app.clone(), v.clone());
+    }
+    let c = Converge {
+        env: args.env,
+        apps: args.app.into_iter().collect(),
+        yes: args.yes,
+        saved_plan: None,
+        rollback: true,
+        json: args.json,
+        parallel: args.parallel,
+        drain: args.drain,
+        verb: "rollback",
+    };
+    converge(&loaded, &versions, &c, t0).await
+}
+
+/// The release to return to: the newest succeeded one whose versions differ from `current`
+/// (for one `app`: whose version of that app differs). Releases are newest first.
+pub fn rollback_target<'a>(
+    releases: &'a [Release],
+    current: &Versions,
+    app: Option<&str>,
+) -> Option<&'a Release> {
+    match app {
+        None => newest_good(releases, Some(current)),
+        Some(app) => releases.iter().find(|r| {
+            r.outcome == ReleaseOutcome::Succeeded
+                && r.versions
+                    .get(app)
+                    .is_some_and(|v| current.get(app) != Some(v))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(id: u64, outcome: ReleaseOutcome, api: &str, web: &str) -> Release {
+        Release {
+            id,
+            versions: [("api".into(), api.into()), ("web".into(), web.into())].into(),
+            user: "u".into(),
+            host: "m".into(),
+            started: "2025-01-01T00:00:00Z".into(),
+            finished: None,
+            outcome,
+            summary: String::new(),
+        }
+    }
+
+    #[test]
+    fn rollback_skips_the_current_failed_and_unfinished_releases() {
+        use ReleaseOutcome::*;
+        let list = vec![
+            rel(5, InProgress, "a4", "w2"),
+            rel(4, Failed, "a3", "w2"),
+            rel(3, Succeeded, "a2", "w2"),
+            rel(2, RolledBack, "a9", "w1"),
+            rel(1, Succeeded, "a1", "w1"),
+        ];
+        let current = list[2].versions.clone();
+        assert_eq!(rollback_target(&list, &current, None).unwrap().id, 1);
+        // For one app: the newest good release with another version of it.
+        let current: Versions = [("api".into(), "a2".into()), ("web".into(), "w1".into())].into();
+        assert_eq!(rollback_target(&list, &current, Some("web")).unwrap().id, 3);
+        assert_eq!(rollback_target(&list, &current, Some("api")).unwrap().id, 1);
+        assert!(rollback_target(&list[2..3], &list[2].versions, None).is_none());
+    }
+}

@@ -1,0 +1,708 @@
+//! `fleet deploy` / `fleet rollback` end to end on the testbed (issue 7's acceptance), through
+//! the real binary. One sequential story keeps the runtime modest (short intervals, a 10 s
+//! health deadline): v1 -> no changes -> v2 under a client loop -> v3 failing -> SIGKILL
+//! mid-rollout -> converge -> rollback to v1.
+//!
+//! Each run uses its own project name (`fdt<pid>`), so it never touches what other tests or
+//! helpers deploy on the shared testbed, and removes its containers and registrations at the end.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet::desired::HostTarget;
+use fleet::host::{ConnectOptions, HostSession};
+use support::Testbed;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+struct Project {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    name: String,
+}
+
+impl Project {
+    /// manifests/hello copied, renamed, with short intervals and deadline.
+    fn new(tb: &Testbed) -> Project {
+        Project::named(tb, "fdt")
+    }
+
+    /// `new` with its own name prefix (tests in this file run at once).
+    fn named(tb: &Testbed, prefix: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("m");
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/hello"),
+            &root,
+        );
+        std::fs::copy("/bin/busybox", root.join("app/busybox")).unwrap();
+        let name = format!("{prefix}{}", std::process::id());
+        let toml = std::fs::read_to_string(root.join("fleet.toml"))
+            .unwrap()
+            .replacen("name = \"hello\"", &format!("name = \"{name}\""), 1)
+            .replace("interval = \"2s\"", "interval = \"1s\"")
+            .replace("deadline = \"30s\"", "deadline = \"10s\"")
+            .replace("stop_timeout = \"5s\"", "stop_timeout = \"2s\"");
+        std::fs::write(root.join("fleet.toml"), toml).unwrap();
+        let _ = tb;
+        Project {
+            _dir: dir,
+            root,
+            name,
+        }
+    }
+
+    /// Deploy to h1 only (the lock/ledger tests need no more).
+    fn one_host(&self) {
+        self.edit(|t| t.replace("hosts = [\"h1\", \"h2\", \"h3\"]", "hosts = [\"h1\"]"));
+    }
+
+    fn edit(&self, f: impl FnOnce(&str) -> String) {
+        let path = self.root.join("fleet.toml");
+        let t = std::fs::read_to_string(&path).unwrap();
+        let new = f(&t);
+        assert_ne!(new, t, "the edit changed nothing");
+        std::fs::write(&path, new).unwrap();
+    }
+
+    /// Makes the next version fail its health check (no /health file).
+    fn break_health(&self) {
+        let path = self.root.join("app/start.sh");
+        let start = std::fs::read_to_string(&path).unwrap();
+        let broken = start.replace(
+            "$b cp /app/www/health /www/health",
+            "echo 'no health file today' >&2",
+        );
+        assert_ne!(start, broken);
+        std::fs::write(&path, broken).unwrap();
+    }
+
+    /// Waits until the deploy lock is free (a SIGKILLed holder's expires within its TTL).
+    fn wait_lock_free(&self, tb: &Testbed, within: Duration) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let o = self.run(tb, &["lock", "status", "production"]);
+            if text(&o).contains("is free") {
+                return;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "the lock was not freed within {within:?}: {}",
+                text(&o)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `fleet releases production --json`.
+    fn releases(&self, tb: &Testbed) -> Vec<serde_json::Value> {
+        let o = self.run(tb, &["releases", "production", "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn set_version(&self, v: &str) {
+        std::fs::write(self.root.join("app/VERSION"), format!("{v}\n")).unwrap();
+    }
+
+    /// The content tag the current sources build to.
+    fn tag(&self) -> String {
+        let loaded = fleet::manifest::load(Some(&self.root.join("fleet.toml"))).unwrap();
+        let (targets, _) = loaded.build_targets();
+        fleet::build::versions(&targets).unwrap()["hello"].clone()
+    }
+
+    fn fleet(&self, tb: &Testbed, args: &[&str]) -> Command {
+        let mut c = tb.fleet();
+        c.arg("-f").arg(self.root.join("fleet.toml")).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, tb: &Testbed, args: &[&str]) -> Output {
+        self.fleet(tb, args).output().unwrap()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `(container id, version)` of the project's containers on a host.
+fn containers(tb: &Testbed, host: &str, project: &str) -> Vec<(String, String)> {
+    let out = tb.ssh_ok(
+        host,
+        &format!(
+            "docker ps -a --filter label=fleet.project={project} --format '{{{{.ID}}}} {{{{.Label \"fleet.version\"}}}}'"
+        ),
+    );
+    let mut v: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// One SSH session per host and its agent's forwarded URL: what a Consul client would see.
+struct Agents {
+    sessions: Vec<HostSession>,
+    urls: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl Agents {
+    async fn open(tb: &Testbed) -> Agents {
+        let opts = ConnectOptions {
+            ssh_config: Some(tb.ssh_config()),
+            ..ConnectOptions::default()
+        };
+        let mut sessions = Vec::new();
+        let mut urls = Vec::new();
+        for h in &tb.hosts {
+            let t = HostTarget {
+                name: h.name.clone(),
+                address: h.address.clone(),
+                user: Some("root".into()),
+                port: None,
+                identity_file: None,
+                docker_socket: "/run/docker.sock".into(),
+                roles: vec![],
+            };
+            let s = HostSession::connect(&t, &opts).await.unwrap();
+            urls.push(s.consul_url("http://127.0.0.1:8500").await.unwrap());
+            sessions.push(s);
+        }
+        Agents {
+            sessions,
+            urls,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Passing instances of the project's `hello` on each agent: (address, port, version).
+    async fn passing(&self, project: &str) -> Vec<Vec<(String, u16, String)>> {
+        let mut out = Vec::new();
+        for u in &self.urls {
+            let v: serde_json::Value = self
+                .http
+                .get(format!("{u}/v1/health/service/hello?passing"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            out.push(
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e["Service"]["Meta"]["fleet-project"] == project)
+                    .map(|e| {
+                        (
+                            e["Service"]["Address"].as_str().unwrap().to_string(),
+                            e["Service"]["Port"].as_u64().unwrap() as u16,
+                            e["Service"]["Meta"]["fleet-version"]
+                                .as_str()
+                                .unwrap()
+                                .to_string(),
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    /// Every registration of the project (any status): (id, version, statuses).
+    async fn all(&self, project: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for u in &self.urls {
+            let v: serde_json::Value = self
+                .http
+                .get(format!("{u}/v1/agent/services"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for (id, s) in v.as_object().unwrap() {
+                if s["Meta"]["fleet-project"] == project {
+                    out.push((id.clone(), s["Meta"]["fleet-version"].to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    async fn get(&self, addr: &str, port: u16) -> Result<String, String> {
+        let r = self
+            .http
+            .get(format!("http://{addr}:{port}/"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("HTTP {}", r.status()));
+        }
+        r.text().await.map_err(|e| e.to_string())
+    }
+
+    async fn close(self) {
+        for s in self.sessions {
+            s.close().await;
+        }
+    }
+}
+
+/// Removes the project's containers and registrations even when the test fails.
+struct Cleanup<'a> {
+    tb: &'a Testbed,
+    project: String,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for h in &self.tb.hosts {
+            let _ = self.tb.ssh(
+                &h.name,
+                &format!(
+                    "ids=$(docker ps -aq --filter label=fleet.project={p}); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; \
+                     for s in $(curl -s http://127.0.0.1:8500/v1/agent/services | grep -o '\"{p}-[^\"]*\"' | tr -d '\"' | sort -u); do \
+                       curl -s -X PUT http://127.0.0.1:8500/v1/agent/service/deregister/$s >/dev/null; done; \
+                     curl -s -X DELETE 'http://127.0.0.1:8500/v1/kv/{p}/?recurse' >/dev/null; \
+                     rm -f /var/lib/fleet/{p}-*; true",
+                    p = self.project
+                ),
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_story_v1_v2_v3_kill_rollback() {
+    let Some(tb) = Testbed::get("deploy_story") else {
+        return;
+    };
+    let p = Project::new(&tb);
+    let _cleanup = Cleanup {
+        tb: &tb,
+        project: p.name.clone(),
+    };
+    let agents = Agents::open(&tb).await;
+
+    // v1: every instance healthy and registered, passing.
+    p.set_version("v1");
+    let v1 = p.tag();
+    let o = p.run(&tb, &["deploy", "production", "--yes"]);
+    assert!(o.status.success(), "v1 deploy failed:\n{}", text(&o));
+    let passing = agents.passing(&p.name).await;
+    for (h, list) in tb.hosts.iter().zip(&passing) {
+        assert_eq!(
+            list.len(),
+            1,
+            "{}: one passing instance: {list:?}; registered: {:?}\n{}",
+            h.name,
+            agents.all(&p.name).await,
+            text(&o)
+        );
+        assert_eq!(list[0].0, h.address);
+        assert_eq!(list[0].2, v1);
+        let body = agents.get(&list[0].0, list[0].1).await.unwrap();
+        assert!(body.contains("version: v1"), "{body}");
+    }
+    let ids: Vec<_> = tb
+        .hosts
+        .iter()
+        .map(|h| containers(&tb, &h.name, &p.name))
+        .collect();
+
+    // Second deploy: "No changes", nothing touched.
+    let o = p.run(&tb, &["deploy", "production", "--yes"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("No changes"), "{}", text(&o));
+    let again: Vec<_> = tb
+        .hosts
+        .iter()
+        .map(|h| containers(&tb, &h.name, &p.name))
+        .collect();
+    assert_eq!(ids, again, "a deploy without changes touched containers");
+
+    // v2 with a client looking instances up in Consul and calling them the whole time.
+    p.set_version("v2");
+    let v2 = p.tag();
+    let done = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let agents = Arc::new(agents);
+    let client = {
+        let (done, ok, failed, agents, project) = (
+            done.clone(),
+            ok.clone(),
+            failed.clone(),
+            agents.clone(),
+            p.name.clone(),
+        );
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                for list in agents.passing(&project).await {
+                    for (addr, port, _) in list {
+                        match agents.get(&addr, port).await {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => failed.lock().unwrap().push(format!("{addr}:{port}: {e}")),
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let o = p.run(&tb, &["deploy", "production", "--yes"]);
+    done.store(true, Ordering::SeqCst);
+    client.await.unwrap();
+    assert!(o.status.success(), "v2 deploy failed:\n{}", text(&o));
+    let failed = failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests during the v2 rollout ({} ok): {failed:?}",
+        failed.len(),
+        ok.load(Ordering::SeqCst)
+    );
+    assert!(ok.load(Ordering::SeqCst) > 10, "the client loop barely ran");
+    for list in agents.passing(&p.name).await {
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].2, v2);
+    }
+
+    // v3 fails its health check: exit 1, report names the instance, v2 still serves.
+    p.set_version("v3");
+    let start = std::fs::read_to_string(p.root.join("app/start.sh")).unwrap();
+    std::fs::write(
+        p.root.join("app/start.sh"),
+        start.replace(
+            "$b cp /app/www/health /www/health",
+            "echo 'v3: no health file today' >&2",
+        ),
+    )
+    .unwrap();
+    let o = p.run(&tb, &["deploy", "production", "--yes"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "v3 must fail:\n{out}");
+    assert!(out.contains("FAILED: hello#1 on h"), "{out}");
+    assert!(
+        out.contains("v3: no health file today"),
+        "stderr tail: {out}"
+    );
+    for (h, list) in tb.hosts.iter().zip(agents.passing(&p.name).await) {
+        assert_eq!(list.len(), 1, "{}: {list:?}", h.name);
+        assert_eq!(list[0].2, v2, "only v2 passing on {}", h.name);
+        let body = agents.get(&list[0].0, list[0].1).await.unwrap();
+        assert!(body.contains("version: v2"));
+    }
+    let regs = agents.all(&p.name).await;
+    assert_eq!(regs.len(), 3, "no v3 registration left: {regs:?}");
+    std::fs::write(p.root.join("app/start.sh"), &start).unwrap();
+
+    // SIGKILL in the middle of a rollout: every instance still answers; the next deploy
+    // completes and leaves one container per instance.
+    p.set_version("v4");
+    let v4 = p.tag();
+    // Build + push first, so the kill lands in the rollout.
+    let o = p.run(&tb, &["build", "--push"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut child = p
+        .fleet(&tb, &["deploy", "production", "--yes", "--no-build"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for (h, list) in tb.hosts.iter().zip(agents.passing(&p.name).await) {
+        assert!(
+            !list.is_empty(),
+            "{}: nothing passing after the kill",
+            h.name
+        );
+        for (addr, port, _) in list {
+            agents
+                .get(&addr, port)
+                .await
+                .unwrap_or_else(|e| panic!("{} does not answer after the kill: {e}", h.name));
+        }
+    }
+    // The killed deploy's lock is not renewed any more: it expires within its TTL by itself.
+    p.wait_lock_free(&tb, Duration::from_secs(40));
+    let o = p.run(&tb, &["deploy", "production", "--yes", "--no-build"]);
+    assert!(o.status.success(), "deploy after the kill:\n{}", text(&o));
+    for h in &tb.hosts {
+        let c = containers(&tb, &h.name, &p.name);
+        assert_eq!(c.len(), 1, "{}: {c:?}", h.name);
+        assert_eq!(c[0].1, v4);
+    }
+    let o = p.run(&tb, &["deploy", "production", "--yes", "--no-build"]);
+    assert!(text(&o).contains("No changes"), "{}", text(&o));
+
+    // Rollback to v1.
+    let o = p.run(&tb, &["rollback", "production", "--to", &v1, "--yes"]);
+    assert!(o.status.success(), "rollback:\n{}", text(&o));
+    for list in agents.passing(&p.name).await {
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].2, v1);
+        let body = agents.get(&list[0].0, list[0].1).await.unwrap();
+        assert!(body.contains("version: v1"));
+    }
+    // And a plain rollback returns to the release before (v4).
+    let o = p.run(&tb, &["rollback", "production", "--yes"]);
+    assert!(o.status.success(), "rollback:\n{}", text(&o));
+    for list in agents.passing(&p.name).await {
+        assert_eq!(list[0].2, v4);
+    }
+    match Arc::try_unwrap(agents) {
+        Ok(a) => a.close().await,
+        Err(_) => panic!("agents still shared"),
+    }
+}
+
+/// Two deploys started together: one takes the lock and deploys, the other is refused at once
+/// (exit 1) naming the holder (user, machine, pid) and since when; the ledger has one release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deploys_at_once_one_is_refused_naming_the_holder() {
+    let Some(tb) = Testbed::get("deploy_lock_race") else {
+        return;
+    };
+    let p = Project::named(&tb, "fdl");
+    let _cleanup = Cleanup {
+        tb: &tb,
+        project: p.name.clone(),
+    };
+    p.one_host();
+    // The winner holds the lock through a slow pre_deploy hook, so the two surely overlap.
+    p.edit(|t| {
+        t.replacen(
+            &format!("name = \"{}\"", p.name),
+            &format!("name = \"{}\"\npre_deploy = [\"sleep 2\"]", p.name),
+            1,
+        )
+    });
+    p.set_version("race");
+    let o = p.run(&tb, &["build", "--push"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let spawn = || {
+        p.fleet(&tb, &["deploy", "production", "--yes", "--no-build"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let pids = [a.id(), b.id()];
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let ok: Vec<usize> = (0..2).filter(|&i| outs[i].status.success()).collect();
+    assert_eq!(
+        ok.len(),
+        1,
+        "exactly one deploy proceeds:\n--- a ---\n{}\n--- b ---\n{}",
+        text(&outs[0]),
+        text(&outs[1])
+    );
+    let (winner, loser) = (ok[0], 1 - ok[0]);
+    let refused = text(&outs[loser]);
+    assert_eq!(outs[loser].status.code(), Some(1), "{refused}");
+    assert!(
+        refused.contains("another deploy holds the lock"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!("(pid {}", pids[winner])),
+        "the refusal names the holder's pid {}: {refused}",
+        pids[winner]
+    );
+    assert!(refused.contains("since "), "{refused}");
+    assert!(
+        !refused.contains("[pre_deploy]"),
+        "the refused deploy ran hooks: {refused}"
+    );
+    // One release, succeeded; the lock is free again.
+    let rel = p.releases(&tb);
+    assert_eq!(rel.len(), 1, "{rel:?}");
+    assert_eq!(rel[0]["outcome"], "succeeded");
+    let o = p.run(&tb, &["lock", "status", "production"]);
+    assert!(text(&o).contains("is free"), "{}", text(&o));
+    assert_eq!(containers(&tb, "h1", &p.name).len(), 1);
+}
+
+/// A failing pre_deploy hook stops the deploy before anything changes: exit 1, the commands
+/// after it do not run, no container, no release, the lock free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pre_deploy_hook_changes_nothing() {
+    let Some(tb) = Testbed::get("deploy_pre_hook") else {
+        return;
+    };
+    let p = Project::named(&tb, "fdh");
+    let _cleanup = Cleanup {
+        tb: &tb,
+        project: p.name.clone(),
+    };
+    p.one_host();
+    let marker = p.root.join("after-the-failure");
+    p.edit(|t| {
+        t.replacen(
+            &format!("name = \"{}\"", p.name),
+            &format!(
+                "name = \"{}\"\npre_deploy = [\"echo checking $FLEET_ENV $FLEET_APPS\", \"exit 3\", \"touch {}\"]",
+                p.name,
+                marker.display()
+            ),
+            1,
+        )
+    });
+    p.set_version("hook");
+    let o = p.run(&tb, &["deploy", "production", "--yes"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("[pre_deploy] checking production hello"),
+        "{out}"
+    );
+    assert!(
+        out.contains("the pre_deploy hook `exit 3` failed with exit code 3"),
+        "{out}"
+    );
+    assert!(out.contains("nothing was changed"), "{out}");
+    assert!(!marker.exists(), "a command after the failing one ran");
+    assert!(
+        containers(&tb, "h1", &p.name).is_empty(),
+        "a container was created"
+    );
+    assert!(p.releases(&tb).is_empty());
+    let o = p.run(&tb, &["lock", "status", "production"]);
+    assert!(text(&o).contains("is free"), "{}", text(&o));
+}
+
+/// The ledger: a deploy, another, a failed one; `fleet releases` lists them with outcomes;
+/// `fleet rollback` (no version) returns to the last good release other than the current one;
+/// post_deploy runs after each successful apply only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_list_outcomes_and_rollback_uses_the_ledger() {
+    let Some(tb) = Testbed::get("deploy_ledger") else {
+        return;
+    };
+    let p = Project::named(&tb, "fdr");
+    let _cleanup = Cleanup {
+        tb: &tb,
+        project: p.name.clone(),
+    };
+    p.one_host();
+    let log = p.root.join("post.log");
+    p.edit(|t| {
+        t.replacen(
+            &format!("name = \"{}\"", p.name),
+            &format!(
+                "name = \"{}\"\npost_deploy = \"echo $FLEET_OUTCOME $FLEET_VERSION >> {}\"",
+                p.name,
+                log.display()
+            ),
+            1,
+        )
+    });
+    let mut tags = Vec::new();
+    for v in ["r1", "r2"] {
+        p.set_version(v);
+        tags.push(p.tag());
+        let o = p.run(&tb, &["deploy", "production", "--yes"]);
+        assert!(o.status.success(), "{v}:\n{}", text(&o));
+    }
+    let start = std::fs::read_to_string(p.root.join("app/start.sh")).unwrap();
+    p.break_health();
+    p.set_version("r3");
+    let bad = p.tag();
+    let o = p.run(&tb, &["deploy", "production", "--yes"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    std::fs::write(p.root.join("app/start.sh"), &start).unwrap();
+
+    let rel = p.releases(&tb);
+    let seen: Vec<(String, String)> = rel
+        .iter()
+        .map(|r| {
+            (
+                r["versions"]["hello"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 3, "{rel:?}");
+    assert_eq!(seen[0].0, bad);
+    assert!(
+        seen[0].1 == "failed" || seen[0].1 == "rolled-back",
+        "{seen:?}"
+    );
+    assert_eq!(seen[1], (tags[1].clone(), "succeeded".to_string()));
+    assert_eq!(seen[2], (tags[0].clone(), "succeeded".to_string()));
+    let ids: Vec<u64> = rel.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert!(ids[0] > ids[1] && ids[1] > ids[2], "newest first: {ids:?}");
+    let o = p.run(&tb, &["releases", "production"]);
+    let table = text(&o);
+    assert!(table.contains("OUTCOME"), "{table}");
+    assert!(table.contains(&format!("hello={}", tags[0])), "{table}");
+    assert!(table.contains("succeeded"), "{table}");
+
+    // What runs is r2 (the failed r3 was rolled back): rollback returns to r1.
+    let o = p.run(&tb, &["rollback", "production", "--yes"]);
+    let out = text(&o);
+    assert!(o.status.success(), "rollback:\n{out}");
+    assert!(
+        out.contains(&format!("rollback: to release {}", ids[2])),
+        "{out}"
+    );
+    let c = containers(&tb, "h1", &p.name);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0].1, tags[0]);
+    let rel = p.releases(&tb);
+    assert_eq!(rel[0]["outcome"], "succeeded");
+    assert_eq!(rel[0]["versions"]["hello"], tags[0].as_str());
+    assert!(
+        rel[0]["summary"].as_str().unwrap().starts_with("rollback:"),
+        "{:?}",
+        rel[0]
+    );
+    // post_deploy ran after r1, r2 and the rollback; not after the failed r3.
+    let posts = std::fs::read_to_string(&log).unwrap();
+    let expect: Vec<String> = [&tags[0], &tags[1], &tags[0]]
+        .iter()
+        .map(|t| format!("succeeded hello={t}"))
+        .collect();
+    assert_eq!(posts.lines().collect::<Vec<_>>(), expect, "{posts}");
+}
