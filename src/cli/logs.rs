@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::Global;
-use super::status::{Reach, connect};
+use super::status::{Reach, connect, interrupted};
 use crate::operate::Selector;
 use crate::operate::logs::{Event, LogOptions, Stream, collect, follow};
 
@@ -92,8 +92,9 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let failed;
     if args.follow {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stop = interrupted();
         let stop = async {
-            let _ = tokio::signal::ctrl_c().await;
+            let _ = stop.await;
         };
         let printer = async {
             let mut failed = false;

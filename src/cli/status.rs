@@ -92,6 +92,19 @@ impl Locked {
     }
 }
 
+/// Resolves at the first Ctrl-C from now on. The listener is installed at once (a spawned task),
+/// so a Ctrl-C while hosts are being read is seen too, and the command can close its SSH
+/// masters instead of dying with them left running.
+pub(crate) fn interrupted() -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = tx.send(());
+        }
+    });
+    rx
+}
+
 /// Unix seconds now.
 pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
@@ -126,13 +139,15 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         ..Default::default()
     };
     let tty = std::io::stdout().is_terminal();
-    let mut code;
+    let mut code = 0;
     // One listener for the whole watch: a Ctrl-C that comes while the hosts are being read
     // (not only during the sleep) must end it.
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
+    let mut stop = interrupted();
     loop {
-        let readings = gather(&cx, &sel).await;
+        let readings = tokio::select! {
+            r = gather(&cx, &sel) => r,
+            _ = &mut stop, if args.watch => break,
+        };
         let now = now();
         let rows = rows(&cx.desired, &readings, &sel, now);
         let faults = faults(&readings);
@@ -156,7 +171,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
             println!();
         }
         tokio::select! {
-            _ = &mut interrupted => break,
+            _ = &mut stop => break,
             _ = tokio::time::sleep(args.interval) => {}
         }
     }
