@@ -20,6 +20,7 @@ pub mod host;
 pub mod labels;
 pub mod manifest;
 pub mod observe;
+pub mod operate;
 pub mod plan;
 pub mod registry;
 pub mod ui;

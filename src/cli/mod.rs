@@ -10,11 +10,16 @@ use clap::{Parser, Subcommand};
 
 pub mod build;
 pub mod deploy;
+pub mod destroy;
+pub mod exec;
 pub mod import;
+pub mod info;
 pub mod init;
 pub mod lock;
+pub mod logs;
 pub mod plan;
 pub mod releases;
+pub mod restart;
 pub mod rollback;
 pub mod show;
 pub mod status;
@@ -57,6 +62,20 @@ pub enum Command {
     Rollback(rollback::Args),
     /// A table of every instance: state, health, restarts, uptime, CPU, memory.
     Status(status::Args),
+    /// The details of an instance: image, command, env (secrets masked), ports, Consul.
+    Info(info::Args),
+    /// The logs of every instance, marked by stream, merged by time; -f follows.
+    Logs(logs::Args),
+    /// Restart instances (deregistered from Consul first, registered again after).
+    Restart(restart::Args),
+    /// Stop instances (deregistered from Consul first).
+    Stop(restart::Args),
+    /// Start stopped instances (registered in Consul after).
+    Start(restart::Args),
+    /// Run a command in an instance's container.
+    Exec(exec::Args),
+    /// Remove every container, Consul service and KV key of an environment.
+    Destroy(destroy::Args),
     /// Turn another tool's configuration into a fleet manifest.
     #[command(subcommand)]
     Import(import::Source),
@@ -70,7 +89,7 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(logs::follow_shorthand(std::env::args_os()));
     crate::ui::init_color(&cli.global.color);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -102,14 +121,16 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Deploy(a) => deploy::run(a, g).await,
         Command::Rollback(a) => rollback::run(a, g).await,
         Command::Status(a) => status::run(a, g).await,
+        Command::Info(a) => info::run(a, g).await,
+        Command::Logs(a) => logs::run(a, g).await,
+        Command::Restart(a) => restart::run(a, g, crate::operate::lifecycle::Action::Restart).await,
+        Command::Stop(a) => restart::run(a, g, crate::operate::lifecycle::Action::Stop).await,
+        Command::Start(a) => restart::run(a, g, crate::operate::lifecycle::Action::Start).await,
+        Command::Exec(a) => exec::run(a, g).await,
+        Command::Destroy(a) => destroy::run(a, g).await,
         Command::Import(a) => import::run(a, g).await,
         Command::Init(a) => init::run(a, g).await,
         Command::Lock(a) => lock::run(a, g).await,
         Command::Releases(a) => releases::run(a, g).await,
     }
-}
-
-/// The error for a command whose issue has not landed yet.
-pub(crate) fn not_yet(what: &str) -> miette::Report {
-    miette::miette!("`fleet {what}` is not implemented yet")
 }

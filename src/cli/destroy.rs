@@ -1,0 +1,86 @@
+//! `fleet destroy ENV [--yes]`: remove every container, registration and KV key of an
+//! environment, after showing them.
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use super::Global;
+use super::status::{Locked, Reach, connect};
+use crate::operate::destroy::{inventory, remove, remove_free_lock_key};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The environment to destroy.
+    pub env: String,
+    /// Do not ask; required when stdin is not a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[command(flatten)]
+    pub reach: Reach,
+}
+
+pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
+    let cx = connect(&args.env, &args.reach, g).await?;
+    // Held from the listing to the last removal: no deploy starts in between.
+    let lock = match Locked::take(&cx.desired, "fleet destroy").await {
+        Ok(l) => l,
+        Err(e) => {
+            cx.close().await;
+            return Err(e);
+        }
+    };
+    let inv = inventory(&cx).await;
+    print!("{}", inv.render());
+    if inv.is_empty() {
+        println!("Nothing to remove.");
+        lock.release().await;
+        cx.close().await;
+        return Ok(ExitCode::from(u8::from(!inv.problems.is_empty())));
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            lock.release().await;
+            cx.close().await;
+            return Err(miette::miette!(
+                help = "run it again with --yes to confirm without a terminal",
+                "refusing to destroy {} without confirmation: stdin is not a terminal",
+                args.env
+            ));
+        }
+        print!(
+            "Type the environment name ({}) to remove all of this: ",
+            args.env
+        );
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if answer.trim() != args.env {
+            println!("Not confirmed; nothing removed.");
+            lock.release().await;
+            cx.close().await;
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let errors = remove(&cx, &inv).await;
+    lock.release().await;
+    let lock_key = remove_free_lock_key(&cx, &inv).await;
+    cx.close().await;
+    let mut errors = errors;
+    errors.extend(lock_key.err());
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    println!(
+        "Removed {} containers, {} services, {} KV keys{}.",
+        inv.containers.len(),
+        inv.services.len(),
+        inv.kv_keys.len(),
+        if errors.is_empty() {
+            ""
+        } else {
+            " (with errors above)"
+        }
+    );
+    Ok(ExitCode::from(u8::from(
+        !errors.is_empty() || !inv.problems.is_empty(),
+    )))
+}

@@ -1,0 +1,66 @@
+//! `fleet restart | stop | start ENV [APP] [--instance N] [--host H]`: Consul deregistration
+//! before a stop, registration after a start.
+use std::process::ExitCode;
+
+use super::Global;
+use super::status::{Locked, Reach, connect};
+use crate::operate::Selector;
+use crate::operate::lifecycle::{Action, run as lifecycle};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The environment.
+    pub env: String,
+    /// Only this app.
+    pub app: Option<String>,
+    /// Only this instance number.
+    #[arg(long)]
+    pub instance: Option<u32>,
+    /// Only this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    #[command(flatten)]
+    pub reach: Reach,
+}
+
+pub async fn run(args: Args, g: &Global, action: Action) -> miette::Result<ExitCode> {
+    let cx = connect(&args.env, &args.reach, g).await?;
+    let sel = Selector {
+        app: args.app.clone(),
+        instance: args.instance,
+        host: args.host.clone(),
+    };
+    let lock = match Locked::take(&cx.desired, &format!("fleet {}", action.verb())).await {
+        Ok(l) => l,
+        Err(e) => {
+            cx.close().await;
+            return Err(e);
+        }
+    };
+    let (outcomes, errors) = lifecycle(&cx, &sel, action).await;
+    lock.release().await;
+    cx.close().await;
+    let mut failed = !errors.is_empty();
+    for o in &outcomes {
+        match &o.result {
+            Ok(done) => println!("{} ({}): {done}", o.instance, o.container),
+            Err(e) => {
+                failed = true;
+                println!(
+                    "{} ({}): {} FAILED: {e}",
+                    o.instance,
+                    o.container,
+                    action.verb()
+                );
+            }
+        }
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if outcomes.is_empty() && errors.is_empty() {
+        eprintln!("no container matches {}", sel.describe());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::from(u8::from(failed)))
+}

@@ -1,0 +1,308 @@
+//! `fleet destroy`: remove every container, Consul registration and KV key fleet manages for
+//! one environment of one project, after showing exactly that list.
+//!
+//! What is removed is what `inventory` found (labels, Meta, the KV prefix `<project>/<env>/`),
+//! never what the manifest says: a host or app removed from the manifest still gets cleaned as
+//! long as the environment still lists the host. The CLI holds the environment's deploy lock
+//! from the listing to the last removal, so no deploy runs in between; the lock's own key goes
+//! last (`remove_free_lock_key`).
+
+use std::fmt::Write;
+
+use bollard::query_parameters::RemoveContainerOptions;
+
+use super::{Connected, instance_label, managed_services, short_id};
+use crate::consul::{KvDelete, QueryOptions};
+use crate::observe::read::list_containers;
+
+/// A managed container found on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundContainer {
+    pub host: String,
+    pub id: String,
+    pub name: String,
+    /// `api#1@h1`.
+    pub instance: String,
+    pub state: String,
+}
+
+/// A registration found on a host's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundService {
+    pub host: String,
+    pub id: String,
+    pub name: String,
+}
+
+/// Everything `destroy` would remove, and what could not be looked at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub project: String,
+    pub environment: String,
+    pub containers: Vec<FoundContainer>,
+    pub services: Vec<FoundService>,
+    /// The KV prefix (`<project>/<env>/`) and the keys under it.
+    pub kv_prefix: String,
+    pub kv_keys: Vec<String>,
+    /// The host (or agent) whose KV is used for the delete.
+    pub kv_via: Option<String>,
+    /// Hosts or agents that could not be read: what they hold is not in the lists.
+    pub problems: Vec<String>,
+}
+
+impl Inventory {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.services.is_empty() && self.kv_keys.is_empty()
+    }
+
+    /// The list shown before asking.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "fleet destroy {} (project {}) will remove:",
+            self.environment, self.project
+        );
+        let _ = writeln!(s, "  containers ({}):", self.containers.len());
+        for c in &self.containers {
+            let _ = writeln!(
+                s,
+                "    - {} {} {} ({})",
+                c.instance,
+                short_id(&c.id),
+                c.name,
+                c.state
+            );
+        }
+        let _ = writeln!(s, "  Consul services ({}):", self.services.len());
+        for v in &self.services {
+            let _ = writeln!(s, "    - {} on {} ({})", v.id, v.host, v.name);
+        }
+        let _ = writeln!(
+            s,
+            "  KV keys under {} ({}):",
+            self.kv_prefix,
+            self.kv_keys.len()
+        );
+        for k in &self.kv_keys {
+            let _ = writeln!(s, "    - {k}");
+        }
+        for p in &self.problems {
+            let _ = writeln!(
+                s,
+                "  cannot read {p}: what it holds is not listed and stays"
+            );
+        }
+        s
+    }
+}
+
+/// Look at every host of the environment: managed containers (any state), registrations by
+/// Meta, and the KV keys under the prefix (through the first agent that answers).
+pub async fn inventory(cx: &Connected) -> Inventory {
+    let d = &cx.desired;
+    let mut inv = Inventory {
+        project: d.project.clone(),
+        environment: d.environment.clone(),
+        kv_prefix: format!("{}/{}/", d.project, d.environment),
+        ..Default::default()
+    };
+    let per_host = futures_util::future::join_all(cx.hosts().map(|(t, s)| async move {
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => return (Err(e.to_string()), None),
+        };
+        let containers = list_containers(s, &d.project, &d.environment)
+            .await
+            .map_err(|f| format!("{} ({}): {}", f.host, f.address, f.message));
+        let services = match cx.consul(s).await {
+            None => None,
+            Some(Err(e)) => Some(Err(e.to_string())),
+            Some(Ok(c)) => Some(
+                managed_services(&c, &d.project, &d.environment)
+                    .await
+                    .map(|v| (c, v))
+                    .map_err(|e| format!("{}: {e}", t.name)),
+            ),
+        };
+        (containers, services)
+    }))
+    .await;
+    let mut kv_client = None;
+    for ((t, _), (containers, services)) in cx.hosts().zip(per_host) {
+        match containers {
+            Ok(cs) => inv
+                .containers
+                .extend(cs.into_iter().map(|c| FoundContainer {
+                    host: t.name.clone(),
+                    instance: instance_label(c.app.as_deref().unwrap_or("?"), c.instance, &t.name),
+                    id: c.id,
+                    name: c.name,
+                    state: c.state.as_str().into(),
+                })),
+            Err(e) => inv.problems.push(e),
+        }
+        match services {
+            None => {}
+            Some(Ok((client, v))) => {
+                inv.services.extend(v.into_iter().map(|s| FoundService {
+                    host: t.name.clone(),
+                    id: s.id,
+                    name: s.name,
+                }));
+                if kv_client.is_none() {
+                    kv_client = Some((t.name.clone(), client));
+                }
+            }
+            Some(Err(e)) => inv.problems.push(e),
+        }
+    }
+    inv.services
+        .sort_by(|a, b| (&a.host, &a.id).cmp(&(&b.host, &b.id)));
+    if let Some((via, client)) = kv_client {
+        match client
+            .kv_keys(&inv.kv_prefix, None, QueryOptions::default())
+            .await
+        {
+            Ok(k) => {
+                // The deploy lock (held by this destroy) goes when it is released.
+                let lock = crate::apply::lock::lock_key(&d.project, &d.environment);
+                inv.kv_keys = k.value.into_iter().filter(|k| *k != lock).collect();
+                inv.kv_keys.sort();
+                inv.kv_via = Some(via);
+            }
+            Err(e) => inv.problems.push(format!("the KV through {via}: {e}")),
+        }
+    } else if d.consul.is_some() {
+        inv.problems
+            .push("the KV: no host's Consul agent answered".to_string());
+    }
+    inv
+}
+
+/// Remove what `inv` lists: registrations first (so nothing is routed to a container being
+/// removed), then containers (forced: running ones are killed), then the KV prefix. Returns
+/// one message per thing that could not be removed.
+pub async fn remove(cx: &Connected, inv: &Inventory) -> Vec<String> {
+    let mut errors = Vec::new();
+    let per_host = futures_util::future::join_all(cx.hosts().map(|(t, s)| async move {
+        let mut errors = Vec::new();
+        let Ok(s) = s else {
+            return errors;
+        };
+        if let Some(c) = cx.consul(s).await {
+            match c {
+                Ok(c) => {
+                    for v in inv.services.iter().filter(|v| v.host == t.name) {
+                        if let Err(e) = c.deregister_service(&v.id).await {
+                            errors.push(format!("deregister {} on {}: {e}", v.id, t.name));
+                        }
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        match s.docker().await {
+            Ok(docker) => {
+                for c in inv.containers.iter().filter(|c| c.host == t.name) {
+                    if let Err(e) = docker
+                        .remove_container(
+                            &c.id,
+                            Some(RemoveContainerOptions {
+                                force: true,
+                                ..Default::default()
+                            }),
+                        )
+                        .await
+                    {
+                        errors.push(format!("remove {} ({}): {e}", c.instance, c.name));
+                    }
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+        errors
+    }))
+    .await;
+    errors.extend(per_host.into_iter().flatten());
+    if !inv.kv_keys.is_empty()
+        && let Some(via) = &inv.kv_via
+        && let Some(Ok(s)) = cx.session(via)
+        && let Some(c) = cx.consul(s).await
+    {
+        // Key by key, not the prefix: the deploy lock under it is held by this destroy.
+        match c {
+            Ok(c) => {
+                for k in &inv.kv_keys {
+                    if let Err(e) = c.kv_delete(k, &KvDelete::default()).await {
+                        errors.push(format!("delete KV {k}: {e}"));
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("delete KV {}: {e}", inv.kv_prefix)),
+        }
+    }
+    errors
+}
+
+/// After destroy's own deploy lock is released: delete the lock key if it is still there and
+/// nobody holds it (releasing a Consul lock leaves the key behind, unlocked). A key some other
+/// session holds by now is left alone.
+pub async fn remove_free_lock_key(cx: &Connected, inv: &Inventory) -> Result<(), String> {
+    let Some(via) = &inv.kv_via else {
+        return Ok(());
+    };
+    let Some(Ok(s)) = cx.session(via) else {
+        return Ok(());
+    };
+    let Some(c) = cx.consul(s).await else {
+        return Ok(());
+    };
+    let c = c.map_err(|e| e.to_string())?;
+    let key = crate::apply::lock::lock_key(&inv.project, &inv.environment);
+    match c.kv_get(&key).await.map_err(|e| e.to_string())? {
+        Some(pair) if pair.session.is_none() => {
+            let opts = KvDelete {
+                cas: Some(pair.modify_index),
+                ..Default::default()
+            };
+            c.kv_delete(&key, &opts)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("delete KV {key}: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_names_everything_it_removes() {
+        let inv = Inventory {
+            project: "shop".into(),
+            environment: "prod".into(),
+            containers: vec![FoundContainer {
+                host: "h1".into(),
+                id: "0123456789abcdef".into(),
+                name: "shop-prod-api-1-v1".into(),
+                instance: "api#1@h1".into(),
+                state: "running".into(),
+            }],
+            services: vec![FoundService {
+                host: "h1".into(),
+                id: "shop-prod-api-h1-1".into(),
+                name: "api".into(),
+            }],
+            kv_prefix: "shop/prod/".into(),
+            kv_keys: vec!["shop/prod/api/greeting".into()],
+            kv_via: Some("h1".into()),
+            problems: vec!["h2 (10.0.0.2): unreachable".into()],
+        };
+        assert!(!inv.is_empty());
+        insta::assert_snapshot!(inv.render());
+        assert!(Inventory::default().is_empty());
+    }
+}
