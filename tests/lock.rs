@@ -71,6 +71,11 @@ async fn a_second_deploy_is_refused_naming_the_holder_until_the_first_releases()
         .unwrap();
     again.release().await.unwrap();
     staging.release().await.unwrap();
+    // A released lock leaves no key behind.
+    for env in ["prod", "staging"] {
+        let key = lock::lock_key("shop", env);
+        assert!(consul.kv_get(&key).await.unwrap().is_none(), "{key} left");
+    }
 }
 
 #[tokio::test]

@@ -22,7 +22,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::consul::{ConsulClient, ConsulError, SessionBehavior, SessionRequest, go_duration};
+use crate::consul::{
+    ConsulClient, ConsulError, KvDelete, SessionBehavior, SessionRequest, go_duration,
+};
 use crate::desired::DesiredState;
 use crate::host::{ConnectOptions, HostError, HostSession};
 
@@ -432,7 +434,18 @@ async fn release_backend(backend: Backend) -> Result<(), LockError> {
             key,
             session,
         } => {
-            // Destroying the session deletes the key (behavior `delete`).
+            // A released lock leaves no key behind: delete it while this session still holds
+            // it (check-and-set, so a key someone else took meanwhile stays), then end the
+            // session. Behavior `delete` only covers a session that is invalidated holding it.
+            if let Ok(Some(pair)) = client.kv_get(&key).await
+                && pair.session.as_deref() == Some(session.as_str())
+            {
+                let cas = KvDelete {
+                    cas: Some(pair.modify_index),
+                    ..Default::default()
+                };
+                let _ = client.kv_delete(&key, &cas).await;
+            }
             let _ = client.kv_release(&key, b"", &session).await;
             client.session_destroy(&session).await?;
             Ok(())

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::Global;
 use super::status::{Locked, Reach, connect};
-use crate::operate::destroy::{inventory, remove, remove_free_lock_key};
+use crate::operate::destroy::{inventory, remove};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -60,12 +60,10 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     }
+    // Releasing the lock also removes its key: nothing of the environment is left in KV.
     let errors = remove(&cx, &inv).await;
     lock.release().await;
-    let lock_key = remove_free_lock_key(&cx, &inv).await;
     cx.close().await;
-    let mut errors = errors;
-    errors.extend(lock_key.err());
     for e in &errors {
         eprintln!("error: {e}");
     }

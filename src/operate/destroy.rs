@@ -5,7 +5,7 @@
 //! never what the manifest says: a host or app removed from the manifest still gets cleaned as
 //! long as the environment still lists the host. The CLI holds the environment's deploy lock
 //! from the listing to the last removal, so no deploy runs in between; the lock's own key goes
-//! last (`remove_free_lock_key`).
+//! with the lock's release, which deletes it.
 
 use std::fmt::Write;
 
@@ -243,36 +243,6 @@ pub async fn remove(cx: &Connected, inv: &Inventory) -> Vec<String> {
         }
     }
     errors
-}
-
-/// After destroy's own deploy lock is released: delete the lock key if it is still there and
-/// nobody holds it (releasing a Consul lock leaves the key behind, unlocked). A key some other
-/// session holds by now is left alone.
-pub async fn remove_free_lock_key(cx: &Connected, inv: &Inventory) -> Result<(), String> {
-    let Some(via) = &inv.kv_via else {
-        return Ok(());
-    };
-    let Some(Ok(s)) = cx.session(via) else {
-        return Ok(());
-    };
-    let Some(c) = cx.consul(s).await else {
-        return Ok(());
-    };
-    let c = c.map_err(|e| e.to_string())?;
-    let key = crate::apply::lock::lock_key(&inv.project, &inv.environment);
-    match c.kv_get(&key).await.map_err(|e| e.to_string())? {
-        Some(pair) if pair.session.is_none() => {
-            let opts = KvDelete {
-                cas: Some(pair.modify_index),
-                ..Default::default()
-            };
-            c.kv_delete(&key, &opts)
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("delete KV {key}: {e}"))
-        }
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
