@@ -14,13 +14,14 @@
 //! - `bollard` does not negotiate the API version by itself: `docker()` does, and refuses
 //!   engines older than API 1.41.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
 use futures_util::StreamExt;
-use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
+use openssh::{ControlPersist, ForwardType, KnownHosts, Session, SessionBuilder, Socket};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::desired::HostTarget;
@@ -300,6 +301,12 @@ impl HostSession {
             })
             .connect_timeout(opts.connect_timeout)
             .server_alive_interval(Duration::from_secs(15))
+            // A master whose fleet was killed (SIGKILL, lost terminal) must not live forever:
+            // it exits after two minutes without a channel. A running command always has one
+            // within that time (requests, health polls, lock renewals, a followed log).
+            .control_persist(ControlPersist::IdleFor(
+                NonZeroUsize::new(120).expect("not zero"),
+            ))
             .control_directory(&dir);
             if let Some(u) = &target.user {
                 b.user(u.clone());
