@@ -16,6 +16,7 @@ pub mod build;
 pub mod cli;
 pub mod consul;
 pub mod desired;
+pub mod errors;
 pub mod host;
 pub mod labels;
 pub mod manifest;

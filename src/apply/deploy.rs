@@ -37,6 +37,7 @@ use super::container::create_body;
 use super::health::{self, Unhealthy};
 use crate::consul::{ConsulClient, ServiceRegistration};
 use crate::desired::{DesiredApp, DesiredHost, DesiredState, HealthSpec, InstanceSpec};
+use crate::errors::chain;
 use crate::host::HostSession;
 use crate::labels;
 use crate::observe::{ObservedHost, ObservedService, ObservedState};
@@ -246,17 +247,6 @@ impl Ctx<'_> {
     fn app(&self, name: &str) -> Option<&DesiredApp> {
         self.desired.apps.iter().find(|a| a.name == name)
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// A Consul client for a host's agent, through its session.

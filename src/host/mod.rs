@@ -25,6 +25,7 @@ use openssh::{ControlPersist, ForwardType, KnownHosts, Session, SessionBuilder, 
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::desired::HostTarget;
+use crate::errors::chain;
 
 /// The oldest Docker Engine API fleet talks to.
 pub const MIN_API: (usize, usize) = (1, 41);
@@ -256,18 +257,6 @@ fn classify(target: &HostTarget, text: &str) -> HostError {
             cause: detail,
         }
     }
-}
-
-/// The whole chain of an error, as one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// A 64-bit FNV-1a of the host name: short, stable directory names for sockets.
