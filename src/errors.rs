@@ -17,7 +17,7 @@ mod tests {
     #[test]
     fn joins_every_source() {
         let io = std::io::Error::other("refused");
-        let outer = std::io::Error::new(std::io::ErrorKind::Other, Wrapped(io));
+        let outer = std::io::Error::other(Wrapped(io));
         assert_eq!(super::chain(&outer), "wrapped: refused");
     }
 

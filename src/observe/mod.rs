@@ -164,6 +164,34 @@ pub struct ObservedService {
     pub checks: Vec<ObservedCheck>,
 }
 
+impl ObservedService {
+    fn meta(&self, label: &str) -> Option<&str> {
+        self.meta
+            .get(&crate::labels::meta_key(label))
+            .map(String::as_str)
+    }
+    pub fn app(&self) -> Option<&str> {
+        self.meta(crate::labels::APP)
+    }
+    pub fn instance(&self) -> Option<u32> {
+        self.meta(crate::labels::INSTANCE)
+            .and_then(|s| s.parse().ok())
+    }
+    pub fn version(&self) -> Option<&str> {
+        self.meta(crate::labels::VERSION)
+    }
+
+    /// Whether this registration belongs to container `c`: same app and instance, and the same
+    /// version when the registration says one (a deploy may run old and new side by side).
+    pub fn belongs_to(&self, c: &ObservedContainer) -> bool {
+        self.app() == c.app.as_deref()
+            && self.instance() == c.instance
+            && self
+                .version()
+                .is_none_or(|v| c.version.as_deref().is_none_or(|cv| cv == v))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedCheck {
     pub id: String,

@@ -11,13 +11,10 @@
 //! of removals (`status::rows`, `logs::merge`, `destroy::Inventory`) is plain data and pure
 //! functions, tested without hosts.
 
-use std::collections::BTreeMap;
-
 use crate::consul::{ConsulClient, ConsulError};
 use crate::desired::{DesiredState, HostTarget, InstanceSpec};
 use crate::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
-use crate::labels;
-use crate::observe::{ObservedContainer, read_secret};
+use crate::observe::read_secret;
 
 pub mod destroy;
 pub mod exec;
@@ -179,72 +176,15 @@ impl Connected {
     }
 }
 
-/// A managed service on one agent, as operate needs it (Meta decides what it belongs to).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ManagedService {
-    pub id: String,
-    pub name: String,
-    pub tags: Vec<String>,
-    pub meta: BTreeMap<String, String>,
-    pub address: String,
-    pub port: u16,
-}
-
-impl ManagedService {
-    fn meta(&self, label: &str) -> Option<&str> {
-        self.meta.get(&labels::meta_key(label)).map(String::as_str)
-    }
-    pub fn app(&self) -> Option<&str> {
-        self.meta(labels::APP)
-    }
-    pub fn instance(&self) -> Option<u32> {
-        self.meta(labels::INSTANCE).and_then(|s| s.parse().ok())
-    }
-    pub fn version(&self) -> Option<&str> {
-        self.meta(labels::VERSION)
-    }
-
-    /// Whether this registration belongs to container `c`: same app and instance, and the same
-    /// version when the registration says one (a deploy may run old and new side by side).
-    pub fn belongs_to(&self, c: &ObservedContainer) -> bool {
-        self.app() == c.app.as_deref()
-            && self.instance() == c.instance
-            && self
-                .version()
-                .is_none_or(|v| c.version.as_deref().is_none_or(|cv| cv == v))
-    }
-}
-
-/// The services of this project and environment on one agent (by Meta).
-pub async fn managed_services(
-    consul: &ConsulClient,
-    project: &str,
-    env: &str,
-) -> Result<Vec<ManagedService>, ConsulError> {
-    let all = consul.agent_services().await?;
-    let kp = labels::meta_key(labels::PROJECT);
-    let ke = labels::meta_key(labels::ENV);
-    Ok(all
-        .into_values()
-        .filter(|s| {
-            s.meta.get(&kp).map(String::as_str) == Some(project)
-                && s.meta.get(&ke).map(String::as_str) == Some(env)
-        })
-        .map(|s| ManagedService {
-            id: s.id,
-            name: s.service,
-            tags: s.tags,
-            meta: s.meta,
-            address: s.address,
-            port: s.port,
-        })
-        .collect())
-}
+/// The services of this project and environment on one agent (by Meta), as observe reads them.
+pub use crate::observe::consul_read::fleet_services as managed_services;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::observe::{ContainerState, Health};
+    use crate::observe::{ContainerState, Health, ObservedContainer, ObservedService};
 
     fn container(app: &str, n: u32, version: &str) -> ObservedContainer {
         ObservedContainer {
@@ -262,7 +202,7 @@ mod tests {
         }
     }
 
-    fn service(app: &str, n: &str, version: Option<&str>) -> ManagedService {
+    fn service(app: &str, n: &str, version: Option<&str>) -> ObservedService {
         let mut meta = BTreeMap::from([
             ("fleet-app".to_string(), app.to_string()),
             ("fleet-instance".to_string(), n.to_string()),
@@ -270,13 +210,14 @@ mod tests {
         if let Some(v) = version {
             meta.insert("fleet-version".into(), v.into());
         }
-        ManagedService {
+        ObservedService {
             id: "any-id-at-all".into(),
             name: app.into(),
             tags: vec![],
             meta,
             address: "10.0.0.1".into(),
             port: 1,
+            checks: vec![],
         }
     }
 

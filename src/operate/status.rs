@@ -18,10 +18,11 @@ use bollard::query_parameters::{InspectContainerOptions, StatsOptions};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{Connected, ManagedService, Selector, managed_services, short_id};
+use super::{Connected, Selector, managed_services, short_id};
 use crate::consul::CheckStatus;
 use crate::desired::DesiredState;
 use crate::host::HostSession;
+use crate::observe::ObservedService;
 use crate::observe::read::list_containers;
 use crate::observe::{ContainerState, ObservedContainer};
 
@@ -44,7 +45,7 @@ pub struct ContainerReading {
 /// A registration on the host's agent and the status of each of its checks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceReading {
-    pub service: ManagedService,
+    pub service: ObservedService,
     pub checks: Vec<CheckStatus>,
 }
 
@@ -675,13 +676,14 @@ mod tests {
             .unwrap();
         let svc = spec.service.as_ref().unwrap();
         ServiceReading {
-            service: ManagedService {
+            service: ObservedService {
                 id: format!("{}-{}", svc.id, spec.version),
                 name: svc.name.clone(),
                 tags: svc.tags.clone(),
                 meta: svc.meta.clone(),
                 address: svc.address.clone(),
                 port: svc.port,
+                checks: vec![],
             },
             checks: vec![s],
         }
