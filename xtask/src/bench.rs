@@ -19,14 +19,52 @@ pub fn run(l: &Layout, what: &str, hosts: &[u32]) -> Result<()> {
         "deploy" => crate::deploy::bench(l, hosts),
         "manifest" => example(l, "bench_manifest", &[], false),
         "build" => example(l, "bench_build", &["--mb", "200", "--apps", "10"], true),
-        "plan" => example(
-            l,
-            "bench_plan",
-            &counts.iter().map(String::as_str).collect::<Vec<_>>(),
-            true,
-        ),
+        "plan" => {
+            example(
+                l,
+                "bench_plan",
+                &counts.iter().map(String::as_str).collect::<Vec<_>>(),
+                true,
+            )?;
+            ssh_floor(l, hosts)
+        }
         other => bail!("unknown benchmark {other}"),
     }
+}
+
+/// The floor under a plan on this machine: plain `ssh HOST true` to N hosts at once (every
+/// handshake's both ends share this machine's cores), best of three, and its own ratio.
+fn ssh_floor(l: &Layout, hosts: &[u32]) -> Result<()> {
+    let have: u32 = std::fs::read_to_string(l.path("hosts"))?.trim().parse()?;
+    let mut one = None;
+    for &n in hosts.iter().filter(|n| **n <= have) {
+        let mut best = std::time::Duration::MAX;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let children: Vec<_> = (1..=n)
+                .map(|i| {
+                    Command::new("ssh")
+                        .arg("-F")
+                        .arg(l.path("ssh_config"))
+                        .args([format!("h{i}").as_str(), "true"])
+                        .spawn()
+                })
+                .collect::<Result<_, _>>()?;
+            for mut c in children {
+                if !c.wait()?.success() {
+                    bail!("ssh to a testbed host failed");
+                }
+            }
+            best = best.min(t.elapsed());
+        }
+        let base = *one.get_or_insert(best);
+        println!(
+            "ssh floor, {n:>2} hosts: {:.3} s  ({:.2}x one host)",
+            best.as_secs_f64(),
+            best.as_secs_f64() / base.as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// `cargo run --release --example NAME -- ARGS`, pointed at the testbed when it needs one.
