@@ -174,7 +174,8 @@ pub fn bench(l: &Layout, sizes: &[u32]) -> Result<()> {
         }
         println!("bench deploy: {n:>2} host(s): {:.2}s", d.as_secs_f64());
         rows.push((n, d));
-        if image_ref.is_empty() {
+        // The newest image: older ones may be pruned from h1 by later rounds (keep 3).
+        {
             image_ref = testbed::ssh_out(
                 l,
                 1,
