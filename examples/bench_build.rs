@@ -4,7 +4,7 @@
 //!    present: 10 content tags + 10 manifest HEADs, nothing built). Target: under 1 s.
 //!
 //! Run: `cargo run --release --example bench_build [-- --mb 200 --apps 10]`.
-//! Needs `$FLEET_TESTBED/READY` (default /work/tb) for part 2; part 1 runs anywhere.
+//! Needs `$FLEET_TESTBED/READY` (default target/testbed) for part 2; part 1 runs anywhere.
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -66,7 +66,8 @@ fn main() {
     fs::remove_dir_all(&big).unwrap();
 
     // 2. No-change build --push of `apps` apps.
-    let tb = PathBuf::from(std::env::var("FLEET_TESTBED").unwrap_or_else(|_| "/work/tb".into()));
+    let tb =
+        PathBuf::from(std::env::var("FLEET_TESTBED").unwrap_or_else(|_| "target/testbed".into()));
     if !tb.join("READY").exists() {
         println!("no-change build: skipped (no testbed at {})", tb.display());
         return;
@@ -86,6 +87,10 @@ fn main() {
         username: Some(get("FLEET_REGISTRY_USER")),
         password: Some(SecretRef::File(pw.display().to_string())),
     };
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let targets: Vec<BuildTarget> = (0..apps)
         .map(|i| {
             let ctx = tmp.path().join(format!("app{i}"));
@@ -96,7 +101,13 @@ fn main() {
                 "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n",
             )
             .unwrap();
-            fs::write(ctx.join("www/index.html"), format!("bench app {i}\n")).unwrap();
+            // New content every run, so the first build really builds and pushes: the baseline
+            // the no-change run is compared with.
+            fs::write(
+                ctx.join("www/index.html"),
+                format!("bench app {i} run {run}\n"),
+            )
+            .unwrap();
             BuildTarget {
                 app: format!("app{i}"),
                 repository: format!("{}/fleet-bench/app{i}", registry.server),
@@ -125,6 +136,10 @@ fn main() {
     println!(
         "first build --push of {apps} apps: {:.3} s ({built} built)",
         first_t.as_secs_f64()
+    );
+    println!(
+        "no-change / first: {:.3}",
+        nochange.as_secs_f64() / first_t.as_secs_f64()
     );
     println!(
         "no-change build --push of {apps} apps: {:.3} s (target < 1 s: {})",

@@ -18,6 +18,8 @@ use fleet::build::{self, BuildError, Options};
 use fleet::desired::{BuildSpec, BuildTarget, RegistryTarget, SecretRef};
 use fleet::registry::RegistryError;
 
+mod support;
+
 struct Testbed {
     dir: PathBuf,
     registry: String,
@@ -26,27 +28,12 @@ struct Testbed {
 }
 
 fn testbed() -> Option<Testbed> {
-    let dir = PathBuf::from(std::env::var("FLEET_TESTBED").unwrap_or_else(|_| "/work/tb".into()));
-    if !dir.join("READY").exists() {
-        if std::env::var_os("FLEET_REQUIRE_TESTBED").is_some() {
-            panic!("no testbed at {}", dir.display());
-        }
-        eprintln!("skipped: no testbed at {}", dir.display());
-        return None;
-    }
-    let env = fs::read_to_string(dir.join("registry.env")).expect("registry.env");
-    let get = |k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_else(|| panic!("{k} in registry.env"))
-            .trim()
-            .to_string()
-    };
+    let tb = support::Testbed::get("build")?;
     Some(Testbed {
-        registry: get("FLEET_REGISTRY"),
-        user: get("FLEET_REGISTRY_USER"),
-        password: get("FLEET_REGISTRY_PASSWORD"),
-        dir,
+        registry: tb.registry,
+        user: tb.registry_user,
+        password: tb.registry_password,
+        dir: tb.dir,
     })
 }
 
