@@ -260,3 +260,91 @@ async fn missing_context_is_typed_with_the_app() {
         e => panic!("expected Context, got {e:?}"),
     }
 }
+
+/// Issue 6's acceptance through the real binary on the multi-app example: a first
+/// `fleet build --push` builds and pushes every app, a second builds and pushes nothing (by
+/// `--json` and by the registry's own log), and a wrong password is a clear error, exit 1,
+/// that never shows the password.
+#[test]
+fn cli_builds_the_shop_example_once_then_nothing() {
+    let Some(tb) = support::Testbed::get("cli_builds_the_shop_example_once_then_nothing") else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let project = format!("shopcli{}", std::process::id());
+    // The shop example, under a project name of its own so its images are new to the registry.
+    let manifest = fs::read_to_string(root.join("manifests/shop/fleet.toml"))
+        .unwrap()
+        .replace("name = \"shop\"", &format!("name = \"{project}\""));
+    fs::write(tmp.path().join("fleet.toml"), manifest).unwrap();
+    let services = tmp.path().join("services");
+    fs::create_dir_all(services.join("www")).unwrap();
+    for entry in fs::read_dir(root.join("manifests/shop/services")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            fs::copy(&p, services.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    for entry in fs::read_dir(root.join("manifests/shop/services/www")).unwrap() {
+        let p = entry.unwrap().path();
+        fs::copy(&p, services.join("www").join(p.file_name().unwrap())).unwrap();
+    }
+    fs::copy("/bin/busybox", services.join("busybox")).unwrap();
+    let file = tmp.path().join("fleet.toml");
+    let build = |password: &str| {
+        let out = tb
+            .fleet()
+            .env("FLEET_REGISTRY_PASSWORD", password)
+            .arg("-f")
+            .arg(&file)
+            .args(["build", "--push", "--json"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    let rows = |stdout: &str| -> Vec<serde_json::Value> {
+        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let log = Testbed {
+        dir: tb.dir.clone(),
+        registry: tb.registry.clone(),
+        user: tb.registry_user.clone(),
+        password: tb.registry_password.clone(),
+    };
+    let manifest_puts = || log.manifest_puts(&project);
+
+    let (code, out, err) = build(&tb.registry_password);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let first = rows(&out);
+    let apps: Vec<&str> = first.iter().map(|r| r["app"].as_str().unwrap()).collect();
+    assert_eq!(apps, ["api", "web", "worker"]);
+    for r in &first {
+        assert_eq!(r["built"], true, "{r}");
+        assert_eq!(r["pushed"], true, "{r}");
+        assert!(r["digest"].as_str().unwrap().starts_with("sha256:"), "{r}");
+    }
+    let puts = manifest_puts();
+    assert_eq!(puts, 3, "one manifest PUT per app under {project}/");
+
+    let (code, out, err) = build(&tb.registry_password);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let second = rows(&out);
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(b["built"], false, "{b}");
+        assert_eq!(b["pushed"], false, "{b}");
+        assert_eq!(b["present"], true, "{b}");
+        assert_eq!(a["digest"], b["digest"]);
+    }
+    assert_eq!(manifest_puts(), puts, "the second run pushed something");
+
+    let wrong = "not-the-password-4711";
+    let (code, out, err) = build(wrong);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(err.contains(&tb.registry_user), "names the user: {err}");
+    assert!(err.contains(&tb.registry), "names the registry: {err}");
+    assert!(!out.contains(wrong) && !err.contains(wrong), "{out}\n{err}");
+    assert!(!err.contains(&tb.registry_password), "{err}");
+}

@@ -106,10 +106,13 @@ pub fn host_key(l: &Layout, n: u32) -> Result<()> {
 pub fn sshd_config(l: &Layout, n: u32) -> Result<()> {
     write(
         &l.host_file(n, "sshd_config"),
+        // StrictModes would refuse the key when DIR sits under a world-writable directory
+        // (a checkout in /tmp): the test hosts' files are the testbed's own.
         &format!(
             "# h{n}: written by `cargo xtask testbed up`\n\
              ListenAddress {addr}\nPort 22\nHostKey {key}\nPidFile /run/sshd.pid\n\
              AuthorizedKeysFile {auth}\nPermitRootLogin prohibit-password\n\
+             StrictModes no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
              AllowTcpForwarding yes\nAllowStreamLocalForwarding yes\nStreamLocalBindUnlink yes\n\
              MaxSessions 64\nMaxStartups 64:30:128\nLogLevel INFO\n\
