@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::consul::{
-    ConsulClient, ConsulError, KvDelete, SessionBehavior, SessionRequest, go_duration,
+    ConsulClient, ConsulError, KvDelete, QueryOptions, SessionBehavior, SessionRequest, go_duration,
 };
 use crate::desired::DesiredState;
 use crate::host::{ConnectOptions, HostError, HostSession};
@@ -271,8 +271,9 @@ impl DeployLock {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(renew_session(
+        let renewer = tokio::spawn(hold_session(
             consul.clone(),
+            key.clone(),
             session.clone(),
             ttl,
             lost.clone(),
@@ -460,12 +461,49 @@ async fn release_backend(backend: Backend) -> Result<(), LockError> {
     }
 }
 
-async fn renew_session(
+/// Keeps the lock until it is lost, then sets `lost`: renews the session every TTL/2, and
+/// watches the key with a blocking query, so a forced release or a deleted key is noticed
+/// within milliseconds instead of at the next renewal.
+async fn hold_session(
     client: ConsulClient,
+    key: String,
     session: String,
     ttl: Duration,
     lost: Arc<AtomicBool>,
 ) {
+    tokio::select! {
+        () = renew_session(client.clone(), session.clone(), ttl) => {}
+        () = watch_key(client, key, session) => {}
+    }
+    lost.store(true, Ordering::SeqCst);
+}
+
+/// Returns as soon as the lock key no longer names `session`.
+async fn watch_key(client: ConsulClient, key: String, session: String) {
+    let mut index = 0;
+    loop {
+        let q = QueryOptions::blocking(index, Duration::from_secs(60));
+        match client.kv_get_with(&key, q).await {
+            Ok(answer) => {
+                let holder = answer.value.as_ref().and_then(|p| p.session.as_deref());
+                if holder != Some(session.as_str()) {
+                    return;
+                }
+                // Consul's rule for blocking queries: an index that went backwards resets.
+                index = if answer.index < index {
+                    0
+                } else {
+                    answer.index
+                };
+            }
+            // The renewer decides about an agent that does not answer.
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Returns when the session cannot be renewed any more (gone, or unreachable for a TTL).
+async fn renew_session(client: ConsulClient, session: String, ttl: Duration) {
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(ttl / 2).await;
@@ -480,7 +518,6 @@ async fn renew_session(
             }
         }
     }
-    lost.store(true, Ordering::SeqCst);
 }
 
 async fn renew_file(
