@@ -467,6 +467,12 @@ async fn deploy_story_v1_v2_v3_kill_rollback() {
     p.wait_lock_free(&tb, Duration::from_secs(40));
     let o = p.run(&tb, &["deploy", "production", "--yes", "--no-build"]);
     assert!(o.status.success(), "deploy after the kill:\n{}", text(&o));
+    // The killed deploy's release does not stay "in progress": the next deploy closes it.
+    let releases = p.releases(&tb);
+    assert!(
+        releases.iter().all(|r| r["outcome"] != "in-progress"),
+        "{releases:#?}"
+    );
     for h in &tb.hosts {
         let c = containers(&tb, &h.name, &p.name);
         assert_eq!(c.len(), 1, "{}: {c:?}", h.name);

@@ -337,6 +337,19 @@ impl Store {
         }
     }
 
+    /// Mark `failed` every release still `in-progress`. Call it holding the deploy lock: the
+    /// deploys that wrote those records are gone (killed mid-rollout), since the lock is ours.
+    pub async fn close_interrupted(&self) -> Result<Vec<u64>, LedgerError> {
+        let mut closed = Vec::new();
+        for r in self.releases().await? {
+            if r.outcome == ReleaseOutcome::InProgress {
+                self.update_release(r.id, ReleaseOutcome::Failed).await?;
+                closed.push(r.id);
+            }
+        }
+        Ok(closed)
+    }
+
     pub async fn last_good(
         &self,
         excluding: Option<&BTreeMap<String, String>>,

@@ -380,6 +380,14 @@ async fn converge_on(
     hooks::run_all(HookKind::PreDeploy, &desired.hooks.pre_deploy, &hook_env)
         .await
         .map_err(|e| miette!(help = "nothing was changed", "{e}"))?;
+    match store.close_interrupted().await {
+        Ok(ids) if !ids.is_empty() => line(
+            "ledger",
+            &format!("releases {ids:?} were interrupted (fleet was killed): marked failed"),
+        ),
+        Ok(_) => {}
+        Err(e) => line("ledger", &format!("could not read the ledger: {e}")),
+    }
     let release = match store
         .append_release(Release::begin(lock.holder(), versions.clone(), &summary))
         .await
