@@ -150,13 +150,7 @@ async fn lock_child() {
     )
     .await
     .unwrap();
-    {
-        // Straight to the handle: the harness's capture would keep a println! from the parent.
-        use std::io::Write as _;
-        let mut out = std::io::stdout();
-        writeln!(out, "\nACQUIRED {}", std::process::id()).unwrap();
-        out.flush().unwrap();
-    }
+    announce_acquired();
     tokio::time::sleep(Duration::from_secs(120)).await;
     drop(held);
 }
@@ -418,12 +412,7 @@ async fn host_lock_child() {
     )
     .await
     .unwrap();
-    {
-        use std::io::Write as _;
-        let mut out = std::io::stdout();
-        writeln!(out, "\nACQUIRED {}", std::process::id()).unwrap();
-        out.flush().unwrap();
-    }
+    announce_acquired();
     tokio::time::sleep(Duration::from_secs(120)).await;
     drop(held);
 }
@@ -571,4 +560,13 @@ async fn host_ledger_appends_updates_and_lists() {
         "h1",
         &format!("rm -f {}", ledger::ledger_file(&project, "prod")),
     );
+}
+
+/// Tells the parent test that this child process holds the lock. Straight to the stdout
+/// handle: the harness's capture would keep a `println!` from the parent.
+fn announce_acquired() {
+    use std::io::Write as _;
+    let mut out = std::io::stdout();
+    writeln!(out, "\nACQUIRED {}", std::process::id()).unwrap();
+    out.flush().unwrap();
 }
