@@ -15,10 +15,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use miette::{IntoDiagnostic, miette};
 
 use super::Global;
+use super::lock::Locked;
 use crate::apply::deploy::{ApplyOptions, Events, Report};
 use crate::apply::hooks::{self, HookKind};
 use crate::apply::ledger::{Release, ReleaseOutcome};
-use crate::apply::lock::{DeployLock, Holder, LockError, Store};
+use crate::apply::lock::{DeployLock, Store};
 use crate::desired::{DesiredState, Versions};
 use crate::host::{ConnectOptions, DEFAULT_PARALLEL, close_all, connect_all};
 use crate::manifest::Loaded;
@@ -237,34 +238,8 @@ pub async fn converge(
         }
     }
     // The lock before anything else touches a host: a second deploy is refused at once.
-    // The store has its own connection options: its SSH master to the first host must not
-    // share a control directory with the per-host sessions below.
-    let store_opts = ConnectOptions::default();
-    let store = Store::open(&desired, &store_opts)
-        .await
-        .map_err(|e| miette!("cannot reach the deploy lock of {}: {e}", c.env))?;
-    let lock = match store
-        .acquire(Holder::current(), &format!("{}: planning", c.verb))
-        .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            store.close().await;
-            let _ = std::fs::remove_dir_all(&store_opts.runtime_dir);
-            return Err(match e {
-                LockError::Held { .. } => miette!(
-                    help = format!(
-                        "wait for it to finish; if its holder is gone, the lock expires by itself \
-                         (or `fleet lock release {}`)",
-                        c.env
-                    ),
-                    "{e}"
-                ),
-                e => miette!("cannot take the deploy lock of {}: {e}", c.env),
-            });
-        }
-    };
-    let mut lock = lock;
+    let Locked { store, mut lock } =
+        Locked::take(&desired, &format!("{}: planning", c.verb)).await?;
     let connect = ConnectOptions::default();
     let result = match ObserveOptions::for_desired(&desired, c.parallel) {
         Ok(oo) => {
@@ -277,14 +252,7 @@ pub async fn converge(
         Err(e) => Err(miette!("{e}")),
     };
     // Released on every path (an error above included).
-    if let Err(e) = lock.release().await {
-        line(
-            "lock",
-            &format!("could not release the deploy lock ({e}); it expires by itself"),
-        );
-    }
-    store.close().await;
-    let _ = std::fs::remove_dir_all(&store_opts.runtime_dir);
+    Locked { store, lock }.release().await;
     result
 }
 

@@ -4,7 +4,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use super::Global;
-use super::status::{Locked, Reach, connect};
+use super::lock::Locked;
+use super::status::{Reach, connect};
 use crate::operate::destroy::{inventory, remove};
 
 #[derive(Debug, clap::Args)]

@@ -6,7 +6,8 @@ use std::time::Duration;
 use miette::{IntoDiagnostic, miette};
 
 use super::Global;
-use crate::apply::lock::{Holder, Store, ago};
+use crate::apply::lock::{DeployLock, Holder, LockError, Store, ago};
+use crate::desired::DesiredState;
 use crate::host::ConnectOptions;
 
 #[derive(Debug, clap::Subcommand)]
@@ -119,4 +120,46 @@ async fn release(store: &Store, env: &str, yes: bool) -> miette::Result<ExitCode
         None => println!("The deploy lock of {env} was already free."),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An environment's deploy lock, held while a command changes what runs (deploy, rollback,
+/// restart, stop, start, destroy), so two of them never race. Release it with
+/// [`Locked::release`] on every path.
+pub(crate) struct Locked {
+    pub(crate) store: Store,
+    pub(crate) lock: DeployLock,
+}
+
+impl Locked {
+    /// Take the lock of `desired`'s environment for `what` (the holder's summary); a lock held
+    /// by someone else is an error naming them and since when.
+    pub(crate) async fn take(desired: &DesiredState, what: &str) -> miette::Result<Locked> {
+        let env = &desired.environment;
+        let store = Store::open(desired, &ConnectOptions::default())
+            .await
+            .map_err(|e| miette!("cannot reach the deploy lock of {env}: {e}"))?;
+        match store.acquire(Holder::current(), what).await {
+            Ok(lock) => Ok(Locked { store, lock }),
+            Err(e) => {
+                store.close().await;
+                Err(match e {
+                    LockError::Held { .. } => miette!(
+                        help = format!(
+                            "wait for it to finish; if its holder is gone, the lock expires by \
+                             itself (or `fleet lock release {env}`)"
+                        ),
+                        "{e}"
+                    ),
+                    e => miette!("cannot take the deploy lock of {env}: {e}"),
+                })
+            }
+        }
+    }
+
+    pub(crate) async fn release(self) {
+        if let Err(e) = self.lock.release().await {
+            eprintln!("warning: could not release the deploy lock ({e}); it expires by itself");
+        }
+        self.store.close().await;
+    }
 }

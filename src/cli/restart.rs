@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use super::Global;
-use super::status::{Locked, Reach, connect};
+use super::lock::Locked;
+use super::status::{Reach, connect};
 use crate::operate::Selector;
 use crate::operate::lifecycle::{Action, run as lifecycle};
 

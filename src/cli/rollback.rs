@@ -44,13 +44,11 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let sources = crate::build::versions(&targets).into_diagnostic()?;
     // The ledger, from the environment's Consul (else its first host).
     let probe = loaded.resolve(&args.env, &sources)?;
-    let opts = ConnectOptions::default();
-    let store = Store::open(&probe, &opts)
+    let store = Store::open(&probe, &ConnectOptions::default())
         .await
         .map_err(|e| miette!("cannot reach the release ledger of {}: {e}", args.env))?;
     let releases = store.releases().await;
     store.close().await;
-    let _ = std::fs::remove_dir_all(&opts.runtime_dir);
     let releases = releases.into_diagnostic()?;
     // What runs now: the newest good release's versions (else the current sources').
     let mut versions: Versions = newest_good(&releases, None)

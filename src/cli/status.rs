@@ -6,8 +6,6 @@ use std::time::Duration;
 use miette::IntoDiagnostic;
 
 use super::Global;
-use crate::apply::lock::{DeployLock, Holder, LockError, Store};
-use crate::desired::DesiredState;
 use crate::host::{ConnectOptions, DEFAULT_PARALLEL};
 use crate::operate::status::{StatusDoc, faults, gather, rows, table};
 use crate::operate::{Connected, Selector};
@@ -36,60 +34,6 @@ pub(crate) async fn connect(env: &str, reach: &Reach, g: &Global) -> miette::Res
     Connected::open(desired, connect, reach.parallel)
         .await
         .into_diagnostic()
-}
-
-/// The environment's deploy lock, held while a command changes what runs (restart, stop,
-/// start, destroy), so it never races a deploy. Release it with [`Locked::release`].
-pub(crate) struct Locked {
-    store: Store,
-    lock: DeployLock,
-    options: ConnectOptions,
-}
-
-impl Locked {
-    /// Take the lock of `desired`'s environment for `what` (the holder's summary); a lock held
-    /// by someone else is an error naming them.
-    pub(crate) async fn take(desired: &DesiredState, what: &str) -> miette::Result<Locked> {
-        // Its own connection options: its SSH master must not share a control directory with
-        // the per-host sessions.
-        let options = ConnectOptions::default();
-        let store = Store::open(desired, &options).await.map_err(|e| {
-            miette::miette!(
-                "cannot reach the deploy lock of {}: {e}",
-                desired.environment
-            )
-        })?;
-        match store.acquire(Holder::current(), what).await {
-            Ok(lock) => Ok(Locked {
-                store,
-                lock,
-                options,
-            }),
-            Err(e) => {
-                store.close().await;
-                let _ = std::fs::remove_dir_all(&options.runtime_dir);
-                Err(match e {
-                    LockError::Held { .. } => miette::miette!(
-                        help =
-                            "wait for the deploy to finish (`fleet lock status` says who holds it)",
-                        "{e}"
-                    ),
-                    e => miette::miette!(
-                        "cannot take the deploy lock of {}: {e}",
-                        desired.environment
-                    ),
-                })
-            }
-        }
-    }
-
-    pub(crate) async fn release(self) {
-        if let Err(e) = self.lock.release().await {
-            eprintln!("warning: could not release the deploy lock ({e}); it expires by itself");
-        }
-        self.store.close().await;
-        let _ = std::fs::remove_dir_all(&self.options.runtime_dir);
-    }
 }
 
 /// Resolves at the first Ctrl-C from now on. The listener is installed at once (a spawned task),
