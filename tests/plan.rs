@@ -14,48 +14,36 @@ use fleet::desired::HostTarget;
 use fleet::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
 use fleet::observe::read::list_containers;
 
+mod support;
+
 /// Tests that use every host take it shared; the one that stops an sshd takes it exclusively.
 static HOSTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
+/// The shared testbed helpers, plus what these tests need: the host count and the registry
+/// settings by their environment names.
 struct Tb {
     dir: PathBuf,
     hosts: u32,
     env: HashMap<String, String>,
+    tb: support::Testbed,
 }
 
 fn testbed(test: &str) -> Option<Tb> {
-    let explicit = std::env::var_os("FLEET_TESTBED").map(PathBuf::from);
-    let dir = explicit
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/testbed"));
-    let load = || -> Result<Tb, String> {
-        let read = |n: &str| std::fs::read_to_string(dir.join(n)).map_err(|e| format!("{n}: {e}"));
-        if !dir.join("READY").exists() {
-            return Err("no READY file".into());
-        }
-        let hosts = read("hosts")?
-            .trim()
-            .parse()
-            .map_err(|_| "bad hosts file")?;
-        let env = read("registry.env")?
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Ok(Tb {
-            dir: dir.clone(),
-            hosts,
-            env,
-        })
-    };
-    match load() {
-        Ok(tb) => Some(tb),
-        Err(why) if explicit.is_some() => panic!("FLEET_TESTBED={}: {why}", dir.display()),
-        Err(why) => {
-            eprintln!("SKIPPED {test}: no testbed at {} ({why})", dir.display());
-            None
-        }
-    }
+    let tb = support::Testbed::get(test)?;
+    let env = [
+        ("FLEET_REGISTRY", &tb.registry),
+        ("FLEET_REGISTRY_USER", &tb.registry_user),
+        ("FLEET_REGISTRY_PASSWORD", &tb.registry_password),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.clone()))
+    .collect();
+    Some(Tb {
+        dir: tb.dir.clone(),
+        hosts: tb.hosts.len() as u32,
+        env,
+        tb,
+    })
 }
 
 impl Tb {
@@ -161,10 +149,7 @@ async fn connects_to_every_host_in_parallel_and_reads_each_engine() {
 #[tokio::test(flavor = "multi_thread")]
 async fn finds_managed_containers_by_label_through_the_forwarded_socket() {
     use bollard::models::ContainerCreateBody;
-    use bollard::query_parameters::{
-        CreateContainerOptions, CreateImageOptions, RemoveContainerOptions,
-    };
-    use futures_util::TryStreamExt;
+    use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 
     let Some(tb) = testbed("finds_managed_containers_by_label") else {
         return;
@@ -175,24 +160,7 @@ async fn finds_managed_containers_by_label_through_the_forwarded_socket() {
         .expect("connect h2");
     let docker = s.docker().await.expect("engine");
     let image = format!("{}/fleet-test/hello:v1", tb.env["FLEET_REGISTRY"]);
-    let creds = bollard::auth::DockerCredentials {
-        username: Some(tb.env["FLEET_REGISTRY_USER"].clone()),
-        password: Some(tb.env["FLEET_REGISTRY_PASSWORD"].clone()),
-        serveraddress: Some(tb.env["FLEET_REGISTRY"].clone()),
-        ..Default::default()
-    };
-    docker
-        .create_image(
-            Some(CreateImageOptions {
-                from_image: Some(image.clone()),
-                ..Default::default()
-            }),
-            None,
-            Some(creds),
-        )
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("pull the test image on h2");
+    tb.tb.pull(&docker, &image).await;
     let project = format!("planxport{}", std::process::id());
     let labels: HashMap<String, String> = [
         ("fleet.project", project.as_str()),
@@ -344,30 +312,6 @@ async fn a_stopped_sshd_is_a_per_host_error_and_the_others_still_connect() {
     s.close().await;
 }
 
-/// Pull the test image on a host's engine with the registry credentials.
-async fn pull(tb: &Tb, docker: &bollard::Docker, image: &str) {
-    use bollard::query_parameters::CreateImageOptions;
-    use futures_util::TryStreamExt;
-    let creds = bollard::auth::DockerCredentials {
-        username: Some(tb.env["FLEET_REGISTRY_USER"].clone()),
-        password: Some(tb.env["FLEET_REGISTRY_PASSWORD"].clone()),
-        serveraddress: Some(tb.env["FLEET_REGISTRY"].clone()),
-        ..Default::default()
-    };
-    docker
-        .create_image(
-            Some(CreateImageOptions {
-                from_image: Some(image.to_string()),
-                ..Default::default()
-            }),
-            None,
-            Some(creds),
-        )
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("pull the test image");
-}
-
 /// A desired state for `hello` (2 instances per host) on every testbed host, built by hand
 /// (the manifest module is merged separately; the CLI tests below use the real manifest).
 fn hello_desired(tb: &Tb, project: &str, version: &str) -> fleet::desired::DesiredState {
@@ -462,7 +406,7 @@ async fn plan_live_create_replace_remove_and_a_down_host() {
     let s = HostSession::connect(&tb.target(1), &opts).await.unwrap();
     let docker = s.docker().await.unwrap();
     let image_v1 = format!("{}/fleet-test/hello:v1", tb.env["FLEET_REGISTRY"]);
-    pull(&tb, &docker, &image_v1).await;
+    tb.tb.pull(&docker, &image_v1).await;
     let mut ids = Vec::new();
     for (app, version, spec) in [("hello", "v1", "spec-v1"), ("gone", "v1", "spec-x")] {
         let labels: HashMap<String, String> = [
@@ -698,7 +642,7 @@ async fn e2e_replace_remove_create_and_deregister() {
     let s = HostSession::connect(&t.tb.target(1), &opts).await.unwrap();
     let docker = s.docker().await.unwrap();
     let image = format!("{}/fleet-test/hello:v1", t.tb.env["FLEET_REGISTRY"]);
-    pull(&t.tb, &docker, &image).await;
+    t.tb.tb.pull(&docker, &image).await;
     // hello#1 with fleet's labels but an older spec; an app no longer in the manifest.
     let mut ids = Vec::new();
     for (app, version, spec) in [

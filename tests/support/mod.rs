@@ -212,6 +212,30 @@ impl Testbed {
 
     /// The real `fleet` binary, with the environment that points it at this testbed:
     /// FLEET_SSH_CONFIG (known_hosts, key), FLEET_REGISTRY*, FLEET_TESTBED.
+    /// Pull `image` on a host's engine with the registry credentials.
+    pub async fn pull(&self, docker: &bollard::Docker, image: &str) {
+        use bollard::query_parameters::CreateImageOptions;
+        use futures_util::TryStreamExt;
+        let creds = bollard::auth::DockerCredentials {
+            username: Some(self.registry_user.clone()),
+            password: Some(self.registry_password.clone()),
+            serveraddress: Some(self.registry.clone()),
+            ..Default::default()
+        };
+        docker
+            .create_image(
+                Some(CreateImageOptions {
+                    from_image: Some(image.to_string()),
+                    ..Default::default()
+                }),
+                None,
+                Some(creds),
+            )
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_or_else(|e| panic!("pull {image}: {e}"));
+    }
+
     pub fn fleet(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_fleet"));
         c.env("FLEET_SSH_CONFIG", self.ssh_config())

@@ -62,29 +62,6 @@ pub fn resolve(path: &Path, env: &str) -> DesiredState {
         .expect("the test manifest resolves")
 }
 
-async fn pull(tb: &Testbed, docker: &bollard::Docker, image: &str) {
-    use bollard::query_parameters::CreateImageOptions;
-    use futures_util::TryStreamExt;
-    let creds = bollard::auth::DockerCredentials {
-        username: Some(tb.registry_user.clone()),
-        password: Some(tb.registry_password.clone()),
-        serveraddress: Some(tb.registry.clone()),
-        ..Default::default()
-    };
-    docker
-        .create_image(
-            Some(CreateImageOptions {
-                from_image: Some(image.to_string()),
-                ..Default::default()
-            }),
-            None,
-            Some(creds),
-        )
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("pull the test image");
-}
-
 /// Start every instance of `desired` as `apply` would, on every host at once.
 /// `entrypoint` (per app) replaces the image's entrypoint for that app's containers.
 pub async fn start_instances(tb: &Testbed, desired: &DesiredState, entrypoint: &[(&str, &[&str])]) {
@@ -107,7 +84,7 @@ pub async fn start_instances(tb: &Testbed, desired: &DesiredState, entrypoint: &
             let mut pulled = std::collections::BTreeSet::new();
             for spec in &h.instances {
                 if pulled.insert(spec.container.image.clone()) {
-                    pull(tb, &docker, &spec.container.image).await;
+                    tb.pull(&docker, &spec.container.image).await;
                 }
                 let mut spec = spec.clone();
                 for p in &mut spec.container.ports {
