@@ -222,36 +222,51 @@ pub fn outcome_of(report: &Report) -> ReleaseOutcome {
     }
 }
 
-/// Resolve with `versions`, take the deploy lock, observe, plan, confirm, run the
-/// `pre_deploy` hooks, record the release, apply, record its outcome, run the `post_deploy`
-/// hooks, release the lock. The exit code is 1 on a failed instance.
+/// Resolve with `versions`, take the deploy lock, then [`converge_locked`].
 pub async fn converge(
     loaded: &Loaded,
     versions: &Versions,
     c: &Converge,
     t0: Instant,
 ) -> miette::Result<ExitCode> {
+    let desired = resolve(loaded, versions, c)?;
+    // The lock before anything else touches a host: a second deploy is refused at once.
+    let locked = Locked::take(&desired, &format!("{}: planning", c.verb)).await?;
+    converge_locked(&desired, c, t0, locked).await
+}
+
+/// The desired state of `c.env` with `versions`, checking that `c.apps` exist there.
+pub fn resolve(loaded: &Loaded, versions: &Versions, c: &Converge) -> miette::Result<DesiredState> {
     let desired = loaded.resolve(&c.env, versions)?;
     for a in &c.apps {
         if !desired.apps.iter().any(|d| &d.name == a) {
             return Err(miette!("there is no app `{a}` in environment {}", c.env));
         }
     }
-    // The lock before anything else touches a host: a second deploy is refused at once.
-    let Locked { store, mut lock } =
-        Locked::take(&desired, &format!("{}: planning", c.verb)).await?;
+    Ok(desired)
+}
+
+/// Holding the deploy lock: observe, plan, confirm, run the `pre_deploy` hooks, record the
+/// release, apply, record its outcome, run the `post_deploy` hooks; the lock is released on
+/// every path. The exit code is 1 on a failed instance.
+pub(crate) async fn converge_locked(
+    desired: &DesiredState,
+    c: &Converge,
+    t0: Instant,
+    locked: Locked,
+) -> miette::Result<ExitCode> {
+    let Locked { store, mut lock } = locked;
     let connect = ConnectOptions::default();
-    let result = match ObserveOptions::for_desired(&desired, c.parallel) {
+    let result = match ObserveOptions::for_desired(desired, c.parallel) {
         Ok(oo) => {
             let targets: Vec<_> = desired.hosts.iter().map(|h| h.target.clone()).collect();
             let sessions = connect_all(&targets, &connect, c.parallel).await;
-            let r = converge_on(&desired, &sessions, &oo, c, t0, &store, &mut lock).await;
+            let r = converge_on(desired, &sessions, &oo, c, t0, &store, &mut lock).await;
             close_all(sessions, &connect).await;
             r
         }
         Err(e) => Err(miette!("{e}")),
     };
-    // Released on every path (an error above included).
     Locked { store, lock }.release().await;
     result
 }

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use miette::{IntoDiagnostic, miette};
 
 use super::Global;
-use super::deploy::{Converge, converge};
+use super::deploy::{Converge, converge_locked, resolve};
+use super::lock::Locked;
 use crate::apply::ledger::{Release, ReleaseOutcome, newest_good};
-use crate::apply::lock::Store;
 use crate::desired::Versions;
-use crate::host::{ConnectOptions, DEFAULT_PARALLEL};
+use crate::host::DEFAULT_PARALLEL;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -42,16 +42,43 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     loaded.check_environment(&args.env)?;
     let (targets, _) = loaded.build_targets();
     let sources = crate::build::versions(&targets).into_diagnostic()?;
-    // The ledger, from the environment's Consul (else its first host).
+    // The lock first, then the ledger read under it: what runs cannot change in between.
     let probe = loaded.resolve(&args.env, &sources)?;
-    let store = Store::open(&probe, &ConnectOptions::default())
-        .await
-        .map_err(|e| miette!("cannot reach the release ledger of {}: {e}", args.env))?;
-    let releases = store.releases().await;
-    store.close().await;
-    let releases = releases.into_diagnostic()?;
-    // What runs now: the newest good release's versions (else the current sources').
-    let mut versions: Versions = newest_good(&releases, None)
+    let locked = Locked::take(&probe, "rollback: planning").await?;
+    let c = Converge {
+        env: args.env.clone(),
+        apps: args.app.clone().into_iter().collect(),
+        yes: args.yes,
+        saved_plan: None,
+        rollback: true,
+        json: args.json,
+        parallel: args.parallel,
+        drain: args.drain,
+        verb: "rollback",
+    };
+    let chosen = async {
+        let releases = locked.store.releases().await.into_diagnostic()?;
+        let versions = versions_to_return_to(&args, &targets, sources, &releases)?;
+        resolve(&loaded, &versions, &c)
+    };
+    match chosen.await {
+        Ok(desired) => converge_locked(&desired, &c, t0, locked).await,
+        Err(e) => {
+            locked.release().await;
+            Err(e)
+        }
+    }
+}
+
+/// The versions a rollback converges on: what runs now (the newest good release, else the
+/// current sources) with the rolled-back apps set to `--to` or to the release before.
+fn versions_to_return_to(
+    args: &Args,
+    targets: &[crate::desired::BuildTarget],
+    sources: Versions,
+    releases: &[Release],
+) -> miette::Result<Versions> {
+    let mut versions: Versions = newest_good(releases, None)
         .map(|r| r.versions.clone())
         .unwrap_or(sources);
     let target: Versions = match &args.to {
@@ -63,7 +90,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
             apps.into_iter().map(|a| (a, v.clone())).collect()
         }
         None => {
-            let Some(r) = rollback_target(&releases, &versions, args.app.as_deref()) else {
+            let Some(r) = rollback_target(releases, &versions, args.app.as_deref()) else {
                 return Err(miette!(
                     help = "name a version with --to VERSION (`fleet releases ENV` lists them)",
                     "no earlier good release of {} to return to",
@@ -88,18 +115,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         eprintln!("rollback: {app} -> {v}");
         versions.insert(app.clone(), v.clone());
     }
-    let c = Converge {
-        env: args.env,
-        apps: args.app.into_iter().collect(),
-        yes: args.yes,
-        saved_plan: None,
-        rollback: true,
-        json: args.json,
-        parallel: args.parallel,
-        drain: args.drain,
-        verb: "rollback",
-    };
-    converge(&loaded, &versions, &c, t0).await
+    Ok(versions)
 }
 
 /// The release to return to: the newest succeeded one whose versions differ from `current`
