@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::Global;
 use super::lock::Locked;
-use super::status::{Reach, connect};
+use super::reach::{Reach, connect};
 use crate::operate::destroy::{inventory, remove};
 
 #[derive(Debug, clap::Args)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use miette::IntoDiagnostic;
 
 use super::Global;
-use super::status::{Reach, connect};
+use super::reach::{Reach, connect};
 use crate::operate::{Selector, exec};
 
 #[derive(Debug, clap::Args)]

@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use super::Global;
-use super::status::{Reach, connect};
+use super::reach::{Reach, connect};
 use crate::operate::{Selector, info};
 
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::Global;
-use super::status::{Reach, connect, interrupted};
+use super::reach::{Reach, connect, interrupted};
 use crate::operate::Selector;
 use crate::operate::logs::{Event, LogOptions, Stream, collect, follow};
 

@@ -18,6 +18,7 @@ pub mod init;
 pub mod lock;
 pub mod logs;
 pub mod plan;
+pub mod reach;
 pub mod releases;
 pub mod restart;
 pub mod rollback;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use super::Global;
 use super::lock::Locked;
-use super::status::{Reach, connect};
+use super::reach::{Reach, connect};
 use crate::operate::Selector;
 use crate::operate::lifecycle::{Action, run as lifecycle};
 

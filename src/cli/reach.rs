@@ -1,0 +1,48 @@
+//! What every operate command (status, info, logs, restart / stop / start, exec, destroy)
+//! shares: how to reach an environment's hosts, and Ctrl-C.
+use std::time::Duration;
+
+use miette::IntoDiagnostic;
+
+use super::Global;
+use crate::host::{ConnectOptions, DEFAULT_PARALLEL};
+use crate::operate::Connected;
+
+/// How to reach the hosts; shared by every operate command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Reach {
+    /// How many hosts to connect to at once.
+    #[arg(long, default_value_t = DEFAULT_PARALLEL, value_name = "N")]
+    pub parallel: usize,
+    /// Give up on a host after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+/// Load the manifest, resolve `env` and connect to its hosts: the start of every operate command.
+pub(crate) async fn connect(env: &str, reach: &Reach, g: &Global) -> miette::Result<Connected> {
+    let loaded = crate::manifest::load(g.file.as_deref())?;
+    let (targets, _registry) = loaded.build_targets();
+    let versions = crate::build::versions(&targets).into_diagnostic()?;
+    let desired = loaded.resolve(env, &versions)?;
+    let connect = ConnectOptions {
+        connect_timeout: reach.connect_timeout,
+        ..ConnectOptions::default()
+    };
+    Connected::open(desired, connect, reach.parallel)
+        .await
+        .into_diagnostic()
+}
+
+/// Resolves at the first Ctrl-C from now on. The listener is installed at once (a spawned task),
+/// so a Ctrl-C while hosts are being read is seen too, and the command can close its SSH
+/// masters instead of dying with them left running.
+pub(crate) fn interrupted() -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = tx.send(());
+        }
+    });
+    rx
+}
