@@ -11,6 +11,8 @@
 //!   `ConnectOptions::ssh_config`) names another config file (`ssh -F`);
 //! - control sockets and forwarded sockets live under a short directory
 //!   (`/tmp/fleet-<pid>-<n>/`): unix socket paths are limited to 108 bytes;
+//! - masters are kept for a minute after a command and reused by the next one (`reuse.rs`,
+//!   `FLEET_SSH_PERSIST`); a command's own forwards are closed when it ends either way;
 //! - `bollard` does not negotiate the API version by itself: `docker()` does, and refuses
 //!   engines older than API 1.41.
 
@@ -26,6 +28,8 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::desired::HostTarget;
 use crate::errors::chain;
+
+mod reuse;
 
 /// The oldest Docker Engine API fleet talks to.
 pub const MIN_API: (usize, usize) = (1, 41);
@@ -147,6 +151,9 @@ pub struct ConnectOptions {
     pub runtime_dir: PathBuf,
     /// Per-request timeout for the Docker engine, seconds.
     pub docker_timeout_secs: u64,
+    /// Keep each SSH master this long after its last channel, for the next command to reuse
+    /// (`FLEET_SSH_PERSIST`, default 60 s); `None` opens and closes one per command.
+    pub persist: Option<Duration>,
 }
 
 static RUNTIME_SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -163,13 +170,17 @@ impl Default for ConnectOptions {
             accept_new_host_keys: std::env::var("FLEET_SSH_ACCEPT_NEW").as_deref() == Ok("1"),
             runtime_dir: PathBuf::from(format!("/tmp/fleet-{}-{n}", std::process::id())),
             docker_timeout_secs: 120,
+            persist: reuse::persist_from_env(),
         }
     }
 }
 
 enum Link {
     Local,
+    /// Our own master, closed with the session.
     Ssh(Session),
+    /// A kept master (`reuse.rs`): only our forwards are closed with the session.
+    Kept(Session),
 }
 
 /// An open connection to one host. Reuse it for the whole command; `close()` it at the end.
@@ -269,6 +280,53 @@ fn short_name(name: &str) -> String {
     format!("{:08x}", h as u32)
 }
 
+/// A master of this command's own (no reuse): closed with the session, and gone two minutes
+/// after a killed fleet's last channel.
+async fn own_master(
+    target: &HostTarget,
+    opts: &ConnectOptions,
+    dir: &Path,
+) -> Result<Session, HostError> {
+    let mut b = SessionBuilder::default();
+    b.known_hosts_check(if opts.accept_new_host_keys {
+        KnownHosts::Add
+    } else {
+        KnownHosts::Strict
+    })
+    .connect_timeout(opts.connect_timeout)
+    .server_alive_interval(Duration::from_secs(15))
+    // A master whose fleet was killed (SIGKILL, lost terminal) must not live forever:
+    // it exits after two minutes without a channel. A running command always has one
+    // within that time (requests, health polls, lock renewals, a followed log).
+    .control_persist(ControlPersist::IdleFor(
+        NonZeroUsize::new(120).expect("not zero"),
+    ))
+    .control_directory(dir);
+    if let Some(u) = &target.user {
+        b.user(u.clone());
+    }
+    if let Some(p) = target.port {
+        b.port(p);
+    }
+    if let Some(k) = &target.identity_file {
+        b.keyfile(k);
+    }
+    if let Some(c) = &opts.ssh_config {
+        b.config_file(c);
+    }
+    // ssh enforces ConnectTimeout for TCP only; bound the handshake too.
+    let limit = opts.connect_timeout + Duration::from_secs(5);
+    match tokio::time::timeout(limit, b.connect_mux(&target.address)).await {
+        Err(_) => Err(HostError::Unreachable {
+            host: target.name.clone(),
+            address: target.address.clone(),
+            cause: format!("no SSH session after {}", humantime::format_duration(limit)),
+        }),
+        Ok(Err(e)) => Err(classify(target, &chain(&e))),
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
 impl HostSession {
     /// Connect to one host: SSH master (native mux) unless the address is `local`.
     pub async fn connect(target: &HostTarget, opts: &ConnectOptions) -> Result<Self, HostError> {
@@ -279,52 +337,16 @@ impl HostSession {
             .runtime_dir
             .join(format!("{}-{k}", short_name(&target.name)));
         make_dir(&dir)?;
+        let kept = match opts.persist {
+            Some(p) if !target.is_local() => reuse::cache_dir().map(|d| (d, p)),
+            _ => None,
+        };
         let link = if target.is_local() {
             Link::Local
+        } else if let Some((cache, persist)) = kept {
+            Link::Kept(reuse::connect(target, opts, &cache, persist).await?)
         } else {
-            let mut b = SessionBuilder::default();
-            b.known_hosts_check(if opts.accept_new_host_keys {
-                KnownHosts::Add
-            } else {
-                KnownHosts::Strict
-            })
-            .connect_timeout(opts.connect_timeout)
-            .server_alive_interval(Duration::from_secs(15))
-            // A master whose fleet was killed (SIGKILL, lost terminal) must not live forever:
-            // it exits after two minutes without a channel. A running command always has one
-            // within that time (requests, health polls, lock renewals, a followed log).
-            .control_persist(ControlPersist::IdleFor(
-                NonZeroUsize::new(120).expect("not zero"),
-            ))
-            .control_directory(&dir);
-            if let Some(u) = &target.user {
-                b.user(u.clone());
-            }
-            if let Some(p) = target.port {
-                b.port(p);
-            }
-            if let Some(k) = &target.identity_file {
-                b.keyfile(k);
-            }
-            if let Some(c) = &opts.ssh_config {
-                b.config_file(c);
-            }
-            // ssh enforces ConnectTimeout for TCP only; bound the handshake too.
-            let limit = opts.connect_timeout + Duration::from_secs(5);
-            match tokio::time::timeout(limit, b.connect_mux(&target.address)).await {
-                Err(_) => {
-                    return Err(HostError::Unreachable {
-                        host: target.name.clone(),
-                        address: target.address.clone(),
-                        cause: format!(
-                            "no SSH session after {}",
-                            humantime::format_duration(limit)
-                        ),
-                    });
-                }
-                Ok(Err(e)) => return Err(classify(target, &chain(&e))),
-                Ok(Ok(s)) => Link::Ssh(s),
-            }
+            Link::Ssh(own_master(target, opts, &dir).await?)
         };
         Ok(HostSession {
             target: target.clone(),
@@ -369,7 +391,7 @@ impl HostSession {
             .get_or_try_init(|| async {
                 let socket = match &self.link {
                     Link::Local => PathBuf::from(&self.target.docker_socket),
-                    Link::Ssh(s) => {
+                    Link::Ssh(s) | Link::Kept(s) => {
                         let local = self.dir.join("docker.sock");
                         let _ = std::fs::remove_file(&local);
                         s.request_port_forward(
@@ -387,26 +409,29 @@ impl HostSession {
                         local
                     }
                 };
-                let path = socket.to_string_lossy();
-                let docker = Docker::connect_with_unix(
-                    &path,
-                    self.docker_timeout_secs,
-                    bollard::API_DEFAULT_VERSION,
-                )
-                .map_err(|e| self.engine_down(chain(&e)))?;
-                let docker =
-                    tokio::time::timeout(Duration::from_secs(15), docker.negotiate_version())
-                        .await
-                        .map_err(|_| self.engine_down("no answer within 15s"))?
-                        .map_err(|e| self.engine_down(chain(&e)))?;
-                let v = docker.client_version();
-                if (v.major_version, v.minor_version) < MIN_API {
+                let api = tokio::time::timeout(Duration::from_secs(15), ping_api(&socket))
+                    .await
+                    .map_err(|_| self.engine_down("no answer within 15s"))?
+                    .map_err(|e| self.engine_down(e))?;
+                if api < MIN_API {
                     return Err(HostError::EngineTooOld {
                         host: self.target.name.clone(),
                         address: self.target.address.clone(),
-                        api: format!("{}.{}", v.major_version, v.minor_version),
+                        api: format!("{}.{}", api.0, api.1),
                     });
                 }
+                let newest = bollard::API_DEFAULT_VERSION;
+                let (major_version, minor_version) =
+                    api.min((newest.major_version, newest.minor_version));
+                let docker = Docker::connect_with_unix(
+                    &socket.to_string_lossy(),
+                    self.docker_timeout_secs,
+                    &bollard::ClientVersion {
+                        major_version,
+                        minor_version,
+                    },
+                )
+                .map_err(|e| self.engine_down(chain(&e)))?;
                 Ok(docker)
             })
             .await
@@ -429,7 +454,7 @@ impl HostSession {
                     .and_then(|mut a| a.next())
                     .ok_or_else(|| self.forward_err(what.clone(), "cannot resolve"));
             }
-            Link::Ssh(s) => s,
+            Link::Ssh(s) | Link::Kept(s) => s,
         };
         let mut forwards = self.forwards.lock().await;
         if let Some((p, _, _)) = forwards
@@ -505,7 +530,7 @@ impl HostSession {
                     address: self.target.address.clone(),
                     cause: format!("cannot run sh: {e}"),
                 })?,
-            Link::Ssh(s) => s
+            Link::Ssh(s) | Link::Kept(s) => s
                 .command("sh")
                 .arg("-c")
                 .arg(script)
@@ -521,10 +546,41 @@ impl HostSession {
         })
     }
 
-    /// Close the SSH master (which ends every forward) and remove this host's sockets.
+    /// Close the SSH master (which ends every forward), or for a kept master the forwards
+    /// this session opened; then remove this host's sockets.
     pub async fn close(self) {
-        if let Link::Ssh(s) = self.link {
-            let _ = s.close().await;
+        match self.link {
+            Link::Local => {}
+            Link::Ssh(s) => {
+                let _ = s.close().await;
+            }
+            Link::Kept(s) => {
+                if self.docker.initialized() {
+                    let _ = s
+                        .close_port_forward(
+                            ForwardType::Local,
+                            Socket::from(self.dir.join("docker.sock")),
+                            Socket::from(PathBuf::from(&self.target.docker_socket)),
+                        )
+                        .await;
+                }
+                for (port, host, remote) in self.forwards.into_inner() {
+                    let _ = s
+                        .close_port_forward(
+                            ForwardType::Local,
+                            Socket::TcpSocket {
+                                host: "127.0.0.1".into(),
+                                port,
+                            },
+                            Socket::TcpSocket {
+                                host: host.into(),
+                                port: remote,
+                            },
+                        )
+                        .await;
+                }
+                let _ = s.detach();
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // The runtime directory goes with its last session.
@@ -532,6 +588,50 @@ impl HostSession {
             let _ = std::fs::remove_dir(parent);
         }
     }
+}
+
+/// The engine's API version from `GET /_ping`'s `Api-Version` header, as the docker CLI
+/// negotiates. Not `/version`: that one makes the engine run `runc --version` and
+/// `docker-init --version` for its component list, on every call.
+async fn ping_api(socket: &Path) -> Result<(usize, usize), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    s.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    // Read the head only: waiting for the engine's close would wait on the SSH channel's
+    // teardown too.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    parse_ping(&String::from_utf8_lossy(&head))
+}
+
+fn parse_ping(response: &str) -> Result<(usize, usize), String> {
+    let mut lines = response.lines();
+    let status = lines.next().unwrap_or_default();
+    if !status.starts_with("HTTP/1.") {
+        return Err(format!("not an HTTP answer: {status:?}"));
+    }
+    let version = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("api-version"))
+        .map(|(_, v)| v.trim().to_string())
+        .ok_or_else(|| format!("no Api-Version header in the answer to /_ping ({status})"))?;
+    let (major, minor) = version
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or_else(|| format!("unreadable Api-Version {version:?}"))?;
+    Ok((major, minor))
 }
 
 /// What a script run by [`HostSession::run_sh`] left.
@@ -631,6 +731,17 @@ mod tests {
             .join(".ssh-connectionXXXXXX")
             .join("master");
         assert!(p.as_os_str().len() < 100, "{}", p.display());
+    }
+
+    #[test]
+    fn reads_the_api_version_from_ping() {
+        let ok = "HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nDocker-Experimental: false\r\n\r\nOK";
+        assert_eq!(parse_ping(ok), Ok((1, 41)));
+        let lower = "HTTP/1.1 200 OK\r\napi-version:1.45\r\n\r\nOK";
+        assert_eq!(parse_ping(lower), Ok((1, 45)));
+        assert!(parse_ping("HTTP/1.1 200 OK\r\n\r\nApi-Version: 1.41").is_err());
+        assert!(parse_ping("SSH-2.0-OpenSSH").is_err());
+        assert!(parse_ping("HTTP/1.1 200 OK\r\nApi-Version: one\r\n\r\n").is_err());
     }
 
     #[test]
