@@ -180,6 +180,7 @@ impl Agents {
     async fn open(tb: &Testbed) -> Agents {
         let opts = ConnectOptions {
             ssh_config: Some(tb.ssh_config()),
+            persist: None,
             ..ConnectOptions::default()
         };
         let mut sessions = Vec::new();

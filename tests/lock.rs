@@ -291,6 +291,7 @@ async fn h1(tb: &support::Testbed) -> (Arc<HostSession>, ConnectOptions) {
     };
     let opts = ConnectOptions {
         ssh_config: Some(tb.ssh_config()),
+        persist: None,
         ..ConnectOptions::default()
     };
     (

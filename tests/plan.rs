@@ -63,6 +63,7 @@ impl Tb {
         ConnectOptions {
             ssh_config: Some(self.dir.join("ssh_config")),
             connect_timeout: Duration::from_secs(5),
+            persist: None,
             ..ConnectOptions::default()
         }
     }
@@ -560,6 +561,11 @@ fn e2e(test: &str) -> Option<E2e> {
 
 impl E2e {
     fn fleet(&self, args: &[&str]) -> (i32, String, String) {
+        self.fleet_env(args, &[])
+    }
+
+    /// `fleet` with more (or overriding) environment variables.
+    fn fleet_env(&self, args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_fleet"))
             .arg("-f")
             .arg(self.dir.path().join("fleet.toml"))
@@ -569,6 +575,8 @@ impl E2e {
             .envs(&self.tb.env)
             .env("FLEET_SSH_CONFIG", self.tb.dir.join("ssh_config"))
             .env("FLEET_E2E_SECRET", E2E_SECRET)
+            .env("FLEET_SSH_PERSIST", "0")
+            .envs(env.iter().copied())
             .output()
             .expect("run fleet");
         let (o, e) = (
@@ -764,4 +772,101 @@ async fn e2e_a_host_without_sshd_fails_the_plan_but_not_the_others() {
         "{out}"
     );
     assert!(out.contains("h1 (10.200.1.2)\n"), "h1 not planned:\n{out}");
+}
+
+/// The kept masters in `dir` (`host::reuse`): socket path and master pid, per `ssh -O check`.
+fn kept_masters(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some() {
+            continue; // .log, .lock
+        }
+        let o = Command::new("ssh")
+            .arg("-S")
+            .arg(&p)
+            .args(["-O", "check", "x"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stderr).to_string();
+        let pid = text
+            .split("pid=")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .and_then(|n| n.parse().ok());
+        if let Some(pid) = pid {
+            out.push((p, pid));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// TCP ports a process listens on (the forwards an ssh master holds).
+fn listening_ports(pid: u32) -> Vec<String> {
+    let o = Command::new("ss").args(["-Hltnp"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn e2e_a_kept_master_serves_the_next_command_and_a_dead_one_is_replaced() {
+    let Some(t) = e2e("e2e_kept_master") else {
+        return;
+    };
+    let _shared = HOSTS.read().await;
+    let runtime = tempfile::tempdir().unwrap();
+    let persist = Path::new("30s");
+    let env = [
+        ("FLEET_SSH_PERSIST", persist),
+        ("XDG_RUNTIME_DIR", runtime.path()),
+    ];
+    let (code, out, err) = t.fleet_env(&["plan", "production"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let cache = runtime.path().join("fleet-ssh");
+    let first = kept_masters(&cache);
+    // One master per host of manifests/hello (h1..h3).
+    assert_eq!(first.len(), 3, "one master per host: {first:?}");
+    for (_, pid) in &first {
+        // The command closed the forwards it opened (Docker socket, Consul port).
+        assert_eq!(listening_ports(*pid), Vec::<String>::new());
+    }
+
+    // The next command uses the same masters.
+    let (code, out, err) = t.fleet_env(&["plan", "production"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(kept_masters(&cache), first);
+
+    // A master that died (its socket left behind) is replaced by a new one.
+    let (dead_socket, dead_pid) = first[0].clone();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &dead_pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(dead_socket.exists());
+    let (code, out, err) = t.fleet_env(&["plan", "production"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("Plan: "), "{out}");
+    let now = kept_masters(&cache);
+    assert_eq!(now.len(), first.len(), "{now:?}");
+    let replaced = now
+        .iter()
+        .find(|(p, _)| *p == dead_socket)
+        .expect("replaced");
+    assert_ne!(replaced.1, dead_pid);
+    assert_eq!(&now[1..], &first[1..]);
+
+    for (p, _) in now {
+        let _ = Command::new("ssh")
+            .arg("-S")
+            .arg(&p)
+            .args(["-O", "exit", "x"])
+            .output();
+    }
 }

@@ -243,7 +243,10 @@ impl Testbed {
             .env("FLEET_REGISTRY", &self.registry)
             .env("FLEET_REGISTRY_USER", &self.registry_user)
             .env("FLEET_REGISTRY_PASSWORD", &self.registry_password)
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            // Each command makes its own SSH connections: a master kept from an earlier test
+            // would hide a host whose sshd a test stopped. tests/plan.rs tests keeping them.
+            .env("FLEET_SSH_PERSIST", "0");
         c
     }
 }

@@ -49,6 +49,7 @@ pub fn manifest(tb: &Testbed, project: &str, hosts: &[&str], apps: &str) -> Stri
 fn options(tb: &Testbed) -> ConnectOptions {
     ConnectOptions {
         ssh_config: Some(tb.ssh_config()),
+        persist: None,
         ..ConnectOptions::default()
     }
 }
