@@ -4,67 +4,170 @@
 //! - `manifest`: load + resolve 500 apps on 200 hosts (`examples/bench_manifest.rs`, release);
 //! - `build`: hashing a 200 MB context, and a no-change `build --push` of 10 apps
 //!   (`examples/bench_build.rs`, release, against the testbed registry);
-//! - `plan`: a no-op plan of 1, 5, 10, 20 hosts and the ratio to 1 host (`examples/bench_plan.rs`);
+//! - `plan`: a no-op `fleet plan` of 1, 5, 10, 20 hosts, cold and warm, against the SSH floor
+//!   (here);
 //! - `deploy`: a one-app change rolled out to 1, 5, 10, 20 hosts, against the floor (`deploy.rs`).
 //!
-//! Host counts above the testbed's size are skipped or capped: `cargo xtask testbed up --hosts 20`
-//! first for the full series.
+//! Host counts above the testbed's size are skipped: `cargo xtask testbed up --hosts 20` first
+//! for the full series.
+use crate::deploy::{self, KeptMasters};
 use crate::testbed::layout::Layout;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 pub fn run(l: &Layout, what: &str, hosts: &[u32]) -> Result<()> {
-    let counts: Vec<String> = hosts.iter().map(u32::to_string).collect();
     match what {
-        "deploy" => crate::deploy::bench(l, hosts),
+        "deploy" => deploy::bench(l, hosts),
         "manifest" => example(l, "bench_manifest", &[], false),
         "build" => example(l, "bench_build", &["--mb", "200", "--apps", "10"], true),
-        "plan" => {
-            example(
-                l,
-                "bench_plan",
-                &counts.iter().map(String::as_str).collect::<Vec<_>>(),
-                true,
-            )?;
-            ssh_floor(l, hosts)
-        }
+        "plan" => plan(l, hosts),
         other => bail!("unknown benchmark {other}"),
     }
 }
 
-/// The floor under a plan on this machine: plain `ssh HOST true` to N hosts at once (every
-/// handshake's both ends share this machine's cores), best of three, and its own ratio.
-fn ssh_floor(l: &Layout, hosts: &[u32]) -> Result<()> {
-    let have: u32 = std::fs::read_to_string(l.path("hosts"))?.trim().parse()?;
-    let mut one = None;
-    for &n in hosts.iter().filter(|n| **n <= have) {
-        let mut best = std::time::Duration::MAX;
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            let children: Vec<_> = (1..=n)
-                .map(|i| {
-                    Command::new("ssh")
-                        .arg("-F")
-                        .arg(l.path("ssh_config"))
-                        .args([format!("h{i}").as_str(), "true"])
-                        .spawn()
-                })
-                .collect::<Result<_, _>>()?;
-            for mut c in children {
-                if !c.wait()?.success() {
-                    bail!("ssh to a testbed host failed");
+/// `cargo xtask bench plan`: wall time of a no-op `fleet plan` (the release binary; one app
+/// instance per host with its Consul service, deployed beforehand, so the plan reads
+/// containers and registrations and says "No changes.") on 1..N hosts:
+/// - cold: new SSH connections, as a CI job has (`FLEET_SSH_PERSIST=0`);
+/// - warm: the SSH masters the previous command kept (an operator's next command);
+/// - floor: N bare SSH handshakes at once (`ssh -M -f -N`, what one connection costs),
+///   since on this machine every host's sshd shares its two cores with the client.
+fn plan(l: &Layout, sizes: &[u32]) -> Result<()> {
+    let have: u32 = std::fs::read_to_string(l.path("hosts"))
+        .context("no testbed (run `cargo xtask testbed up`)")?
+        .trim()
+        .parse()?;
+    for n in sizes.iter().filter(|n| **n > have) {
+        println!("bench plan: {n} hosts skipped (the testbed has {have})");
+    }
+    let sizes: Vec<u32> = sizes.iter().copied().filter(|n| *n <= have).collect();
+    let Some(&max) = sizes.iter().max() else {
+        bail!("no host count fits the testbed");
+    };
+    let bin = deploy::fleet_bin(l, true)?;
+    let tmp = l.workspace.join("target/bench-plan");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let masters = KeptMasters::new(PathBuf::from(format!(
+        "/tmp/fleet-bench-{}",
+        std::process::id()
+    )))?;
+    let project = "pbench";
+    let full = deploy::bench_project(l, &tmp.join(format!("n{max}")), project, max)?;
+    let (ok, text) = deploy::fleet_env(
+        l,
+        &bin,
+        &full,
+        &["deploy", "bench", "--yes"],
+        &masters.env(false),
+    )?;
+    if !ok {
+        bail!("deploying the bench app to {max} hosts failed:\n{text}");
+    }
+    let result = (|| -> Result<Vec<(u32, Duration, Duration, Duration)>> {
+        let mut rows = Vec::new();
+        for &n in &sizes {
+            let manifest = deploy::bench_project(l, &tmp.join(format!("n{n}")), project, n)?;
+            let best = |warm: bool| -> Result<Duration> {
+                let env = masters.env(warm);
+                let plan = || {
+                    deploy::fleet_env(
+                        l,
+                        &bin,
+                        &manifest,
+                        &["plan", "bench", "--detailed-exitcode"],
+                        &env,
+                    )
+                };
+                if warm {
+                    plan()?; // the command before: its masters are kept
                 }
-            }
-            best = best.min(t.elapsed());
+                let mut best = Duration::MAX;
+                for _ in 0..3 {
+                    let t = Instant::now();
+                    let (ok, text) = plan()?;
+                    let d = t.elapsed();
+                    if !ok || !text.contains("No changes.") {
+                        bail!("not a no-op plan on {n} hosts:\n{text}");
+                    }
+                    best = best.min(d);
+                }
+                Ok(best)
+            };
+            let (cold, warm, floor) = (best(false)?, best(true)?, ssh_floor(l, n)?);
+            println!(
+                "bench plan: {n:>2} host(s): cold {:.3}s  warm {:.3}s  ssh floor {:.3}s",
+                cold.as_secs_f64(),
+                warm.as_secs_f64(),
+                floor.as_secs_f64()
+            );
+            rows.push((n, cold, warm, floor));
         }
-        let base = *one.get_or_insert(best);
+        Ok(rows)
+    })();
+    deploy::cleanup(l, project, max);
+    let rows = result?;
+    println!("\nbench plan: no-op `fleet plan`, release binary, one app instance per host");
+    println!("  hosts    cold    warm   ssh floor");
+    for (n, cold, warm, floor) in &rows {
         println!(
-            "ssh floor, {n:>2} hosts: {:.3} s  ({:.2}x one host)",
-            best.as_secs_f64(),
-            best.as_secs_f64() / base.as_secs_f64()
+            "  {n:>5}  {:>5.3}s  {:>5.3}s  {:>5.3}s",
+            cold.as_secs_f64(),
+            warm.as_secs_f64(),
+            floor.as_secs_f64()
+        );
+    }
+    if let (Some(a), Some(b)) = (rows.first(), rows.last()) {
+        let r = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64();
+        println!(
+            "  {} hosts / {} host: cold {:.2}x, warm {:.2}x, ssh floor {:.2}x (target < 2x; {} hosts < 1.5 s)",
+            b.0,
+            a.0,
+            r(b.1, a.1),
+            r(b.2, a.2),
+            r(b.3, a.3),
+            b.0
         );
     }
     Ok(())
+}
+
+/// N bare SSH connections at once, as fleet opens them (a master: handshake and
+/// authentication, no command), then closed; best of three.
+fn ssh_floor(l: &Layout, n: u32) -> Result<Duration> {
+    let dir = PathBuf::from(format!("/tmp/fleet-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let children: Vec<_> = (1..=n)
+            .map(|i| {
+                Command::new("ssh")
+                    .arg("-F")
+                    .arg(l.path("ssh_config"))
+                    .args(["-M", "-f", "-N", "-S"])
+                    .arg(dir.join(format!("h{i}")))
+                    .arg(format!("h{i}"))
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        for mut c in children {
+            if !c.wait()?.success() {
+                bail!("ssh to a testbed host failed");
+            }
+        }
+        best = best.min(t.elapsed());
+        for i in 1..=n {
+            let _ = Command::new("ssh")
+                .arg("-S")
+                .arg(dir.join(format!("h{i}")))
+                .args(["-O", "exit", "x"])
+                .output();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(best)
 }
 
 /// `cargo run --release --example NAME -- ARGS`, pointed at the testbed when it needs one.

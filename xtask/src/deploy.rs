@@ -6,24 +6,38 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Build the fleet binary (debug) and return its path.
-fn fleet_bin(l: &Layout) -> Result<PathBuf> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "-q", "-p", "fleet", "--bin", "fleet"])
-        .current_dir(&l.workspace)
-        .status()?;
-    if !status.success() {
+/// Build the fleet binary (debug for the demo, release for benchmarks) and return its path.
+pub fn fleet_bin(l: &Layout, release: bool) -> Result<PathBuf> {
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.args(["build", "-q", "-p", "fleet", "--bin", "fleet"]);
+    if release {
+        cargo.arg("--release");
+    }
+    if !cargo.current_dir(&l.workspace).status()?.success() {
         bail!("cargo build -p fleet failed");
     }
-    Ok(l.workspace.join("target/debug/fleet"))
+    let profile = if release { "release" } else { "debug" };
+    Ok(l.workspace.join("target").join(profile).join("fleet"))
 }
 
 /// `fleet ARGS` with the testbed's ssh config and registry credentials.
 fn fleet(l: &Layout, bin: &Path, manifest: &Path, args: &[&str]) -> Result<(bool, String)> {
+    fleet_env(l, bin, manifest, args, &[])
+}
+
+/// `fleet ARGS` with more environment (e.g. `FLEET_SSH_PERSIST`).
+pub fn fleet_env(
+    l: &Layout,
+    bin: &Path,
+    manifest: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> Result<(bool, String)> {
     let mut c = Command::new(bin);
     c.arg("-f").arg(manifest).args(args);
     c.env("NO_COLOR", "1").stdin(std::process::Stdio::null());
     l.point_at(&mut c)?;
+    c.envs(env.iter().copied());
     let out = c.output()?;
     let text = format!(
         "{}{}",
@@ -40,7 +54,7 @@ pub fn demo(l: &Layout) -> Result<()> {
         .unwrap_or(3);
     testbed::up(l, hosts)?;
     image::prepare_app(l)?;
-    let bin = fleet_bin(l)?;
+    let bin = fleet_bin(l, false)?;
     let manifest = l.workspace.join("manifests/hello/fleet.toml");
     println!("== fleet deploy production (build, push, plan, apply)");
     let (ok, text) = fleet(l, &bin, &manifest, &["deploy", "production", "--yes"])?;
@@ -74,8 +88,9 @@ Change manifests/hello/app/index.html and deploy again to see a zero-downtime re
     Ok(())
 }
 
-/// A manifest for the first `n` hosts of the testbed, one app from a copy of manifests/hello.
-fn bench_project(l: &Layout, dir: &Path, n: u32) -> Result<PathBuf> {
+/// A manifest for the first `n` hosts of the testbed, one app from a copy of manifests/hello:
+/// one instance per host, health-checked, registered in the host's Consul agent.
+pub fn bench_project(l: &Layout, dir: &Path, project: &str, n: u32) -> Result<PathBuf> {
     let src = image::prepare_app(l)?;
     let app = dir.join("app");
     std::fs::create_dir_all(&app)?;
@@ -86,15 +101,18 @@ fn bench_project(l: &Layout, dir: &Path, n: u32) -> Result<PathBuf> {
         }
     }
     let mut toml = String::from(
-        "[project]\nname = \"fbench\"\n\n[registry]\nserver = \"10.200.1.1:5000\"\nusername = { env = \"FLEET_REGISTRY_USER\" }\npassword = { env = \"FLEET_REGISTRY_PASSWORD\" }\n\n[consul]\naddress = \"http://127.0.0.1:8500\"\n\n",
-    );
+        "[project]\nname = \"{project}\"\n\n[registry]\nserver = \"10.200.1.1:5000\"\nusername = { env = \"FLEET_REGISTRY_USER\" }\npassword = { env = \"FLEET_REGISTRY_PASSWORD\" }\n\n[consul]\naddress = \"http://127.0.0.1:8500\"\n\n",
+    )
+    .replace("{project}", project);
     for i in 1..=n {
         toml.push_str(&format!(
             "[hosts.h{i}]\naddress = \"10.200.{i}.2\"\nuser = \"root\"\nroles = [\"web\"]\n\n"
         ));
     }
     toml.push_str(
-        "[apps.hello]\nbuild = { context = \"app\" }\nroles = [\"web\"]\nport = 8080\nhealth = { http = \"/health\", interval = \"1s\", timeout = \"1s\", deadline = \"30s\" }\nstop_timeout = \"2s\"\nservice = { name = \"fbench\" }\n\n",
+        "[apps.hello]\nbuild = { context = \"app\" }\nroles = [\"web\"]\nport = 8080\nhealth = { http = \"/health\", interval = \"1s\", timeout = \"1s\", deadline = \"30s\" }\nstop_timeout = \"2s\"\nservice = { name = \"{project}\" }\n\n"
+            .replace("{project}", project)
+            .as_str(),
     );
     let list: Vec<String> = (1..=n).map(|i| format!("\"h{i}\"")).collect();
     toml.push_str(&format!(
@@ -106,40 +124,123 @@ fn bench_project(l: &Layout, dir: &Path, n: u32) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// One replace done by hand on h1 (pull is cached, like fleet's): run the new container on a
-/// free port, wait for its first healthy answer, stop and remove the old one.
-fn floor(l: &Layout, image_ref: &str) -> Result<Duration> {
-    let script = format!(
+/// The same replace done by hand on hosts 1..=n at once (pull cached, like fleet's): run the
+/// new container on a free port, wait for its first healthy answer, stop and remove the old
+/// one. One `ssh` per host, as fleet needs one connection per host too.
+fn floor(l: &Layout, image_ref: &str, n: u32) -> Result<Duration> {
+    let on_all = |script: &str| -> Result<()> {
+        let children: Vec<_> = (1..=n)
+            .map(|i| {
+                Command::new("ssh")
+                    .arg("-F")
+                    .arg(l.path("ssh_config"))
+                    .arg(format!("h{i}"))
+                    .arg(script.replace("HOST", &format!("10.200.{i}.2")))
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        for mut c in children {
+            if !c.wait()?.success() {
+                bail!("the floor's docker commands failed on a host");
+            }
+        }
+        Ok(())
+    };
+    on_all(&format!(
         "docker rm -f fbench-floor-old fbench-floor-new >/dev/null 2>&1; \
          docker run -d --name fbench-floor-old -p 8080 {image_ref} >/dev/null"
-    );
-    testbed::ssh_out(l, 1, &script)?;
+    ))?;
     let t = Instant::now();
-    let script = format!(
+    on_all(&format!(
         "docker run -d --name fbench-floor-new -p 8080 {image_ref} >/dev/null && \
          p=$(docker port fbench-floor-new 8080/tcp | head -1 | sed 's/.*://') && \
-         until curl -sf http://10.200.1.2:$p/health >/dev/null; do sleep 0.05; done && \
+         until curl -sf http://HOST:$p/health >/dev/null; do sleep 0.05; done && \
          docker stop -t 2 fbench-floor-old >/dev/null && docker rm fbench-floor-old >/dev/null"
-    );
-    testbed::ssh_out(l, 1, &script)?;
+    ))?;
     let d = t.elapsed();
-    testbed::ssh_out(l, 1, "docker rm -f fbench-floor-new >/dev/null 2>&1; true")?;
+    on_all("docker rm -f fbench-floor-new >/dev/null 2>&1; true")?;
     Ok(d)
 }
 
-/// `cargo xtask bench deploy [--hosts 1,5,10,20]`: runs on the testbed as it is (sizes larger
-/// than it are skipped and reported; grow it with `cargo xtask testbed up --hosts 20` first
-/// when nobody else uses it).
+/// Remove a bench project's containers and Consul registrations from hosts 1..=n.
+pub fn cleanup(l: &Layout, project: &str, n: u32) {
+    for i in 1..=n {
+        let _ = testbed::ssh_out(
+            l,
+            i,
+            &format!(
+                "ids=$(docker ps -aq --filter label=fleet.project={project}); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; \
+                 for s in $(curl -s http://127.0.0.1:8500/v1/agent/services | grep -o '\"{project}-[^\"]*\"' | tr -d '\"' | sort -u); do \
+                 curl -s -X PUT http://127.0.0.1:8500/v1/agent/service/deregister/$s >/dev/null; done; true"
+            ),
+        );
+    }
+}
+
+/// A private `XDG_RUNTIME_DIR` for a benchmark's kept SSH masters (`FLEET_SSH_PERSIST`), so
+/// that the bench starts with none and leaves none.
+pub struct KeptMasters(pub PathBuf);
+
+impl KeptMasters {
+    pub fn new(dir: PathBuf) -> Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        Ok(KeptMasters(dir))
+    }
+
+    /// Environment for a fleet command: masters kept (`warm`) or none at all.
+    pub fn env(&self, warm: bool) -> Vec<(&'static str, &Path)> {
+        let persist = Path::new(if warm { "60s" } else { "0" });
+        vec![
+            ("FLEET_SSH_PERSIST", persist),
+            ("XDG_RUNTIME_DIR", self.0.as_path()),
+        ]
+    }
+}
+
+impl Drop for KeptMasters {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.0.join("fleet-ssh")) {
+            for e in entries.flatten() {
+                if e.path().extension().is_none() {
+                    let _ = Command::new("ssh")
+                        .arg("-S")
+                        .arg(e.path())
+                        .args(["-O", "exit", "x"])
+                        .output();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `cargo xtask bench deploy [--hosts 1,5,10,20]`: a one-app change rolled out to 1..N hosts
+/// by the release binary, with new SSH connections (cold, as in CI) and with masters kept by
+/// the previous command (warm), against the floor: the same docker operations done by hand on
+/// the same hosts at once. Runs on the testbed as it is (sizes larger than it are skipped);
+/// grow it with `cargo xtask testbed up --hosts 20` first when nobody else uses it.
 pub fn bench(l: &Layout, sizes: &[u32]) -> Result<()> {
     let have: u32 = std::fs::read_to_string(l.path("hosts"))
         .context("no testbed (run `cargo xtask testbed up`)")?
         .trim()
         .parse()?;
-    let bin = fleet_bin(l)?;
+    let bin = fleet_bin(l, true)?;
     let tmp = l.workspace.join("target/bench-deploy");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let mut rows: Vec<(u32, Duration)> = Vec::new();
+    let masters = KeptMasters::new(PathBuf::from(format!(
+        "/tmp/fleet-bench-{}",
+        std::process::id()
+    )))?;
+    // (hosts, cold, warm)
+    let mut rows: Vec<(u32, Duration, Duration)> = Vec::new();
     let mut image_ref = String::new();
     for &n in sizes {
         if n > have {
@@ -147,74 +248,92 @@ pub fn bench(l: &Layout, sizes: &[u32]) -> Result<()> {
             continue;
         }
         let dir = tmp.join(format!("n{n}"));
-        let manifest = bench_project(l, &dir, n)?;
-        // Baseline deployed (untimed), then a one-file change built and pushed (untimed).
-        let (ok, text) = fleet(l, &bin, &manifest, &["deploy", "bench", "--yes"])?;
+        let manifest = bench_project(l, &dir, "fbench", n)?;
+        let run =
+            |args: &[&str], warm: bool| fleet_env(l, &bin, &manifest, args, &masters.env(warm));
+        // Baseline deployed (untimed).
+        let (ok, text) = run(&["deploy", "bench", "--yes"], false)?;
         if !ok {
             bail!("baseline deploy to {n} hosts failed:\n{text}");
         }
-        std::fs::write(
-            dir.join("app/VERSION"),
-            format!("bench-{n}-{}\n", std::process::id()),
-        )?;
-        let (ok, text) = fleet(l, &bin, &manifest, &["build", "--push"])?;
-        if !ok {
-            bail!("build failed:\n{text}");
-        }
-        let t = Instant::now();
-        let (ok, text) = fleet(
-            l,
-            &bin,
-            &manifest,
-            &["deploy", "bench", "--yes", "--no-build", "--drain", "0s"],
-        )?;
-        let d = t.elapsed();
-        if !ok {
-            bail!("timed deploy to {n} hosts failed:\n{text}");
-        }
-        println!("bench deploy: {n:>2} host(s): {:.2}s", d.as_secs_f64());
-        rows.push((n, d));
-        // The newest image: older ones may be pruned from h1 by later rounds (keep 3).
-        {
-            image_ref = testbed::ssh_out(
-                l,
-                1,
-                "docker ps --filter label=fleet.project=fbench --format '{{.Image}}' | head -1",
+        let timed = |warm: bool| -> Result<Duration> {
+            // A one-file change, built and pushed (untimed).
+            std::fs::write(
+                dir.join("app/VERSION"),
+                format!("bench-{n}-{warm}-{}\n", std::process::id()),
             )?;
-        }
-    }
-    // Clean up the bench's containers and registrations.
-    for i in 1..=have.min(*sizes.iter().max().unwrap_or(&1)) {
-        let _ = testbed::ssh_out(
-            l,
-            i,
-            "ids=$(docker ps -aq --filter label=fleet.project=fbench); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; \
-             for s in $(curl -s http://127.0.0.1:8500/v1/agent/services | grep -o '\"fbench-[^\"]*\"' | tr -d '\"' | sort -u); do \
-             curl -s -X PUT http://127.0.0.1:8500/v1/agent/service/deregister/$s >/dev/null; done; true",
+            let (ok, text) = run(&["build", "--push"], warm)?;
+            if !ok {
+                bail!("build failed:\n{text}");
+            }
+            if warm {
+                // The command before (here a plan) leaves its masters for the deploy.
+                run(&["plan", "bench"], true)?;
+            }
+            let t = Instant::now();
+            let (ok, text) = run(
+                &["deploy", "bench", "--yes", "--no-build", "--drain", "0s"],
+                warm,
+            )?;
+            let d = t.elapsed();
+            if !ok {
+                bail!("timed deploy to {n} hosts failed:\n{text}");
+            }
+            Ok(d)
+        };
+        let cold = timed(false)?;
+        let warm = timed(true)?;
+        println!(
+            "bench deploy: {n:>2} host(s): cold {:.2}s  warm {:.2}s",
+            cold.as_secs_f64(),
+            warm.as_secs_f64()
         );
+        rows.push((n, cold, warm));
+        // The newest image: older ones may be pruned from h1 by later rounds (keep 3).
+        image_ref = testbed::ssh_out(
+            l,
+            1,
+            "docker ps --filter label=fleet.project=fbench --format '{{.Image}}' | head -1",
+        )?;
     }
+    cleanup(l, "fbench", have.min(*sizes.iter().max().unwrap_or(&1)));
+    drop(masters);
     if image_ref.is_empty() {
         return Ok(());
     }
-    let f = floor(l, &image_ref)?;
     println!(
-        "bench deploy: floor (same docker ops by hand on h1): {:.2}s",
-        f.as_secs_f64()
+        "\nbench deploy: a one-app change, release binary, Consul check interval 1s; floor = the same docker ops by hand on the same hosts at once"
     );
-    let one = rows.iter().find(|(n, _)| *n == 1).map(|r| r.1);
-    for (n, d) in &rows {
-        let vs_one = one.map(|o| d.as_secs_f64() / o.as_secs_f64());
+    println!("  hosts    cold    warm   floor   cold/floor  warm/floor");
+    let mut floors = Vec::new();
+    for (n, cold, warm) in &rows {
+        let f = floor(l, &image_ref, *n)?;
+        floors.push(f);
         println!(
-            "  {n:>2} hosts: {:>6.2}s  {:>5.2}x floor{}",
-            d.as_secs_f64(),
-            d.as_secs_f64() / f.as_secs_f64(),
-            vs_one
-                .map(|r| format!("  {r:>5.2}x one host (target < 2x)"))
-                .unwrap_or_default()
+            "  {n:>5}  {:>5.2}s  {:>5.2}s  {:>5.2}s  {:>9.2}x  {:>9.2}x",
+            cold.as_secs_f64(),
+            warm.as_secs_f64(),
+            f.as_secs_f64(),
+            cold.as_secs_f64() / f.as_secs_f64(),
+            warm.as_secs_f64() / f.as_secs_f64()
         );
     }
-    println!(
-        "  (one host target: < 1.5x floor + the health-check wait; the timed deploy includes the fleet process start, SSH connect and observe)"
-    );
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        println!(
+            "  {} hosts / {} host: cold {:.2}x, warm {:.2}x, floor {:.2}x (target < 2x)",
+            last.0,
+            first.0,
+            r(last.1, first.1),
+            r(last.2, first.2),
+            r(floors[floors.len() - 1], floors[0])
+        );
+        println!(
+            "  {} host vs floor: cold {:.2}x, warm {:.2}x (target < 1.5x + the health-check wait, up to one 1s check interval)",
+            first.0,
+            r(first.1, floors[0]),
+            r(first.2, floors[0])
+        );
+    }
     Ok(())
 }
