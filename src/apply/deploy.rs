@@ -99,6 +99,9 @@ pub struct Step {
     /// Its published host port, when it has one.
     pub port: Option<u16>,
     pub seconds: f64,
+    /// How long the new container took to pass its health check (create, replace, start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_seconds: Option<f64>,
 }
 
 /// The instance that failed a deploy.
@@ -198,6 +201,8 @@ struct Started {
     id: String,
     port: Option<u16>,
     registration: Option<String>,
+    /// How long its health check took to pass, when one was waited for.
+    healthy_after: Option<Duration>,
 }
 
 /// Enough to put an old container back.
@@ -528,6 +533,7 @@ async fn run_host(ctx: &Ctx<'_>, h: &Host<'_>) {
                 container: Some(id[..12.min(id.len())].to_string()),
                 port: None,
                 seconds: t.elapsed().as_secs_f64(),
+                health_seconds: None,
             });
         }
     }
@@ -618,6 +624,7 @@ async fn run_instance(
                     id: cur.id.clone(),
                     port: None,
                     registration: None,
+                    healthy_after: None,
                 })
             }
         }
@@ -625,6 +632,7 @@ async fn run_instance(
             id: String::new(),
             port: None,
             registration: None,
+            healthy_after: None,
         }),
     };
     match result {
@@ -642,14 +650,18 @@ async fn run_instance(
                 ctx.emit(
                     host,
                     &format!(
-                        "{tag} {} ({:.1}s)",
+                        "{tag} {} ({:.1}s{})",
                         match c.action {
                             Action::Create => "created",
                             Action::Replace => "replaced",
                             Action::Start => "started",
                             _ => "converged",
                         },
-                        t.elapsed().as_secs_f64()
+                        t.elapsed().as_secs_f64(),
+                        started
+                            .healthy_after
+                            .map(|d| format!(", healthy after {:.1}s", d.as_secs_f64()))
+                            .unwrap_or_default()
                     ),
                 );
             }
@@ -663,6 +675,7 @@ async fn run_instance(
                 container: Some(started.id[..12.min(started.id.len())].to_string()),
                 port: started.port,
                 seconds: t.elapsed().as_secs_f64(),
+                health_seconds: started.healthy_after.map(|d| d.as_secs_f64()),
             });
             true
         }
@@ -1026,22 +1039,20 @@ async fn register_and_wait(
             .register_service(&reg)
             .await
             .map_err(|e| (format!("registering {reg_id}: {e}"), None))?;
-        if l.health.is_some() {
-            health::wait_consul(consul, &reg_id, &h.docker, id, l.deadline)
-                .await
-                .map_err(|e| (describe(e), Some(reg_id.clone())))?;
+        let waited = if l.health.is_some() {
+            health::wait_consul(consul, &reg_id, &h.docker, id, l.deadline).await
         } else {
-            health::wait_local(h.session, &h.docker, id, None, None, l.deadline)
-                .await
-                .map_err(|e| (describe(e), Some(reg_id.clone())))?;
+            health::wait_local(h.session, &h.docker, id, None, None, l.deadline).await
         }
+        .map_err(|e| (describe(e), Some(reg_id.clone())))?;
         return Ok(Started {
             id: id.to_string(),
             port: Some(port),
             registration: Some(reg_id),
+            healthy_after: Some(waited),
         });
     }
-    health::wait_local(
+    let waited = health::wait_local(
         h.session,
         &h.docker,
         id,
@@ -1055,6 +1066,7 @@ async fn register_and_wait(
         id: id.to_string(),
         port,
         registration: None,
+        healthy_after: Some(waited),
     })
 }
 
@@ -1116,6 +1128,7 @@ async fn roll_back(ctx: &Ctx<'_>, hosts: &[Host<'_>], undo: Vec<Undo>) -> (Vec<S
                         container: Some(s.id[..12.min(s.id.len())].to_string()),
                         port: s.port,
                         seconds: t.elapsed().as_secs_f64(),
+                        health_seconds: s.healthy_after.map(|d| d.as_secs_f64()),
                     }),
                     Err((e, _)) => errors.push(format!("{tag} on {host}: {e}")),
                 }
