@@ -231,8 +231,25 @@ pub async fn converge(
 ) -> miette::Result<ExitCode> {
     let desired = resolve(loaded, versions, c)?;
     // The lock before anything else touches a host: a second deploy is refused at once.
-    let locked = Locked::take(&desired, &format!("{}: planning", c.verb)).await?;
-    converge_locked(&desired, c, t0, locked).await
+    // Connecting touches nothing, so the SSH connections open while the lock is taken.
+    let connect = ConnectOptions::default();
+    let targets: Vec<_> = desired.hosts.iter().map(|h| h.target.clone()).collect();
+    let what = format!("{}: planning", c.verb);
+    let (locked, sessions) = tokio::join!(
+        Locked::take(&desired, &what),
+        connect_all(&targets, &connect, c.parallel)
+    );
+    tracing::info!(
+        "connected and locked after {:.3}s",
+        t0.elapsed().as_secs_f64()
+    );
+    match locked {
+        Ok(locked) => converge_with(&desired, c, t0, locked, sessions, &connect).await,
+        Err(e) => {
+            close_all(sessions, &connect).await;
+            Err(e)
+        }
+    }
 }
 
 /// The desired state of `c.env` with `versions`, checking that `c.apps` exist there.
@@ -255,18 +272,27 @@ pub(crate) async fn converge_locked(
     t0: Instant,
     locked: Locked,
 ) -> miette::Result<ExitCode> {
-    let Locked { store, mut lock } = locked;
     let connect = ConnectOptions::default();
+    let targets: Vec<_> = desired.hosts.iter().map(|h| h.target.clone()).collect();
+    let sessions = connect_all(&targets, &connect, c.parallel).await;
+    converge_with(desired, c, t0, locked, sessions, &connect).await
+}
+
+/// [`converge_locked`] with the sessions open; closes them and releases the lock.
+async fn converge_with(
+    desired: &DesiredState,
+    c: &Converge,
+    t0: Instant,
+    locked: Locked,
+    sessions: Vec<Result<crate::host::HostSession, crate::host::HostError>>,
+    connect: &ConnectOptions,
+) -> miette::Result<ExitCode> {
+    let Locked { store, mut lock } = locked;
     let result = match ObserveOptions::for_desired(desired, c.parallel) {
-        Ok(oo) => {
-            let targets: Vec<_> = desired.hosts.iter().map(|h| h.target.clone()).collect();
-            let sessions = connect_all(&targets, &connect, c.parallel).await;
-            let r = converge_on(desired, &sessions, &oo, c, t0, &store, &mut lock).await;
-            close_all(sessions, &connect).await;
-            r
-        }
+        Ok(oo) => converge_on(desired, &sessions, &oo, c, t0, &store, &mut lock).await,
         Err(e) => Err(miette!("{e}")),
     };
+    close_all(sessions, connect).await;
     Locked { store, lock }.release().await;
     result
 }
@@ -282,6 +308,7 @@ async fn converge_on(
 ) -> miette::Result<ExitCode> {
     let targets: Vec<_> = desired.hosts.iter().map(|h| h.target.clone()).collect();
     let observed = observe_all(&targets, sessions, oo).await;
+    tracing::info!("observed after {:.3}s", t0.elapsed().as_secs_f64());
     let mut plan = diff(desired, &observed);
     if !plan.faults.is_empty() {
         print!("{}", render::human(&plan, false));
@@ -400,7 +427,9 @@ async fn converge_on(
         })),
         ..Default::default()
     };
+    tracing::info!("apply starts after {:.3}s", t0.elapsed().as_secs_f64());
     let report = crate::apply::apply(desired, &observed, &plan, &open, &opts).await;
+    tracing::info!("apply done after {:.3}s", t0.elapsed().as_secs_f64());
     if let Some(m) = multi {
         let _ = m.clear();
     }

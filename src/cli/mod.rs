@@ -92,6 +92,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse_from(logs::follow_shorthand(std::env::args_os()));
     crate::ui::init_color(&cli.global.color);
+    init_log();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -110,6 +111,24 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Warnings (a lock renewal that failed, a setting ignored) on stderr; `FLEET_LOG=info|debug`
+/// shows more: the phases of a command with their times.
+fn init_log() {
+    let level = std::env::var("FLEET_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
+        .with_target(false)
+        .try_init();
 }
 
 async fn run(cli: Cli) -> miette::Result<ExitCode> {

@@ -30,7 +30,7 @@ pub fn run(l: &Layout, what: &str, hosts: &[u32]) -> Result<()> {
 /// `cargo xtask bench plan`: wall time of a no-op `fleet plan` (the release binary; one app
 /// instance per host with its Consul service, deployed beforehand, so the plan reads
 /// containers and registrations and says "No changes.") on 1..N hosts:
-/// - cold: new SSH connections, as a CI job has (`FLEET_SSH_PERSIST=0`);
+/// - cold: no SSH connection open when the command starts, as in a CI job;
 /// - warm: the SSH masters the previous command kept (an operator's next command);
 /// - floor: N bare SSH handshakes at once (`ssh -M -f -N`, what one connection costs),
 ///   since on this machine every host's sshd shares its two cores with the client.
@@ -60,7 +60,7 @@ fn plan(l: &Layout, sizes: &[u32]) -> Result<()> {
         &bin,
         &full,
         &["deploy", "bench", "--yes"],
-        &masters.env(false),
+        &masters.env(),
     )?;
     if !ok {
         bail!("deploying the bench app to {max} hosts failed:\n{text}");
@@ -70,7 +70,7 @@ fn plan(l: &Layout, sizes: &[u32]) -> Result<()> {
         for &n in &sizes {
             let manifest = deploy::bench_project(l, &tmp.join(format!("n{n}")), project, n)?;
             let best = |warm: bool| -> Result<Duration> {
-                let env = masters.env(warm);
+                let env = masters.env();
                 let plan = || {
                     deploy::fleet_env(
                         l,
@@ -85,6 +85,9 @@ fn plan(l: &Layout, sizes: &[u32]) -> Result<()> {
                 }
                 let mut best = Duration::MAX;
                 for _ in 0..3 {
+                    if !warm {
+                        masters.clear();
+                    }
                     let t = Instant::now();
                     let (ok, text) = plan()?;
                     let d = t.elapsed();

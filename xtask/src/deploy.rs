@@ -167,8 +167,11 @@ fn floor(l: &Layout, image_ref: &str, n: u32) -> Result<Duration> {
 /// The longest health-check wait in a `deploy --json` report (`steps[].health_seconds`).
 fn health_wait(report: &str) -> Duration {
     let start = report.find('{').unwrap_or(0);
-    let secs = serde_json::from_str::<serde_json::Value>(&report[start..])
-        .ok()
+    // The JSON report comes first (stdout), then the progress lines (stderr).
+    let secs = serde_json::Deserializer::from_str(&report[start..])
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(Result::ok)
         .and_then(|v| {
             v["steps"].as_array().map(|steps| {
                 steps
@@ -196,8 +199,9 @@ pub fn cleanup(l: &Layout, project: &str, n: u32) {
     }
 }
 
-/// A private `XDG_RUNTIME_DIR` for a benchmark's kept SSH masters (`FLEET_SSH_PERSIST`), so
-/// that the bench starts with none and leaves none.
+/// A private `XDG_RUNTIME_DIR` for a benchmark's kept SSH masters (`FLEET_SSH_PERSIST`, on by
+/// default), so that the bench decides when there are none (cold: what a CI job starts with)
+/// and when the previous command left them (warm: an operator's next command).
 pub struct KeptMasters(pub PathBuf);
 
 impl KeptMasters {
@@ -211,18 +215,13 @@ impl KeptMasters {
         Ok(KeptMasters(dir))
     }
 
-    /// Environment for a fleet command: masters kept (`warm`) or none at all.
-    pub fn env(&self, warm: bool) -> Vec<(&'static str, &Path)> {
-        let persist = Path::new(if warm { "60s" } else { "0" });
-        vec![
-            ("FLEET_SSH_PERSIST", persist),
-            ("XDG_RUNTIME_DIR", self.0.as_path()),
-        ]
+    /// Environment for a fleet command: fleet's defaults, masters kept in this directory.
+    pub fn env(&self) -> Vec<(&'static str, &Path)> {
+        vec![("XDG_RUNTIME_DIR", self.0.as_path())]
     }
-}
 
-impl Drop for KeptMasters {
-    fn drop(&mut self) {
+    /// Close every kept master: the next command starts cold.
+    pub fn clear(&self) {
         if let Ok(entries) = std::fs::read_dir(self.0.join("fleet-ssh")) {
             for e in entries.flatten() {
                 if e.path().extension().is_none() {
@@ -234,13 +233,19 @@ impl Drop for KeptMasters {
                 }
             }
         }
+    }
+}
+
+impl Drop for KeptMasters {
+    fn drop(&mut self) {
+        self.clear();
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
 /// `cargo xtask bench deploy [--hosts 1,5,10,20]`: a one-app change rolled out to 1..N hosts
-/// by the release binary, with new SSH connections (cold, as in CI) and with masters kept by
-/// the previous command (warm), against the floor: the same docker operations done by hand on
+/// by the release binary, with no SSH connection open (cold, as a CI job starts) and with the
+/// masters the previous command kept (warm), against the floor: the same docker operations done by hand on
 /// the same hosts at once. Runs on the testbed as it is (sizes larger than it are skipped);
 /// grow it with `cargo xtask testbed up --hosts 20` first when nobody else uses it.
 pub fn bench(l: &Layout, sizes: &[u32]) -> Result<()> {
@@ -268,10 +273,9 @@ pub fn bench(l: &Layout, sizes: &[u32]) -> Result<()> {
         }
         let dir = tmp.join(format!("n{n}"));
         let manifest = bench_project(l, &dir, "fbench", n)?;
-        let run =
-            |args: &[&str], warm: bool| fleet_env(l, &bin, &manifest, args, &masters.env(warm));
+        let run = |args: &[&str]| fleet_env(l, &bin, &manifest, args, &masters.env());
         // Baseline deployed (untimed).
-        let (ok, text) = run(&["deploy", "bench", "--yes"], false)?;
+        let (ok, text) = run(&["deploy", "bench", "--yes"])?;
         if !ok {
             bail!("baseline deploy to {n} hosts failed:\n{text}");
         }
@@ -281,27 +285,26 @@ pub fn bench(l: &Layout, sizes: &[u32]) -> Result<()> {
                 dir.join("app/VERSION"),
                 format!("bench-{n}-{warm}-{}\n", std::process::id()),
             )?;
-            let (ok, text) = run(&["build", "--push"], warm)?;
+            let (ok, text) = run(&["build", "--push"])?;
             if !ok {
                 bail!("build failed:\n{text}");
             }
             if warm {
                 // The command before (here a plan) leaves its masters for the deploy.
-                run(&["plan", "bench"], true)?;
+                run(&["plan", "bench"])?;
+            } else {
+                masters.clear();
             }
             let t = Instant::now();
-            let (ok, text) = run(
-                &[
-                    "deploy",
-                    "bench",
-                    "--yes",
-                    "--no-build",
-                    "--drain",
-                    "0s",
-                    "--json",
-                ],
-                warm,
-            )?;
+            let (ok, text) = run(&[
+                "deploy",
+                "bench",
+                "--yes",
+                "--no-build",
+                "--drain",
+                "0s",
+                "--json",
+            ])?;
             let d = t.elapsed();
             if !ok {
                 bail!("timed deploy to {n} hosts failed:\n{text}");
