@@ -226,6 +226,50 @@ fn unknown_environment_lists_the_real_ones() {
     assert!(text.contains("production, staging"), "{text}");
 }
 
+/// A build context that is not there points at the app's `build.context` in the manifest, in
+/// every command that hashes contexts (`show` here; build, plan, deploy, status...).
+#[test]
+fn a_missing_build_context_points_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("api")).unwrap();
+    std::fs::write(dir.path().join("api/Dockerfile"), "FROM scratch\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("web")).unwrap();
+    let src = "[project]\nname = \"p\"\n[registry]\nserver = \"r:5000\"\n[hosts.a]\naddress = \"10.0.0.1\"\n\n\
+               [apps.api]\nbuild = { context = \"api\" }\n\n\
+               [apps.gone]\nbuild = { context = \"nope\" }\n\n\
+               [apps.web]\nbuild = \"web\"\n\n\
+               [environments.production]\nhosts = [\"a\"]\n";
+    let path = dir.path().join("fleet.toml");
+    std::fs::write(&path, src).unwrap();
+
+    let m = manifest::load(Some(&path)).unwrap();
+    let Err(ManifestError::Invalid { problems, .. }) = m.check_build_contexts() else {
+        panic!("missing contexts were accepted")
+    };
+    let at: Vec<&str> = problems
+        .iter()
+        .map(|p| &src[p.span.offset()..p.span.offset() + p.span.len()])
+        .collect();
+    assert_eq!(at, ["\"nope\"", "\"web\""]);
+    assert!(
+        problems[0].message.contains("`gone`") && problems[0].message.contains("does not exist")
+    );
+    assert!(
+        problems[1].message.contains("`web`") && problems[1].message.contains("has no Dockerfile")
+    );
+
+    let out = fleet()
+        .arg("-f")
+        .arg(&path)
+        .args(["show", "production"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fleet.toml:12:21"), "{err}");
+    assert!(err.contains("no such directory"), "{err}");
+}
+
 #[test]
 fn missing_secrets_are_reported_only_when_checked() {
     let src = std::fs::read_to_string(fixtures().join("shop.toml"))

@@ -31,6 +31,7 @@ pub struct Args {
 
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let loaded = crate::manifest::load(g.file.as_deref())?;
+    loaded.check_build_contexts()?;
     let (mut targets, registry) = loaded.build_targets();
     if !args.apps.is_empty() {
         for a in &args.apps {

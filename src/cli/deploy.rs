@@ -80,7 +80,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         .filter(|t| args.apps.is_empty() || args.apps.contains(&t.app))
         .collect();
     let mut versions = if args.no_build {
-        crate::build::versions(&targets).into_diagnostic()?
+        super::versions(&loaded, &targets)?
     } else {
         let out = crate::build::run(
             &targets,
@@ -111,7 +111,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     // Apps not selected with --app keep their current sources' tags (only used to resolve).
     if !args.apps.is_empty() {
         let (all, _) = loaded.build_targets();
-        for (app, tag) in crate::build::versions(&all).into_diagnostic()? {
+        for (app, tag) in super::versions(&loaded, &all)? {
             versions.entry(app).or_insert(tag);
         }
     }

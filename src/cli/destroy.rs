@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::Global;
 use super::lock::Locked;
-use super::reach::{Reach, connect};
+use super::reach::{Reach, Versions, connect};
 use crate::operate::destroy::{inventory, remove};
 
 #[derive(Debug, clap::Args)]
@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
-    let cx = connect(&args.env, &args.reach, g).await?;
+    let cx = connect(&args.env, &args.reach, g, Versions::NotNeeded).await?;
     // Held from the listing to the last removal: no deploy starts in between.
     let lock = match Locked::take(&cx.desired, "fleet destroy").await {
         Ok(l) => l,

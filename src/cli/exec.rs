@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use miette::IntoDiagnostic;
 
 use super::Global;
-use super::reach::{Reach, connect};
+use super::reach::{Reach, Versions, connect};
 use crate::operate::{Selector, exec};
 
 #[derive(Debug, clap::Args)]
@@ -62,7 +62,7 @@ impl Drop for RawTerminal {
 }
 
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
-    let cx = connect(&args.env, &args.reach, g).await?;
+    let cx = connect(&args.env, &args.reach, g, Versions::NotNeeded).await?;
     let sel = Selector {
         app: Some(args.app.clone()),
         instance: args.instance,

@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use super::Global;
-use super::reach::{Reach, connect};
+use super::reach::{Reach, Versions, connect};
 use crate::operate::{Selector, info};
 
 #[derive(Debug, clap::Args)]
@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
-    let cx = connect(&args.env, &args.reach, g).await?;
+    let cx = connect(&args.env, &args.reach, g, Versions::Hashed).await?;
     let sel = Selector {
         app: Some(args.app.clone()),
         instance: args.instance,

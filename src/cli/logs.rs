@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::Global;
-use super::reach::{Reach, connect, interrupted};
+use super::reach::{Reach, Versions, connect, interrupted};
 use crate::operate::Selector;
 use crate::operate::logs::{Event, LogOptions, Stream, collect, follow};
 
@@ -74,7 +74,7 @@ pub fn follow_shorthand(
 }
 
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
-    let cx = connect(&args.env, &args.reach, g).await?;
+    let cx = connect(&args.env, &args.reach, g, Versions::NotNeeded).await?;
     let sel = Selector {
         app: args.app.clone(),
         instance: args.instance,

@@ -113,6 +113,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The version each of `targets` would have now (its build context hashed), after checking
+/// that every build context is there: a missing one is reported at its line in the manifest.
+pub(crate) fn versions(
+    loaded: &crate::manifest::Loaded,
+    targets: &[crate::desired::BuildTarget],
+) -> miette::Result<crate::desired::Versions> {
+    loaded.check_build_contexts()?;
+    miette::IntoDiagnostic::into_diagnostic(crate::build::versions(targets))
+}
+
 /// Warnings (a lock renewal that failed, a setting ignored) on stderr; `FLEET_LOG=info|debug`
 /// shows more: the phases of a command with their times.
 fn init_log() {

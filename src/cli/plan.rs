@@ -42,7 +42,7 @@ fn colour_on() -> bool {
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let loaded = crate::manifest::load(g.file.as_deref())?;
     let (targets, _registry) = loaded.build_targets();
-    let versions = crate::build::versions(&targets).into_diagnostic()?;
+    let versions = super::versions(&loaded, &targets)?;
     let desired = loaded.resolve(&args.env, &versions)?;
     let connect = ConnectOptions {
         connect_timeout: args.connect_timeout,

@@ -19,11 +19,27 @@ pub struct Reach {
     pub connect_timeout: Duration,
 }
 
+/// Whether a command needs the version each built app would have now (its build context
+/// hashed): `status` (its "wants" column), `info` and restart / start (the desired spec) do;
+/// logs, exec and destroy find containers by their labels alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Versions {
+    Hashed,
+    NotNeeded,
+}
+
 /// Load the manifest, resolve `env` and connect to its hosts: the start of every operate command.
-pub(crate) async fn connect(env: &str, reach: &Reach, g: &Global) -> miette::Result<Connected> {
+pub(crate) async fn connect(
+    env: &str,
+    reach: &Reach,
+    g: &Global,
+    need: Versions,
+) -> miette::Result<Connected> {
     let loaded = crate::manifest::load(g.file.as_deref())?;
-    let (targets, _registry) = loaded.build_targets();
-    let versions = crate::build::versions(&targets).into_diagnostic()?;
+    let versions = match need {
+        Versions::Hashed => super::versions(&loaded, &loaded.build_targets().0)?,
+        Versions::NotNeeded => loaded.placeholder_versions(),
+    };
     let desired = loaded.resolve(env, &versions)?;
     let connect = ConnectOptions {
         connect_timeout: reach.connect_timeout,

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use super::Global;
 use super::lock::Locked;
-use super::reach::{Reach, connect};
+use super::reach::{Reach, Versions, connect};
 use crate::operate::Selector;
 use crate::operate::lifecycle::{Action, run as lifecycle};
 
@@ -25,7 +25,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, g: &Global, action: Action) -> miette::Result<ExitCode> {
-    let cx = connect(&args.env, &args.reach, g).await?;
+    let cx = connect(&args.env, &args.reach, g, Versions::Hashed).await?;
     let sel = Selector {
         app: args.app.clone(),
         instance: args.instance,

@@ -41,7 +41,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let loaded = crate::manifest::load(g.file.as_deref())?;
     loaded.check_environment(&args.env)?;
     let (targets, _) = loaded.build_targets();
-    let sources = crate::build::versions(&targets).into_diagnostic()?;
+    let sources = super::versions(&loaded, &targets)?;
     // The lock first, then the ledger read under it: what runs cannot change in between.
     let probe = loaded.resolve(&args.env, &sources)?;
     let locked = Locked::take(&probe, "rollback: planning").await?;

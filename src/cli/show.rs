@@ -2,8 +2,6 @@
 //! references are ever known to fleet before apply).
 use std::process::ExitCode;
 
-use miette::IntoDiagnostic;
-
 use super::Global;
 use crate::manifest;
 
@@ -21,7 +19,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     loaded.check_environment(&args.env)?;
     // The versions fleet would deploy: the content tag of each built app's context.
     let (targets, _) = loaded.build_targets();
-    let versions = crate::build::versions(&targets).into_diagnostic()?;
+    let versions = super::versions(&loaded, &targets)?;
     let state = loaded.resolve(&args.env, &versions)?;
     if args.json {
         let text = serde_json::to_string_pretty(&state).map_err(|e| miette::miette!("{e}"))?;

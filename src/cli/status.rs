@@ -6,7 +6,7 @@ use std::time::Duration;
 use miette::IntoDiagnostic;
 
 use super::Global;
-use super::reach::{Reach, connect, interrupted};
+use super::reach::{Reach, Versions, connect, interrupted};
 use crate::operate::Selector;
 use crate::operate::status::{StatusDoc, faults, gather, rows, table};
 
@@ -38,7 +38,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
-    let cx = connect(&args.env, &args.reach, g).await?;
+    let cx = connect(&args.env, &args.reach, g, Versions::Hashed).await?;
     let sel = Selector {
         app: args.app.clone(),
         ..Default::default()

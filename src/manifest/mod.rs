@@ -268,6 +268,57 @@ impl Loaded {
         (targets, m.registry.clone())
     }
 
+    /// Every app's build context is a directory with its Dockerfile in it: each one that is
+    /// not is a problem pointing at the app's `build.context` in the manifest.
+    pub fn check_build_contexts(&self) -> Result<(), ManifestError> {
+        let mut cx = diag::Cx::default();
+        for a in &self.manifest.apps {
+            let (Some(model::Source::Build(b)), Some(span)) = (&a.source, &a.build_span) else {
+                continue;
+            };
+            let context = b.context.display();
+            let problem = if !b.context.exists() {
+                Some((
+                    format!("the build context {context} does not exist"),
+                    "no such directory",
+                ))
+            } else if !b.context.is_dir() {
+                Some((
+                    format!("the build context {context} is not a directory"),
+                    "not a directory",
+                ))
+            } else if !b.context.join(&b.dockerfile).is_file() {
+                let file = &b.dockerfile;
+                Some((
+                    format!("the build context {context} has no {file}"),
+                    "no Dockerfile there",
+                ))
+            } else {
+                None
+            };
+            if let Some((message, label)) = problem {
+                cx.err(
+                    span,
+                    format!("app `{}`: {message}", a.name),
+                    label,
+                    Some(format!(
+                        "build contexts are relative to the manifest's directory ({}); `build.dockerfile` names the Dockerfile inside it",
+                        self.manifest.dir.display()
+                    )),
+                );
+            }
+        }
+        if cx.problems.is_empty() {
+            return Ok(());
+        }
+        let name = self.path.display().to_string();
+        Err(ManifestError::Invalid {
+            src: NamedSource::new(&name, self.src.clone()),
+            path: name,
+            problems: cx.problems,
+        })
+    }
+
     /// Versions for commands that show a desired state without building (`validate`, `show`):
     /// every built app gets the tag `unbuilt`.
     pub fn placeholder_versions(&self) -> Versions {

@@ -159,6 +159,8 @@ pub struct AppDef {
     pub name: String,
     pub span: Span,
     pub source: Option<Source>,
+    /// Where the build context is named (`build.context`, else `build`), for errors about it.
+    pub build_span: Option<Span>,
     pub roles: Vec<(String, Span)>,
     pub hosts: Vec<(String, Span)>,
     pub instances: u32,
@@ -692,6 +694,10 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
     let mut secrets = Vec::new();
 
     let build = get(t, "build").and_then(|b| decode_build(cx, b, dir));
+    let build_span = get(t, "build").map(|b| match &b.value {
+        Value::Table(bt) => get(bt, "context").map_or(b.span.clone(), |c| c.span.clone()),
+        _ => b.span.clone(),
+    });
     let image = get(t, "image").and_then(|i| {
         let s = cx.text(i)?;
         Some(parse_image(&s))
@@ -925,6 +931,7 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         name: k.name.clone(),
         span: k.span.clone(),
         source,
+        build_span,
         roles,
         hosts,
         instances,
