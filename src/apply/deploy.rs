@@ -26,16 +26,13 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListImagesOptions,
-    LogsOptions, RemoveContainerOptions, RemoveImageOptions, StopContainerOptions,
-};
 use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::container::create_body;
-use super::health::{self, Unhealthy};
-use crate::consul::{ConsulClient, ServiceRegistration};
+use super::instance::{converge_registration, launch_new, replace, retire, tail_logs};
+use super::prune::prune_images;
+use crate::consul::ConsulClient;
 use crate::desired::{DesiredApp, DesiredHost, DesiredState, HealthSpec, InstanceSpec};
 use crate::errors::chain;
 use crate::host::HostSession;
@@ -170,49 +167,49 @@ pub enum ApplyError {
 
 /// A container to start: from an `InstanceSpec` (forward) or from an inspect (rollback).
 #[derive(Clone)]
-struct Launch {
-    app: String,
-    instance: u32,
-    version: String,
-    name: String,
-    body: ContainerCreateBody,
-    image: String,
+pub(super) struct Launch {
+    pub(super) app: String,
+    pub(super) instance: u32,
+    pub(super) version: String,
+    pub(super) name: String,
+    pub(super) body: ContainerCreateBody,
+    pub(super) image: String,
     /// `(container port, fixed host port or 0)`, when published.
-    port: Option<(u16, u16)>,
-    service: Option<ServiceTemplate>,
-    health: Option<HealthSpec>,
-    deadline: Duration,
-    stop_timeout: Duration,
+    pub(super) port: Option<(u16, u16)>,
+    pub(super) service: Option<ServiceTemplate>,
+    pub(super) health: Option<HealthSpec>,
+    pub(super) deadline: Duration,
+    pub(super) stop_timeout: Duration,
 }
 
 /// A Consul registration without its per-container ID and port.
 #[derive(Clone)]
-struct ServiceTemplate {
-    base_id: String,
-    name: String,
-    tags: Vec<String>,
-    meta: BTreeMap<String, String>,
-    address: String,
+pub(super) struct ServiceTemplate {
+    pub(super) base_id: String,
+    pub(super) name: String,
+    pub(super) tags: Vec<String>,
+    pub(super) meta: BTreeMap<String, String>,
+    pub(super) address: String,
 }
 
 /// What was started.
 #[derive(Clone)]
-struct Started {
-    id: String,
-    port: Option<u16>,
-    registration: Option<String>,
+pub(super) struct Started {
+    pub(super) id: String,
+    pub(super) port: Option<u16>,
+    pub(super) registration: Option<String>,
     /// How long its health check took to pass, when one was waited for.
-    healthy_after: Option<Duration>,
+    pub(super) healthy_after: Option<Duration>,
 }
 
 /// Enough to put an old container back.
 #[derive(Clone)]
-struct Undo {
-    host: usize,
-    launch: Launch,
+pub(super) struct Undo {
+    pub(super) host: usize,
+    pub(super) launch: Launch,
     /// The container and registration that replaced it.
-    new: Started,
-    new_version: String,
+    pub(super) new: Started,
+    pub(super) new_version: String,
 }
 
 /// The registration ID of one container of an instance.
@@ -220,36 +217,36 @@ pub fn registration_id(base: &str, container_id: &str) -> String {
     format!("{base}-{}", &container_id[..container_id.len().min(12)])
 }
 
-struct Host<'a> {
-    index: usize,
-    session: &'a HostSession,
-    docker: Docker,
-    consul: Option<ConsulClient>,
-    desired: &'a DesiredHost,
-    observed: &'a ObservedHost,
-    plan: &'a HostPlan,
+pub(super) struct Host<'a> {
+    pub(super) index: usize,
+    pub(super) session: &'a HostSession,
+    pub(super) docker: Docker,
+    pub(super) consul: Option<ConsulClient>,
+    pub(super) desired: &'a DesiredHost,
+    pub(super) observed: &'a ObservedHost,
+    pub(super) plan: &'a HostPlan,
 }
 
-struct Ctx<'a> {
-    desired: &'a DesiredState,
-    opts: &'a ApplyOptions,
-    creds: Option<DockerCredentials>,
-    stop: AtomicBool,
+pub(super) struct Ctx<'a> {
+    pub(super) desired: &'a DesiredState,
+    pub(super) opts: &'a ApplyOptions,
+    pub(super) creds: Option<DockerCredentials>,
+    pub(super) stop: AtomicBool,
     /// Stopped by `opts.cancel` (no rollback then).
-    cancelled: AtomicBool,
-    steps: Mutex<Vec<Step>>,
-    failures: Mutex<Vec<Failure>>,
-    undo: Mutex<Vec<Undo>>,
-    images_removed: Mutex<usize>,
+    pub(super) cancelled: AtomicBool,
+    pub(super) steps: Mutex<Vec<Step>>,
+    pub(super) failures: Mutex<Vec<Failure>>,
+    pub(super) undo: Mutex<Vec<Undo>>,
+    pub(super) images_removed: Mutex<usize>,
 }
 
 impl Ctx<'_> {
-    fn emit(&self, host: &str, msg: &str) {
+    pub(super) fn emit(&self, host: &str, msg: &str) {
         if let Some(e) = &self.opts.events {
             e(host, msg);
         }
     }
-    fn app(&self, name: &str) -> Option<&DesiredApp> {
+    pub(super) fn app(&self, name: &str) -> Option<&DesiredApp> {
         self.desired.apps.iter().find(|a| a.name == name)
     }
 }
@@ -699,407 +696,6 @@ fn fail(ctx: &Ctx<'_>, host: &str, spec: &InstanceSpec, reason: String, logs: Ve
     });
 }
 
-/// Replace `old` by `launch`. Records how to undo it.
-async fn replace(
-    ctx: &Ctx<'_>,
-    h: &Host<'_>,
-    launch: &Launch,
-    old: &str,
-    old_regs: &[String],
-    new_version: &str,
-) -> Result<Started, (String, Vec<String>)> {
-    // How to put the old one back, read before anything changes.
-    let undo_launch = match old_launch(h, launch, old).await {
-        Ok(l) => Some(l),
-        Err(e) => {
-            ctx.emit(
-                &h.desired.target.name,
-                &format!("cannot record the old container for rollback: {e}"),
-            );
-            None
-        }
-    };
-    let fixed = matches!(launch.port, Some((_, p)) if p != 0);
-    let started = if fixed {
-        // The port is taken by the old container: deregister, drain, stop it first.
-        deregister_all(h, old_regs).await;
-        if !old_regs.is_empty() {
-            tokio::time::sleep(ctx.opts.drain).await;
-        }
-        let _ = stop(h, old, launch.stop_timeout).await;
-        match launch_new(ctx, h, launch, &[old.to_string()]).await {
-            Ok(s) => s,
-            Err(e) => {
-                // Put the old one back in service.
-                if let Some(ul) = &undo_launch {
-                    let _ = h.docker.start_container(old, None).await;
-                    let _ = converge_registration(ctx, h, ul, old, &[]).await;
-                }
-                return Err(e);
-            }
-        }
-    } else {
-        let s = launch_new(ctx, h, launch, &[old.to_string()]).await?;
-        let regs: Vec<String> = old_regs
-            .iter()
-            .filter(|r| Some(*r) != s.registration.as_ref())
-            .cloned()
-            .collect();
-        retire(ctx, h, &[], &regs, launch.stop_timeout).await;
-        let _ = stop(h, old, launch.stop_timeout).await;
-        s
-    };
-    let _ = h
-        .docker
-        .remove_container(
-            old,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
-    if let Some(ul) = undo_launch {
-        ctx.undo.lock().unwrap().push(Undo {
-            host: h.index,
-            launch: ul,
-            new: started.clone(),
-            new_version: new_version.to_string(),
-        });
-    }
-    Ok(started)
-}
-
-/// A `Launch` that recreates container `old` as it is (for rollback).
-async fn old_launch(h: &Host<'_>, like: &Launch, old: &str) -> Result<Launch, String> {
-    let i = h
-        .docker
-        .inspect_container(old, None)
-        .await
-        .map_err(|e| chain(&e))?;
-    let config = i.config.ok_or("no config in the inspect")?;
-    let mut body: ContainerCreateBody =
-        serde_json::from_value(serde_json::to_value(&config).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    body.host_config = i.host_config;
-    body.hostname = None;
-    let l = config.labels.unwrap_or_default();
-    let version = l.get(labels::VERSION).cloned().unwrap_or_default();
-    let spec = l.get(labels::SPEC).cloned().unwrap_or_default();
-    let service = like.service.clone().map(|mut s| {
-        s.meta
-            .insert(labels::meta_key(labels::VERSION), version.clone());
-        s.meta.insert(labels::meta_key(labels::SPEC), spec.clone());
-        s
-    });
-    Ok(Launch {
-        name: i
-            .name
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_string(),
-        image: config.image.unwrap_or_default(),
-        body,
-        version,
-        service,
-        ..like.clone()
-    })
-}
-
-async fn deregister_all(h: &Host<'_>, regs: &[String]) {
-    if let Some(c) = &h.consul {
-        for r in regs {
-            let _ = c.deregister_service(r).await;
-        }
-    }
-}
-
-/// Deregister `regs`, wait the drain when any was deregistered, stop and remove `containers`.
-async fn retire(
-    ctx: &Ctx<'_>,
-    h: &Host<'_>,
-    containers: &[String],
-    regs: &[String],
-    stop_timeout: Duration,
-) {
-    deregister_all(h, regs).await;
-    if !regs.is_empty() && h.consul.is_some() {
-        tokio::time::sleep(ctx.opts.drain).await;
-    }
-    for c in containers {
-        let _ = stop(h, c, stop_timeout).await;
-        let _ = h
-            .docker
-            .remove_container(
-                c,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
-    }
-}
-
-async fn stop(h: &Host<'_>, id: &str, t: Duration) -> Result<(), String> {
-    h.docker
-        .stop_container(
-            id,
-            Some(StopContainerOptions {
-                t: Some(t.as_secs() as i32),
-                signal: None,
-            }),
-        )
-        .await
-        .map_err(|e| chain(&e))
-}
-
-async fn tail_logs(docker: &Docker, id: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut s = docker.logs(
-        id,
-        Some(LogsOptions {
-            stdout: true,
-            stderr: true,
-            tail: "20".into(),
-            ..Default::default()
-        }),
-    );
-    while let Some(Ok(chunk)) = s.next().await {
-        let text = String::from_utf8_lossy(&chunk.into_bytes()).to_string();
-        out.extend(text.lines().map(str::to_string));
-    }
-    let n = out.len();
-    out.split_off(n.saturating_sub(20))
-}
-
-/// Pull when the host lacks the image.
-async fn pull(ctx: &Ctx<'_>, h: &Host<'_>, image: &str) -> Result<(), String> {
-    if h.docker.inspect_image(image).await.is_ok() {
-        return Ok(());
-    }
-    ctx.emit(&h.desired.target.name, &format!("pull {image}"));
-    let mut s = h.docker.create_image(
-        Some(CreateImageOptions {
-            from_image: Some(image.to_string()),
-            ..Default::default()
-        }),
-        None,
-        ctx.creds.clone(),
-    );
-    while let Some(item) = s.next().await {
-        item.map_err(|e| format!("pulling {image}: {}", chain(&e)))?;
-    }
-    Ok(())
-}
-
-/// Create and start a container, register it, wait until healthy. On failure everything it
-/// did is undone (the container stopped and removed, its registration removed) and the error
-/// carries the container's last output lines. `protect`: containers a name clash must not remove.
-async fn launch_new(
-    ctx: &Ctx<'_>,
-    h: &Host<'_>,
-    l: &Launch,
-    protect: &[String],
-) -> Result<Started, (String, Vec<String>)> {
-    let plain = |s: String| (s, Vec::new());
-    pull(ctx, h, &l.image).await.map_err(plain)?;
-    let mut name = l.name.clone();
-    let mut tries = 0;
-    let id = loop {
-        tries += 1;
-        match h
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                l.body.clone(),
-            )
-            .await
-        {
-            Ok(r) => break r.id,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) if tries < 3 => {
-                // The name is taken: by the container being replaced (same version, other
-                // spec) -> another name; by a leftover of a killed deploy -> remove it.
-                let existing = h.docker.inspect_container(&name, None).await.ok();
-                let eid = existing.and_then(|e| e.id).unwrap_or_default();
-                if protect.contains(&eid) {
-                    name = format!("{}-{}", l.name, &uuid_ish()[..6]);
-                } else {
-                    let _ = h
-                        .docker
-                        .remove_container(
-                            &name,
-                            Some(RemoveContainerOptions {
-                                force: true,
-                                ..Default::default()
-                            }),
-                        )
-                        .await;
-                }
-            }
-            Err(e) => return Err(plain(format!("creating {name}: {}", chain(&e)))),
-        }
-    };
-    let cleanup = |reg: Option<String>| {
-        let id = id.clone();
-        async move {
-            let logs = tail_logs(&h.docker, &id).await;
-            if let (Some(c), Some(r)) = (&h.consul, reg) {
-                let _ = c.deregister_service(&r).await;
-            }
-            let _ = h
-                .docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                )
-                .await;
-            logs
-        }
-    };
-    if let Err(e) = h.docker.start_container(&id, None).await {
-        let logs = cleanup(None).await;
-        return Err((format!("starting {name}: {}", chain(&e)), logs));
-    }
-    match register_and_wait(ctx, h, l, &id).await {
-        Ok(s) => Ok(s),
-        Err((reason, reg)) => {
-            let logs = cleanup(reg).await;
-            Err((reason, logs))
-        }
-    }
-}
-
-fn uuid_ish() -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:08x}", (n as u64) ^ (std::process::id() as u64) << 32)
-}
-
-/// The host port Docker gave `container_port` of a running container.
-async fn published_port(docker: &Docker, id: &str, container_port: u16) -> Result<u16, String> {
-    let i = docker
-        .inspect_container(id, None)
-        .await
-        .map_err(|e| chain(&e))?;
-    let ports = i.network_settings.and_then(|n| n.ports).unwrap_or_default();
-    ports
-        .get(&format!("{container_port}/tcp"))
-        .cloned()
-        .flatten()
-        .unwrap_or_default()
-        .iter()
-        .find_map(|b| b.host_port.as_deref().and_then(|p| p.parse().ok()))
-        .ok_or_else(|| format!("port {container_port}/tcp is not published"))
-}
-
-/// Register a running container (its real port) and wait until its health gate passes.
-/// The error carries the registration to remove.
-async fn register_and_wait(
-    ctx: &Ctx<'_>,
-    h: &Host<'_>,
-    l: &Launch,
-    id: &str,
-) -> Result<Started, (String, Option<String>)> {
-    let _ = ctx;
-    let port = match l.port {
-        Some((cp, _)) => Some(
-            published_port(&h.docker, id, cp)
-                .await
-                .map_err(|e| (e, None))?,
-        ),
-        None => None,
-    };
-    if let (Some(consul), Some(svc), Some(port)) = (&h.consul, &l.service, port) {
-        let reg_id = registration_id(&svc.base_id, id);
-        let reg = ServiceRegistration {
-            id: Some(reg_id.clone()),
-            name: svc.name.clone(),
-            tags: svc.tags.clone(),
-            address: Some(svc.address.clone()),
-            port: Some(port),
-            meta: svc.meta.clone(),
-            check: l
-                .health
-                .as_ref()
-                .map(|hs| health::check_definition(hs, &svc.address, port)),
-            ..Default::default()
-        };
-        consul
-            .register_service(&reg)
-            .await
-            .map_err(|e| (format!("registering {reg_id}: {e}"), None))?;
-        let waited = if l.health.is_some() {
-            health::wait_consul(consul, &reg_id, &h.docker, id, l.deadline).await
-        } else {
-            health::wait_local(h.session, &h.docker, id, None, None, l.deadline).await
-        }
-        .map_err(|e| (describe(e), Some(reg_id.clone())))?;
-        return Ok(Started {
-            id: id.to_string(),
-            port: Some(port),
-            registration: Some(reg_id),
-            healthy_after: Some(waited),
-        });
-    }
-    let waited = health::wait_local(
-        h.session,
-        &h.docker,
-        id,
-        l.health.as_ref(),
-        port,
-        l.deadline,
-    )
-    .await
-    .map_err(|e| (describe(e), None))?;
-    Ok(Started {
-        id: id.to_string(),
-        port,
-        registration: None,
-        healthy_after: Some(waited),
-    })
-}
-
-fn describe(e: Unhealthy) -> String {
-    format!("health check failed: {e}")
-}
-
-/// Make the registration of running container `id` right (real port, current Meta), wait
-/// until it passes, then remove the slot's other registrations.
-async fn converge_registration(
-    ctx: &Ctx<'_>,
-    h: &Host<'_>,
-    l: &Launch,
-    id: &str,
-    slot_regs: &[String],
-) -> Result<Started, (String, Vec<String>)> {
-    match register_and_wait(ctx, h, l, id).await {
-        Ok(s) => {
-            let others: Vec<String> = slot_regs
-                .iter()
-                .filter(|r| Some(*r) != s.registration.as_ref())
-                .cloned()
-                .collect();
-            deregister_all(h, &others).await;
-            Ok(s)
-        }
-        Err((reason, _)) => {
-            let logs = tail_logs(&h.docker, id).await;
-            Err((reason, logs))
-        }
-    }
-}
-
 /// Put back every instance in `undo` (newest first per host), health-gated, hosts in parallel.
 async fn roll_back(ctx: &Ctx<'_>, hosts: &[Host<'_>], undo: Vec<Undo>) -> (Vec<Step>, Vec<String>) {
     let mut by_host: HashMap<usize, Vec<Undo>> = HashMap::new();
@@ -1146,59 +742,6 @@ async fn roll_back(ctx: &Ctx<'_>, hosts: &[Host<'_>], undo: Vec<Undo>) -> (Vec<S
         errors.extend(e);
     }
     (done, errors)
-}
-
-/// Remove fleet-built images of this host's apps beyond the newest `keep_images` (never one a
-/// container uses). Returns how many were removed.
-async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
-    let keep = ctx.opts.keep_images.max(1);
-    let used: std::collections::HashSet<String> = h
-        .docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            ..Default::default()
-        }))
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|c| c.image_id)
-        .collect();
-    let mut removed = 0;
-    for a in ctx.desired.apps.iter().filter(|a| a.build.is_some()) {
-        let filters: HashMap<String, Vec<String>> =
-            [("reference".to_string(), vec![a.image.clone()])].into();
-        let Ok(mut images) = h
-            .docker
-            .list_images(Some(ListImagesOptions {
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-        else {
-            continue;
-        };
-        images.sort_by_key(|i| std::cmp::Reverse(i.created));
-        for img in images.into_iter().skip(keep) {
-            if used.contains(&img.id) {
-                continue;
-            }
-            let opts = RemoveImageOptions {
-                force: false,
-                noprune: false,
-                ..Default::default()
-            };
-            for tag in &img.repo_tags {
-                if h.docker
-                    .remove_image(tag, Some(opts.clone()), None)
-                    .await
-                    .is_ok()
-                {
-                    removed += 1;
-                }
-            }
-        }
-    }
-    removed
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Apply: execute a plan on the hosts. Rollout order, health gate, rollback, lock.
 //!
-//! - `deploy`: the engine (`apply(desired, observed, plan, sessions, opts) -> Report`).
+//! - `deploy`: the engine (`apply(desired, observed, plan, sessions, opts) -> Report`): rollout
+//!   order per host, failure, rollback; `instance`: the steps on one instance's containers
+//!   (pull, launch, register + health wait, replace, retire); `prune`: old images after a rollout.
 //! - `container`: `InstanceSpec` -> Docker create body.
 //! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
 //! - `kv`: KV config with check-and-set.
@@ -12,8 +14,10 @@ pub mod container;
 pub mod deploy;
 pub mod health;
 pub mod hooks;
+mod instance;
 pub mod kv;
 pub mod ledger;
 pub mod lock;
+mod prune;
 
 pub use deploy::{ApplyOptions, Failure, Report, Step, apply};
