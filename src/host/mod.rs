@@ -670,19 +670,24 @@ pub async fn close_all(sessions: Vec<Result<HostSession, HostError>>, opts: &Con
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn t() -> HostTarget {
+    /// `web1` at `address`, user `deploy`: the host of the unit tests here and in `reuse`.
+    pub(super) fn target(address: &str) -> HostTarget {
         HostTarget {
             name: "web1".into(),
-            address: "10.0.0.9".into(),
+            address: address.into(),
             user: Some("deploy".into()),
             port: None,
             identity_file: None,
             docker_socket: "/run/docker.sock".into(),
             roles: vec![],
         }
+    }
+
+    fn t() -> HostTarget {
+        target("10.0.0.9")
     }
 
     #[test]

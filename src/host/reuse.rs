@@ -206,19 +206,8 @@ async fn take_turn(path: &Path, wait: Duration) -> Result<std::fs::File, HostErr
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::target;
     use super::*;
-
-    fn target(address: &str) -> HostTarget {
-        HostTarget {
-            name: "web1".into(),
-            address: address.into(),
-            user: Some("deploy".into()),
-            port: None,
-            identity_file: None,
-            docker_socket: "/run/docker.sock".into(),
-            roles: vec![],
-        }
-    }
 
     #[test]
     fn persist_values() {

@@ -308,15 +308,7 @@ impl Loaded {
                 );
             }
         }
-        if cx.problems.is_empty() {
-            return Ok(());
-        }
-        let name = self.path.display().to_string();
-        Err(ManifestError::Invalid {
-            src: NamedSource::new(&name, self.src.clone()),
-            path: name,
-            problems: cx.problems,
-        })
+        self.problems(cx)
     }
 
     /// Versions for commands that show a desired state without building (`validate`, `show`):
@@ -360,6 +352,11 @@ impl Loaded {
                 cx.err(span, err.to_string(), "secret not available", Some(help));
             }
         }
+        self.problems(cx)
+    }
+
+    /// `Ok` without problems; else every problem, pointing into this manifest.
+    fn problems(&self, cx: diag::Cx) -> Result<(), ManifestError> {
         if cx.problems.is_empty() {
             return Ok(());
         }
