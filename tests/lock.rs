@@ -391,6 +391,15 @@ async fn host_lock_file_refuses_a_second_holder_and_goes_stale_after_expiry() {
         .await
         .unwrap();
     assert_eq!(was.unwrap().user, "bob");
+    // Its holder notices within seconds (it looks every 2 s), long before its renewal (15 s).
+    let t = std::time::Instant::now();
+    while !taken.is_lost() {
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "a released host lock was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(taken.release().await.is_ok());
     tb.ssh_ok("h1", &format!("rm -f {path}"));
 }

@@ -34,6 +34,10 @@ pub const CONSUL_TTL: Duration = Duration::from_secs(15);
 pub const LOCK_DELAY: Duration = Duration::from_secs(1);
 /// Expiry of a host lock file: longer than Consul's, as each renewal is an SSH round trip.
 pub const FILE_TTL: Duration = Duration::from_secs(30);
+
+/// How often a holder of a host lock file looks that it still holds it (renewing at TTL / 2).
+const FILE_CHECK: Duration = Duration::from_secs(2);
+
 /// Where host lock files and ledgers live.
 pub const HOST_DIR: &str = "/var/lib/fleet";
 
@@ -527,16 +531,28 @@ async fn renew_file(
     ttl: Duration,
     lost: Arc<AtomicBool>,
 ) {
-    let script = format!(
-        "{}\nnow=$(date +%s)\nif grep -q '\"token\":\"{token}\"' \"$f\" 2>/dev/null; then\n  sed \"s/^{{\\\"expires\\\":[0-9]*,/{{\\\"expires\\\":$((now + {})),/\" \"$f\" > \"$f.tmp\" && mv \"$f.tmp\" \"$f\" && echo OK\nelse echo LOST; fi",
+    let mine = format!("grep -q '\"token\":\"{token}\"' \"$f\" 2>/dev/null");
+    let renew = format!(
+        "{}\nnow=$(date +%s)\nif {mine}; then\n  sed \"s/^{{\\\"expires\\\":[0-9]*,/{{\\\"expires\\\":$((now + {})),/\" \"$f\" > \"$f.tmp\" && mv \"$f.tmp\" \"$f\" && echo OK\nelse echo LOST; fi",
         guard_prelude(&path),
         ttl.as_secs().max(1)
     );
+    // Between renewals, a cheaper look that the file is still ours: a lock released by hand
+    // (`fleet lock release`) or taken over is noticed within FILE_CHECK, not at the renewal.
+    let check = format!(
+        "{}\nif {mine}; then echo OK; else echo LOST; fi",
+        guard_prelude(&path)
+    );
     let mut last_ok = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(ttl / 2).await;
-        match run(&host, &script).await {
-            Ok(out) if out.starts_with("OK") => last_ok = tokio::time::Instant::now(),
+        tokio::time::sleep(FILE_CHECK.min(ttl / 2)).await;
+        let due = last_ok.elapsed() >= ttl / 2;
+        match run(&host, if due { &renew } else { &check }).await {
+            Ok(out) if out.starts_with("OK") => {
+                if due {
+                    last_ok = tokio::time::Instant::now();
+                }
+            }
             Ok(_) => break,
             Err(e) => {
                 tracing::warn!("cannot renew the deploy lock file: {e}");
@@ -567,7 +583,7 @@ pub async fn status(
 }
 
 /// Frees the Consul lock whoever holds it (destroys the holder's session; a deploy still
-/// running notices at its next renewal). Returns who held it.
+/// running notices at once, through its watch of the key). Returns who held it.
 pub async fn force_release(
     consul: &ConsulClient,
     project: &str,

@@ -14,7 +14,7 @@ use crate::host::ConnectOptions;
 pub enum Command {
     /// Who holds the deploy lock of an environment, since when, with which plan.
     Status(EnvArgs),
-    /// Free the deploy lock whoever holds it (a deploy still running stops at its next renewal).
+    /// Free the deploy lock whoever holds it (a deploy still running notices at once, and stops).
     Release(ReleaseArgs),
 }
 
