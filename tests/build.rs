@@ -348,3 +348,93 @@ fn cli_builds_the_shop_example_once_then_nothing() {
     assert!(!out.contains(wrong) && !err.contains(wrong), "{out}\n{err}");
     assert!(!err.contains(&tb.registry_password), "{err}");
 }
+
+/// `docker login` through a credential helper: a manifest with no registry credentials pushes
+/// with what the Docker config's `credsStore` helper gives for the registry (the testbed's
+/// real registry checks them); a helper with nothing for it is a refused login.
+#[test]
+fn cli_pushes_with_the_credentials_of_a_docker_credential_helper() {
+    let Some(tb) = support::Testbed::get("cli_pushes_with_a_credential_helper") else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("app");
+    fs::create_dir_all(&app).unwrap();
+    for f in ["Dockerfile", "start.sh", "index.html", "health"] {
+        fs::copy(root.join("manifests/hello/app").join(f), app.join(f)).unwrap();
+    }
+    fs::copy("/bin/busybox", app.join("busybox")).unwrap();
+    fs::write(app.join("VERSION"), format!("{}\n", support::unique())).unwrap();
+    let project = format!("credhelper{}", std::process::id());
+    let file = tmp.path().join("fleet.toml");
+    fs::write(
+        &file,
+        format!(
+            "[project]\nname = \"{project}\"\n\n[registry]\nserver = \"{}\"\n\n\
+             [hosts.h1]\naddress = \"10.200.1.2\"\n\n\
+             [apps.hello]\nbuild = {{ context = \"app\" }}\n\n\
+             [environments.production]\nhosts = [\"h1\"]\n",
+            tb.registry
+        ),
+    )
+    .unwrap();
+    // The helper: the testbed's registry user for its registry, nothing for anything else.
+    let bin = tmp.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-fleettest");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\n\
+             if [ \"$server\" = \"$FLEETTEST_KNOWS\" ]; then\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{}\",\"Secret\":\"{}\"}}\\n' \"$server\"\n\
+             else echo 'credentials not found in native keychain'; exit 1; fi\n",
+            tb.registry_user, tb.registry_password
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    let docker_config = tmp.path().join("docker");
+    fs::create_dir_all(&docker_config).unwrap();
+    fs::write(
+        docker_config.join("config.json"),
+        r#"{"credsStore":"fleettest"}"#,
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let build = |knows: &str| {
+        let out = tb
+            .fleet()
+            .env_remove("FLEET_REGISTRY_USER")
+            .env_remove("FLEET_REGISTRY_PASSWORD")
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("PATH", &path)
+            .env("FLEETTEST_KNOWS", knows)
+            .arg("-f")
+            .arg(&file)
+            .args(["build", "--push", "--json"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = build("some-other-registry:5000");
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(err.contains("refused the login"), "{err}");
+
+    let (code, out, err) = build(&tb.registry);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["pushed"], true, "{out}");
+    assert!(!err.contains(&tb.registry_password) && !out.contains(&tb.registry_password));
+}

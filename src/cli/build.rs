@@ -160,6 +160,10 @@ fn diagnose(e: BuildError) -> miette::Report {
                 "{e}"
             )
         }
+        BuildError::Registry(e @ RegistryError::CredentialHelper { .. }) => miette!(
+            help = "is the helper on PATH and logged in (`docker login`)? Or give the registry a username and password in the manifest",
+            "{e}"
+        ),
         BuildError::Context { app, source } => miette!(
             help = "check the app's `build.context` (paths are relative to the manifest)",
             "app `{app}`: {source}"

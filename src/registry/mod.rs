@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,6 +21,8 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 
 use crate::desired::{RegistryTarget, SecretRef};
+
+pub mod docker_config;
 
 /// The manifest media types fleet accepts when asking for a tag.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
@@ -83,6 +84,12 @@ pub enum RegistryError {
     Unexpected { status: u16, body: String },
     #[error("registry password {reference}: {reason}")]
     Secret { reference: String, reason: String },
+    #[error("credential helper docker-credential-{helper} for {registry}: {reason}")]
+    CredentialHelper {
+        helper: String,
+        registry: String,
+        reason: String,
+    },
 }
 
 /// A parsed `WWW-Authenticate` challenge.
@@ -400,48 +407,16 @@ pub fn read_secret(r: &SecretRef) -> Result<String, RegistryError> {
     })
 }
 
-/// The credentials for a registry: the manifest's (user + secret reference), else the
-/// user's `~/.docker/config.json` `auths` entry for that server, else none.
-/// (Credential helpers, `credsStore`, are not supported yet.)
+/// The credentials for a registry: the manifest's (user + secret reference), else what the
+/// user's Docker config has for that server (`docker login`: a credential helper or `auths`),
+/// else none.
 pub fn credentials(target: &RegistryTarget) -> Result<Option<Credentials>, RegistryError> {
     if let Some(pw) = &target.password {
         let password = read_secret(pw)?;
         let username = target.username.clone().unwrap_or_default();
         return Ok(Some(Credentials::new(username, password)));
     }
-    Ok(docker_config_credentials(
-        &target.server,
-        docker_config_path(),
-    ))
-}
-
-fn docker_config_path() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("DOCKER_CONFIG") {
-        return Some(PathBuf::from(d).join("config.json"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
-}
-
-/// Look `server` up in a Docker `config.json` (`auths.<server>.auth` is base64 `user:pass`).
-pub fn docker_config_credentials(server: &str, path: Option<PathBuf>) -> Option<Credentials> {
-    let text = std::fs::read_to_string(path?).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let auths = v.get("auths")?.as_object()?;
-    let entry = auths.iter().find_map(|(k, v)| {
-        let k = k
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
-        (k == server).then_some(v)
-    })?;
-    if let Some(a) = entry.get("auth").and_then(|a| a.as_str()) {
-        let decoded = String::from_utf8(B64.decode(a).ok()?).ok()?;
-        let (u, p) = decoded.split_once(':')?;
-        return Some(Credentials::new(u, p));
-    }
-    let u = entry.get("username")?.as_str()?;
-    let p = entry.get("password")?.as_str()?;
-    Some(Credentials::new(u, p))
+    docker_config::credentials(&target.server, docker_config::path())
 }
 
 #[cfg(test)]
@@ -508,21 +483,6 @@ mod tests {
         let c = RegistryClient::new("10.200.1.1:5000", None);
         assert_eq!(c.name_of("10.200.1.1:5000/shop/api"), "shop/api");
         assert_eq!(c.name_of("shop/api"), "shop/api");
-    }
-
-    #[test]
-    fn docker_config_auths() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("config.json");
-        let auth = B64.encode("bob:pw");
-        std::fs::write(
-            &p,
-            format!(r#"{{"auths":{{"http://10.0.0.1:5000/":{{"auth":"{auth}"}}}}}}"#),
-        )
-        .unwrap();
-        let c = docker_config_credentials("10.0.0.1:5000", Some(p.clone())).unwrap();
-        assert_eq!((c.username.as_str(), c.password()), ("bob", "pw"));
-        assert!(docker_config_credentials("other:5000", Some(p)).is_none());
     }
 
     /// A one-shot fake registry on loopback: checks the client's challenge handling end to end.
