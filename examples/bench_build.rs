@@ -86,6 +86,7 @@ fn main() {
         server: get("FLEET_REGISTRY"),
         username: Some(get("FLEET_REGISTRY_USER")),
         password: Some(SecretRef::File(pw.display().to_string())),
+        insecure: true, // the testbed registry speaks plain HTTP
     };
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

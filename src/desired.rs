@@ -288,6 +288,9 @@ pub struct RegistryTarget {
     pub server: String,
     pub username: Option<String>,
     pub password: Option<SecretRef>,
+    /// Plain HTTP allowed (`insecure = true`): HTTPS is tried first, as Docker does.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// What `fleet build` needs for one app (no environment involved).

@@ -46,6 +46,8 @@ impl Testbed {
             server: self.registry.clone(),
             username: Some(self.user.clone()),
             password: Some(SecretRef::File(pw.display().to_string())),
+            // The testbed registry speaks plain HTTP.
+            insecure: true,
         }
     }
 
@@ -371,7 +373,7 @@ fn cli_pushes_with_the_credentials_of_a_docker_credential_helper() {
     fs::write(
         &file,
         format!(
-            "[project]\nname = \"{project}\"\n\n[registry]\nserver = \"{}\"\n\n\
+            "[project]\nname = \"{project}\"\n\n[registry]\nserver = \"{}\"\ninsecure = true\n\n\
              [hosts.h1]\naddress = \"10.200.1.2\"\n\n\
              [apps.hello]\nbuild = {{ context = \"app\" }}\n\n\
              [environments.production]\nhosts = [\"h1\"]\n",

@@ -154,6 +154,7 @@ fn registry_of(repository: &str, registry: Option<&RegistryTarget>) -> Option<Re
         server: first.to_string(),
         username: None,
         password: None,
+        insecure: false,
     })
 }
 
@@ -350,6 +351,7 @@ mod tests {
             server: "10.200.1.1:5000".into(),
             username: Some("u".into()),
             password: None,
+            insecure: true,
         };
         assert_eq!(
             registry_of("10.200.1.1:5000/x", Some(&given))

@@ -26,7 +26,7 @@ pub const TOP_KEYS: &[&str] = &[
     "environments",
 ];
 pub const PROJECT_KEYS: &[&str] = &["name", "pre_deploy", "post_deploy"];
-pub const REGISTRY_KEYS: &[&str] = &["server", "username", "password"];
+pub const REGISTRY_KEYS: &[&str] = &["server", "username", "password", "insecure"];
 pub const CONSUL_KEYS: &[&str] = &["address", "token", "datacenter"];
 pub const HOST_KEYS: &[&str] = &[
     "address",
@@ -362,10 +362,12 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
                 Some("use a secret reference: `password = { env = \"REGISTRY_PASSWORD\" }`".into()),
             );
         }
+        let insecure = get(t, "insecure").and_then(|i| cx.bool(i)).unwrap_or(false);
         Some(RegistryTarget {
             server: server?,
             username,
             password,
+            insecure,
         })
     });
 

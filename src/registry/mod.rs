@@ -174,11 +174,67 @@ enum Auth {
     Bearer(String),
 }
 
+/// How a registry is reached, as Docker does: HTTPS, verified against the system's roots plus
+/// an extra CA when given; plain HTTP only for a registry marked insecure (or on loopback,
+/// which Docker also treats as insecure), after HTTPS failed to connect.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// `[registry] insecure = true` (the registry must then be in each engine's
+    /// `insecure-registries` too).
+    pub insecure: bool,
+    /// An extra CA certificate (PEM) to trust for this registry.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Transport {
+    /// For `server`: insecure when `insecure` or on loopback; the CA of `FLEET_REGISTRY_CA`
+    /// (a PEM file), else Docker's `/etc/docker/certs.d/<server>/ca.crt` when it exists.
+    pub fn for_server(server: &str, insecure: bool) -> Result<Self, RegistryError> {
+        let ca = std::env::var_os("FLEET_REGISTRY_CA")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                let p = std::path::Path::new("/etc/docker/certs.d")
+                    .join(server)
+                    .join("ca.crt");
+                p.exists().then_some(p)
+            });
+        let ca_pem = match ca {
+            Some(p) => Some(std::fs::read(&p).map_err(|e| RegistryError::Unreachable {
+                registry: server.to_string(),
+                reason: format!("cannot read its CA certificate {}: {e}", p.display()),
+            })?),
+            None => None,
+        };
+        Ok(Transport {
+            insecure: insecure || is_loopback(server),
+            ca_pem,
+        })
+    }
+}
+
+/// `localhost:5000`, `127.0.0.1:5000`, `[::1]:5000`.
+fn is_loopback(server: &str) -> bool {
+    let host = server
+        .rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(server, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A client for one registry (`host:port`).
 pub struct RegistryClient {
     server: String,
     credentials: Option<Credentials>,
     http: reqwest::Client,
+    insecure: bool,
+    /// `https://server` or, for an insecure registry that does not speak TLS, `http://server`;
+    /// decided at the first request.
+    base: tokio::sync::OnceCell<String>,
     /// Per repository, the `Authorization` value that last worked.
     auth: Mutex<HashMap<String, Auth>>,
 }
@@ -193,23 +249,68 @@ impl fmt::Debug for RegistryClient {
 }
 
 impl RegistryClient {
+    /// A client with the transport Docker would use for `server` by default.
     pub fn new(server: impl Into<String>, credentials: Option<Credentials>) -> Self {
-        let http = reqwest::Client::builder()
+        let server = server.into();
+        let transport = Transport {
+            insecure: is_loopback(&server),
+            ca_pem: None,
+        };
+        Self::with_transport(server, credentials, transport)
+            .expect("a client without an extra CA always builds")
+    }
+
+    pub fn with_transport(
+        server: impl Into<String>,
+        credentials: Option<Credentials>,
+        transport: Transport,
+    ) -> Result<Self, RegistryError> {
+        let server = server.into();
+        let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("a reqwest client without TLS always builds");
-        Self {
-            server: server.into(),
+            .timeout(Duration::from_secs(30));
+        if let Some(pem) = &transport.ca_pem {
+            let cert =
+                reqwest::Certificate::from_pem(pem).map_err(|e| RegistryError::Unreachable {
+                    registry: server.clone(),
+                    reason: format!("its CA certificate is not PEM: {e}"),
+                })?;
+            b = b.add_root_certificate(cert);
+        }
+        let http = b.build().map_err(|e| RegistryError::Unreachable {
+            registry: server.clone(),
+            reason: format!("cannot set up TLS: {e}"),
+        })?;
+        Ok(Self {
+            server,
             credentials,
             http,
+            insecure: transport.insecure,
+            base: tokio::sync::OnceCell::new(),
             auth: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// The client for a manifest's registry, with its credentials read now.
     pub fn for_target(target: &RegistryTarget) -> Result<Self, RegistryError> {
-        Ok(Self::new(target.server.clone(), credentials(target)?))
+        let transport = Transport::for_server(&target.server, target.insecure)?;
+        Self::with_transport(target.server.clone(), credentials(target)?, transport)
+    }
+
+    /// `https://server`; for an insecure registry, `http://server` when HTTPS cannot connect.
+    async fn base(&self) -> &str {
+        self.base
+            .get_or_init(|| async {
+                let https = format!("https://{}", self.server);
+                if !self.insecure {
+                    return https;
+                }
+                match self.http.get(format!("{https}/v2/")).send().await {
+                    Ok(_) => https,
+                    Err(_) => format!("http://{}", self.server),
+                }
+            })
+            .await
     }
 
     pub fn server(&self) -> &str {
@@ -238,7 +339,7 @@ impl RegistryClient {
         tag: &str,
     ) -> Result<Option<Digest>, RegistryError> {
         let name = self.name_of(repo);
-        let url = format!("http://{}/v2/{}/manifests/{}", self.server, name, tag);
+        let url = format!("{}/v2/{}/manifests/{}", self.base().await, name, tag);
         let mut answered = false;
         loop {
             let mut req = self.http.head(&url).header(ACCEPT, MANIFEST_ACCEPT);
@@ -483,6 +584,105 @@ mod tests {
         let c = RegistryClient::new("10.200.1.1:5000", None);
         assert_eq!(c.name_of("10.200.1.1:5000/shop/api"), "shop/api");
         assert_eq!(c.name_of("shop/api"), "shop/api");
+    }
+
+    /// A self-signed certificate for 127.0.0.1: (its PEM, the server's identity).
+    fn self_signed() -> (Vec<u8>, native_tls::Identity) {
+        use openssl::{asn1::Asn1Time, bn::BigNum, ec, hash::MessageDigest, nid::Nid, pkey, x509};
+        let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = pkey::PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "fleet test registry")
+            .unwrap();
+        let name = name.build();
+        let mut b = x509::X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap())
+            .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        let san = x509::extension::SubjectAlternativeName::new()
+            .ip("127.0.0.1")
+            .build(&b.x509v3_context(None, None))
+            .unwrap();
+        b.append_extension(san).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        let pem = b.build().to_pem().unwrap();
+        let identity =
+            native_tls::Identity::from_pkcs8(&pem, &key.private_key_to_pem_pkcs8().unwrap())
+                .unwrap();
+        (pem, identity)
+    }
+
+    /// A registry that speaks only TLS: found with its CA, refused without it (no fallback
+    /// to plain HTTP for a registry that is not insecure).
+    #[tokio::test]
+    async fn a_tls_registry_is_verified_against_its_ca() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (pem, identity) = self_signed();
+        let acceptor =
+            tokio_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::new(identity).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    continue; // a client that refused the certificate
+                };
+                let mut buf = vec![0u8; 4096];
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let resp = if req.starts_with("HEAD /v2/shop/api/manifests/v1 ") {
+                    "HTTP/1.1 200 OK\r\nDocker-Content-Digest: sha256:abc\r\nContent-Length: 0\r\n\r\n"
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+                };
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let trusted = Transport {
+            insecure: false,
+            ca_pem: Some(pem),
+        };
+        let ok = RegistryClient::with_transport(addr.clone(), None, trusted).unwrap();
+        let found = ok.manifest_exists("shop/api", "v1").await.unwrap();
+        assert_eq!(found.map(|d| d.to_string()), Some("sha256:abc".to_string()));
+        assert!(
+            ok.manifest_exists("shop/api", "v2")
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let strict = RegistryClient::with_transport(addr, None, Transport::default()).unwrap();
+        match strict.manifest_exists("shop/api", "v1").await {
+            Err(RegistryError::Unreachable { reason, .. }) => {
+                assert!(reason.contains("https://"), "{reason}");
+            }
+            other => panic!("an unknown certificate was accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn loopback_registries_are_insecure_like_dockers() {
+        for s in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "localhost",
+        ] {
+            assert!(is_loopback(s), "{s}");
+        }
+        for s in ["10.200.1.1:5000", "registry.example.com", "ghcr.io"] {
+            assert!(!is_loopback(s), "{s}");
+        }
     }
 
     /// A one-shot fake registry on loopback: checks the client's challenge handling end to end.

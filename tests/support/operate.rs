@@ -27,7 +27,7 @@ pub fn hello_image(tb: &Testbed) -> String {
 /// `apps` (TOML `[apps.x]` tables) appended. Registry credentials come from the environment.
 pub fn manifest(tb: &Testbed, project: &str, hosts: &[&str], apps: &str) -> String {
     let mut s = format!(
-        "[project]\nname = \"{project}\"\n\n[registry]\nserver = \"{}\"\nusername = {{ env = \"FLEET_REGISTRY_USER\" }}\npassword = {{ env = \"FLEET_REGISTRY_PASSWORD\" }}\n\n[consul]\naddress = \"http://127.0.0.1:8500\"\n\n",
+        "[project]\nname = \"{project}\"\n\n[registry]\nserver = \"{}\"\ninsecure = true\nusername = {{ env = \"FLEET_REGISTRY_USER\" }}\npassword = {{ env = \"FLEET_REGISTRY_PASSWORD\" }}\n\n[consul]\naddress = \"http://127.0.0.1:8500\"\n\n",
         tb.registry
     );
     for h in hosts {

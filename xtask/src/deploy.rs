@@ -101,7 +101,7 @@ pub fn bench_project(l: &Layout, dir: &Path, project: &str, n: u32) -> Result<Pa
         }
     }
     let mut toml = String::from(
-        "[project]\nname = \"{project}\"\n\n[registry]\nserver = \"10.200.1.1:5000\"\nusername = { env = \"FLEET_REGISTRY_USER\" }\npassword = { env = \"FLEET_REGISTRY_PASSWORD\" }\n\n[consul]\naddress = \"http://127.0.0.1:8500\"\n\n",
+        "[project]\nname = \"{project}\"\n\n[registry]\nserver = \"10.200.1.1:5000\"\ninsecure = true\nusername = { env = \"FLEET_REGISTRY_USER\" }\npassword = { env = \"FLEET_REGISTRY_PASSWORD\" }\n\n[consul]\naddress = \"http://127.0.0.1:8500\"\n\n",
     )
     .replace("{project}", project);
     for i in 1..=n {

@@ -24,6 +24,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "/bin/busybox"),
     ("iproute2", "/usr/sbin/ip"),
     ("apache2-utils", "/usr/bin/htpasswd"),
+    // Building fleet itself: TLS to registries through the system's OpenSSL.
+    ("libssl-dev", "/usr/include/openssl/ssl.h"),
+    ("pkg-config", "/usr/bin/pkg-config"),
 ];
 
 pub fn ensure_root() -> Result<()> {
