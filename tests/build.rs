@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use fleet::build::{self, BuildError, Options};
@@ -359,28 +360,9 @@ fn cli_pushes_with_the_credentials_of_a_docker_credential_helper() {
     let Some(tb) = support::Testbed::get("cli_pushes_with_a_credential_helper") else {
         return;
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
-    let app = tmp.path().join("app");
-    fs::create_dir_all(&app).unwrap();
-    for f in ["Dockerfile", "start.sh", "index.html", "health"] {
-        fs::copy(root.join("manifests/hello/app").join(f), app.join(f)).unwrap();
-    }
-    fs::copy("/bin/busybox", app.join("busybox")).unwrap();
-    fs::write(app.join("VERSION"), format!("{}\n", support::unique())).unwrap();
     let project = format!("credhelper{}", std::process::id());
-    let file = tmp.path().join("fleet.toml");
-    fs::write(
-        &file,
-        format!(
-            "[project]\nname = \"{project}\"\n\n[registry]\nserver = \"{}\"\ninsecure = true\n\n\
-             [hosts.h1]\naddress = \"10.200.1.2\"\n\n\
-             [apps.hello]\nbuild = {{ context = \"app\" }}\n\n\
-             [environments.production]\nhosts = [\"h1\"]\n",
-            tb.registry
-        ),
-    )
-    .unwrap();
+    let file = hello_project(tmp.path(), &project, &tb.registry, false, "");
     // The helper: the testbed's registry user for its registry, nothing for anything else.
     let bin = tmp.path().join("bin");
     fs::create_dir_all(&bin).unwrap();
@@ -439,4 +421,87 @@ fn cli_pushes_with_the_credentials_of_a_docker_credential_helper() {
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(rows[0]["pushed"], true, "{out}");
     assert!(!err.contains(&tb.registry_password) && !out.contains(&tb.registry_password));
+}
+
+/// A copy of the hello app (a VERSION of its own, so its tag is new to the registry) under
+/// `dir`, and `dir/fleet.toml` building it for `project`, with the testbed's registry
+/// credentials (from the environment) or none, plus `extra` (more TOML).
+fn hello_project(
+    dir: &Path,
+    project: &str,
+    registry: &str,
+    credentials: bool,
+    extra: &str,
+) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let app = dir.join("app");
+    fs::create_dir_all(&app).unwrap();
+    for f in ["Dockerfile", "start.sh", "index.html", "health"] {
+        fs::copy(root.join("manifests/hello/app").join(f), app.join(f)).unwrap();
+    }
+    fs::copy("/bin/busybox", app.join("busybox")).unwrap();
+    fs::write(app.join("VERSION"), format!("{}\n", support::unique())).unwrap();
+    let file = dir.join("fleet.toml");
+    let credentials = if credentials {
+        "username = { env = \"FLEET_REGISTRY_USER\" }\npassword = { env = \"FLEET_REGISTRY_PASSWORD\" }\n"
+    } else {
+        ""
+    };
+    fs::write(
+        &file,
+        format!(
+            "[project]\nname = \"{project}\"\n\n[registry]\nserver = \"{registry}\"\ninsecure = true\n{credentials}\n\
+             [hosts.h1]\naddress = \"10.200.1.2\"\n\n\
+             [hosts.h2]\naddress = \"10.200.2.2\"\nuser = \"root\"\n\n\
+             [apps.hello]\nbuild = {{ context = \"app\" }}\n\n\
+             [environments.production]\nhosts = [\"h1\"]\n{extra}"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// `[builder] host`: the image is built and pushed by that host's engine, over SSH; the
+/// local engine never sees it.
+#[test]
+fn cli_builds_on_the_builder_host() {
+    let Some(tb) = support::Testbed::get("cli_builds_on_the_builder_host") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let project = format!("builder{}", std::process::id());
+    let file = hello_project(
+        tmp.path(),
+        &project,
+        &tb.registry,
+        true,
+        "\n[builder]\nhost = \"h2\"\n",
+    );
+    let out = tb
+        .fleet()
+        .arg("-f")
+        .arg(&file)
+        .args(["build", "--push", "--json"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (&rows[0]["built"], &rows[0]["pushed"]),
+        (&true.into(), &true.into())
+    );
+    let image = rows[0]["image"].as_str().unwrap();
+    // Built on h2 ...
+    tb.ssh_ok("h2", &format!("docker image inspect {image} >/dev/null"));
+    // ... not here.
+    let local = Command::new("docker")
+        .args(["-H", "unix:///run/docker.sock", "image", "inspect", image])
+        .output()
+        .unwrap();
+    assert!(!local.status.success(), "{image} was built locally");
+    tb.ssh_ok("h2", &format!("docker image rm {image} >/dev/null"));
 }

@@ -270,6 +270,32 @@ fn a_missing_build_context_points_at_its_line() {
     assert!(err.contains("no such directory"), "{err}");
 }
 
+/// `[builder] host` names one of [hosts]; another name points at itself with a suggestion.
+#[test]
+fn the_builder_is_one_of_the_hosts() {
+    let base = "[project]\nname = \"p\"\n[hosts.web1]\naddress = \"10.0.0.1\"\n\
+                [apps.a]\nimage = \"busybox:1\"\n[environments.production]\nhosts = [\"web1\"]\n";
+    let good = format!("{base}[builder]\nhost = \"web1\"\n");
+    let m = manifest::load_str(&good, Format::Toml, "m.toml", Path::new("/p")).unwrap();
+    assert_eq!(m.builder().map(|t| t.address.as_str()), Some("10.0.0.1"));
+    let none = manifest::load_str(base, Format::Toml, "m.toml", Path::new("/p")).unwrap();
+    assert!(none.builder().is_none());
+
+    let bad = format!("{base}[builder]\nhost = \"web2\"\n");
+    let Err(ManifestError::Invalid { problems, .. }) =
+        manifest::load_str(&bad, Format::Toml, "m.toml", Path::new("/p"))
+    else {
+        panic!("an unknown builder host was accepted")
+    };
+    let p = &problems[0];
+    assert_eq!(
+        &bad[p.span.offset()..p.span.offset() + p.span.len()],
+        "\"web2\""
+    );
+    assert_eq!(p.message, "there is no host `web2`");
+    assert_eq!(p.help.as_deref(), Some("did you mean `web1`?"));
+}
+
 #[test]
 fn missing_secrets_are_reported_only_when_checked() {
     let src = std::fs::read_to_string(fixtures().join("shop.toml"))

@@ -105,6 +105,9 @@ pub struct Options {
     pub jobs: usize,
     /// Where progress goes (app name, event).
     pub events: Option<EventSink>,
+    /// The engine that builds and pushes: a builder host's (through its SSH session), or
+    /// `None` for the local one.
+    pub engine: Option<bollard::Docker>,
 }
 
 impl Default for Options {
@@ -114,6 +117,7 @@ impl Default for Options {
             force: false,
             jobs: 2,
             events: None,
+            engine: None,
         }
     }
 }
@@ -267,7 +271,14 @@ async fn run_one(
                 return Ok(outcome);
             }
         }
-        let docker = docker.get_or_try_init(engine::connect_local).await?;
+        let docker = docker
+            .get_or_try_init(|| async {
+                match &opts.engine {
+                    Some(d) => Ok(d.clone()),
+                    None => engine::connect_local().await,
+                }
+            })
+            .await?;
         emit(Event::Building);
         let mut labels = HashMap::new();
         labels.insert(crate::labels::APP.to_string(), t.app.clone());

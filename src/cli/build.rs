@@ -10,6 +10,7 @@ use miette::miette;
 
 use super::Global;
 use crate::build::{self, BuildError, BuildOutcome, Event, Options};
+use crate::host::{ConnectOptions, HostSession};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -71,13 +72,16 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         targets.iter().map(|t| t.app.clone()),
     );
     let sink = progress.clone();
+    let builder = Builder::open(&loaded).await?;
     let opts = Options {
         push: args.push,
         force: args.force,
         jobs: args.jobs as usize,
         events: Some(Arc::new(move |app: &str, e: Event| sink.event(app, e))),
+        engine: builder.engine.clone(),
     };
     let result = build::run(&targets, registry.as_ref(), &opts).await;
+    builder.close().await;
     progress.finish();
     let outcomes = result.map_err(diagnose)?;
 
@@ -91,6 +95,44 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         println!("{}", table(&outcomes));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine that builds: the `[builder]` host's, reached over SSH like any host (its session
+/// open while building), else the local one (`engine: None`).
+pub(crate) struct Builder {
+    session: Option<HostSession>,
+    pub engine: Option<bollard::Docker>,
+}
+
+impl Builder {
+    pub async fn open(loaded: &crate::manifest::Loaded) -> miette::Result<Builder> {
+        let Some(target) = loaded.builder() else {
+            return Ok(Builder {
+                session: None,
+                engine: None,
+            });
+        };
+        let help = "the [builder] host builds the images: check that it is reachable and runs Docker, or remove [builder] to build here";
+        let session = HostSession::connect(target, &ConnectOptions::default())
+            .await
+            .map_err(|e| miette!(help = help, "cannot reach the builder: {e}"))?;
+        match session.docker().await {
+            Ok(engine) => Ok(Builder {
+                session: Some(session),
+                engine: Some(engine),
+            }),
+            Err(e) => {
+                session.close().await;
+                Err(miette!(help = help, "cannot use the builder's engine: {e}"))
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        if let Some(s) = self.session {
+            s.close().await;
+        }
+    }
 }
 
 fn json_row(o: &BuildOutcome) -> serde_json::Value {

@@ -82,6 +82,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let mut versions = if args.no_build {
         super::versions(&loaded, &targets)?
     } else {
+        let builder = super::build::Builder::open(&loaded).await?;
         let out = crate::build::run(
             &targets,
             registry.as_ref(),
@@ -101,11 +102,13 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
                     };
                     line("build", &format!("{app}: {what}"));
                 })),
+                engine: builder.engine.clone(),
                 ..Default::default()
             },
         )
-        .await
-        .map_err(|e| miette!("build failed: {e}"))?;
+        .await;
+        builder.close().await;
+        let out = out.map_err(|e| miette!("build failed: {e}"))?;
         out.into_iter().map(|o| (o.app, o.tag)).collect()
     };
     // Apps not selected with --app keep their current sources' tags (only used to resolve).

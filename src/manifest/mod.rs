@@ -311,6 +311,16 @@ impl Loaded {
         self.problems(cx)
     }
 
+    /// The host named by `[builder] host`, whose engine builds; `None` builds locally.
+    pub fn builder(&self) -> Option<&crate::desired::HostTarget> {
+        let name = self.manifest.builder.as_ref()?;
+        self.manifest
+            .hosts
+            .iter()
+            .map(|h| &h.target)
+            .find(|t| &t.name == name)
+    }
+
     /// Versions for commands that show a desired state without building (`validate`, `show`):
     /// every built app gets the tag `unbuilt`.
     pub fn placeholder_versions(&self) -> Versions {

@@ -24,7 +24,9 @@ pub const TOP_KEYS: &[&str] = &[
     "hosts",
     "apps",
     "environments",
+    "builder",
 ];
+pub const BUILDER_KEYS: &[&str] = &["host"];
 pub const PROJECT_KEYS: &[&str] = &["name", "pre_deploy", "post_deploy"];
 pub const REGISTRY_KEYS: &[&str] = &["server", "username", "password", "insecure"];
 pub const CONSUL_KEYS: &[&str] = &["address", "token", "datacenter"];
@@ -103,6 +105,9 @@ pub struct Manifest {
     pub environments: Vec<EnvDef>,
     /// `[project] pre_deploy` / `post_deploy`.
     pub hooks: Hooks,
+    /// `[builder] host`: the host whose Docker engine builds and pushes (over SSH); `None`,
+    /// the local engine.
+    pub builder: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -462,6 +467,22 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
         }
     }
 
+    let builder = get(top, "builder").and_then(|n| {
+        let t = cx.table(n, "[builder]", BUILDER_KEYS)?;
+        let Some(h) = get(t, "host") else {
+            cx.err(
+                &n.span,
+                "[builder] has no `host`",
+                "missing `host`",
+                Some("name the host that builds: `host = \"web1\"` (one of [hosts])".into()),
+            );
+            return None;
+        };
+        let name = cx.text(h)?;
+        let known: Vec<&str> = hosts.iter().map(|d| d.target.name.as_str()).collect();
+        unknown_ref(cx, "host", &name, &h.span, &known).then_some(name)
+    });
+
     Some(Manifest {
         dir: dir.to_path_buf(),
         project: project?,
@@ -471,6 +492,7 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
         apps,
         environments,
         hooks,
+        builder,
     })
 }
 
