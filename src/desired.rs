@@ -288,7 +288,8 @@ pub struct RegistryTarget {
     pub server: String,
     pub username: Option<String>,
     pub password: Option<SecretRef>,
-    /// Plain HTTP allowed (`insecure = true`): HTTPS is tried first, as Docker does.
+    /// `insecure = true`: as Docker's `insecure-registries`, HTTPS without checking the
+    /// certificate, else plain HTTP.
     #[serde(default)]
     pub insecure: bool,
 }

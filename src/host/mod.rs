@@ -314,16 +314,27 @@ async fn own_master(
     if let Some(c) = &opts.ssh_config {
         b.config_file(c);
     }
-    // ssh enforces ConnectTimeout for TCP only; bound the handshake too.
-    let limit = opts.connect_timeout + Duration::from_secs(5);
-    match tokio::time::timeout(limit, b.connect_mux(&target.address)).await {
-        Err(_) => Err(HostError::Unreachable {
-            host: target.name.clone(),
-            address: target.address.clone(),
-            cause: format!("no SSH session after {}", humantime::format_duration(limit)),
-        }),
+    match tokio::time::timeout(handshake_limit(opts), b.connect_mux(&target.address)).await {
+        Err(_) => Err(no_session(target, opts)),
         Ok(Err(e)) => Err(classify(target, &chain(&e))),
         Ok(Ok(s)) => Ok(s),
+    }
+}
+
+/// ssh enforces `ConnectTimeout` for TCP only; the handshake is bounded too, by this.
+fn handshake_limit(opts: &ConnectOptions) -> Duration {
+    opts.connect_timeout + Duration::from_secs(5)
+}
+
+/// The error when no SSH session came within [`handshake_limit`].
+fn no_session(target: &HostTarget, opts: &ConnectOptions) -> HostError {
+    HostError::Unreachable {
+        host: target.name.clone(),
+        address: target.address.clone(),
+        cause: format!(
+            "no SSH session after {}",
+            humantime::format_duration(handshake_limit(opts))
+        ),
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use openssh::Session;
 
-use super::{ConnectOptions, HostError, classify};
+use super::{ConnectOptions, HostError, classify, handshake_limit, no_session};
 use crate::desired::HostTarget;
 use crate::errors::chain;
 
@@ -150,16 +150,8 @@ pub async fn connect(
         ssh.arg("-F").arg(c);
     }
     ssh.arg(&target.address).kill_on_drop(true);
-    // ssh enforces ConnectTimeout for TCP only; bound the handshake too.
-    let limit = opts.connect_timeout + Duration::from_secs(5);
-    let status = match tokio::time::timeout(limit, ssh.status()).await {
-        Err(_) => {
-            return Err(HostError::Unreachable {
-                host: target.name.clone(),
-                address: target.address.clone(),
-                cause: format!("no SSH session after {}", humantime::format_duration(limit)),
-            });
-        }
+    let status = match tokio::time::timeout(handshake_limit(opts), ssh.status()).await {
+        Err(_) => return Err(no_session(target, opts)),
         Ok(Err(e)) => {
             return Err(HostError::Ssh {
                 host: target.name.clone(),

@@ -175,8 +175,8 @@ enum Auth {
 }
 
 /// How a registry is reached, as Docker does: HTTPS, verified against the system's roots plus
-/// an extra CA when given; plain HTTP only for a registry marked insecure (or on loopback,
-/// which Docker also treats as insecure), after HTTPS failed to connect.
+/// an extra CA when given. A registry marked insecure (or on loopback, which Docker also
+/// treats as insecure): HTTPS without verifying its certificate, else plain HTTP.
 #[derive(Debug, Clone, Default)]
 pub struct Transport {
     /// `[registry] insecure = true` (the registry must then be in each engine's
@@ -276,6 +276,11 @@ impl RegistryClient {
                     reason: format!("its CA certificate is not PEM: {e}"),
                 })?;
             b = b.add_root_certificate(cert);
+        }
+        if transport.insecure {
+            // Docker's `insecure-registries`: HTTPS without verifying the certificate, then
+            // plain HTTP.
+            b = b.danger_accept_invalid_certs(true);
         }
         let http = b.build().map_err(|e| RegistryError::Unreachable {
             registry: server.clone(),
