@@ -73,6 +73,12 @@ impl Project {
         self.edit(|t| t.replace("hosts = [\"h1\", \"h2\", \"h3\"]", "hosts = [\"h1\"]"));
     }
 
+    /// Adds `line` (TOML) to the manifest's `[project]` table (a hook, say).
+    fn project_line(&self, line: &str) {
+        let name = format!("name = \"{}\"", self.name);
+        self.edit(|t| t.replacen(&name, &format!("{name}\n{line}"), 1));
+    }
+
     fn edit(&self, f: impl FnOnce(&str) -> String) {
         let path = self.root.join("fleet.toml");
         let t = std::fs::read_to_string(&path).unwrap();
@@ -517,13 +523,7 @@ async fn two_deploys_at_once_one_is_refused_naming_the_holder() {
     };
     p.one_host();
     // The winner holds the lock through a slow pre_deploy hook, so the two surely overlap.
-    p.edit(|t| {
-        t.replacen(
-            &format!("name = \"{}\"", p.name),
-            &format!("name = \"{}\"\npre_deploy = [\"sleep 2\"]", p.name),
-            1,
-        )
-    });
+    p.project_line("pre_deploy = [\"sleep 2\"]");
     p.set_version("race");
     let o = p.run(&tb, &["build", "--push"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -585,17 +585,10 @@ async fn a_failing_pre_deploy_hook_changes_nothing() {
     };
     p.one_host();
     let marker = p.root.join("after-the-failure");
-    p.edit(|t| {
-        t.replacen(
-            &format!("name = \"{}\"", p.name),
-            &format!(
-                "name = \"{}\"\npre_deploy = [\"echo checking $FLEET_ENV $FLEET_APPS\", \"exit 3\", \"touch {}\"]",
-                p.name,
-                marker.display()
-            ),
-            1,
-        )
-    });
+    p.project_line(&format!(
+        "pre_deploy = [\"echo checking $FLEET_ENV $FLEET_APPS\", \"exit 3\", \"touch {}\"]",
+        marker.display()
+    ));
     p.set_version("hook");
     let o = p.run(&tb, &["deploy", "production", "--yes"]);
     let out = text(&o);
@@ -634,17 +627,10 @@ async fn releases_list_outcomes_and_rollback_uses_the_ledger() {
     };
     p.one_host();
     let log = p.root.join("post.log");
-    p.edit(|t| {
-        t.replacen(
-            &format!("name = \"{}\"", p.name),
-            &format!(
-                "name = \"{}\"\npost_deploy = \"echo $FLEET_OUTCOME $FLEET_VERSION >> {}\"",
-                p.name,
-                log.display()
-            ),
-            1,
-        )
-    });
+    p.project_line(&format!(
+        "post_deploy = \"echo $FLEET_OUTCOME $FLEET_VERSION >> {}\"",
+        log.display()
+    ));
     let mut tags = Vec::new();
     for v in ["r1", "r2"] {
         p.set_version(v);
