@@ -270,14 +270,19 @@ fn classify(target: &HostTarget, text: &str) -> HostError {
     }
 }
 
-/// A 64-bit FNV-1a of the host name: short, stable directory names for sockets.
-fn short_name(name: &str) -> String {
+/// 64-bit FNV-1a: short, stable names for socket files and directories.
+fn fnv64(text: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in name.bytes() {
+    for b in text.bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    format!("{:08x}", h as u32)
+    h
+}
+
+/// A short, stable directory name for a host's sockets.
+fn short_name(name: &str) -> String {
+    format!("{:08x}", fnv64(name) as u32)
 }
 
 /// A master of this command's own (no reuse): closed with the session, and gone two minutes

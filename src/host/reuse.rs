@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use openssh::Session;
 
-use super::{ConnectOptions, HostError, classify, handshake_limit, no_session};
+use super::{ConnectOptions, HostError, classify, fnv64, handshake_limit, no_session};
 use crate::desired::HostTarget;
 use crate::errors::chain;
 
@@ -82,12 +82,7 @@ fn key(target: &HostTarget, opts: &ConnectOptions) -> String {
         opts.ssh_config,
         opts.accept_new_host_keys
     );
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", fnv64(&text))
 }
 
 /// A live master for `target`: the one a previous command left, or a new one that stays
