@@ -73,6 +73,14 @@ impl Project {
         self.edit(|t| t.replace("hosts = [\"h1\", \"h2\", \"h3\"]", "hosts = [\"h1\"]"));
     }
 
+    /// Removes the project's containers and registrations from every host when dropped.
+    fn cleanup<'a>(&self, tb: &'a Testbed) -> Cleanup<'a> {
+        Cleanup {
+            tb,
+            project: self.name.clone(),
+        }
+    }
+
     /// Adds `line` (TOML) to the manifest's `[project]` table (a hook, say).
     fn project_line(&self, line: &str) {
         let name = format!("name = \"{}\"", self.name);
@@ -322,10 +330,7 @@ async fn deploy_story_v1_v2_v3_kill_rollback() {
         return;
     };
     let p = Project::new(&tb);
-    let _cleanup = Cleanup {
-        tb: &tb,
-        project: p.name.clone(),
-    };
+    let _cleanup = p.cleanup(&tb);
     let agents = Agents::open(&tb).await;
 
     // v1: every instance healthy and registered, passing.
@@ -517,10 +522,7 @@ async fn two_deploys_at_once_one_is_refused_naming_the_holder() {
         return;
     };
     let p = Project::named(&tb, "fdl");
-    let _cleanup = Cleanup {
-        tb: &tb,
-        project: p.name.clone(),
-    };
+    let _cleanup = p.cleanup(&tb);
     p.one_host();
     // The winner holds the lock through a slow pre_deploy hook, so the two surely overlap.
     p.project_line("pre_deploy = [\"sleep 2\"]");
@@ -579,10 +581,7 @@ async fn a_failing_pre_deploy_hook_changes_nothing() {
         return;
     };
     let p = Project::named(&tb, "fdh");
-    let _cleanup = Cleanup {
-        tb: &tb,
-        project: p.name.clone(),
-    };
+    let _cleanup = p.cleanup(&tb);
     p.one_host();
     let marker = p.root.join("after-the-failure");
     p.project_line(&format!(
@@ -621,10 +620,7 @@ async fn releases_list_outcomes_and_rollback_uses_the_ledger() {
         return;
     };
     let p = Project::named(&tb, "fdr");
-    let _cleanup = Cleanup {
-        tb: &tb,
-        project: p.name.clone(),
-    };
+    let _cleanup = p.cleanup(&tb);
     p.one_host();
     let log = p.root.join("post.log");
     p.project_line(&format!(
