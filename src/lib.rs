@@ -18,6 +18,7 @@ pub mod consul;
 pub mod desired;
 pub mod errors;
 pub mod host;
+pub mod http;
 pub mod labels;
 pub mod manifest;
 pub mod observe;

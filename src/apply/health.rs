@@ -130,12 +130,10 @@ async fn probe(session: &HostSession, check: &HealthCheck, port: u16, timeout: D
             }
         }
         HealthCheck::Http(path) => {
-            let client = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(timeout)
-                .build()
-                .expect("plain client");
-            match client.get(format!("http://{addr}{path}")).send().await {
+            let probe = crate::http::plain()
+                .get(format!("http://{addr}{path}"))
+                .timeout(timeout);
+            match probe.send().await {
                 Ok(r) if r.status().is_success() => String::new(),
                 Ok(r) => format!("HTTP {}", r.status()),
                 Err(e) => e.to_string(),

@@ -138,16 +138,8 @@ impl ConsulClient {
                 message: "not an http:// address".into(),
             });
         }
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ConsulError::InvalidUrl {
-                url: base_url.to_string(),
-                message: e.to_string(),
-            })?;
         Ok(ConsulClient {
-            http,
+            http: crate::http::plain(),
             target: base_url.to_string(),
             base,
             token: token.filter(|t| !t.is_empty()),

@@ -65,11 +65,12 @@ fn plan(l: &Layout, sizes: &[u32]) -> Result<()> {
     if !ok {
         bail!("deploying the bench app to {max} hosts failed:\n{text}");
     }
-    let result = (|| -> Result<Vec<(u32, Duration, Duration, Duration)>> {
+    // (hosts, cold, warm, ssh floor, CPU busy during the best cold run)
+    let result = (|| -> Result<Vec<(u32, Duration, Duration, Duration, f64)>> {
         let mut rows = Vec::new();
         for &n in &sizes {
             let manifest = deploy::bench_project(l, &tmp.join(format!("n{n}")), project, n)?;
-            let best = |warm: bool| -> Result<Duration> {
+            let best = |warm: bool| -> Result<(Duration, f64)> {
                 let env = masters.env();
                 let plan = || {
                     deploy::fleet_env(
@@ -83,40 +84,45 @@ fn plan(l: &Layout, sizes: &[u32]) -> Result<()> {
                 if warm {
                     plan()?; // the command before: its masters are kept
                 }
-                let mut best = Duration::MAX;
+                let mut best = (Duration::MAX, 0.0);
                 for _ in 0..3 {
                     if !warm {
                         masters.clear();
                     }
-                    let t = Instant::now();
+                    let (t, cpu) = (Instant::now(), cpu_ticks());
                     let (ok, text) = plan()?;
-                    let d = t.elapsed();
+                    let (d, busy) = (t.elapsed(), busy_since(cpu));
                     if !ok || !text.contains("No changes.") {
                         bail!("not a no-op plan on {n} hosts:\n{text}");
                     }
-                    best = best.min(d);
+                    if d < best.0 {
+                        best = (d, busy);
+                    }
                 }
                 Ok(best)
             };
-            let (cold, warm, floor) = (best(false)?, best(true)?, ssh_floor(l, n)?);
+            let ((cold, busy), (warm, _)) = (best(false)?, best(true)?);
+            let floor = ssh_floor(l, n)?;
             println!(
-                "bench plan: {n:>2} host(s): cold {:.3}s  warm {:.3}s  ssh floor {:.3}s",
+                "bench plan: {n:>2} host(s): cold {:.3}s (CPU {:.0}% busy)  warm {:.3}s  ssh floor {:.3}s",
                 cold.as_secs_f64(),
+                busy * 100.0,
                 warm.as_secs_f64(),
                 floor.as_secs_f64()
             );
-            rows.push((n, cold, warm, floor));
+            rows.push((n, cold, warm, floor, busy));
         }
         Ok(rows)
     })();
     deploy::cleanup(l, project, max);
     let rows = result?;
     println!("\nbench plan: no-op `fleet plan`, release binary, one app instance per host");
-    println!("  hosts    cold    warm   ssh floor");
-    for (n, cold, warm, floor) in &rows {
+    println!("  hosts    cold  (CPU busy)    warm   ssh floor");
+    for (n, cold, warm, floor, busy) in &rows {
         println!(
-            "  {n:>5}  {:>5.3}s  {:>5.3}s  {:>5.3}s",
+            "  {n:>5}  {:>5.3}s  ({:>3.0}%)     {:>5.3}s  {:>5.3}s",
             cold.as_secs_f64(),
+            busy * 100.0,
             warm.as_secs_f64(),
             floor.as_secs_f64()
         );
@@ -134,6 +140,34 @@ fn plan(l: &Layout, sizes: &[u32]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Busy and total ticks of all CPUs together, from `/proc/stat`.
+pub fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The share of the machine's CPU time that was busy since `start` (0 to 1): near 1 means
+/// every core was working, so more hosts at once cannot finish sooner.
+pub fn busy_since(start: (u64, u64)) -> f64 {
+    let now = cpu_ticks();
+    let total = now.1.saturating_sub(start.1);
+    if total == 0 {
+        return 0.0;
+    }
+    now.0.saturating_sub(start.0) as f64 / total as f64
 }
 
 /// N bare SSH connections at once, as fleet opens them (a master: handshake and

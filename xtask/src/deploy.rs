@@ -127,7 +127,8 @@ pub fn bench_project(l: &Layout, dir: &Path, project: &str, n: u32) -> Result<Pa
 /// The same replace done by hand on hosts 1..=n at once (pull cached, like fleet's): run the
 /// new container on a free port, wait for its first healthy answer, stop and remove the old
 /// one. One `ssh` per host, as fleet needs one connection per host too.
-fn floor(l: &Layout, image_ref: &str, n: u32) -> Result<Duration> {
+/// Also returns how busy the machine's CPUs were meanwhile (0 to 1).
+fn floor(l: &Layout, image_ref: &str, n: u32) -> Result<(Duration, f64)> {
     let on_all = |script: &str| -> Result<()> {
         let children: Vec<_> = (1..=n)
             .map(|i| {
@@ -152,16 +153,16 @@ fn floor(l: &Layout, image_ref: &str, n: u32) -> Result<Duration> {
         "docker rm -f fbench-floor-old fbench-floor-new >/dev/null 2>&1; \
          docker run -d --name fbench-floor-old -p 8080 {image_ref} >/dev/null"
     ))?;
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), crate::bench::cpu_ticks());
     on_all(&format!(
         "docker run -d --name fbench-floor-new -p 8080 {image_ref} >/dev/null && \
          p=$(docker port fbench-floor-new 8080/tcp | head -1 | sed 's/.*://') && \
          until curl -sf http://HOST:$p/health >/dev/null; do sleep 0.05; done && \
          docker stop -t 2 fbench-floor-old >/dev/null && docker rm fbench-floor-old >/dev/null"
     ))?;
-    let d = t.elapsed();
+    let (d, busy) = (t.elapsed(), crate::bench::busy_since(cpu));
     on_all("docker rm -f fbench-floor-new >/dev/null 2>&1; true")?;
-    Ok(d)
+    Ok((d, busy))
 }
 
 /// The longest health-check wait in a `deploy --json` report (`steps[].health_seconds`).
@@ -339,16 +340,17 @@ pub fn bench(l: &Layout, sizes: &[u32]) -> Result<()> {
     println!(
         "\nbench deploy: a one-app change, release binary, Consul check interval 1s; floor = the same docker ops by hand on the same hosts at once"
     );
-    println!("  hosts    cold    warm   floor   cold/floor  warm/floor");
+    println!("  hosts    cold    warm   floor (CPU busy)   cold/floor  warm/floor");
     let mut floors = Vec::new();
     for (n, cold, warm) in &rows {
-        let f = floor(l, &image_ref, *n)?;
+        let (f, busy) = floor(l, &image_ref, *n)?;
         floors.push(f);
         println!(
-            "  {n:>5}  {:>5.2}s  {:>5.2}s  {:>5.2}s  {:>9.2}x  {:>9.2}x",
+            "  {n:>5}  {:>5.2}s  {:>5.2}s  {:>5.2}s ({:>3.0}%)     {:>9.2}x  {:>9.2}x",
             cold.as_secs_f64(),
             warm.as_secs_f64(),
             f.as_secs_f64(),
+            busy * 100.0,
             cold.as_secs_f64() / f.as_secs_f64(),
             warm.as_secs_f64() / f.as_secs_f64()
         );
