@@ -249,8 +249,13 @@ async fn an_unknown_or_changed_host_key_is_refused() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("an unknown host key was accepted"),
     }
-    // Nothing was added to the known_hosts file.
+    // Nothing was added to the known_hosts file, and nothing is left of the session.
     assert_eq!(std::fs::read_to_string(&empty).unwrap(), "");
+    assert!(
+        !opts.runtime_dir.exists(),
+        "{:?} left behind",
+        opts.runtime_dir
+    );
 
     // Changed: h2's key listed for h1's address.
     let h2_key = std::fs::read_to_string(tb.dir.join("h2/ssh_host_ed25519_key.pub")).unwrap();

@@ -285,6 +285,14 @@ fn short_name(name: &str) -> String {
     format!("{:08x}", fnv64(name) as u32)
 }
 
+/// Removes a session's directory, and the runtime directory with its last session.
+fn remove_session_dir(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+}
+
 /// A master of this command's own (no reuse): closed with the session, and gone two minutes
 /// after a killed fleet's last channel.
 async fn own_master(
@@ -358,11 +366,21 @@ impl HostSession {
             _ => None,
         };
         let link = if target.is_local() {
-            Link::Local
+            Ok(Link::Local)
         } else if let Some((cache, persist)) = kept {
-            Link::Kept(reuse::connect(target, opts, &cache, persist).await?)
+            reuse::connect(target, opts, &cache, persist)
+                .await
+                .map(Link::Kept)
         } else {
-            Link::Ssh(own_master(target, opts, &dir).await?)
+            own_master(target, opts, &dir).await.map(Link::Ssh)
+        };
+        let link = match link {
+            Ok(link) => link,
+            Err(e) => {
+                // No session: its directory (and the runtime one, when it was the last) goes.
+                remove_session_dir(&dir);
+                return Err(e);
+            }
         };
         Ok(HostSession {
             target: target.clone(),
@@ -598,11 +616,7 @@ impl HostSession {
                 let _ = s.detach();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        // The runtime directory goes with its last session.
-        if let Some(parent) = self.dir.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
+        remove_session_dir(&self.dir);
     }
 }
 
