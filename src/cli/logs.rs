@@ -4,22 +4,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::Global;
-use super::reach::{Reach, Versions, connect, interrupted};
-use crate::operate::Selector;
+use super::reach::{Reach, Versions, Which, connect, interrupted};
 use crate::operate::logs::{Event, LogOptions, Stream, collect, follow};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The environment.
-    pub env: String,
-    /// Only this app.
-    pub app: Option<String>,
-    /// Only this instance number.
-    #[arg(long)]
-    pub instance: Option<u32>,
-    /// Only this host.
-    #[arg(long)]
-    pub host: Option<String>,
+    #[command(flatten)]
+    pub which: Which,
     /// Only stdout (`out`) or only stderr (`err`).
     #[arg(long, value_parser = ["out", "err"])]
     pub stream: Option<String>,
@@ -74,12 +65,8 @@ pub fn follow_shorthand(
 }
 
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
-    let cx = connect(&args.env, &args.reach, g, Versions::NotNeeded).await?;
-    let sel = Selector {
-        app: args.app.clone(),
-        instance: args.instance,
-        host: args.host.clone(),
-    };
+    let cx = connect(&args.which.env, &args.reach, g, Versions::NotNeeded).await?;
+    let sel = args.which.selector();
     let o = LogOptions {
         stream: match args.stream.as_deref() {
             Some("out") => Some(Stream::Out),

@@ -6,7 +6,7 @@ use miette::IntoDiagnostic;
 
 use super::Global;
 use crate::host::{ConnectOptions, DEFAULT_PARALLEL};
-use crate::operate::Connected;
+use crate::operate::{Connected, Selector};
 
 /// How to reach the hosts; shared by every operate command.
 #[derive(Debug, Clone, clap::Args)]
@@ -17,6 +17,31 @@ pub struct Reach {
     /// Give up on a host after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+}
+
+/// Which instances of an environment a command acts on (logs, restart / stop / start).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Which {
+    /// The environment.
+    pub env: String,
+    /// Only this app.
+    pub app: Option<String>,
+    /// Only this instance number.
+    #[arg(long)]
+    pub instance: Option<u32>,
+    /// Only this host.
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+impl Which {
+    pub fn selector(&self) -> Selector {
+        Selector {
+            app: self.app.clone(),
+            instance: self.instance,
+            host: self.host.clone(),
+        }
+    }
 }
 
 /// Whether a command needs the version each built app would have now (its build context

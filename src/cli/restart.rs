@@ -4,33 +4,20 @@ use std::process::ExitCode;
 
 use super::Global;
 use super::lock::Locked;
-use super::reach::{Reach, Versions, connect};
-use crate::operate::Selector;
+use super::reach::{Reach, Versions, Which, connect};
 use crate::operate::lifecycle::{Action, run as lifecycle};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The environment.
-    pub env: String,
-    /// Only this app.
-    pub app: Option<String>,
-    /// Only this instance number.
-    #[arg(long)]
-    pub instance: Option<u32>,
-    /// Only this host.
-    #[arg(long)]
-    pub host: Option<String>,
+    #[command(flatten)]
+    pub which: Which,
     #[command(flatten)]
     pub reach: Reach,
 }
 
 pub async fn run(args: Args, g: &Global, action: Action) -> miette::Result<ExitCode> {
-    let cx = connect(&args.env, &args.reach, g, Versions::Hashed).await?;
-    let sel = Selector {
-        app: args.app.clone(),
-        instance: args.instance,
-        host: args.host.clone(),
-    };
+    let cx = connect(&args.which.env, &args.reach, g, Versions::Hashed).await?;
+    let sel = args.which.selector();
     let lock = match Locked::take(&cx.desired, &format!("fleet {}", action.verb())).await {
         Ok(l) => l,
         Err(e) => {
