@@ -52,6 +52,9 @@ pub struct Release {
     pub user: String,
     /// The machine the deploy ran on.
     pub host: String,
+    /// The CI job that ran the deploy (its URL), when it ran in CI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_job: Option<String>,
     /// RFC 3339.
     pub started: String,
     pub finished: Option<String>,
@@ -68,6 +71,7 @@ impl Release {
             versions,
             user: holder.user.clone(),
             host: holder.machine.clone(),
+            ci_job: holder.ci_job.clone(),
             started: now(),
             finished: None,
             outcome: ReleaseOutcome::InProgress,
@@ -368,6 +372,7 @@ mod tests {
             versions: BTreeMap::from([("web".to_string(), v.to_string())]),
             user: "u".into(),
             host: "m".into(),
+            ci_job: None,
             started: "2025-01-01T00:00:00Z".into(),
             finished: None,
             outcome,

@@ -14,9 +14,13 @@ use crate::plan::{live, render, saved::SavedPlan};
 pub struct Args {
     /// The environment to plan.
     pub env: String,
-    /// Print the plan as JSON (schema: docs/plan-json.md).
-    #[arg(long)]
+    /// Print the plan as JSON (schema: docs/plan-json.md); the same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// How to print the plan: `human` (the default), `json`, or `markdown` (for a pull-request
+    /// comment or `$GITHUB_STEP_SUMMARY`; see docs/ci.md).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<Format>,
     /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on any error.
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -29,6 +33,13 @@ pub struct Args {
     /// Give up on a host after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+    Markdown,
 }
 
 /// Whether stdout gets colour, as `ui::init_color` decided.
@@ -51,9 +62,17 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let (plan, observed, _timings) = live::plan_live(&desired, &connect, args.parallel)
         .await
         .into_diagnostic()?;
-    if args.json {
-        let doc = render::json(&plan);
-        println!("{}", serde_json::to_string_pretty(&doc).into_diagnostic()?);
+    let format = match (args.json, args.format) {
+        (true, _) => Format::Json,
+        (false, f) => f.unwrap_or(Format::Human),
+    };
+    if format != Format::Human {
+        if format == Format::Json {
+            let doc = render::json(&plan);
+            println!("{}", serde_json::to_string_pretty(&doc).into_diagnostic()?);
+        } else {
+            print!("{}", crate::plan::markdown::markdown(&plan));
+        }
         for f in &plan.faults {
             eprintln!(
                 "error: {} ({}): {}: {}",
@@ -67,7 +86,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         SavedPlan::new(plan.clone(), &desired, &observed)
             .save(path)
             .into_diagnostic()?;
-        if !args.json {
+        if format == Format::Human {
             println!(
                 "\nSaved the plan to {}; apply it with `fleet deploy {} --plan {}`.",
                 path.display(),

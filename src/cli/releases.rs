@@ -48,7 +48,10 @@ pub fn table(releases: &[Release]) -> String {
         t.add_row([
             r.id.to_string(),
             r.started.clone(),
-            format!("{}@{}", r.user, r.host),
+            match &r.ci_job {
+                Some(job) => format!("{}@{} ({job})", r.user, r.host),
+                None => format!("{}@{}", r.user, r.host),
+            },
             r.outcome.to_string(),
             versions_text(&r.versions),
         ]);
@@ -73,6 +76,7 @@ mod tests {
             ]),
             user: "alice".into(),
             host: "laptop".into(),
+            ci_job: None,
             started: format!("2025-01-0{id}T10:00:00Z"),
             finished: None,
             outcome,

@@ -146,6 +146,7 @@ mod tests {
             versions: [("api".into(), api.into()), ("web".into(), web.into())].into(),
             user: "u".into(),
             host: "m".into(),
+            ci_job: None,
             started: "2025-01-01T00:00:00Z".into(),
             finished: None,
             outcome,

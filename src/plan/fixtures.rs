@@ -243,3 +243,70 @@ pub fn empty(d: &DesiredState) -> ObservedState {
     o.kv.as_mut().unwrap().entries.clear();
     o
 }
+
+/// A plan with every kind of change: replace (version, env), create, remove (app gone),
+/// start, register, update, deregister, KV put/delete, and one unreachable host.
+pub fn busy_plan() -> crate::plan::Plan {
+    let mut d = desired();
+    let mut o = deployed(&d);
+    // h1: web#1 new version with an env change, web#2 exited, worker removed from manifest.
+    let mut w = instance("h1", "web", 1, "v2");
+    w.container.env.insert(
+        "FEATURE".into(),
+        crate::desired::EnvValue::Plain("on".into()),
+    );
+    rehash(&mut w);
+    d.hosts[0].instances[0] = w;
+    o.hosts[0].containers[1].state = crate::observe::ContainerState::Exited;
+    d.apps.retain(|a| a.name != "worker");
+    for h in &mut d.hosts {
+        h.instances.retain(|i| i.app != "worker");
+    }
+    // h1: a stale registration for web#3.
+    let ghost = instance("h1", "web", 3, "v1");
+    o.hosts[0]
+        .services
+        .as_mut()
+        .unwrap()
+        .push(service_for(ghost.service.as_ref().unwrap()));
+    // h1: web#1's registration gets a new tag.
+    d.hosts[0].instances[0]
+        .service
+        .as_mut()
+        .unwrap()
+        .tags
+        .push("canary".into());
+    // h2: unreachable.
+    o.hosts[1].fault = Some(crate::observe::Fault {
+        host: "h2".into(),
+        address: "10.200.2.2".into(),
+        kind: "unreachable".into(),
+        message: "ssh: connect to host 10.200.2.2 port 22: Connection refused".into(),
+    });
+    // KV: one new key, one changed value, one leftover.
+    d.apps[0]
+        .config
+        .insert("shop/prod/web/greeting".into(), "bonjour".into());
+    d.apps[0]
+        .config
+        .insert("shop/prod/web/new".into(), "1".into());
+    o.kv.as_mut()
+        .unwrap()
+        .entries
+        .insert("shop/prod/old/x".into(), "d".into());
+    // A third host with nothing deployed yet.
+    let mut h3 = d.hosts[0].clone();
+    h3.target.name = "h3".into();
+    h3.target.address = "10.200.3.2".into();
+    for i in &mut h3.instances {
+        *i = instance("h3", &i.app, i.instance, &i.version);
+    }
+    d.hosts.push(h3);
+    o.hosts.push(crate::observe::ObservedHost {
+        name: "h3".into(),
+        address: "10.200.3.2".into(),
+        services: Some(vec![]),
+        ..Default::default()
+    });
+    crate::plan::diff(&d, &o)
+}

@@ -1,6 +1,6 @@
 //! The plan: what a deploy would change, computed by the pure `diff(desired, observed)`,
-//! rendered as human text (`render::human`) or as JSON (`render::json`, schema in
-//! `docs/plan-json.md`), and saved with a fingerprint of what was observed (`saved`).
+//! rendered as human text (`render::human`), as JSON (`render::json`, schema in
+//! `docs/plan-json.md`) or as Markdown for a pull request (`markdown`), and saved with a fingerprint of what was observed (`saved`).
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +9,7 @@ use crate::observe::Fault;
 pub mod diff;
 pub mod fields;
 pub mod live;
+pub mod markdown;
 pub mod render;
 pub mod saved;
 

@@ -57,66 +57,68 @@ impl Paint {
     }
 }
 
-fn instance_label(i: &InstanceChange) -> String {
+pub(super) fn instance_label(i: &InstanceChange) -> String {
     match i.instance {
         Some(n) => format!("{}#{n}", i.app),
         None => format!("{}#?", i.app),
     }
 }
 
-fn instance_line(p: &Paint, i: &InstanceChange) -> String {
-    let what = match i.action {
+/// What happens to one instance, without its symbol: `replace  a-1 -> a-2`.
+pub(super) fn instance_what(i: &InstanceChange) -> String {
+    let current = || i.current.as_ref().map(|c| c.name.as_str()).unwrap_or("?");
+    let desired = || i.desired.as_ref().map(|d| d.name.as_str()).unwrap_or("?");
+    match i.action {
         Action::Create => format!(
             "{:<10} {}  ({})",
             "create",
-            i.desired.as_ref().map(|d| d.name.as_str()).unwrap_or("?"),
+            desired(),
             i.desired.as_ref().map(|d| d.image.as_str()).unwrap_or("?")
         ),
-        Action::Replace => format!(
-            "{:<10} {} -> {}",
-            "replace",
-            i.current.as_ref().map(|c| c.name.as_str()).unwrap_or("?"),
-            i.desired.as_ref().map(|d| d.name.as_str()).unwrap_or("?")
-        ),
-        Action::Remove => format!(
-            "{:<10} {}",
-            "remove",
-            i.current.as_ref().map(|c| c.name.as_str()).unwrap_or("?")
-        ),
-        Action::Start => format!(
-            "{:<10} {}",
-            "start",
-            i.current.as_ref().map(|c| c.name.as_str()).unwrap_or("?")
-        ),
+        Action::Replace => format!("{:<10} {} -> {}", "replace", current(), desired()),
+        Action::Remove => format!("{:<10} {}", "remove", current()),
+        Action::Start => format!("{:<10} {}", "start", current()),
         Action::Unchanged => "unchanged".into(),
-    };
+    }
+}
+
+fn instance_line(p: &Paint, i: &InstanceChange) -> String {
     format!(
-        "    {} {:<10} {what}",
+        "    {} {:<10} {}",
         p.sym(i.action.symbol()),
-        instance_label(i)
+        instance_label(i),
+        instance_what(i)
     )
 }
 
-fn service_line(p: &Paint, s: &ServiceChange) -> String {
+/// What happens to one registration, without its symbol and instance label.
+pub(super) fn service_what(s: &ServiceChange) -> String {
     let word = match s.action {
         ServiceAction::Register => "register",
         ServiceAction::Update => "update",
         ServiceAction::Deregister => "deregister",
         ServiceAction::Unchanged => "unchanged",
     };
+    format!("{word:<10} consul service {} ({})", s.name, s.id)
+}
+
+pub(super) fn service_label(s: &ServiceChange) -> String {
+    match s.instance {
+        Some(n) => format!("{}#{n}", s.app),
+        None => format!("{}#?", s.app),
+    }
+}
+
+fn service_line(p: &Paint, s: &ServiceChange) -> String {
     format!(
-        "    {} {:<10} {word:<10} consul service {} ({})",
+        "    {} {:<10} {}",
         p.sym(s.action.symbol()),
-        match s.instance {
-            Some(n) => format!("{}#{n}", s.app),
-            None => format!("{}#?", s.app),
-        },
-        s.name,
-        s.id
+        service_label(s),
+        service_what(s)
     )
 }
 
-fn host_has_changes(h: &HostPlan) -> bool {
+pub(super) fn host_has_changes(h: &HostPlan) -> bool {
     h.instances.iter().any(|i| i.action != Action::Unchanged)
         || h.services
             .iter()
@@ -207,7 +209,7 @@ fn count(n: usize, what: &str) -> String {
 
 /// `Plan: 3 to create, 2 to replace, 1 to remove, 12 unchanged.` (start only when non-zero),
 /// then a Consul/KV line when they change.
-fn summary_lines(s: &Summary) -> Vec<String> {
+pub(super) fn summary_lines(s: &Summary) -> Vec<String> {
     let mut parts = vec![
         count(s.create, "to create"),
         count(s.replace, "to replace"),
@@ -347,80 +349,12 @@ pub fn json(plan: &Plan) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::{ContainerState, Fault};
     use crate::plan::diff;
     use crate::plan::fixtures::*;
 
-    /// A plan with every kind of change: replace (version, env), create, remove (app gone),
-    /// start, register, update, deregister, KV put/delete, and one unreachable host.
-    fn busy() -> Plan {
-        let mut d = desired();
-        let mut o = deployed(&d);
-        // h1: web#1 new version with an env change, web#2 exited, worker removed from manifest.
-        let mut w = instance("h1", "web", 1, "v2");
-        w.container.env.insert(
-            "FEATURE".into(),
-            crate::desired::EnvValue::Plain("on".into()),
-        );
-        rehash(&mut w);
-        d.hosts[0].instances[0] = w;
-        o.hosts[0].containers[1].state = ContainerState::Exited;
-        d.apps.retain(|a| a.name != "worker");
-        for h in &mut d.hosts {
-            h.instances.retain(|i| i.app != "worker");
-        }
-        // h1: a stale registration for web#3.
-        let ghost = instance("h1", "web", 3, "v1");
-        o.hosts[0]
-            .services
-            .as_mut()
-            .unwrap()
-            .push(service_for(ghost.service.as_ref().unwrap()));
-        // h1: web#1's registration gets a new tag.
-        d.hosts[0].instances[0]
-            .service
-            .as_mut()
-            .unwrap()
-            .tags
-            .push("canary".into());
-        // h2: unreachable.
-        o.hosts[1].fault = Some(Fault {
-            host: "h2".into(),
-            address: "10.200.2.2".into(),
-            kind: "unreachable".into(),
-            message: "ssh: connect to host 10.200.2.2 port 22: Connection refused".into(),
-        });
-        // KV: one new key, one changed value, one leftover.
-        d.apps[0]
-            .config
-            .insert("shop/prod/web/greeting".into(), "bonjour".into());
-        d.apps[0]
-            .config
-            .insert("shop/prod/web/new".into(), "1".into());
-        o.kv.as_mut()
-            .unwrap()
-            .entries
-            .insert("shop/prod/old/x".into(), "d".into());
-        // A third host with nothing deployed yet.
-        let mut h3 = d.hosts[0].clone();
-        h3.target.name = "h3".into();
-        h3.target.address = "10.200.3.2".into();
-        for i in &mut h3.instances {
-            *i = instance("h3", &i.app, i.instance, &i.version);
-        }
-        d.hosts.push(h3);
-        o.hosts.push(crate::observe::ObservedHost {
-            name: "h3".into(),
-            address: "10.200.3.2".into(),
-            services: Some(vec![]),
-            ..Default::default()
-        });
-        diff(&d, &o)
-    }
-
     #[test]
     fn human_busy_plan() {
-        insta::assert_snapshot!(human(&busy(), false));
+        insta::assert_snapshot!(human(&busy_plan(), false));
     }
 
     #[test]
@@ -437,19 +371,19 @@ mod tests {
 
     #[test]
     fn json_schema_of_a_busy_plan() {
-        insta::assert_json_snapshot!(json(&busy()));
+        insta::assert_json_snapshot!(json(&busy_plan()));
     }
 
     #[test]
     fn colour_only_when_asked() {
-        let p = busy();
+        let p = busy_plan();
         assert!(!human(&p, false).contains('\x1b'));
         assert!(human(&p, true).contains('\x1b'));
     }
 
     #[test]
     fn no_secret_or_kv_value_in_any_output() {
-        let p = busy();
+        let p = busy_plan();
         let text = human(&p, false) + &json(&p).to_string();
         for v in ["s3cr3t-v4lue", "bonjour", "hello", "SHOP_DB_PASSWORD"] {
             assert!(!text.contains(v), "{v} leaked");
