@@ -25,9 +25,17 @@ pub struct DesiredState {
     /// How to reach the Consul agent on each host, when the project uses Consul.
     pub consul: Option<ConsulTarget>,
     pub registry: Option<RegistryTarget>,
+    /// The environment's canary: how many hosts with changes a deploy converges first, before
+    /// any other host starts (0: every host at once, up to `--parallel`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub canary: usize,
     /// Commands run on the machine fleet runs on, before and after a deploy.
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `pre_deploy` / `post_deploy` commands (each run with `sh -c`, in order), after the

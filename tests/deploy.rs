@@ -695,3 +695,60 @@ async fn releases_list_outcomes_and_rollback_uses_the_ledger() {
         .collect();
     assert_eq!(posts.lines().collect::<Vec<_>>(), expect, "{posts}");
 }
+
+/// `--canary 1`: a version that fails its health check touches only the canary host, which is
+/// rolled back; the other hosts are never started on it and keep serving the old version.
+#[test]
+fn e2e_a_failing_canary_leaves_the_other_hosts_untouched() {
+    let Some(tb) = Testbed::get("e2e_a_failing_canary_leaves_the_other_hosts_untouched") else {
+        return;
+    };
+    let p = Project::named(&tb, "fcn");
+    let _cleanup = p.cleanup(&tb);
+    p.set_version("v1");
+    let o = p.run(&tb, &["deploy", "production", "--yes", "--canary", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("canary"),
+        "the canary wave is announced: {}",
+        text(&o)
+    );
+    let before: Vec<_> = tb
+        .hosts
+        .iter()
+        .map(|h| containers(&tb, &h.name, &p.name))
+        .collect();
+    assert!(before.iter().all(|c| c.len() == 1), "{before:?}");
+
+    p.set_version("v2");
+    p.break_health();
+    let o = p.run(
+        &tb,
+        &["deploy", "production", "--yes", "--canary", "1", "--json"],
+    );
+    assert!(
+        !o.status.success(),
+        "a failing canary fails the deploy: {}",
+        text(&o)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("--json report: {e}: {}", text(&o)));
+    assert_eq!(report["failures"][0]["host"], "h1", "{report:#}");
+    assert_eq!(
+        report["not_started"],
+        serde_json::json!(["h2", "h3"]),
+        "{report:#}"
+    );
+    // h1 is back on its old container; h2 and h3 were never touched.
+    let after: Vec<_> = tb
+        .hosts
+        .iter()
+        .map(|h| containers(&tb, &h.name, &p.name))
+        .collect();
+    assert_eq!(after[1..], before[1..], "hosts after the canary changed");
+    assert_eq!(after[0].len(), 1, "h1: {:?}", after[0]);
+    assert_eq!(
+        after[0][0].1, before[0][0].1,
+        "h1 is rolled back to v1's version"
+    );
+}

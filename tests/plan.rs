@@ -379,6 +379,7 @@ fn hello_desired(tb: &Tb, project: &str, version: &str) -> fleet::desired::Desir
         }],
         consul: None,
         registry: None,
+        canary: 0,
         hooks: Default::default(),
     }
 }

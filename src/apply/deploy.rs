@@ -66,6 +66,9 @@ pub struct ApplyOptions {
     /// Checked before each batch; a reason stops every host at its next instance, with a
     /// failure naming it and no rollback (whoever took over now owns the environment).
     pub cancel: Option<Cancel>,
+    /// Hosts with changes converged first (in manifest order); the others start only after
+    /// every canary host passed. 0: all hosts at once (up to `parallel`).
+    pub canary: usize,
 }
 
 impl Default for ApplyOptions {
@@ -78,6 +81,7 @@ impl Default for ApplyOptions {
             consul_token: None,
             events: None,
             cancel: None,
+            canary: 0,
         }
     }
 }
@@ -143,6 +147,9 @@ pub struct Report {
     /// Instances returned to their old version after a failure.
     pub rolled_back: Vec<Step>,
     pub rollback_errors: Vec<String>,
+    /// Hosts left untouched because a canary host failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_started: Vec<String>,
     pub kv: super::kv::KvOutcome,
     pub images_removed: usize,
     pub seconds: f64,
@@ -363,14 +370,44 @@ pub async fn apply(
         ctx.emit("kv", &format!("{} put, {} deleted", kv.put, kv.deleted));
     }
 
-    futures_util::stream::iter(hosts.iter())
-        .map(|h| run_host(&ctx, h))
-        .buffer_unordered(opts.parallel.max(1))
-        .collect::<Vec<()>>()
-        .await;
+    let plans: Vec<&HostPlan> = hosts.iter().map(|h| h.plan).collect();
+    let (canary, rest) = canary_waves(&plans, opts.canary);
+    let canary: Vec<&Host> = canary.into_iter().map(|i| &hosts[i]).collect();
+    let rest: Vec<&Host> = rest.into_iter().map(|i| &hosts[i]).collect();
+    let mut not_started = Vec::new();
+    if !canary.is_empty() {
+        let names: Vec<&str> = canary
+            .iter()
+            .map(|h| h.desired.target.name.as_str())
+            .collect();
+        ctx.emit("canary", &format!("{} first", names.join(", ")));
+        run_wave(&ctx, &canary, opts.parallel).await;
+        if ctx.stop.load(Ordering::SeqCst) {
+            not_started = rest.iter().map(|h| h.desired.target.name.clone()).collect();
+            if !not_started.is_empty() {
+                ctx.emit(
+                    "canary",
+                    &format!("failed: {} not started", not_started.join(", ")),
+                );
+            }
+        } else if !rest.is_empty() {
+            ctx.emit(
+                "canary",
+                &format!(
+                    "passed on {}; {} more host(s)",
+                    names.join(", "),
+                    rest.len()
+                ),
+            );
+        }
+    }
+    if not_started.is_empty() {
+        run_wave(&ctx, &rest, opts.parallel).await;
+    }
 
     let mut report = Report {
         kv,
+        not_started,
         ..Default::default()
     };
     report.failures = std::mem::take(&mut *ctx.failures.lock().unwrap());
@@ -384,6 +421,32 @@ pub async fn apply(
     report.images_removed = *ctx.images_removed.lock().unwrap();
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Every host of a wave at once, up to `parallel`.
+async fn run_wave(ctx: &Ctx<'_>, hosts: &[&Host<'_>], parallel: usize) {
+    futures_util::stream::iter(hosts.iter())
+        .map(|h| run_host(ctx, h))
+        .buffer_unordered(parallel.max(1))
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Splits hosts (by index) into the canary wave, the first `canary` hosts in manifest order
+/// whose plan changes an instance, and the rest. A host with nothing to change proves nothing,
+/// so it is no canary.
+pub(crate) fn canary_waves(plans: &[&HostPlan], canary: usize) -> (Vec<usize>, Vec<usize>) {
+    let mut first = Vec::new();
+    let mut rest = Vec::new();
+    for (i, p) in plans.iter().enumerate() {
+        let changes = p.instances.iter().any(|c| c.action != Action::Unchanged);
+        if first.len() < canary && changes {
+            first.push(i);
+        } else {
+            rest.push(i);
+        }
+    }
+    (first, rest)
 }
 
 /// The services fleet has registered on a host for one instance slot.
@@ -747,6 +810,19 @@ async fn roll_back(ctx: &Ctx<'_>, hosts: &[Host<'_>], undo: Vec<Undo>) -> (Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canary_wave_is_the_first_hosts_with_changes() {
+        let d = crate::plan::fixtures::desired();
+        let mut o = crate::plan::fixtures::deployed(&d);
+        // h1 unchanged, h2 loses a container (so changes), h3 does not exist here.
+        o.hosts[1].containers.clear();
+        let plan = crate::plan::diff(&d, &o);
+        let plans: Vec<&HostPlan> = plan.hosts.iter().collect();
+        assert_eq!(canary_waves(&plans, 1), (vec![1], vec![0]));
+        assert_eq!(canary_waves(&plans, 0), (vec![], vec![0, 1]));
+        assert_eq!(canary_waves(&plans, 5), (vec![1], vec![0]));
+    }
 
     #[test]
     fn registration_ids_carry_the_container() {

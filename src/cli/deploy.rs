@@ -54,6 +54,10 @@ pub struct Args {
     /// Wait between deregistering an old instance and stopping it.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+    /// Converge this many hosts first; the others start only after they all pass (default:
+    /// the environment's `canary`, else 0: every host at once).
+    #[arg(long, value_name = "N")]
+    pub canary: Option<usize>,
 }
 
 /// How a converge runs (deploy and rollback).
@@ -66,6 +70,8 @@ pub struct Converge {
     pub json: bool,
     pub parallel: usize,
     pub drain: Duration,
+    /// `--canary`, else the environment's.
+    pub canary: Option<usize>,
     /// What the ledger records as the release summary prefix (`deploy`, `rollback`).
     pub verb: &'static str,
 }
@@ -127,6 +133,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         json: args.json,
         parallel: args.parallel,
         drain: args.drain,
+        canary: args.canary,
         verb: "deploy",
     };
     converge(&loaded, &versions, &c, t0).await
@@ -419,6 +426,7 @@ async fn converge_on(
         parallel: c.parallel,
         rollback: c.rollback,
         drain: c.drain,
+        canary: c.canary.unwrap_or(desired.canary),
         consul_token: oo.consul_token.clone(),
         events: Some(ev),
         cancel: Some(Arc::new(move || {
@@ -561,6 +569,12 @@ fn print_report(r: &Report, json: bool, t0: Instant) {
         }
         for e in &r.rollback_errors {
             println!("ROLLBACK FAILED: {e}");
+        }
+        if !r.not_started.is_empty() {
+            println!(
+                "not started (the canary failed): {}; they still run the old version",
+                r.not_started.join(", ")
+            );
         }
         let verdict = if r.ok() { "Deployed" } else { "Deploy failed" };
         println!("{verdict} in {:.1}s.", t0.elapsed().as_secs_f64());

@@ -54,6 +54,8 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         json: args.json,
         parallel: args.parallel,
         drain: args.drain,
+        // A rollback goes back to a version that ran everywhere: no canary wave.
+        canary: Some(0),
         verb: "rollback",
     };
     let chosen = async {

@@ -80,7 +80,11 @@ pub const ENV_KEYS: &[&str] = &[
     "consul",
     "pre_deploy",
     "post_deploy",
+    "canary",
 ];
+
+/// The largest `canary` (hosts converged first) an environment may ask for.
+pub const MAX_CANARY: i64 = 1000;
 
 /// Defaults, documented in docs/manifest.md.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
@@ -130,6 +134,8 @@ pub struct EnvDef {
     /// Hooks this environment sets; each replaces the project's list of the same kind.
     pub pre_deploy: Option<Vec<String>>,
     pub post_deploy: Option<Vec<String>>,
+    /// Hosts a deploy converges first; the others start only after they all pass (0: none).
+    pub canary: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -690,6 +696,9 @@ fn decode_env(
         secrets,
         pre_deploy: get(t, "pre_deploy").and_then(|h| hook_commands(cx, h)),
         post_deploy: get(t, "post_deploy").and_then(|h| hook_commands(cx, h)),
+        canary: get(t, "canary")
+            .and_then(|n| cx.int(n, 0, MAX_CANARY))
+            .map_or(0, |n| n as u32),
     })
 }
 

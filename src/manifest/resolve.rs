@@ -152,6 +152,7 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
         apps,
         consul: e.consul.clone(),
         registry: m.registry.clone(),
+        canary: e.canary as usize,
         hooks: Hooks {
             pre_deploy: e
                 .pre_deploy
@@ -444,6 +445,31 @@ post_deploy = "echo staging"
                 .unwrap_or_else(|| panic!("{bad} was accepted"));
             let text = crate::manifest::render_plain(&err);
             assert!(text.contains(expect), "{bad}: {text}");
+        }
+    }
+
+    #[test]
+    fn canary_is_per_environment_and_bounded() {
+        let src = BASE.replace(
+            "[environments.staging]",
+            "canary = 2\n[environments.staging]",
+        );
+        let m = load_str(&src, Format::Toml, "m.toml", Path::new("/p")).unwrap();
+        let v = m.placeholder_versions();
+        assert_eq!(m.resolve("production", &v).unwrap().canary, 2);
+        assert_eq!(m.resolve("staging", &v).unwrap().canary, 0);
+        for bad in ["canary = -1", "canary = \"one\"", "canary = 100000"] {
+            let src = BASE.replace(
+                "[environments.staging]",
+                &format!("{bad}\n[environments.staging]"),
+            );
+            let err = load_str(&src, Format::Toml, "m.toml", Path::new("/p"))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(
+                crate::manifest::render_plain(&err).contains("canary"),
+                "{bad}"
+            );
         }
     }
 }

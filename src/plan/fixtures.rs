@@ -152,6 +152,7 @@ pub fn desired() -> DesiredState {
             datacenter: None,
         }),
         registry: None,
+        canary: 0,
         hooks: Default::default(),
     }
 }
