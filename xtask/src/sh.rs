@@ -61,6 +61,27 @@ pub fn spawn_detached(cmd: &mut Command, log: &Path) -> Result<u32> {
         .open(log)
         .with_context(|| format!("cannot open {}", log.display()))?;
     let err = out.try_clone()?;
+    // A daemon must not keep a descriptor this process inherited open (a `flock` around
+    // `testbed up` would be held until the testbed stops): mark everything above stderr
+    // close-on-exec (std's own exec-error pipe already is).
+    // SAFETY: only async-signal-safe calls (close_range, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            unsafe extern "C" {
+                fn close_range(first: u32, last: u32, flags: i32) -> i32;
+                fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+            }
+            const CLOSE_RANGE_CLOEXEC: i32 = 1 << 2;
+            const F_SETFD: i32 = 2;
+            const FD_CLOEXEC: i32 = 1;
+            if close_range(3, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+                for fd in 3..1024 {
+                    fcntl(fd, F_SETFD, FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
     let child = cmd
         .stdin(Stdio::null())
         .stdout(out)
