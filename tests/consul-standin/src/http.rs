@@ -415,25 +415,11 @@ async fn agent_service(
 }
 
 fn check_json(node: &str, state: &State, c: &Check) -> Value {
-    let service = state.services.get(&c.def.service_id);
-    json!({
-        "Node": node,
-        "CheckID": c.def.id,
-        "Name": c.def.name,
-        "Status": c.status,
-        "Notes": c.def.notes,
-        "Output": c.output,
-        "ServiceID": c.def.service_id,
-        "ServiceName": service.map(|s| s.name.as_str()).unwrap_or(""),
-        "ServiceTags": service.map(|s| s.tags.clone()).unwrap_or_default(),
-        "Type": c.def.kind(),
-        "Interval": c.def.interval.map(duration::format).unwrap_or_default(),
-        "Timeout": c.def.timeout.map(duration::format).unwrap_or_default(),
-        "ExposedPort": 0,
-        "Definition": {},
-        "CreateIndex": c.create_index,
-        "ModifyIndex": c.modify_index,
-    })
+    catalog_check_json(
+        node,
+        state.services.get(&c.def.service_id),
+        &c.for_catalog(),
+    )
 }
 
 fn catalog_check_json(node: &str, service: Option<&Service>, c: &CatalogCheck) -> Value {

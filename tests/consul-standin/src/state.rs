@@ -165,6 +165,25 @@ pub struct CatalogCheck {
     pub modify_index: u64,
 }
 
+impl Check {
+    /// What the catalog keeps of this check (indexes are the catalog's own).
+    pub fn for_catalog(&self) -> CatalogCheck {
+        CatalogCheck {
+            id: self.def.id.clone(),
+            name: self.def.name.clone(),
+            notes: self.def.notes.clone(),
+            service_id: self.def.service_id.clone(),
+            kind: self.def.kind().into(),
+            interval: self.def.interval.map(duration::format).unwrap_or_default(),
+            timeout: self.def.timeout.map(duration::format).unwrap_or_default(),
+            status: self.status.clone(),
+            output: self.output.clone(),
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+        }
+    }
+}
+
 /// A node of the catalog with the services and checks its agent synced.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Node {

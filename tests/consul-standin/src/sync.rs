@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::state::{CatalogCheck, NodeSync};
-use crate::{Role, Shared, duration};
+use crate::state::NodeSync;
+use crate::{Role, Shared};
 
 /// How often an agent re-sends everything, changed or not.
 const FULL_SYNC: Duration = Duration::from_secs(10);
@@ -38,23 +38,7 @@ fn snapshot(shared: &Shared) -> NodeSync {
         id: shared.node_id.clone(),
         address: shared.node_address.clone(),
         services: state.services.values().cloned().collect(),
-        checks: state
-            .checks
-            .values()
-            .map(|c| CatalogCheck {
-                id: c.def.id.clone(),
-                name: c.def.name.clone(),
-                notes: c.def.notes.clone(),
-                service_id: c.def.service_id.clone(),
-                kind: c.def.kind().into(),
-                interval: c.def.interval.map(duration::format).unwrap_or_default(),
-                timeout: c.def.timeout.map(duration::format).unwrap_or_default(),
-                status: c.status.clone(),
-                output: c.output.clone(),
-                create_index: 0,
-                modify_index: 0,
-            })
-            .collect(),
+        checks: state.checks.values().map(|c| c.for_catalog()).collect(),
     }
 }
 
