@@ -199,6 +199,21 @@ async fn http_checked_service_goes_passing_then_critical_then_is_reaped() {
     let (_, output) = check_status(&client, &check_id).await.unwrap();
     assert!(output.contains("200 OK"), "output: {output}");
 
+    // The catalog follows the agent (anti-entropy): wait for it, as a real cluster needs.
+    let synced = wait_for(Duration::from_secs(3), || async {
+        client
+            .health_service(&name, true, QueryOptions::default())
+            .await
+            .unwrap()
+            .value
+            .len()
+            == 1
+    })
+    .await;
+    assert!(
+        synced.is_some(),
+        "the catalog never listed the passing instance"
+    );
     let healthy = client
         .health_service(&name, true, QueryOptions::default())
         .await
@@ -227,12 +242,17 @@ async fn http_checked_service_goes_passing_then_critical_then_is_reaped() {
         stopped.elapsed(),
         check_status(&client, &check_id).await
     );
-    let healthy = client
-        .health_service(&name, true, QueryOptions::default())
-        .await
-        .unwrap();
+    let dropped = wait_for(Duration::from_secs(3), || async {
+        client
+            .health_service(&name, true, QueryOptions::default())
+            .await
+            .unwrap()
+            .value
+            .is_empty()
+    })
+    .await;
     assert!(
-        healthy.value.is_empty(),
+        dropped.is_some(),
         "?passing still lists a critical instance"
     );
     let all = client

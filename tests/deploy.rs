@@ -188,6 +188,8 @@ struct Agents {
     sessions: Vec<HostSession>,
     urls: Vec<String>,
     http: reqwest::Client,
+    /// The hosts' node names, in the order of `urls`.
+    nodes: Vec<String>,
 }
 
 impl Agents {
@@ -214,6 +216,7 @@ impl Agents {
             sessions.push(s);
         }
         Agents {
+            nodes: tb.hosts.iter().map(|h| h.name.clone()).collect(),
             sessions,
             urls,
             http: reqwest::Client::builder()
@@ -224,10 +227,11 @@ impl Agents {
         }
     }
 
-    /// Passing instances of the project's `hello` on each agent: (address, port, version).
+    /// Passing instances of the project's `hello` on each host, as the cluster's catalog lists
+    /// them (asked through that host's agent): (address, port, version).
     async fn passing(&self, project: &str) -> Vec<Vec<(String, u16, String)>> {
         let mut out = Vec::new();
-        for u in &self.urls {
+        for (node, u) in self.nodes.iter().zip(&self.urls) {
             let v: serde_json::Value = self
                 .http
                 .get(format!("{u}/v1/health/service/hello?passing"))
@@ -242,6 +246,7 @@ impl Agents {
                     .unwrap()
                     .iter()
                     .filter(|e| e["Service"]["Meta"]["fleet-project"] == project)
+                    .filter(|e| e["Node"]["Node"] == node.as_str())
                     .map(|e| {
                         (
                             e["Service"]["Address"].as_str().unwrap().to_string(),

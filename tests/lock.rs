@@ -156,7 +156,7 @@ async fn lock_child() {
 }
 
 #[tokio::test]
-async fn a_lock_whose_holder_was_killed_expires_within_its_ttl() {
+async fn a_lock_whose_holder_was_killed_expires_within_twice_its_ttl() {
     let (agent, consul) = standin().await;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "lock_child", "--nocapture", "--test-threads=1"])
@@ -195,9 +195,10 @@ async fn a_lock_whose_holder_was_killed_expires_within_its_ttl() {
         match DeployLock::acquire(&consul, "shop", "prod", holder("parent"), "").await {
             Ok(l) => break l,
             Err(LockError::Held { .. }) => {
+                // Consul invalidates a session at up to twice its TTL (session_ttl.go).
                 assert!(
-                    killed_at.elapsed() < Duration::from_secs(10 + 3),
-                    "the dead holder's lock did not expire within its TTL"
+                    killed_at.elapsed() < Duration::from_secs(2 * 10 + 3),
+                    "the dead holder's lock did not expire within 2x its TTL"
                 );
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::HealthStatusEnum;
 
-use crate::consul::{CheckDefinition, CheckStatus, ConsulClient};
+use crate::consul::{CheckDefinition, CheckStatus, ConsulClient, QueryOptions};
 use crate::desired::{HealthCheck, HealthSpec};
 use crate::host::HostSession;
 
@@ -23,6 +23,8 @@ use crate::host::HostSession;
 const POLL: Duration = Duration::from_millis(200);
 /// Without any health signal, a container that still runs after this long counts as healthy.
 const SETTLE: Duration = Duration::from_secs(1);
+/// The longest blocking query of the health gate, so a crashed container is noticed.
+const BLOCK: Duration = Duration::from_secs(1);
 
 /// Why a container did not become healthy.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -75,9 +77,14 @@ async fn still_running(docker: &Docker, id: &str) -> Result<(), Unhealthy> {
     }
 }
 
-/// Wait until the Consul check of registration `service_id` passes.
+/// Wait until the cluster's catalog lists registration `service_id` of service `name` as
+/// passing (`/v1/health/service/<name>?passing`, what load balancers and consul-template read),
+/// with blocking queries. The agent's own check can pass earlier: anti-entropy brings it to the
+/// catalog later, and only the catalog counts. While waiting, the agent's check output is what
+/// a timeout reports.
 pub async fn wait_consul(
     consul: &ConsulClient,
+    name: &str,
     service_id: &str,
     docker: &Docker,
     container: &str,
@@ -86,34 +93,48 @@ pub async fn wait_consul(
     let t0 = Instant::now();
     let check_id = format!("service:{service_id}");
     let mut last = "the check has not run yet".to_string();
-    let mut n = 0u32;
+    let mut index = 0u64;
     loop {
-        match consul.agent_checks().await {
-            Ok(checks) => match checks.get(&check_id) {
-                Some(c) if c.status == CheckStatus::Passing => return Ok(t0.elapsed()),
-                Some(c) => {
-                    if !c.output.is_empty() {
-                        // One line: Consul's output can hold a whole HTML error page.
-                        let one: Vec<&str> = c.output.split_whitespace().collect();
-                        last = one.join(" ").chars().take(160).collect();
-                    }
-                }
-                None => last = format!("no check {check_id} on the agent"),
-            },
-            Err(e) => last = e.to_string(),
+        let left = deadline.saturating_sub(t0.elapsed());
+        let wait = left.clamp(Duration::from_millis(100), BLOCK);
+        match consul
+            .health_service(name, true, QueryOptions::blocking(index, wait))
+            .await
+        {
+            Ok(r) if r.value.iter().any(|e| e.service.id == service_id) => {
+                return Ok(t0.elapsed());
+            }
+            Ok(r) => {
+                // An index that goes back (a server restart) starts over, as Consul advises.
+                index = if r.index < index { 0 } else { r.index };
+                last = match consul.agent_checks().await {
+                    Ok(checks) => match checks.get(&check_id) {
+                        Some(c) if c.status == CheckStatus::Passing => {
+                            "the agent's check passes; the catalog does not list it as passing yet"
+                                .to_string()
+                        }
+                        Some(c) if !c.output.is_empty() => {
+                            let one: Vec<&str> = c.output.split_whitespace().collect();
+                            one.join(" ").chars().take(160).collect()
+                        }
+                        Some(_) => last,
+                        None => format!("no check {check_id} on the agent"),
+                    },
+                    Err(e) => e.to_string(),
+                };
+            }
+            Err(e) => {
+                last = e.to_string();
+                tokio::time::sleep(POLL).await;
+            }
         }
-        n += 1;
-        if n.is_multiple_of(5) {
-            still_running(docker, container).await?;
-        }
+        still_running(docker, container).await?;
         if t0.elapsed() >= deadline {
             return Err(Unhealthy::Deadline { deadline, last });
         }
-        tokio::time::sleep(POLL).await;
     }
 }
 
-/// One probe of `127.0.0.1:port` on the host, through the session.
 async fn probe(session: &HostSession, check: &HealthCheck, port: u16, timeout: Duration) -> String {
     let addr = match session.forward_tcp("127.0.0.1", port).await {
         Ok(a) => a,

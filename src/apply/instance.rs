@@ -363,7 +363,7 @@ pub(super) async fn register_and_wait(
             .await
             .map_err(|e| (format!("registering {reg_id}: {e}"), None))?;
         let waited = if l.health.is_some() {
-            health::wait_consul(consul, &reg_id, &h.docker, id, l.deadline).await
+            health::wait_consul(consul, &svc.name, &reg_id, &h.docker, id, l.deadline).await
         } else {
             health::wait_local(h.session, &h.docker, id, None, None, l.deadline).await
         }

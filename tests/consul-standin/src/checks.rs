@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::Shared;
 use crate::state::{CRITICAL, CheckDef, PASSING, WARNING};
 
-/// Consul caps the body it keeps in a check's Output at 4 KiB.
+/// Consul keeps the last 4 KiB of an HTTP check's body in its Output (`agent/checks/check.go`).
 const OUTPUT_MAX: usize = 4096;
 /// Consul's default check timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,8 +84,9 @@ async fn probe(shared: &Shared, def: &CheckDef) -> (&'static str, String) {
                 let code = response.status();
                 let reason = code.canonical_reason().unwrap_or("");
                 let body = response.bytes().await.unwrap_or_default();
-                let body =
-                    String::from_utf8_lossy(&body[..body.len().min(OUTPUT_MAX)]).into_owned();
+                // Consul copies the body into a circular buffer: the last 4 KiB stay.
+                let body = String::from_utf8_lossy(&body[body.len().saturating_sub(OUTPUT_MAX)..])
+                    .into_owned();
                 let output = format!(
                     "HTTP {method} {url}: {} {reason} Output: {body}",
                     code.as_u16()

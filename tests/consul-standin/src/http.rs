@@ -17,7 +17,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde_json::{Value, json};
 
-use crate::state::{self, CRITICAL, Check, KvEntry, PASSING, Service, Session, State, WARNING};
+use crate::acl::{Authz, Resource};
+use crate::state::{
+    self, CRITICAL, CatalogCheck, Check, KvEntry, NodeSync, PASSING, Service, Session, State,
+    WARNING,
+};
 use crate::{Shared, checks, duration};
 
 type Params = Query<HashMap<String, String>>;
@@ -29,10 +33,10 @@ const KV_MAX: usize = 512 * 1024;
 const WAIT_DEFAULT: Duration = Duration::from_secs(300);
 const WAIT_MAX: Duration = Duration::from_secs(600);
 
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The agent's API: its own services and checks; everything else goes to the server.
+pub fn agent_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/agent/self", get(agent_self))
-        .route("/v1/status/leader", get(status_leader))
         .route("/v1/agent/service/register", put(service_register))
         .route("/v1/agent/service/deregister/{id}", put(service_deregister))
         .route("/v1/agent/services", get(agent_services))
@@ -42,9 +46,24 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/agent/check/warn/{id}", put(check_warn))
         .route("/v1/agent/check/fail/{id}", put(check_fail))
         .route("/v1/agent/check/deregister/{id}", put(check_deregister))
+        .route(
+            crate::sync::SYNC_PATH,
+            put(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") }),
+        )
+        .fallback(crate::proxy::forward)
+        .layer(middleware::from_fn_with_state(shared.clone(), gate))
+        .with_state(shared)
+}
+
+/// The server's API: the catalog, health, KV and sessions of the whole cluster.
+pub fn server_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/status/leader", get(status_leader))
+        .route(crate::sync::SYNC_PATH, put(node_sync))
         .route("/v1/health/service/{name}", get(health_service))
         .route("/v1/catalog/services", get(catalog_services))
         .route("/v1/catalog/service/{name}", get(catalog_service))
+        .route("/v1/catalog/nodes", get(catalog_nodes))
         .route(
             "/v1/kv/",
             get(kv_get_root).put(kv_put_root).delete(kv_delete_root),
@@ -55,41 +74,71 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/session/destroy/{id}", put(session_destroy))
         .route("/v1/session/info/{id}", get(session_info))
         .route("/v1/session/list", get(session_list))
+        .route("/v1/session/node/{node}", get(session_node))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
         .layer(middleware::from_fn_with_state(shared.clone(), gate))
         .with_state(shared)
 }
 
-/// ACL and datacenter checks on every request, then optional request logging.
-///
-/// Real Consul answers an unknown token with 403 "ACL not found" and filters (rather than
-/// refuses) some reads for the anonymous token; the stand-in refuses every request without the
-/// configured token with 403 "Permission denied", which fleet's client maps the same way.
-async fn gate(AxState(shared): S, request: Request, next: Next) -> Response {
+/// A request's token as given (`None`: it carried none); the gate has checked that it exists.
+#[derive(Debug, Clone)]
+pub struct Token(pub Option<String>);
+
+type Tok = axum::Extension<Token>;
+
+/// The request's authorizer (everything allowed when ACLs are off).
+fn authz<'a>(shared: &'a Shared, token: &Token) -> Authz<'a> {
+    match shared.acl() {
+        None => Authz::allow_all(),
+        Some(acl) => acl
+            .resolve(token.0.as_deref())
+            .unwrap_or_else(|_| Authz::allow_all()),
+    }
+}
+
+/// Consul's 403 for a missing permission (`acl/errors.go`, `PermissionDeniedByACL`).
+fn denied(token: &Token, resource: Resource, access: &str, name: &str) -> Response {
+    let accessor = match &token.0 {
+        Some(t) => uuid_from(&format!("accessor:{t}")),
+        None => "00000000-0000-0000-0000-000000000002".into(),
+    };
+    (
+        StatusCode::FORBIDDEN,
+        format!(
+            "Permission denied: token with AccessorID '{accessor}' lacks permission '{}:{access}' on {name:?}",
+            resource.name()
+        ),
+    )
+        .into_response()
+}
+
+/// Marks a list read that ACLs filtered, as Consul does.
+fn filtered(mut response: Response, was: bool) -> Response {
+    if was {
+        response.headers_mut().insert(
+            "X-Consul-Results-Filtered-By-ACLs",
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// Resolves the token on every request (an unknown one is 403 `ACL not found`), checks the
+/// datacenter, then optionally logs the request.
+async fn gate(AxState(shared): S, mut request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let uri = request.uri().clone();
     let query: HashMap<String, String> = uri.query().map(url_decode_pairs).unwrap_or_default();
-    if let Some(expected) = &shared.config.acl_token {
-        let headers = request.headers();
-        let given = headers
-            .get("X-Consul-Token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| {
-                headers
-                    .get("Authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::to_string)
-            })
-            .or_else(|| query.get("token").cloned());
-        if given.as_deref() != Some(expected.as_str()) {
-            if shared.config.log_requests {
-                eprintln!("consul-standin: {method} {uri} -> 403 (token)");
-            }
-            return (StatusCode::FORBIDDEN, "Permission denied").into_response();
+    let given = crate::proxy::request_token(request.headers(), uri.query());
+    if let Some(acl) = shared.acl()
+        && let Err(message) = acl.resolve(given.as_deref())
+    {
+        if shared.config.log_requests {
+            eprintln!("consul-standin: {method} {uri} -> 403 ({message})");
         }
+        return (StatusCode::FORBIDDEN, message).into_response();
     }
+    request.extensions_mut().insert(Token(given));
     if let Some(dc) = query.get("dc")
         && !dc.is_empty()
         && dc != DATACENTER
@@ -122,7 +171,7 @@ fn serde_urlencoded_like(query: &str) -> HashMap<String, String> {
         .collect()
 }
 
-fn percent_decode(text: &str) -> String {
+pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -208,7 +257,10 @@ async fn block(
 
 // ---- agent ------------------------------------------------------------------------------
 
-async fn agent_self(AxState(shared): S) -> Response {
+async fn agent_self(AxState(shared): S, axum::Extension(token): Tok) -> Response {
+    if !authz(&shared, &token).can_read(Resource::Agent, &shared.config.node) {
+        return denied(&token, Resource::Agent, "read", &shared.config.node);
+    }
     axum::Json(json!({
         "Config": {
             "Datacenter": DATACENTER,
@@ -224,15 +276,31 @@ async fn agent_self(AxState(shared): S) -> Response {
     .into_response()
 }
 
-async fn status_leader() -> Response {
-    axum::Json(json!("127.0.0.1:8300")).into_response()
+async fn status_leader(AxState(shared): S) -> Response {
+    axum::Json(json!(format!("{}:8300", shared.node_address))).into_response()
 }
 
-async fn service_register(AxState(shared): S, Query(params): Params, body: Bytes) -> Response {
+/// Pushes a registration change to the catalog before answering, as the agent endpoints do
+/// (`syncChanges` in `agent/agent_endpoint.go`).
+async fn synced(shared: &Shared) {
+    if let Err(e) = crate::sync::sync_now(shared).await {
+        eprintln!("consul-standin: sync to the server failed: {e:#}");
+    }
+}
+
+async fn service_register(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Query(params): Params,
+    body: Bytes,
+) -> Response {
     let reg = match state::parse_registration(&body, shared.limits()) {
         Ok(reg) => reg,
         Err(message) => return bad_request(message),
     };
+    if !authz(&shared, &token).can_write(Resource::Service, &reg.service.name) {
+        return denied(&token, Resource::Service, "write", &reg.service.name);
+    }
     let replace = flag(&params, "replace-existing-checks");
     let (started, removed) = {
         let mut state = shared.state.lock().unwrap();
@@ -256,13 +324,23 @@ async fn service_register(AxState(shared): S, Query(params): Params, body: Bytes
         checks::spawn_runner(&shared, &id);
     }
     shared.committed();
+    synced(&shared).await;
     StatusCode::OK.into_response()
 }
 
-async fn service_deregister(AxState(shared): S, Path(id): Path<String>) -> Response {
+async fn service_deregister(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Path(id): Path<String>,
+) -> Response {
     let removed_checks: Vec<String>;
     {
         let mut state = shared.state.lock().unwrap();
+        if let Some(service) = state.services.get(&id)
+            && !authz(&shared, &token).can_write(Resource::Service, &service.name)
+        {
+            return denied(&token, Resource::Service, "write", &service.name);
+        }
         removed_checks = state
             .checks
             .values()
@@ -281,6 +359,7 @@ async fn service_deregister(AxState(shared): S, Path(id): Path<String>) -> Respo
         checks::stop_runner(&shared, &check);
     }
     shared.committed();
+    synced(&shared).await;
     StatusCode::OK.into_response()
 }
 
@@ -302,39 +381,61 @@ fn agent_service_json(s: &Service) -> Value {
     value
 }
 
-async fn agent_services(AxState(shared): S) -> Response {
+/// The agent's services a token may read (`agent/agent_endpoint.go` filters, never refuses).
+async fn agent_services(AxState(shared): S, axum::Extension(token): Tok) -> Response {
+    let authz = authz(&shared, &token);
     let state = shared.state.lock().unwrap();
+    let mut hidden = false;
     let map: serde_json::Map<String, Value> = state
         .services
         .values()
+        .filter(|s| {
+            let ok = authz.can_read(Resource::Service, &s.name);
+            hidden |= !ok;
+            ok
+        })
         .map(|s| (s.id.clone(), agent_service_json(s)))
         .collect();
-    axum::Json(Value::Object(map)).into_response()
+    filtered(axum::Json(Value::Object(map)).into_response(), hidden)
 }
 
-async fn agent_service(AxState(shared): S, Path(id): Path<String>) -> Response {
+async fn agent_service(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Path(id): Path<String>,
+) -> Response {
     let state = shared.state.lock().unwrap();
     match state.services.get(&id) {
+        Some(s) if !authz(&shared, &token).can_read(Resource::Service, &s.name) => {
+            denied(&token, Resource::Service, "read", &s.name)
+        }
         Some(s) => axum::Json(agent_service_json(s)).into_response(),
         None => (StatusCode::NOT_FOUND, format!("unknown service ID: {id}")).into_response(),
     }
 }
 
 fn check_json(node: &str, state: &State, c: &Check) -> Value {
-    let service = state.services.get(&c.def.service_id);
+    catalog_check_json(
+        node,
+        state.services.get(&c.def.service_id),
+        &c.for_catalog(),
+    )
+}
+
+fn catalog_check_json(node: &str, service: Option<&Service>, c: &CatalogCheck) -> Value {
     json!({
         "Node": node,
-        "CheckID": c.def.id,
-        "Name": c.def.name,
+        "CheckID": c.id,
+        "Name": c.name,
         "Status": c.status,
-        "Notes": c.def.notes,
+        "Notes": c.notes,
         "Output": c.output,
-        "ServiceID": c.def.service_id,
+        "ServiceID": c.service_id,
         "ServiceName": service.map(|s| s.name.as_str()).unwrap_or(""),
         "ServiceTags": service.map(|s| s.tags.clone()).unwrap_or_default(),
-        "Type": c.def.kind(),
-        "Interval": c.def.interval.map(duration::format).unwrap_or_default(),
-        "Timeout": c.def.timeout.map(duration::format).unwrap_or_default(),
+        "Type": c.kind,
+        "Interval": c.interval,
+        "Timeout": c.timeout,
         "ExposedPort": 0,
         "Definition": {},
         "CreateIndex": c.create_index,
@@ -342,7 +443,7 @@ fn check_json(node: &str, state: &State, c: &Check) -> Value {
     })
 }
 
-fn serf_health(node: &str) -> Value {
+fn serf_health(node: &str, index: u64) -> Value {
     json!({
         "Node": node,
         "CheckID": "serfHealth",
@@ -355,29 +456,59 @@ fn serf_health(node: &str) -> Value {
         "ServiceTags": [],
         "Type": "",
         "Definition": {},
-        "CreateIndex": 1,
-        "ModifyIndex": 1,
+        "CreateIndex": index,
+        "ModifyIndex": index,
     })
 }
 
-async fn agent_checks(AxState(shared): S) -> Response {
+/// The agent's checks a token may read (filtered, as `agent/agent_endpoint.go` does).
+async fn agent_checks(AxState(shared): S, axum::Extension(token): Tok) -> Response {
+    let authz = authz(&shared, &token);
     let state = shared.state.lock().unwrap();
+    let mut hidden = false;
     let map: serde_json::Map<String, Value> = state
         .checks
         .values()
+        .filter(|c| {
+            let ok = match state.services.get(&c.def.service_id) {
+                Some(s) => authz.can_read(Resource::Service, &s.name),
+                None => authz.can_read(Resource::Node, &shared.config.node),
+            };
+            hidden |= !ok;
+            ok
+        })
         .map(|c| (c.def.id.clone(), check_json(&shared.config.node, &state, c)))
         .collect();
-    axum::Json(Value::Object(map)).into_response()
+    filtered(axum::Json(Value::Object(map)).into_response(), hidden)
+}
+
+/// Whether the token may write a check: `service:write` on its service, `node:write` else.
+fn check_write_denied(shared: &Shared, token: &Token, state: &State, id: &str) -> Option<Response> {
+    let check = state.checks.get(id)?;
+    let authz = authz(shared, token);
+    match state.services.get(&check.def.service_id) {
+        Some(s) if !authz.can_write(Resource::Service, &s.name) => {
+            Some(denied(token, Resource::Service, "write", &s.name))
+        }
+        None if !authz.can_write(Resource::Node, &shared.config.node) => {
+            Some(denied(token, Resource::Node, "write", &shared.config.node))
+        }
+        _ => None,
+    }
 }
 
 async fn ttl_update(
     shared: Arc<Shared>,
+    token: Token,
     id: String,
     params: HashMap<String, String>,
     status: &str,
 ) -> Response {
     {
         let mut state = shared.state.lock().unwrap();
+        if let Some(denied) = check_write_denied(&shared, &token, &state, &id) {
+            return denied;
+        }
         let Some(check) = state.checks.get_mut(&id) else {
             return (StatusCode::NOT_FOUND, format!("Unknown check ID \"{id}\". Ensure that the check ID is passed, not the check name.")).into_response();
         };
@@ -396,19 +527,41 @@ async fn ttl_update(
     StatusCode::OK.into_response()
 }
 
-async fn check_pass(AxState(shared): S, Path(id): Path<String>, Query(p): Params) -> Response {
-    ttl_update(shared, id, p, PASSING).await
+async fn check_pass(
+    AxState(shared): S,
+    axum::Extension(t): Tok,
+    Path(id): Path<String>,
+    Query(p): Params,
+) -> Response {
+    ttl_update(shared, t, id, p, PASSING).await
 }
-async fn check_warn(AxState(shared): S, Path(id): Path<String>, Query(p): Params) -> Response {
-    ttl_update(shared, id, p, WARNING).await
+async fn check_warn(
+    AxState(shared): S,
+    axum::Extension(t): Tok,
+    Path(id): Path<String>,
+    Query(p): Params,
+) -> Response {
+    ttl_update(shared, t, id, p, WARNING).await
 }
-async fn check_fail(AxState(shared): S, Path(id): Path<String>, Query(p): Params) -> Response {
-    ttl_update(shared, id, p, CRITICAL).await
+async fn check_fail(
+    AxState(shared): S,
+    axum::Extension(t): Tok,
+    Path(id): Path<String>,
+    Query(p): Params,
+) -> Response {
+    ttl_update(shared, t, id, p, CRITICAL).await
 }
 
-async fn check_deregister(AxState(shared): S, Path(id): Path<String>) -> Response {
+async fn check_deregister(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Path(id): Path<String>,
+) -> Response {
     let removed = {
         let mut state = shared.state.lock().unwrap();
+        if let Some(denied) = check_write_denied(&shared, &token, &state, &id) {
+            return denied;
+        }
         let removed = state.checks.remove(&id).is_some();
         if removed {
             let index = state.bump();
@@ -427,21 +580,30 @@ async fn check_deregister(AxState(shared): S, Path(id): Path<String>) -> Respons
     }
     checks::stop_runner(&shared, &id);
     shared.committed();
+    synced(&shared).await;
     StatusCode::OK.into_response()
 }
 
-// ---- health and catalog -------------------------------------------------------------------
+// ---- health and catalog (server) ----------------------------------------------------------
 
-fn node_json(shared: &Shared) -> Value {
+async fn node_sync(AxState(shared): S, axum::Json(sync): axum::Json<NodeSync>) -> Response {
+    let changed = shared.state.lock().unwrap().apply_sync(sync);
+    if changed {
+        shared.committed();
+    }
+    StatusCode::OK.into_response()
+}
+
+fn node_json(name: &str, node: &state::Node) -> Value {
     json!({
-        "ID": shared.node_id,
-        "Node": shared.config.node,
-        "Address": shared.node_address,
+        "ID": node.id,
+        "Node": name,
+        "Address": node.address,
         "Datacenter": DATACENTER,
-        "TaggedAddresses": { "lan": shared.node_address, "wan": shared.node_address },
+        "TaggedAddresses": { "lan": node.address, "wan": node.address },
         "Meta": {},
-        "CreateIndex": 1,
-        "ModifyIndex": 1,
+        "CreateIndex": node.create_index,
+        "ModifyIndex": node.modify_index,
     })
 }
 
@@ -451,8 +613,36 @@ fn has_tags(service: &Service, params: &HashMap<String, String>) -> bool {
         .is_none_or(|tag| service.tags.iter().any(|t| t == tag))
 }
 
+/// Every `(node name, node, service)` of the catalog named `name` with the query's tag; and
+/// whether ACLs hid some (service:read on the service and node:read on the node are needed).
+fn instances<'a>(
+    state: &'a State,
+    authz: &Authz<'_>,
+    name: &str,
+    params: &HashMap<String, String>,
+) -> (Vec<(&'a String, &'a state::Node, &'a Service)>, bool) {
+    let mut hidden = false;
+    let mut out = Vec::new();
+    for (node_name, node) in &state.nodes {
+        for service in node
+            .services
+            .values()
+            .filter(|s| s.name == name && has_tags(s, params))
+        {
+            if authz.can_read(Resource::Service, name) && authz.can_read(Resource::Node, node_name)
+            {
+                out.push((node_name, node, service));
+            } else {
+                hidden = true;
+            }
+        }
+    }
+    (out, hidden)
+}
+
 async fn health_service(
     AxState(shared): S,
+    axum::Extension(token): Tok,
     Path(name): Path<String>,
     Query(params): Params,
 ) -> Response {
@@ -461,52 +651,68 @@ async fn health_service(
         Err(r) => return r,
     };
     let passing_only = flag(&params, "passing");
+    let authz = authz(&shared, &token);
     let state = shared.state.lock().unwrap();
-    let node = &shared.config.node;
+    let (found, hidden) = instances(&state, &authz, &name, &params);
     let mut entries = Vec::new();
-    for service in state
-        .services
-        .values()
-        .filter(|s| s.name == name && has_tags(s, &params))
-    {
-        let service_checks: Vec<&Check> = state
+    for (node_name, node, service) in found {
+        let service_checks: Vec<&CatalogCheck> = node
             .checks
             .values()
-            .filter(|c| c.def.service_id == service.id)
+            .filter(|c| c.service_id == service.id)
             .collect();
+        // `?passing` also needs the node's own checks (serfHealth, always passing here).
         if passing_only && service_checks.iter().any(|c| c.status != PASSING) {
             continue;
         }
-        let mut checks = vec![serf_health(node)];
-        checks.extend(service_checks.iter().map(|c| check_json(node, &state, c)));
+        let mut checks = vec![serf_health(node_name, node.create_index)];
+        checks.extend(
+            service_checks
+                .iter()
+                .map(|c| catalog_check_json(node_name, Some(service), c)),
+        );
         let mut service_json = agent_service_json(service);
         service_json["CreateIndex"] = json!(service.create_index);
         service_json["ModifyIndex"] = json!(service.modify_index);
-        entries
-            .push(json!({ "Node": node_json(&shared), "Service": service_json, "Checks": checks }));
+        entries.push(
+            json!({ "Node": node_json(node_name, node), "Service": service_json, "Checks": checks }),
+        );
     }
-    json_indexed(index, Value::Array(entries))
+    filtered(json_indexed(index, Value::Array(entries)), hidden)
 }
 
-async fn catalog_services(AxState(shared): S, Query(params): Params) -> Response {
+async fn catalog_services(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Query(params): Params,
+) -> Response {
     let index = match block(&shared, &params, |s| s.services_index).await {
         Ok(i) => i,
         Err(r) => return r,
     };
+    let authz = authz(&shared, &token);
     let state = shared.state.lock().unwrap();
     let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut hidden = false;
     // Every real cluster lists its own servers as the `consul` service.
-    map.insert("consul".into(), BTreeSet::new());
-    for s in state.services.values() {
+    if authz.can_read(Resource::Service, "consul") {
+        map.insert("consul".into(), BTreeSet::new());
+    }
+    for s in state.nodes.values().flat_map(|n| n.services.values()) {
+        if !authz.can_read(Resource::Service, &s.name) {
+            hidden = true;
+            continue;
+        }
         map.entry(s.name.clone())
             .or_default()
             .extend(s.tags.iter().cloned());
     }
-    json_indexed(index, json!(map))
+    filtered(json_indexed(index, json!(map)), hidden)
 }
 
 async fn catalog_service(
     AxState(shared): S,
+    axum::Extension(token): Tok,
     Path(name): Path<String>,
     Query(params): Params,
 ) -> Response {
@@ -514,18 +720,18 @@ async fn catalog_service(
         Ok(i) => i,
         Err(r) => return r,
     };
+    let authz = authz(&shared, &token);
     let state = shared.state.lock().unwrap();
-    let entries: Vec<Value> = state
-        .services
-        .values()
-        .filter(|s| s.name == name && has_tags(s, &params))
-        .map(|s| {
+    let (found, hidden) = instances(&state, &authz, &name, &params);
+    let entries: Vec<Value> = found
+        .into_iter()
+        .map(|(node_name, node, s)| {
             json!({
-                "ID": shared.node_id,
-                "Node": shared.config.node,
-                "Address": shared.node_address,
+                "ID": node.id,
+                "Node": node_name,
+                "Address": node.address,
                 "Datacenter": DATACENTER,
-                "TaggedAddresses": { "lan": shared.node_address, "wan": shared.node_address },
+                "TaggedAddresses": { "lan": node.address, "wan": node.address },
                 "NodeMeta": {},
                 "ServiceKind": "",
                 "ServiceID": s.id,
@@ -542,7 +748,32 @@ async fn catalog_service(
             })
         })
         .collect();
-    json_indexed(index, Value::Array(entries))
+    filtered(json_indexed(index, Value::Array(entries)), hidden)
+}
+
+async fn catalog_nodes(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Query(params): Params,
+) -> Response {
+    let index = match block(&shared, &params, |s| s.services_index).await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let authz = authz(&shared, &token);
+    let state = shared.state.lock().unwrap();
+    let mut hidden = false;
+    let nodes: Vec<Value> = state
+        .nodes
+        .iter()
+        .filter(|(name, _)| {
+            let ok = authz.can_read(Resource::Node, name);
+            hidden |= !ok;
+            ok
+        })
+        .map(|(name, node)| node_json(name, node))
+        .collect();
+    filtered(json_indexed(index, Value::Array(nodes)), hidden)
 }
 
 // ---- KV -------------------------------------------------------------------------------------
@@ -559,16 +790,26 @@ fn kv_json(e: &KvEntry) -> Value {
     })
 }
 
-async fn kv_get_root(s: S, p: Params) -> Response {
-    kv_get_inner(s, String::new(), p).await
+async fn kv_get_root(s: S, t: Tok, p: Params) -> Response {
+    kv_get_inner(s, t, String::new(), p).await
 }
-async fn kv_get(s: S, Path(key): Path<String>, p: Params) -> Response {
-    kv_get_inner(s, key, p).await
+async fn kv_get(s: S, t: Tok, Path(key): Path<String>, p: Params) -> Response {
+    kv_get_inner(s, t, key, p).await
 }
 
-async fn kv_get_inner(AxState(shared): S, key: String, Query(params): Params) -> Response {
+async fn kv_get_inner(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    key: String,
+    Query(params): Params,
+) -> Response {
     let keys_only = params.contains_key("keys");
     let recurse = keys_only || flag(&params, "recurse");
+    let authz = authz(&shared, &token);
+    // A single key needs key:read; lists are filtered (`FilterDirEnt`).
+    if !recurse && !authz.can_read(Resource::Key, &key) {
+        return denied(&token, Resource::Key, "read", &key);
+    }
     let index = match block(&shared, &params, |s| s.kv_index_of(&key, recurse)).await {
         Ok(i) => i,
         Err(r) => return r,
@@ -579,17 +820,22 @@ async fn kv_get_inner(AxState(shared): S, key: String, Query(params): Params) ->
         add_index_headers(r.headers_mut(), index);
         r
     };
-    let in_prefix = || {
-        state
-            .kv
-            .range(key.clone()..)
-            .take_while(|(k, _)| k.starts_with(key.as_str()))
-            .map(|(_, e)| e)
-    };
+    let mut hidden = false;
+    let in_prefix: Vec<&KvEntry> = state
+        .kv
+        .range(key.clone()..)
+        .take_while(|(k, _)| k.starts_with(key.as_str()))
+        .map(|(_, e)| e)
+        .filter(|e| {
+            let ok = authz.can_read(Resource::Key, &e.key);
+            hidden |= !ok;
+            ok
+        })
+        .collect();
     if keys_only {
         let separator = params.get("separator").filter(|s| !s.is_empty());
         let mut keys: Vec<String> = Vec::new();
-        for entry in in_prefix() {
+        for entry in &in_prefix {
             let listed = match separator {
                 Some(sep) => match entry.key[key.len()..].find(sep.as_str()) {
                     Some(at) => entry.key[..key.len() + at + sep.len()].to_string(),
@@ -601,17 +847,19 @@ async fn kv_get_inner(AxState(shared): S, key: String, Query(params): Params) ->
                 keys.push(listed);
             }
         }
-        if keys.is_empty() {
-            return not_found();
+        // Consul answers an empty list at the root, 404 under any other prefix
+        // (`KVSGetKeys` in `agent/kvs_endpoint.go`).
+        if keys.is_empty() && !key.is_empty() {
+            return filtered(not_found(), hidden);
         }
-        return json_indexed(index, json!(keys));
+        return filtered(json_indexed(index, json!(keys)), hidden);
     }
     if recurse {
-        let entries: Vec<Value> = in_prefix().map(kv_json).collect();
+        let entries: Vec<Value> = in_prefix.iter().map(|e| kv_json(e)).collect();
         if entries.is_empty() {
-            return not_found();
+            return filtered(not_found(), hidden);
         }
-        return json_indexed(index, Value::Array(entries));
+        return filtered(json_indexed(index, Value::Array(entries)), hidden);
     }
     let Some(entry) = state.kv.get(&key) else {
         return not_found();
@@ -628,11 +876,42 @@ async fn kv_get_inner(AxState(shared): S, key: String, Query(params): Params) ->
     json_indexed(index, json!([kv_json(entry)]))
 }
 
-async fn kv_put_root(s: S, p: Params, body: Bytes) -> Response {
-    kv_put_inner(s, String::new(), p, body).await
+async fn kv_put_root(s: S, t: Tok, p: Params, body: Bytes) -> Response {
+    kv_put_inner(s, t, String::new(), p, body).await
 }
-async fn kv_put(s: S, Path(key): Path<String>, p: Params, body: Bytes) -> Response {
-    kv_put_inner(s, key, p, body).await
+async fn kv_put(s: S, t: Tok, Path(key): Path<String>, p: Params, body: Bytes) -> Response {
+    kv_put_inner(s, t, key, p, body).await
+}
+
+/// 400 when more than one of `flags` is given (`conflictingFlags` in `agent/kvs_endpoint.go`),
+/// with the query re-encoded as Go's `url.Values.Encode` does (sorted by key).
+fn conflicting(params: &HashMap<String, String>, flags: &[&str]) -> Option<Response> {
+    if flags.iter().filter(|f| params.contains_key(**f)).count() < 2 {
+        return None;
+    }
+    let sorted: BTreeMap<&String, &String> = params.iter().collect();
+    let encoded: Vec<String> = sorted
+        .into_iter()
+        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+        .collect();
+    Some(bad_request(format!(
+        "Conflicting flags: {}",
+        encoded.join("&")
+    )))
+}
+
+fn form_encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Response> {
@@ -647,12 +926,19 @@ fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>
 
 async fn kv_put_inner(
     AxState(shared): S,
+    axum::Extension(token): Tok,
     key: String,
     Query(params): Params,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = conflicting(&params, &["cas", "acquire", "release"]) {
+        return r;
+    }
     if key.is_empty() {
         return bad_request("Missing key name");
+    }
+    if !authz(&shared, &token).can_write(Resource::Key, &key) {
+        return denied(&token, Resource::Key, "write", &key);
     }
     if body.len() > KV_MAX {
         return (
@@ -674,10 +960,7 @@ async fn kv_put_inner(
     };
     let acquire = params.get("acquire").filter(|s| !s.is_empty()).cloned();
     let release = params.get("release").filter(|s| !s.is_empty()).cloned();
-    if acquire.is_some() && release.is_some() {
-        return bad_request("Conflicting flags: acquire and release");
-    }
-    let done = {
+    let changed = {
         let mut state = shared.state.lock().unwrap();
         let existing = state.kv.get(&key).cloned();
         if let Some(cas) = cas {
@@ -706,7 +989,7 @@ async fn kv_put_inner(
             }
             match existing.as_ref().and_then(|e| e.session.clone()) {
                 Some(holder) if &holder == session => {
-                    state.kv_set(&key, body.to_vec(), flags, None, false);
+                    state.kv_set(&key, body.to_vec(), flags, None, false)
                 }
                 Some(_) => return axum::Json(false).into_response(),
                 None => state.kv_set(
@@ -720,30 +1003,42 @@ async fn kv_put_inner(
         } else if let Some(session) = &release {
             match existing.as_ref().and_then(|e| e.session.clone()) {
                 Some(holder) if &holder == session => {
-                    state.kv_set(&key, body.to_vec(), flags, Some(None), false);
+                    state.kv_set(&key, body.to_vec(), flags, Some(None), false)
                 }
                 _ => return axum::Json(false).into_response(),
             }
         } else {
-            state.kv_set(&key, body.to_vec(), flags, None, false);
+            state.kv_set(&key, body.to_vec(), flags, None, false)
         }
-        true
     };
-    shared.committed();
-    axum::Json(done).into_response()
+    if changed {
+        shared.committed();
+    }
+    axum::Json(true).into_response()
 }
 
-async fn kv_delete_root(s: S, p: Params) -> Response {
-    kv_delete_inner(s, String::new(), p).await
+async fn kv_delete_root(s: S, t: Tok, p: Params) -> Response {
+    kv_delete_inner(s, t, String::new(), p).await
 }
-async fn kv_delete(s: S, Path(key): Path<String>, p: Params) -> Response {
-    kv_delete_inner(s, key, p).await
+async fn kv_delete(s: S, t: Tok, Path(key): Path<String>, p: Params) -> Response {
+    kv_delete_inner(s, t, key, p).await
 }
 
-async fn kv_delete_inner(AxState(shared): S, key: String, Query(params): Params) -> Response {
+async fn kv_delete_inner(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    key: String,
+    Query(params): Params,
+) -> Response {
+    if let Some(r) = conflicting(&params, &["recurse", "cas"]) {
+        return r;
+    }
     let recurse = flag(&params, "recurse");
     if key.is_empty() && !recurse {
         return bad_request("Missing key name");
+    }
+    if !authz(&shared, &token).can_write(Resource::Key, &key) {
+        return denied(&token, Resource::Key, "write", &key);
     }
     let cas = match parse_u64(&params, "cas") {
         Ok(v) => v,
@@ -751,14 +1046,12 @@ async fn kv_delete_inner(AxState(shared): S, key: String, Query(params): Params)
     };
     {
         let mut state = shared.state.lock().unwrap();
-        if let Some(cas) = cas {
-            let ok = match state.kv.get(&key) {
-                None => cas == 0,
-                Some(e) => cas != 0 && e.modify_index == cas,
-            };
-            if !ok {
-                return axum::Json(false).into_response();
-            }
+        // A CAS delete of a key that is not there succeeds (`kvsDeleteCASTxn`).
+        if let Some(cas) = cas
+            && let Some(e) = state.kv.get(&key)
+            && e.modify_index != cas
+        {
+            return axum::Json(false).into_response();
         }
         state.kv_delete(&key, recurse);
     }
@@ -783,7 +1076,7 @@ fn session_json(s: &Session) -> Value {
     })
 }
 
-async fn session_create(AxState(shared): S, body: Bytes) -> Response {
+async fn session_create(AxState(shared): S, axum::Extension(token): Tok, body: Bytes) -> Response {
     let obj = if body.iter().all(|b| b.is_ascii_whitespace()) {
         serde_json::Map::new()
     } else {
@@ -797,6 +1090,8 @@ async fn session_create(AxState(shared): S, body: Bytes) -> Response {
     let ttl = text("ttl");
     if !ttl.is_empty() {
         match duration::parse(&ttl) {
+            // "0s" means no TTL (`agent/consul/session_endpoint.go` checks only ttl != 0).
+            Ok(d) if d.is_zero() => {}
             Ok(d) if d >= Duration::from_secs(10) && d <= Duration::from_secs(86400) => {}
             Ok(_) => {
                 return bad_request(format!(
@@ -828,8 +1123,15 @@ async fn session_create(AxState(shared): S, body: Bytes) -> Response {
         }
         Some(other) => return bad_request(format!("Request decode failed: LockDelay: {other}")),
     };
+    // Agents fill in their own node; the server needs a registered one.
     let node = text("node");
-    if !node.is_empty() && node != shared.config.node {
+    if node.is_empty() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "Must provide Node").into_response();
+    }
+    if !authz(&shared, &token).can_write(Resource::Session, &node) {
+        return denied(&token, Resource::Session, "write", &node);
+    }
+    if !shared.state.lock().unwrap().nodes.contains_key(&node) {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             "Missing node registration",
@@ -844,29 +1146,41 @@ async fn session_create(AxState(shared): S, body: Bytes) -> Response {
         let session = Session {
             id: id.clone(),
             name: text("name"),
-            node: shared.config.node.clone(),
+            node,
             lock_delay,
             behavior,
-            expires: if ttl.is_empty() {
-                None
-            } else {
-                duration::parse(&ttl).ok().map(|d| Instant::now() + d)
-            },
+            expires: None,
             ttl,
             create_index: index,
             modify_index: index,
         };
+        let mut session = session;
+        session.expires = session.expiry(Instant::now());
         state.sessions.insert(id.clone(), session);
     }
     shared.committed();
     axum::Json(json!({ "ID": id })).into_response()
 }
 
-async fn session_renew(AxState(shared): S, Path(id): Path<String>) -> Response {
+fn session_write_denied(shared: &Shared, token: &Token, id: &str) -> Option<Response> {
+    let state = shared.state.lock().unwrap();
+    let node = state.sessions.get(id)?.node.clone();
+    (!authz(shared, token).can_write(Resource::Session, &node))
+        .then(|| denied(token, Resource::Session, "write", &node))
+}
+
+async fn session_renew(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(denied) = session_write_denied(&shared, &token, &id) {
+        return denied;
+    }
     let mut state = shared.state.lock().unwrap();
     match state.sessions.get_mut(&id) {
         Some(session) => {
-            session.expires = session.ttl_duration().map(|d| Instant::now() + d);
+            session.expires = session.expiry(Instant::now());
             let index = state.sessions_index;
             json_indexed(index, json!([session_json(&state.sessions[&id])]))
         }
@@ -878,7 +1192,14 @@ async fn session_renew(AxState(shared): S, Path(id): Path<String>) -> Response {
     }
 }
 
-async fn session_destroy(AxState(shared): S, Path(id): Path<String>) -> Response {
+async fn session_destroy(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(denied) = session_write_denied(&shared, &token, &id) {
+        return denied;
+    }
     let changed = shared.state.lock().unwrap().invalidate_session(&id);
     if changed {
         shared.committed();
@@ -886,35 +1207,58 @@ async fn session_destroy(AxState(shared): S, Path(id): Path<String>) -> Response
     axum::Json(true).into_response()
 }
 
-async fn session_info(
-    AxState(shared): S,
-    Path(id): Path<String>,
-    Query(params): Params,
+/// Sessions matching `keep` that the token may read (session:read on their node), filtered.
+async fn sessions_where(
+    shared: Arc<Shared>,
+    token: Token,
+    params: HashMap<String, String>,
+    keep: impl Fn(&Session) -> bool,
 ) -> Response {
     let index = match block(&shared, &params, |s| s.sessions_index).await {
         Ok(i) => i,
         Err(r) => return r,
     };
+    let authz = authz(&shared, &token);
     let state = shared.state.lock().unwrap();
+    let mut hidden = false;
     let list: Vec<Value> = state
         .sessions
-        .get(&id)
+        .values()
+        .filter(|s| keep(s))
+        .filter(|s| {
+            let ok = authz.can_read(Resource::Session, &s.node);
+            hidden |= !ok;
+            ok
+        })
         .map(session_json)
-        .into_iter()
         .collect();
-    json_indexed(index, Value::Array(list))
+    filtered(json_indexed(index, Value::Array(list)), hidden)
 }
 
-async fn session_list(AxState(shared): S, Query(params): Params) -> Response {
-    let index = match block(&shared, &params, |s| s.sessions_index).await {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let state = shared.state.lock().unwrap();
-    json_indexed(
-        index,
-        Value::Array(state.sessions.values().map(session_json).collect()),
-    )
+async fn session_info(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> Response {
+    sessions_where(shared, token, params, |s| s.id == id).await
+}
+
+async fn session_list(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Query(params): Params,
+) -> Response {
+    sessions_where(shared, token, params, |_| true).await
+}
+
+async fn session_node(
+    AxState(shared): S,
+    axum::Extension(token): Tok,
+    Path(node): Path<String>,
+    Query(params): Params,
+) -> Response {
+    sessions_where(shared, token, params, |s| s.node == node).await
 }
 
 // ---- ids ----------------------------------------------------------------------------------------

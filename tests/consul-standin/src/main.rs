@@ -1,38 +1,124 @@
-//! `consul-standin`: the Consul agent stand-in as a process (the testbed runs one per host).
+//! `consul-standin`: the Consul stand-in as a process.
+//!
+//! - `consul-standin server --listen ADDR [--listen ADDR]... [--data-dir DIR] [--acl-file F]`:
+//!   the cluster's store (catalog, health, KV, sessions).
+//! - `consul-standin agent --node hN --server URL --listen ADDR [--listen ADDR]...
+//!   [--dns-listen ADDR]... [--advertise IP] [--data-dir DIR]`: one host's agent.
+//! - `consul-standin --listen ADDR [--data-dir DIR] [--node N] [--acl-token T]` (no subcommand):
+//!   an agent with its own server in the same process, as `consul agent -dev`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use consul_standin::acl::Acl;
 
-/// A stand-in for the Consul agent HTTP API (v1), for fleet's tests, testbed and demo.
+/// A stand-in for Consul (HTTP API v1 and DNS), for fleet's tests, testbed and demo.
 #[derive(Debug, Parser)]
-#[command(name = "consul-standin", version)]
-struct Args {
-    /// Address to listen on, e.g. 127.0.0.1:8500.
-    #[arg(long, default_value = "127.0.0.1:8500")]
-    listen: SocketAddr,
-    /// Keep services, check definitions, KV and sessions here across restarts.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Require this ACL token on every request (403 "Permission denied" otherwise).
+#[command(
+    name = "consul-standin",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The cluster's server: catalog, health, KV and sessions, shared by every agent.
+    Server(ServerArgs),
+    /// One host's agent: its own services and checks, synced to --server.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+struct AclArgs {
+    /// Require this ACL token (it may do everything; no token: anonymous, default deny).
     #[arg(long, env = "CONSUL_STANDIN_ACL_TOKEN")]
     acl_token: Option<String>,
-    /// Node name shown in health and catalog answers (default: the host name).
+    /// ACLs from a JSON file: {"default_policy": "deny", "default_token": "...",
+    /// "tokens": {"SECRET": {"management": true}, "SECRET2": {"rules": {"key_prefix": {"app/":
+    /// {"policy": "write"}}}}}}.
     #[arg(long)]
-    node: Option<String>,
-    /// How often the DeregisterCriticalServiceAfter reaper runs (Consul: 30s).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    reap_interval: std::time::Duration,
-    /// Floor for DeregisterCriticalServiceAfter (Consul: 1m).
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
-    deregister_critical_min: std::time::Duration,
+    acl_file: Option<PathBuf>,
+}
+
+impl AclArgs {
+    fn acl(&self) -> anyhow::Result<Option<Acl>> {
+        if let Some(file) = &self.acl_file {
+            let text = std::fs::read_to_string(file)?;
+            let mut acl =
+                Acl::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            if let Some(token) = &self.acl_token {
+                acl.tokens.insert(
+                    token.clone(),
+                    Acl::single_token(token).tokens.remove(token).unwrap(),
+                );
+            }
+            return Ok(Some(acl));
+        }
+        Ok(self.acl_token.as_deref().map(Acl::single_token))
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Address to serve on (repeatable), e.g. 127.0.0.1:8300.
+    #[arg(long, required = true)]
+    listen: Vec<SocketAddr>,
+    /// Keep the catalog, KV and sessions here across restarts.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    acl: AclArgs,
     /// Don't log each request to stderr.
     #[arg(long)]
     quiet: bool,
 }
 
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// Address to serve the HTTP API on (repeatable; a real agent's client_addr).
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    listen: Vec<SocketAddr>,
+    /// Answer DNS (UDP and TCP) here (repeatable; a real agent's ports.dns, 8600).
+    #[arg(long)]
+    dns_listen: Vec<SocketAddr>,
+    /// The server, e.g. http://10.200.1.1:8300 (none: run one in this process).
+    #[arg(long)]
+    server: Option<String>,
+    /// This node's address in the catalog (default: the first non-loopback --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Keep services and check definitions here across restarts (and, without --server, the
+    /// server's data under DIR/server).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    acl: AclArgs,
+    /// Node name shown in health and catalog answers (default: the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// How long a check's new status stays local before the catalog sees it.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    sync_delay: Duration,
+    /// How often the DeregisterCriticalServiceAfter reaper runs (Consul: 30s).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    reap_interval: Duration,
+    /// Floor for DeregisterCriticalServiceAfter (Consul: 1m).
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    deregister_critical_min: Duration,
+    /// Don't log each request to stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
     consul_standin::duration::parse(text)
 }
 
@@ -44,28 +130,79 @@ fn host_name() -> String {
         .unwrap_or_else(|| "standin".into())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let mut config = consul_standin::Config::new(args.listen);
-    config.data_dir = args.data_dir;
-    config.acl_token = args.acl_token;
-    config.node = args.node.unwrap_or_else(host_name);
-    config.reap_interval = args.reap_interval;
-    config.deregister_critical_min = args.deregister_critical_min;
-    config.log_requests = !args.quiet;
-    let node = config.node.clone();
-    let handle = consul_standin::start(config).await?;
-    eprintln!(
-        "consul-standin: node {node} serving the Consul HTTP API on http://{}",
-        handle.addr()
-    );
+async fn until_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     eprintln!("consul-standin: shutting down");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Server(args)) => {
+            let handle = consul_standin::start_server(consul_standin::ServerConfig {
+                listen: args.listen,
+                data_dir: args.data_dir,
+                acl: args.acl.acl()?,
+                log_requests: !args.quiet,
+            })
+            .await?;
+            let addrs: Vec<String> = handle
+                .addrs()
+                .iter()
+                .map(|a| format!("http://{a}"))
+                .collect();
+            eprintln!("consul-standin: server on {}", addrs.join(" "));
+            until_signal().await?;
+            handle.shutdown().await;
+        }
+        Some(Command::Agent(args)) => run_agent(args, true).await?,
+        None => run_agent(cli.agent, false).await?,
+    }
+    Ok(())
+}
+
+async fn run_agent(args: AgentArgs, needs_server: bool) -> anyhow::Result<()> {
+    if needs_server && args.server.is_none() {
+        anyhow::bail!("`consul-standin agent` needs --server URL");
+    }
+    let mut listen = args.listen.into_iter();
+    let mut config = consul_standin::Config::new(listen.next().expect("clap default"));
+    config.extra_listen = listen.collect();
+    config.dns_listen = args.dns_listen;
+    config.server = args.server;
+    config.advertise = args.advertise;
+    config.data_dir = args.data_dir;
+    config.acl = args.acl.acl()?;
+    config.node = args.node.unwrap_or_else(host_name);
+    config.sync_delay = args.sync_delay;
+    config.reap_interval = args.reap_interval;
+    config.deregister_critical_min = args.deregister_critical_min;
+    config.log_requests = !args.quiet;
+    let node = config.node.clone();
+    let handle = consul_standin::start(config).await?;
+    let http: Vec<String> = handle
+        .addrs()
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    let dns: Vec<String> = handle.dns_addrs().iter().map(|a| a.to_string()).collect();
+    eprintln!(
+        "consul-standin: node {node} serving the Consul HTTP API on {}{}; server {}",
+        http.join(" "),
+        if dns.is_empty() {
+            String::new()
+        } else {
+            format!(", DNS on {}", dns.join(" "))
+        },
+        handle.server_url().unwrap_or_default()
+    );
+    until_signal().await?;
     handle.shutdown().await;
     Ok(())
 }

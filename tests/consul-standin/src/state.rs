@@ -110,8 +110,15 @@ impl Session {
         if self.ttl.is_empty() {
             None
         } else {
-            duration::parse(&self.ttl).ok()
+            duration::parse(&self.ttl).ok().filter(|d| !d.is_zero())
         }
+    }
+
+    /// When the session is invalidated unless renewed: Consul's servers arm the timer with
+    /// `TTL * SessionTTLMultiplier` (2), so a session lives up to twice its TTL
+    /// (`agent/consul/session_ttl.go`).
+    pub fn expiry(&self, from: Instant) -> Option<Instant> {
+        self.ttl_duration().map(|ttl| from + ttl * 2)
     }
 }
 
@@ -138,6 +145,81 @@ struct Persisted {
     services: Vec<(Service, Vec<CheckDef>)>,
     kv: Vec<KvEntry>,
     sessions: Vec<Session>,
+    #[serde(default)]
+    nodes: BTreeMap<String, Node>,
+}
+
+/// A check as the catalog holds it: what the agent last synced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CatalogCheck {
+    pub id: String,
+    pub name: String,
+    pub notes: String,
+    pub service_id: String,
+    pub kind: String,
+    pub interval: String,
+    pub timeout: String,
+    pub status: String,
+    pub output: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl Check {
+    /// What the catalog keeps of this check (indexes are the catalog's own).
+    pub fn for_catalog(&self) -> CatalogCheck {
+        CatalogCheck {
+            id: self.def.id.clone(),
+            name: self.def.name.clone(),
+            notes: self.def.notes.clone(),
+            service_id: self.def.service_id.clone(),
+            kind: self.def.kind().into(),
+            interval: self.def.interval.map(duration::format).unwrap_or_default(),
+            timeout: self.def.timeout.map(duration::format).unwrap_or_default(),
+            status: self.status.clone(),
+            output: self.output.clone(),
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+        }
+    }
+}
+
+/// A node of the catalog with the services and checks its agent synced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub address: String,
+    pub services: BTreeMap<String, Service>,
+    pub checks: BTreeMap<String, CatalogCheck>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// What an agent's anti-entropy sends the server: the node's whole local state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeSync {
+    pub node: String,
+    pub id: String,
+    pub address: String,
+    pub services: Vec<Service>,
+    pub checks: Vec<CatalogCheck>,
+}
+
+fn same_service(a: &Service, b: &Service) -> bool {
+    let strip = |s: &Service| {
+        let mut s = s.clone();
+        s.create_index = 0;
+        s.modify_index = 0;
+        serde_json::to_value(s).unwrap_or_default()
+    };
+    strip(a) == strip(b)
+}
+
+fn same_check(a: &CatalogCheck, b: &CatalogCheck) -> bool {
+    let mut b = b.clone();
+    b.create_index = a.create_index;
+    b.modify_index = a.modify_index;
+    *a == b
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +239,8 @@ pub struct State {
     /// Keys whose lock was released by an invalidated session: no acquire before this instant.
     pub lock_delays: HashMap<String, Instant>,
     pub next_generation: u64,
+    /// The catalog (server): nodes with their synced services and checks.
+    pub nodes: BTreeMap<String, Node>,
 }
 
 /// A parsed registration, ready to apply.
@@ -191,9 +275,10 @@ impl State {
         }
         let now = Instant::now();
         for mut session in persisted.sessions {
-            session.expires = session.ttl_duration().map(|ttl| now + ttl);
+            session.expires = session.expiry(now);
             state.sessions.insert(session.id.clone(), session);
         }
+        state.nodes = persisted.nodes;
         for (service, checks) in persisted.services {
             state.apply_registration(Registration { service, checks }, false, now);
         }
@@ -218,6 +303,7 @@ impl State {
                 .collect(),
             kv: self.kv.values().cloned().collect(),
             sessions: self.sessions.values().cloned().collect(),
+            nodes: self.nodes.clone(),
         };
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(&persisted)?)?;
@@ -259,22 +345,20 @@ impl State {
         for def in reg.checks {
             self.next_generation += 1;
             let previous = self.checks.remove(&def.id);
-            let (status, output, critical_since, create_index) = match &previous {
-                Some(prev) if prev.def.kind() == def.kind() && def.initial_status.is_none() => (
-                    prev.status.clone(),
-                    prev.output.clone(),
-                    prev.critical_since,
-                    prev.create_index,
-                ),
-                _ => {
-                    let status = def
-                        .initial_status
+            // Consul's addServiceInternal carries an existing check's status and output over
+            // to its new definition, whatever that is; the DeregisterCriticalServiceAfter clock
+            // starts again at the next critical result.
+            let (status, output, create_index) = match &previous {
+                Some(prev) => (prev.status.clone(), prev.output.clone(), prev.create_index),
+                None => (
+                    def.initial_status
                         .clone()
-                        .unwrap_or_else(|| CRITICAL.into());
-                    let since = (status == CRITICAL).then_some(now);
-                    (status, String::new(), since, index)
-                }
+                        .unwrap_or_else(|| CRITICAL.into()),
+                    String::new(),
+                    index,
+                ),
             };
+            let critical_since = None;
             let ttl_deadline = def.ttl.map(|ttl| now + ttl);
             started.push(def.id.clone());
             self.checks.insert(
@@ -293,6 +377,71 @@ impl State {
         }
         self.services.insert(service.id.clone(), service);
         started
+    }
+
+    /// An agent keeps only its local services and checks: KV, sessions and the catalog live on
+    /// the server.
+    pub fn forget_server_data(&mut self) {
+        self.kv.clear();
+        self.tombstones.clear();
+        self.sessions.clear();
+        self.nodes.clear();
+    }
+
+    /// Applies an agent's anti-entropy sync to the catalog. Indexes move only for what changed,
+    /// so blocking queries wake only on real changes. Returns whether anything changed.
+    pub fn apply_sync(&mut self, sync: NodeSync) -> bool {
+        let index = self.index + 1;
+        let mut changed = false;
+        let node = self.nodes.entry(sync.node.clone()).or_insert_with(|| {
+            changed = true;
+            Node {
+                create_index: index,
+                modify_index: index,
+                ..Node::default()
+            }
+        });
+        if node.id != sync.id || node.address != sync.address {
+            node.id = sync.id;
+            node.address = sync.address;
+            node.modify_index = index;
+            changed = true;
+        }
+        let wanted: Vec<&str> = sync.services.iter().map(|s| s.id.as_str()).collect();
+        let before = node.services.len();
+        node.services.retain(|id, _| wanted.contains(&id.as_str()));
+        changed |= node.services.len() != before;
+        for mut service in sync.services {
+            match node.services.get(&service.id) {
+                Some(old) if same_service(old, &service) => {}
+                old => {
+                    service.create_index = old.map(|o| o.create_index).unwrap_or(index);
+                    service.modify_index = index;
+                    node.services.insert(service.id.clone(), service);
+                    changed = true;
+                }
+            }
+        }
+        let wanted: Vec<&str> = sync.checks.iter().map(|c| c.id.as_str()).collect();
+        let before = node.checks.len();
+        node.checks.retain(|id, _| wanted.contains(&id.as_str()));
+        changed |= node.checks.len() != before;
+        for mut check in sync.checks {
+            match node.checks.get(&check.id) {
+                Some(old) if same_check(old, &check) => {}
+                old => {
+                    check.create_index = old.map(|o| o.create_index).unwrap_or(index);
+                    check.modify_index = index;
+                    node.checks.insert(check.id.clone(), check);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.index = index;
+            self.services_index = index;
+        }
+        changed
     }
 
     /// Removes a service and its checks. Returns false when it was not registered.
@@ -321,13 +470,14 @@ impl State {
         if generation.is_some_and(|g| g != check.generation) {
             return false;
         }
+        // The DeregisterCriticalServiceAfter clock runs from the first critical result.
+        if status == CRITICAL {
+            check.critical_since.get_or_insert(now);
+        } else {
+            check.critical_since = None;
+        }
         if check.status == status && check.output == output {
             return true;
-        }
-        if status == CRITICAL && check.status != CRITICAL {
-            check.critical_since = Some(now);
-        } else if status != CRITICAL {
-            check.critical_since = None;
         }
         check.status = status.to_string();
         check.output = output;
@@ -356,11 +506,8 @@ impl State {
                 .map(|(_, i)| *i);
             entries.chain(tombs).max().unwrap_or(0)
         } else {
-            self.kv
-                .get(key)
-                .map(|e| e.modify_index)
-                .or_else(|| self.tombstones.get(key).copied())
-                .unwrap_or(0)
+            // A missing key answers with the table's index (`kvsGetTxn`).
+            self.kv.get(key).map(|e| e.modify_index).unwrap_or(0)
         };
         if found == 0 {
             self.kv_index.max(1)
@@ -375,6 +522,8 @@ impl State {
         index
     }
 
+    /// Writes a key; returns false (and moves no index) when nothing would change, as
+    /// `kvsSetTxn` skips an identical write.
     pub fn kv_set(
         &mut self,
         key: &str,
@@ -382,7 +531,15 @@ impl State {
         flags: u64,
         session: Option<Option<String>>,
         lock_bump: bool,
-    ) {
+    ) -> bool {
+        if let Some(e) = self.kv.get(key)
+            && !lock_bump
+            && e.value == value
+            && e.flags == flags
+            && session.as_ref().is_none_or(|s| *s == e.session)
+        {
+            return false;
+        }
         let index = self.kv_write();
         self.tombstones.remove(key);
         let entry = self.kv.entry(key.to_string()).or_insert_with(|| KvEntry {
@@ -403,6 +560,7 @@ impl State {
         if let Some(session) = session {
             entry.session = session;
         }
+        true
     }
 
     pub fn kv_delete(&mut self, key: &str, recurse: bool) {

@@ -67,7 +67,11 @@ async fn serves_with_the_testbed_flags_and_keeps_state_across_restarts() {
         .await
         .unwrap();
     assert_eq!(denied.status().as_u16(), 403);
-    assert_eq!(denied.text().await.unwrap(), "Permission denied");
+    let body = denied.text().await.unwrap();
+    assert!(
+        body.starts_with("Permission denied") && body.contains("'key:write' on \"a\""),
+        "{body}"
+    );
     let register = client
         .put(format!("{base}/v1/agent/service/register"))
         .header("X-Consul-Token", "cli-token")

@@ -171,12 +171,15 @@ HOSTS  h1..h{hosts}: host N is network namespace hN (+ its own mount and UTS nam
        - sshd on 10.200.N.2:22 (root, key auth only, host key {d}/hN/ssh_host_ed25519_key)
        - its own dockerd, seen by every SSH session at the default /run/docker.sock
          (from outside also at {d}/hN/run/docker.sock); bridge 10.210.N.1/24, no iptables
-       - a Consul agent slot on the host's own 127.0.0.1:8500: consul-standin, started when
-         FLEET_CONSUL_STANDIN=/path/to/binary or the workspace's target/debug/consul-standin
-         (built by `up`) takes --listen/--data-dir/--node; data {d}/hN/consul; with
-         `--acl-token TOKEN` when {d}/consul.token exists (agents read it at start: after
-         changing it, kill the agent by {d}/hN/run/consul.pid and run `up` again).
-         `cargo xtask testbed status` says up or absent.
+       - a Consul agent (consul-standin agent, node hN, address 10.200.N.2) on the host's own
+         127.0.0.1:8500 (what fleet reaches through SSH) and on the Docker bridge gateway for
+         containers: HTTP 10.210.N.1:8500, DNS 10.210.N.1:53 (UDP+TCP; <service>.service.consul
+         A/SRV, passing instances only). It keeps its own services and checks (data
+         {d}/hN/consul) and syncs them to the cluster's server; check status changes reach the
+         catalog after 300 ms. KV, sessions, health and catalog are the server's: every agent
+         sees the same cluster. With `--acl-token TOKEN` when {d}/consul.token exists (read at
+         start: after changing it, kill the agents and the server by their pid files and run
+         `up` again). FLEET_CONSUL_STANDIN=/path/to/binary overrides the workspace's build.
        Logs: {d}/hN/{{dockerd,sshd,consul}}.log
 
 SSH    ssh -F {d}/ssh_config h2 docker info
@@ -184,6 +187,10 @@ SSH    ssh -F {d}/ssh_config h2 docker info
                     UserKnownHostsFile known_hosts, StrictHostKeyChecking yes
        id_ed25519   the client key (.pub is authorized on every host)
        known_hosts  the real host keys, under both names hN and 10.200.N.2
+
+CONSUL SERVER  consul-standin server in this (outer) namespace on 127.0.0.1:8300 and on every
+       host's gateway 10.200.N.1:8300 (agents use their own gateway); data {d}/consul-server,
+       log {d}/consul-server.log, pid {d}/consul-server.pid.
 
 REGISTRY  10.200.1.1:5000 (CNCF distribution, plain HTTP, htpasswd auth) - the one address for
        everybody: push from this machine, pull on every host, image references in manifests.

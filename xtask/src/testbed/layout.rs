@@ -91,6 +91,11 @@ pub fn address(n: u32) -> String {
 pub fn gateway(n: u32) -> String {
     format!("10.200.{n}.1")
 }
+/// Host N's Docker bridge gateway (dockerd runs with `--bip 10.210.N.1/24`): where containers
+/// reach the host's Consul agent (HTTP :8500, DNS :53).
+pub fn bridge_gateway(n: u32) -> String {
+    format!("10.210.{n}.1")
+}
 pub fn netns(n: u32) -> String {
     format!("h{n}")
 }

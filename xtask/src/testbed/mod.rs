@@ -128,6 +128,10 @@ pub fn up(l: &Layout, hosts: u32) -> Result<()> {
         files::host_key(l, n)?;
         files::sshd_config(l, n)?;
     }
+    // The cluster's Consul server: in the outer namespace, on loopback and every host's gateway.
+    if let Ok(bin) = &consul {
+        start_consul_server(l, hosts, bin)?;
+    }
     // Engines start in parallel (each takes a couple of seconds), then we wait for all.
     for n in 1..=hosts {
         start_engine(l, n)?;
@@ -403,7 +407,14 @@ fn consul_standin(l: &Layout) -> std::result::Result<PathBuf, String> {
             String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
         })
         .unwrap_or_default();
-    let mut need = vec!["--listen", "--data-dir", "--node"];
+    let mut need = vec![
+        "--listen",
+        "--data-dir",
+        "--node",
+        "--server",
+        "--dns-listen",
+        "--advertise",
+    ];
     if l.path("consul.token").exists() {
         need.push("--acl-token");
     }
@@ -413,6 +424,61 @@ fn consul_standin(l: &Layout) -> std::result::Result<PathBuf, String> {
     }
 }
 
+/// Where every host's agent reaches the cluster's server: its own gateway (10.200.N.1).
+pub fn consul_server_url(n: u32) -> String {
+    format!("http://{}:{CONSUL_SERVER_PORT}", layout::gateway(n))
+}
+
+/// The Consul server's port (Consul servers use 8300 for RPC).
+pub const CONSUL_SERVER_PORT: u16 = 8300;
+
+fn consul_server_args(l: &Layout, hosts: u32) -> Vec<String> {
+    let mut args = vec![
+        "server".to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{CONSUL_SERVER_PORT}"),
+    ];
+    for n in 1..=hosts {
+        args.push("--listen".into());
+        args.push(format!("{}:{CONSUL_SERVER_PORT}", layout::gateway(n)));
+    }
+    args.push("--data-dir".into());
+    args.push(l.path("consul-server").display().to_string());
+    args
+}
+
+/// Starts (or, when the host count changed, restarts) the Consul server of the testbed.
+fn start_consul_server(l: &Layout, hosts: u32, bin: &Path) -> Result<()> {
+    let pidfile = l.path("consul-server.pid");
+    let argsfile = l.path("consul-server.args");
+    let mut args = consul_server_args(l, hosts);
+    let wanted = args.join(" ");
+    if let Some(pid) = procs::live_pid(&pidfile, "consul-standin") {
+        if std::fs::read_to_string(&argsfile).unwrap_or_default() == wanted {
+            return Ok(());
+        }
+        procs::stop_all(&[pid].into(), Duration::from_secs(10));
+    }
+    let mut cmd = Command::new(bin);
+    if let Ok(token) = std::fs::read_to_string(l.path("consul.token")) {
+        args.extend(["--acl-token".to_string(), token.trim().to_string()]);
+    }
+    cmd.args(&args);
+    let pid = sh::spawn_detached(&mut cmd, &l.path("consul-server.log"))?;
+    std::fs::write(&pidfile, format!("{pid}\n"))?;
+    std::fs::write(&argsfile, &wanted)?;
+    let addr = format!("127.0.0.1:{CONSUL_SERVER_PORT}");
+    if !sh::wait_until(Duration::from_secs(10), || probe::tcp_open(&addr)) {
+        bail!(
+            "the Consul server did not open {addr}; see {}",
+            l.path("consul-server.log").display()
+        );
+    }
+    Ok(())
+}
+
+/// Host N's agent: the host's 127.0.0.1:8500 (what fleet reaches over SSH) and its Docker
+/// bridge gateway 10.210.N.1 (HTTP :8500, DNS :53) for containers, synced to the server.
 fn start_consul(l: &Layout, n: u32, bin: &Path) -> Result<()> {
     let pidfile = l.run_dir(n).join("consul.pid");
     let name = bin
@@ -425,10 +491,16 @@ fn start_consul(l: &Layout, n: u32, bin: &Path) -> Result<()> {
     }
     let data = l.host_file(n, "consul");
     std::fs::create_dir_all(&data)?;
+    let bridge = layout::bridge_gateway(n);
     let mut cmd = Command::new("nsenter");
     cmd.args(join_host(l, n)?)
         .arg(bin)
-        .args(["--listen", "127.0.0.1:8500", "--node", &format!("h{n}")])
+        .args(["agent", "--node", &format!("h{n}")])
+        .args(["--server", &consul_server_url(n)])
+        .args(["--listen", "127.0.0.1:8500"])
+        .args(["--listen", &format!("{bridge}:8500")])
+        .args(["--dns-listen", &format!("{bridge}:53")])
+        .args(["--advertise", &layout::address(n)])
         .arg("--data-dir")
         .arg(&data);
     if let Ok(token) = std::fs::read_to_string(l.path("consul.token")) {
@@ -440,7 +512,7 @@ fn start_consul(l: &Layout, n: u32, bin: &Path) -> Result<()> {
         format!("nsenter --net=/var/run/netns/h{n} bash -c 'exec 3<>/dev/tcp/127.0.0.1/8500'");
     if !sh::wait_until(Duration::from_secs(10), || sh::ok(&probe)) {
         eprintln!(
-            "testbed: h{n}: Consul stand-in did not open 127.0.0.1:8500; see {}",
+            "testbed: h{n}: Consul agent did not open 127.0.0.1:8500; see {}",
             l.host_file(n, "consul.log").display()
         );
     }
@@ -543,6 +615,9 @@ pub fn down(l: &Layout) -> Result<()> {
     if let Some(p) = procs::live_pid(&l.path("local.pid"), "dockerd") {
         ours.insert(p);
     }
+    if let Some(p) = procs::live_pid(&l.path("consul-server.pid"), "consul-standin") {
+        ours.insert(p);
+    }
     let left = procs::stop_all(&procs::with_descendants(&ours), Duration::from_secs(30));
     if !left.is_empty() {
         bail!("processes {left:?} did not stop");
@@ -583,6 +658,7 @@ pub fn leftovers(l: &Layout) -> Vec<String> {
     for (f, what) in [
         ("registry.pid", "docker-registry"),
         ("local.pid", "dockerd"),
+        ("consul-server.pid", "consul-standin"),
     ] {
         if let Some(p) = procs::live_pid(&l.path(f), what) {
             v.push(format!("process {p} ({what})"));
@@ -631,6 +707,13 @@ pub fn status(l: &Layout) -> Result<()> {
         "down"
     };
     println!("local engine {DOCKER_SOCK}: {local}");
+    let server = format!("127.0.0.1:{CONSUL_SERVER_PORT}");
+    let consul_server = match procs::live_pid(&l.path("consul-server.pid"), "consul-standin") {
+        Some(_) if probe::tcp_open(&server) => "up",
+        Some(_) => "running, not answering",
+        None => "down",
+    };
+    println!("consul server {server} (hosts: 10.200.N.1:{CONSUL_SERVER_PORT}): {consul_server}");
     println!(
         "{:<4} {:<12} {:<8} {:<8} {:<8} {:<8}",
         "host", "address", "ssh", "engine", "consul", "reachable"
