@@ -703,9 +703,7 @@ dns = "consul"
                 "is not known",
             ),
         ] {
-            let err = load_str(&src, Format::Toml, "m.toml", Path::new("/p"))
-                .err()
-                .expect("refused");
+            let err = load_str(&src, Format::Toml, "m.toml", Path::new("/p")).expect_err("refused");
             let text = crate::manifest::render_plain(&err);
             assert!(text.contains(expect), "{text}");
         }
