@@ -160,7 +160,18 @@ pub struct ContainerSpec {
     #[serde(with = "humantime_serde_compat")]
     pub stop_timeout: Duration,
     pub health: Option<HealthSpec>,
+    /// `/etc/hosts` entries (`name:ip`); `name:host-gateway` is Docker's own word for the
+    /// host's bridge gateway (the host as seen from its containers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    /// DNS servers for the container (IPs). `host-gateway` is replaced, when the container is
+    /// created, by the host's Docker bridge gateway (read from the engine), as in `extra_hosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
 }
+
+/// The word that stands for the host's Docker bridge gateway in `extra_hosts` and `dns`.
+pub const HOST_GATEWAY: &str = "host-gateway";
 
 /// An environment value: literal, or a reference to a secret read at apply time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +265,10 @@ pub struct ConsulTarget {
     pub address: String,
     pub token: Option<SecretRef>,
     pub datacenter: Option<String>,
+    /// `[consul] container_address`: the agent as seen from the host's containers, when the
+    /// user sets it; else `manifest::resolve::container_consul_address` derives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_address: Option<String>,
 }
 
 /// Durations as humantime strings (`5s`, `1m 30s`) in JSON, so `fleet show --json` reads well.

@@ -357,6 +357,8 @@ fn hello_desired(tb: &Tb, project: &str, version: &str) -> fleet::desired::Desir
                             cpus: None,
                             stop_timeout: Duration::from_secs(5),
                             health: None,
+                            extra_hosts: vec![],
+                            dns: vec![],
                         },
                         service: None,
                     }

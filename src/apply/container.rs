@@ -10,7 +10,7 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 
-use crate::desired::{EnvValue, InstanceSpec, RestartPolicy, SecretRef};
+use crate::desired::{EnvValue, HOST_GATEWAY, InstanceSpec, RestartPolicy, SecretRef};
 
 /// A secret that the manifest references but that cannot be read right now.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,6 +87,9 @@ pub fn create_body(
         restart_policy: Some(restart),
         memory: c.memory.map(|m| m as i64),
         nano_cpus: c.cpus.map(|n| (n * 1e9).round() as i64),
+        extra_hosts: (!c.extra_hosts.is_empty()).then(|| c.extra_hosts.clone()),
+        // `host-gateway` stays in until `fill_host_gateway` puts the host's address there.
+        dns: (!c.dns.is_empty()).then(|| c.dns.clone()),
         ..Default::default()
     };
 
@@ -107,6 +110,46 @@ pub fn create_body(
         host_config: Some(host_config),
         ..Default::default()
     })
+}
+
+/// Replace `host-gateway` in the body's DNS servers by this host's Docker bridge gateway (the
+/// address its containers reach the host at, where the Consul agent answers DNS). Docker
+/// resolves the same word itself in `extra_hosts`, but not in `dns`, which takes only IPs.
+pub async fn fill_host_gateway(
+    docker: &bollard::Docker,
+    body: &mut ContainerCreateBody,
+) -> Result<(), String> {
+    let Some(dns) = body.host_config.as_mut().and_then(|h| h.dns.as_mut()) else {
+        return Ok(());
+    };
+    if !dns.iter().any(|d| d == HOST_GATEWAY) {
+        return Ok(());
+    }
+    let net = docker
+        .inspect_network(
+            "bridge",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .map_err(|e| format!("reading the Docker bridge network (for `dns`): {e}"))?;
+    let gateway = bridge_gateway(&net).ok_or_else(|| {
+        "the Docker bridge network has no IPv4 gateway (needed for `dns = \"consul\"`)".to_string()
+    })?;
+    for d in dns.iter_mut().filter(|d| *d == HOST_GATEWAY) {
+        *d = gateway.clone();
+    }
+    Ok(())
+}
+
+/// The first IPv4 gateway of a network, as `docker network inspect bridge` shows it.
+fn bridge_gateway(net: &bollard::models::NetworkInspect) -> Option<String> {
+    net.ipam
+        .as_ref()?
+        .config
+        .as_ref()?
+        .iter()
+        .filter_map(|c| c.gateway.clone())
+        .find(|g| g.parse::<std::net::Ipv4Addr>().is_ok())
 }
 
 #[cfg(test)]
@@ -159,6 +202,8 @@ mod tests {
                 cpus: Some(0.5),
                 stop_timeout: Duration::from_secs(20),
                 health: None,
+                extra_hosts: vec![],
+                dns: vec![],
             },
             service: None,
         }
@@ -189,5 +234,40 @@ mod tests {
         assert_eq!(err.app, "api");
         assert_eq!(err.name, "DB_PASSWORD");
         assert_eq!(err.secret, SecretRef::Env("DB_PW".into()));
+    }
+
+    #[test]
+    fn extra_hosts_and_dns_reach_the_host_config() {
+        let mut s = spec();
+        s.container.extra_hosts = vec!["host.docker.internal:host-gateway".into()];
+        s.container.dns = vec![HOST_GATEWAY.into()];
+        let hc = create_body(&s, &|_| Some("x".into()))
+            .unwrap()
+            .host_config
+            .unwrap();
+        assert_eq!(
+            hc.extra_hosts.unwrap(),
+            ["host.docker.internal:host-gateway"]
+        );
+        assert_eq!(hc.dns.unwrap(), [HOST_GATEWAY]);
+        let plain = create_body(&spec(), &|_| Some("x".into()))
+            .unwrap()
+            .host_config
+            .unwrap();
+        assert!(plain.extra_hosts.is_none() && plain.dns.is_none());
+    }
+
+    #[test]
+    fn the_bridge_gateway_is_its_ipv4_one() {
+        let net: bollard::models::NetworkInspect = serde_json::from_str(
+            r#"{"Name":"bridge","IPAM":{"Driver":"default","Config":[
+                {"Subnet":"fd00::/64","Gateway":"fd00::1"},
+                {"Subnet":"10.210.2.0/24","Gateway":"10.210.2.1"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(bridge_gateway(&net).as_deref(), Some("10.210.2.1"));
+        let none: bollard::models::NetworkInspect =
+            serde_json::from_str(r#"{"Name":"bridge","IPAM":{"Config":[]}}"#).unwrap();
+        assert_eq!(bridge_gateway(&none), None);
     }
 }

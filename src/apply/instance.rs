@@ -223,6 +223,10 @@ pub(super) async fn launch_new(
 ) -> Result<Started, (String, Vec<String>)> {
     let plain = |s: String| (s, Vec::new());
     pull(ctx, h, &l.image).await.map_err(plain)?;
+    let mut body = l.body.clone();
+    super::container::fill_host_gateway(&h.docker, &mut body)
+        .await
+        .map_err(plain)?;
     let mut name = l.name.clone();
     let mut tries = 0;
     let id = loop {
@@ -234,7 +238,7 @@ pub(super) async fn launch_new(
                     name: Some(name.clone()),
                     ..Default::default()
                 }),
-                l.body.clone(),
+                body.clone(),
             )
             .await
         {

@@ -29,7 +29,7 @@ pub const TOP_KEYS: &[&str] = &[
 pub const BUILDER_KEYS: &[&str] = &["host"];
 pub const PROJECT_KEYS: &[&str] = &["name", "pre_deploy", "post_deploy"];
 pub const REGISTRY_KEYS: &[&str] = &["server", "username", "password", "insecure"];
-pub const CONSUL_KEYS: &[&str] = &["address", "token", "datacenter"];
+pub const CONSUL_KEYS: &[&str] = &["address", "token", "datacenter", "container_address"];
 pub const HOST_KEYS: &[&str] = &[
     "address",
     "user",
@@ -61,6 +61,7 @@ pub const APP_KEYS: &[&str] = &[
     "user",
     "workdir",
     "batch",
+    "dns",
 ];
 pub const BUILD_KEYS: &[&str] = &["context", "dockerfile", "args", "target"];
 pub const HEALTH_KEYS: &[&str] = &[
@@ -196,6 +197,9 @@ pub struct AppDef {
     pub user: Option<String>,
     pub workdir: Option<String>,
     pub batch: u32,
+    /// `dns = "consul"`: the containers resolve names through their host's Consul agent
+    /// (where it is written, to point at it when the environment has no `[consul]`).
+    pub dns_consul: Option<Span>,
 }
 
 impl AppDef {
@@ -578,11 +582,19 @@ fn decode_consul(cx: &mut Cx, n: &Node) -> Option<(ConsulTarget, Option<(SecretR
         }
     };
     let token = get(t, "token").and_then(|p| Some((secret_ref(cx, p)?, p.span.clone())));
+    let container_address = get(t, "container_address").and_then(|a| {
+        let s = cx.text(a)?;
+        if !(s.starts_with("http://") || s.starts_with("https://")) {
+            cx.err(&a.span, format!("`{s}` is not an http(s) URL"), "not a URL", Some("write the agent's address as seen from the host's containers, e.g. `http://host.docker.internal:8500` (Docker's bridge gateway)".into()));
+        }
+        Some(s)
+    });
     Some((
         ConsulTarget {
             address: address?,
             token: token.as_ref().map(|(r, _)| r.clone()),
             datacenter: get(t, "datacenter").and_then(|d| cx.text(d)),
+            container_address,
         },
         token,
     ))
@@ -687,6 +699,13 @@ fn decode_env(
             secrets.extend(tok);
             c
         });
+    if consul_node.is_none() {
+        for a in &apps {
+            if let Some(span) = &a.dns_consul {
+                cx.err(span, format!("app `{}` resolves names through Consul, but environment `{}` has no [consul]", a.name, k.name), "no Consul agent", Some("add `[consul]` with the agent's `address`, or remove `dns`".into()));
+            }
+        }
+    }
     Some(EnvDef {
         name: k.name.clone(),
         span: k.span.clone(),
@@ -959,6 +978,14 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         }
     }
     let batch = get(t, "batch").and_then(|b| cx.u32(b, 1)).unwrap_or(1);
+    let dns_consul = get(t, "dns").and_then(|d| {
+        let s = cx.str(d)?;
+        if s != "consul" {
+            cx.err(&d.span, format!("`dns = \"{s}\"` is not known"), "unknown DNS", Some("`dns = \"consul\"`: the containers resolve `<service>.service.consul` through their host's Consul agent".into()));
+            return None;
+        }
+        Some(d.span.clone())
+    });
 
     Some(AppDef {
         name: k.name.clone(),
@@ -988,6 +1015,7 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         user: get(t, "user").and_then(|n| cx.text(n)),
         workdir: get(t, "workdir").and_then(|n| cx.text(n)),
         batch,
+        dns_consul,
     })
 }
 

@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use super::model::{AppDef, Manifest, Source, runs_on};
 use crate::desired::{
-    ContainerSpec, DesiredApp, DesiredHost, DesiredState, EnvValue, Hooks, InstanceSpec, PortSpec,
-    RestartPolicy, ServiceSpec, Versions,
+    ConsulTarget, ContainerSpec, DesiredApp, DesiredHost, DesiredState, EnvValue, HOST_GATEWAY,
+    Hooks, InstanceSpec, PortSpec, RestartPolicy, ServiceSpec, Versions,
 };
 use crate::labels;
 
@@ -96,7 +96,12 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
             config: a
                 .config
                 .iter()
-                .map(|(k, v)| (format!("{}/{}/{}/{k}", m.project, env, a.name), v.clone()))
+                .map(|(k, v)| {
+                    (
+                        format!("{}{k}", config_prefix(&m.project, env, &a.name)),
+                        v.clone(),
+                    )
+                })
                 .collect(),
             batch: a.batch,
             health_deadline: a.health_deadline,
@@ -111,7 +116,7 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
         .filter_map(|a| {
             let (image, version) = images.get(a.name.as_str())?;
             let specs = (1..=a.instances)
-                .map(|n| instance(m, env, a, n, image, version))
+                .map(|n| instance(m, env, e.consul.as_ref(), a, n, image, version))
                 .collect();
             Some((a.name.as_str(), specs))
         })
@@ -170,6 +175,7 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
 fn instance(
     m: &Manifest,
     env: &str,
+    consul: Option<&ConsulTarget>,
     a: &AppDef,
     n: u32,
     image: &str,
@@ -184,10 +190,29 @@ fn instance(
         }],
         _ => Vec::new(),
     };
+    let mut env_vars = a.env.clone();
+    let (mut extra_hosts, mut dns) = (Vec::new(), Vec::new());
+    if let Some(c) = consul {
+        // The same on every host and independent of the config values, so a config change
+        // is only a KV write (see docs/manifest.md, "Config on the fly").
+        let addr = container_consul_address(c);
+        if url_host(&addr) == Some(GATEWAY_NAME) {
+            extra_hosts.push(format!("{GATEWAY_NAME}:{HOST_GATEWAY}"));
+        }
+        env_vars
+            .entry(CONSUL_HTTP_ADDR.into())
+            .or_insert(EnvValue::Plain(addr));
+        env_vars
+            .entry(FLEET_CONFIG_PREFIX.into())
+            .or_insert(EnvValue::Plain(config_prefix(&m.project, env, &a.name)));
+        if a.dns_consul.is_some() {
+            dns.push(HOST_GATEWAY.to_string());
+        }
+    }
     let mut container = ContainerSpec {
         image: image.to_string(),
         command: a.command.clone(),
-        env: a.env.clone(),
+        env: env_vars,
         ports,
         labels: a.labels.clone(),
         volumes: a.volumes.clone(),
@@ -199,6 +224,8 @@ fn instance(
         cpus: a.cpus,
         stop_timeout: a.stop_timeout,
         health: a.health.clone(),
+        extra_hosts,
+        dns,
     };
     let spec_hash = spec_hash(&container);
     let ours = [
@@ -235,6 +262,49 @@ fn instance(
     }
 }
 
+/// Environment variables fleet gives every container of an environment with `[consul]`.
+pub const CONSUL_HTTP_ADDR: &str = "CONSUL_HTTP_ADDR";
+pub const FLEET_CONFIG_PREFIX: &str = "FLEET_CONFIG_PREFIX";
+/// The name containers reach their host by (Docker's `host-gateway`, in `/etc/hosts`).
+pub const GATEWAY_NAME: &str = "host.docker.internal";
+
+/// An app's KV prefix: `<project>/<env>/<app>/`; its `config` keys live under it.
+pub fn config_prefix(project: &str, env: &str, app: &str) -> String {
+    format!("{project}/{env}/{app}/")
+}
+
+/// The host part of an `http(s)://host[:port][/...]` URL.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    Some(match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    })
+}
+
+/// The Consul agent as the host's containers reach it: `[consul] container_address` if set;
+/// else the agent's `address` with a loopback host replaced by `host.docker.internal` (the
+/// host's Docker bridge gateway, where the agent's `client_addr` must also listen); a
+/// non-loopback address is reachable from containers as it is.
+pub fn container_consul_address(c: &ConsulTarget) -> String {
+    if let Some(a) = &c.container_address {
+        return a.clone();
+    }
+    match url_host(&c.address) {
+        Some(h @ ("127.0.0.1" | "localhost" | "::1")) => {
+            let (scheme, rest) = c.address.split_once("://").unwrap_or(("http", &c.address));
+            let rest = if h == "::1" {
+                rest.replacen("[::1]", GATEWAY_NAME, 1)
+            } else {
+                rest.replacen(h, GATEWAY_NAME, 1)
+            };
+            format!("{scheme}://{rest}")
+        }
+        _ => c.address.clone(),
+    }
+}
+
 /// Stable Consul service ID: `<project>-<env>-<app>-<host>-<n>`. It does not carry the
 /// version, so a new container of the same instance takes over the same registration.
 pub fn service_id(project: &str, env: &str, app: &str, host: &str, n: u32) -> String {
@@ -258,6 +328,11 @@ struct HashInput<'a> {
     memory: Option<u64>,
     cpus: Option<f64>,
     stop_timeout_ms: u128,
+    /// Left out when empty, so specs without them keep the hash they had before these existed.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    extra_hosts: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    dns: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -268,33 +343,40 @@ enum HashEnv<'a> {
 
 /// The spec hash of a container spec (before fleet's own labels are added).
 pub fn spec_hash(c: &ContainerSpec) -> String {
-    let input = HashInput {
-        image: &c.image,
-        command: &c.command,
-        env: c
-            .env
-            .iter()
-            .map(|(k, v)| {
-                let hv = match v {
-                    EnvValue::Plain(s) => HashEnv::Plain(s),
-                    EnvValue::Secret(r) => HashEnv::Secret(format!("{r:?}")),
-                };
-                (k.as_str(), hv)
-            })
-            .collect(),
-        ports: &c.ports,
-        labels: &c.labels,
-        volumes: &c.volumes,
-        network: &c.network,
-        user: &c.user,
-        workdir: &c.workdir,
-        restart: &c.restart,
-        memory: c.memory,
-        cpus: c.cpus,
-        stop_timeout_ms: c.stop_timeout.as_millis(),
-    };
-    let json = serde_json::to_vec(&input).expect("plain data serializes");
+    let json = serde_json::to_vec(&HashInput::of(c)).expect("plain data serializes");
     hex::encode(Sha256::digest(json))[..12].to_string()
+}
+
+impl<'a> HashInput<'a> {
+    fn of(c: &'a ContainerSpec) -> Self {
+        HashInput {
+            image: &c.image,
+            command: &c.command,
+            env: c
+                .env
+                .iter()
+                .map(|(k, v)| {
+                    let hv = match v {
+                        EnvValue::Plain(s) => HashEnv::Plain(s),
+                        EnvValue::Secret(r) => HashEnv::Secret(format!("{r:?}")),
+                    };
+                    (k.as_str(), hv)
+                })
+                .collect(),
+            ports: &c.ports,
+            labels: &c.labels,
+            volumes: &c.volumes,
+            network: &c.network,
+            user: &c.user,
+            workdir: &c.workdir,
+            restart: &c.restart,
+            memory: c.memory,
+            cpus: c.cpus,
+            stop_timeout_ms: c.stop_timeout.as_millis(),
+            extra_hosts: &c.extra_hosts,
+            dns: &c.dns,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -470,6 +552,186 @@ post_deploy = "echo staging"
                 crate::manifest::render_plain(&err).contains("canary"),
                 "{bad}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod consul_env_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::manifest::{Format, load_str};
+
+    const SRC: &str = r#"
+[project]
+name = "koa"
+[hosts.h1]
+address = "10.0.0.1"
+[hosts.h2]
+address = "10.0.0.2"
+[consul]
+address = "http://127.0.0.1:8500"
+[apps.app]
+image = "node-app:1"
+port = 3000
+config = { greeting = "hi" }
+[apps.client]
+image = "node-client:1"
+port = 3001
+dns = "consul"
+[environments.production]
+"#;
+
+    fn state(src: &str) -> DesiredState {
+        let m = load_str(src, Format::Toml, "m.toml", Path::new("/p")).unwrap();
+        m.resolve("production", &m.placeholder_versions()).unwrap()
+    }
+
+    fn env_of<'a>(s: &'a DesiredState, app: &str, name: &str) -> Option<&'a EnvValue> {
+        s.hosts[0]
+            .instances
+            .iter()
+            .find(|i| i.app == app)?
+            .container
+            .env
+            .get(name)
+    }
+
+    #[test]
+    fn containers_get_the_agent_and_their_kv_prefix() {
+        let s = state(SRC);
+        assert_eq!(
+            env_of(&s, "app", CONSUL_HTTP_ADDR),
+            Some(&EnvValue::Plain("http://host.docker.internal:8500".into()))
+        );
+        assert_eq!(
+            env_of(&s, "app", FLEET_CONFIG_PREFIX),
+            Some(&EnvValue::Plain("koa/production/app/".into()))
+        );
+        assert_eq!(
+            s.apps[0].config.keys().collect::<Vec<_>>(),
+            ["koa/production/app/greeting"],
+            "the config keys live under the prefix the container is given"
+        );
+        let app = &s.hosts[0].instances[0].container;
+        assert_eq!(app.extra_hosts, ["host.docker.internal:host-gateway"]);
+        assert!(app.dns.is_empty(), "dns is opt-in");
+        let client = &s.hosts[0].instances[1].container;
+        assert_eq!(client.dns, [HOST_GATEWAY]);
+        // Same spec on every host: nothing host-specific is in it.
+        assert_eq!(
+            s.hosts[0].instances[1].spec_hash,
+            s.hosts[1].instances[1].spec_hash
+        );
+    }
+
+    #[test]
+    fn a_config_change_does_not_change_any_container() {
+        let a = state(SRC);
+        let b = state(&SRC.replace("greeting = \"hi\"", "greeting = \"hello there\""));
+        assert_ne!(a.apps[0].config, b.apps[0].config);
+        for (x, y) in a.hosts.iter().zip(&b.hosts) {
+            for (i, j) in x.instances.iter().zip(&y.instances) {
+                assert_eq!(i.spec_hash, j.spec_hash);
+                assert_eq!(i.container, j.container);
+            }
+        }
+    }
+
+    #[test]
+    fn dns_changes_the_spec_and_the_users_env_wins() {
+        let a = state(SRC);
+        let b = state(&SRC.replace("dns = \"consul\"\n", ""));
+        assert_ne!(
+            a.hosts[0].instances[1].spec_hash,
+            b.hosts[0].instances[1].spec_hash
+        );
+        let own = SRC.replace(
+            "port = 3000\n",
+            "port = 3000\nenv = { CONSUL_HTTP_ADDR = \"http://10.9.9.9:8500\" }\n",
+        );
+        assert_eq!(
+            env_of(&state(&own), "app", CONSUL_HTTP_ADDR),
+            Some(&EnvValue::Plain("http://10.9.9.9:8500".into()))
+        );
+    }
+
+    #[test]
+    fn without_consul_nothing_is_added_and_the_hash_is_unchanged() {
+        let src = SRC
+            .replace("[consul]\naddress = \"http://127.0.0.1:8500\"\n", "")
+            .replace("dns = \"consul\"\n", "");
+        let s = state(&src);
+        let c = &s.hosts[0].instances[0].container;
+        assert!(c.env.is_empty() && c.extra_hosts.is_empty() && c.dns.is_empty());
+        let mut bare = c.clone();
+        bare.labels.retain(|k, _| !k.starts_with("fleet."));
+        assert_eq!(s.hosts[0].instances[0].spec_hash, spec_hash(&bare));
+        // Empty ones are left out of the hashed document (so hashes made before these fields
+        // existed still hold); set ones count.
+        let json = |c: &ContainerSpec| serde_json::to_string(&HashInput::of(c)).unwrap();
+        assert!(!json(&bare).contains("dns") && !json(&bare).contains("extra_hosts"));
+        let mut with = bare.clone();
+        with.dns = vec!["10.0.0.53".into()];
+        assert_ne!(spec_hash(&with), spec_hash(&bare));
+    }
+
+    #[test]
+    fn the_container_address_of_the_agent() {
+        let t = |address: &str, container: Option<&str>| {
+            container_consul_address(&ConsulTarget {
+                address: address.into(),
+                token: None,
+                datacenter: None,
+                container_address: container.map(str::to_string),
+            })
+        };
+        assert_eq!(
+            t("http://127.0.0.1:8500", None),
+            "http://host.docker.internal:8500"
+        );
+        assert_eq!(
+            t("https://localhost:8501/", None),
+            "https://host.docker.internal:8501/"
+        );
+        assert_eq!(
+            t("http://[::1]:8500", None),
+            "http://host.docker.internal:8500"
+        );
+        assert_eq!(t("http://10.0.0.5:8500", None), "http://10.0.0.5:8500");
+        assert_eq!(
+            t("http://127.0.0.1:8500", Some("http://172.17.0.1:8500")),
+            "http://172.17.0.1:8500"
+        );
+        // A user-set address elsewhere than host.docker.internal needs no /etc/hosts entry.
+        let src = SRC.replace(
+            "address = \"http://127.0.0.1:8500\"",
+            "address = \"http://127.0.0.1:8500\"\ncontainer_address = \"http://172.17.0.1:8500\"",
+        );
+        assert!(
+            state(&src).hosts[0].instances[0]
+                .container
+                .extra_hosts
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn dns_needs_consul_and_a_known_value() {
+        for (src, expect) in [
+            (
+                SRC.replace("[consul]\naddress = \"http://127.0.0.1:8500\"\n", ""),
+                "resolves names through Consul, but environment `production` has no [consul]",
+            ),
+            (
+                SRC.replace("dns = \"consul\"", "dns = \"8.8.8.8\""),
+                "is not known",
+            ),
+        ] {
+            let err = load_str(&src, Format::Toml, "m.toml", Path::new("/p")).expect_err("refused");
+            let text = crate::manifest::render_plain(&err);
+            assert!(text.contains(expect), "{text}");
         }
     }
 }

@@ -56,6 +56,13 @@ impl FieldDigests {
         f.insert("cpus".into(), short(&spec.cpus.map(|c| c.to_string())));
         f.insert("stop_timeout".into(), short(&spec.stop_timeout.as_millis()));
         f.insert("health".into(), short(&spec.health));
+        // Only when set: containers made before these fields existed have no digest for them.
+        if !spec.extra_hosts.is_empty() {
+            f.insert("extra_hosts".into(), short(&spec.extra_hosts));
+        }
+        if !spec.dns.is_empty() {
+            f.insert("dns".into(), short(&spec.dns));
+        }
         // fleet's own labels change with every version/spec: they are not a reason.
         let user_labels: BTreeMap<&String, &String> = spec
             .labels
@@ -150,6 +157,8 @@ mod tests {
             cpus: None,
             stop_timeout: Duration::from_secs(10),
             health: None,
+            extra_hosts: vec![],
+            dns: vec![],
         }
     }
 

@@ -62,6 +62,8 @@ pub fn instance(host: &str, app: &str, n: u32, version: &str) -> InstanceSpec {
             timeout: Duration::from_secs(2),
             deregister_after: None,
         }),
+        extra_hosts: vec![],
+        dns: vec![],
     };
     let mut s = InstanceSpec {
         app: app.into(),
@@ -150,6 +152,7 @@ pub fn desired() -> DesiredState {
             address: "http://127.0.0.1:8500".into(),
             token: None,
             datacenter: None,
+            container_address: None,
         }),
         registry: None,
         canary: 0,

@@ -1,4 +1,4 @@
-//! `cargo xtask demo` (a real `fleet deploy` of manifests/hello to the testbed) and
+//! `cargo xtask demo` (a real `fleet deploy` of manifests/koa to the testbed) and
 //! `cargo xtask bench deploy` (a one-app change rolled out to 1..N hosts, against the floor).
 use crate::testbed::{self, image, layout::Layout};
 use anyhow::{Context, Result, bail};
@@ -53,14 +53,16 @@ pub fn demo(l: &Layout) -> Result<()> {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(3);
     testbed::up(l, hosts)?;
-    image::prepare_app(l)?;
+    // The node:20 base image and manifests/koa's node_modules (both cached: a second run
+    // costs nothing), and the hello images the tests use.
+    image::image(l)?;
     let bin = fleet_bin(l, false)?;
-    let manifest = l.workspace.join("manifests/hello/fleet.toml");
-    println!("== fleet deploy production (build, push, plan, apply)");
+    let manifest = l.workspace.join("manifests/koa/fleet.toml");
+    println!("== fleet deploy production (build, push, plan, apply; health-gated)");
     let (ok, text) = fleet(l, &bin, &manifest, &["deploy", "production", "--yes"])?;
     print!("{text}");
     if !ok {
-        bail!("the first deploy failed");
+        bail!("the deploy failed");
     }
     println!("\n== fleet deploy production again: nothing to do");
     let (ok, text) = fleet(l, &bin, &manifest, &["deploy", "production", "--yes"])?;
@@ -68,21 +70,34 @@ pub fn demo(l: &Layout) -> Result<()> {
     if !ok || !text.contains("No changes") {
         bail!("the second deploy was expected to say No changes");
     }
-    let port = testbed::ssh_out(
-        l,
-        1,
-        "docker ps --filter label=fleet.project=hello --format '{{.Ports}}' | sed -n 's/.*0\\.0\\.0\\.0:\\([0-9]*\\)->8080.*/\\1/p' | head -1",
-    )?;
+    let port = |app: &str, inner: u16| {
+        testbed::ssh_out(
+            l,
+            1,
+            &format!(
+                "docker ps --filter label=fleet.project=koa --filter label=fleet.app={app} --format '{{{{.Ports}}}}' | sed -n 's/.*0\\.0\\.0\\.0:\\([0-9]*\\)->{inner}.*/\\1/p' | head -1"
+            ),
+        )
+    };
+    let (app, client) = (port("app", 3000)?, port("client", 3001)?);
     let d = l.d();
     println!(
         r#"
-hello runs on h1..h3, registered in each host's Consul agent (the port is Docker's pick):
+koa runs on h1..h3: `app` (Koa under pm2-runtime, 2 cluster workers per container, its greeting
+from Consul KV) and `client` (finds `app` by name through Consul DNS). Ports are Docker's pick.
 
-  curl http://10.200.1.2:{port}/
-  ssh -F {d}/ssh_config h1 curl -s 'http://127.0.0.1:8500/v1/health/service/hello?passing'
-  FLEET_SSH_CONFIG={d}/ssh_config target/debug/fleet -f manifests/hello/fleet.toml plan production
+  curl http://10.200.1.2:{app}/                  # the greeting, from KV koa/production/app/greeting
+  curl http://10.200.1.2:{client}/upstream       # the same, through app.service.consul
 
-Change manifests/hello/app/index.html and deploy again to see a zero-downtime replace.
+  export FLEET_SSH_CONFIG={d}/ssh_config; set -a; . {d}/registry.env; set +a
+  F="target/debug/fleet -f manifests/koa/fleet.toml"
+  $F logs production app --tail 20              # app#1@h1 (err): fake error ... (out): send response
+  $F status production                          # restarts, CPU, memory per container
+  $F logs production app --follow               # Ctrl-C to stop
+
+A config change on the fly: edit `config.greeting` in manifests/koa/fleet.toml, then
+  $F plan production                            # Plan: 0 to create, 0 to replace ... KV: 1 to put
+  $F deploy production --yes                    # the workers answer with it within a second
 "#
     );
     Ok(())

@@ -25,7 +25,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TestbedCmd,
     },
-    /// Testbed up, `fleet deploy` manifests/hello to it (then again: no changes), show how to reach it.
+    /// Testbed up + images, `fleet deploy` manifests/koa to it (then again: no changes), show how
+    /// to see logs, status and a config change.
     Demo(DirArg),
     /// Benchmarks, each printing ratios against a baseline of the same run: manifest (load +
     /// resolve 500 apps x 200 hosts), build (hashing, no-change push), plan and deploy (1..20 hosts).
@@ -62,7 +63,8 @@ enum TestbedCmd {
     Status(DirArg),
     /// Stop everything the testbed started (by pid file), remove namespaces, veths and mounts.
     Down(DirArg),
-    /// Build and push the hello test images (v1, v2) to the testbed registry.
+    /// Build and push the test images (hello v1, v2; the node:20 base image, cached) and install
+    /// manifests/koa's npm packages (cached).
     Image(DirArg),
 }
 

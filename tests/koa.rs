@@ -1,0 +1,362 @@
+//! The users' own stack end to end (issue 12): manifests/koa (a Koa app under pm2-runtime,
+//! configured from Consul KV, and a client that finds it through Consul DNS) deployed to the
+//! testbed's three hosts by the real binary.
+//!
+//! One deploy is shared by every assertion (each phase is a step of `koa_stack`), to keep CI
+//! short. Needs `cargo xtask testbed image` (the node:20 base image and manifests/koa's
+//! node_modules), as `cargo xtask ci` runs before the tests.
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::Testbed;
+
+const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
+
+/// A copy of manifests/koa under its own project and service names (the testbed is shared:
+/// another run's `app` must not answer this run's DNS queries).
+struct Koa {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    project: String,
+    /// The Consul service of the app (`app` in manifests/koa).
+    service: String,
+}
+
+impl Koa {
+    fn new() -> Koa {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/koa");
+        for app in ["app", "client"] {
+            assert!(
+                src.join(app).join("node_modules/koa").exists(),
+                "manifests/koa/{app}/node_modules is missing: run `cargo xtask testbed image`"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("koa");
+        // Hard links: node_modules is large and nobody writes to it.
+        let ok = Command::new("cp")
+            .arg("-al")
+            .arg(&src)
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "copying manifests/koa");
+        let id = std::process::id();
+        let project = format!("koa{id}");
+        let service = format!("app{id}");
+        let k = Koa {
+            _dir: dir,
+            root,
+            project,
+            service,
+        };
+        k.edit(|t| {
+            t.replacen("name = \"koa\"", &format!("name = \"{}\"", k.project), 1)
+                .replace(
+                    "service = { name = \"app\", tags = [\"http\"] }",
+                    &format!("service = {{ name = \"{}\", tags = [\"http\"] }}", k.service),
+                )
+                .replace(
+                    "service = { name = \"client\" }",
+                    &format!("service = {{ name = \"client{id}\" }}"),
+                )
+                .replace(
+                    "dns = \"consul\"",
+                    &format!(
+                        "dns = \"consul\"\nenv = {{ NODE_ENV = \"production\", UPSTREAM = \"{}.service.consul\" }}",
+                        k.service
+                    ),
+                )
+        });
+        k
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.root.join("fleet.toml")
+    }
+
+    fn edit(&self, f: impl FnOnce(&str) -> String) {
+        let path = self.manifest();
+        let t = std::fs::read_to_string(&path).unwrap();
+        let new = f(&t);
+        assert_ne!(new, t, "the edit changed nothing");
+        // A hard-linked file would change the original too: write a new one.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, new).unwrap();
+    }
+
+    fn run(&self, tb: &Testbed, args: &[&str]) -> Output {
+        tb.fleet()
+            .arg("-f")
+            .arg(self.manifest())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Koa {
+    fn drop(&mut self) {
+        if let Some(tb) = Testbed::get("koa cleanup") {
+            let _ = self.run(&tb, &["destroy", "production", "--yes"]);
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `curl -s URL` from this machine: (HTTP status, body).
+fn get(url: &str) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-s", "-m", "3", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics with `what` after `within`.
+fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < within, "timed out after {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The registered instances of `service` in `host`'s agent: (service ID, port).
+fn registered(tb: &Testbed, host: &str, service: &str) -> Vec<(String, u16)> {
+    let out = tb.ssh_ok(host, "curl -s http://127.0.0.1:8500/v1/agent/services");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v.as_object()
+        .unwrap()
+        .values()
+        .filter(|s| s["Service"] == service)
+        .map(|s| {
+            (
+                s["ID"].as_str().unwrap().to_string(),
+                s["Port"].as_u64().unwrap() as u16,
+            )
+        })
+        .collect()
+}
+
+/// The id of the running container of `app` of `project` on `host`.
+fn container(tb: &Testbed, host: &str, project: &str, app: &str) -> String {
+    tb.ssh_ok(
+        host,
+        &format!(
+            "docker ps -q --filter label=fleet.project={project} --filter label=fleet.app={app}"
+        ),
+    )
+}
+
+/// `fleet status --json`'s row for `app` on `host`.
+fn status_row(k: &Koa, tb: &Testbed, app: &str, host: &str) -> Value {
+    let o = k.run(tb, &["status", "production", app, "--json"]);
+    assert!(o.status.success(), "status failed:\n{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["host"] == host)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {app} on {host} in {v}"))
+}
+
+#[test]
+fn koa_stack() {
+    let Some(tb) = Testbed::get("koa_stack") else {
+        return;
+    };
+    let k = Koa::new();
+
+    // 1. Health-gated deploy, one Consul service instance per fleet instance (one per host).
+    let o = k.run(&tb, &["deploy", "production", "--yes"]);
+    assert!(o.status.success(), "deploy failed:\n{}", text(&o));
+    let mut ports = Vec::new();
+    for h in HOSTS {
+        let regs = registered(&tb, h, &k.service);
+        assert_eq!(regs.len(), 1, "{h}: {regs:?}");
+        ports.push((tb.host(h).address.clone(), regs[0].1));
+    }
+    let passing = tb.ssh_ok(
+        "h1",
+        &format!(
+            "curl -s 'http://127.0.0.1:8500/v1/health/service/{}?passing'",
+            k.service
+        ),
+    );
+    let passing: Value = serde_json::from_str(&passing).unwrap();
+    assert_eq!(passing.as_array().unwrap().len(), 3, "{passing}");
+
+    // 2. Requests, then `fleet logs`: the workers' stderr at start, stdout per request.
+    for (addr, port) in &ports {
+        let (code, body) = get(&format!("http://{addr}:{port}/"));
+        assert_eq!(code, 200, "{addr}:{port}: {body}");
+    }
+    let o = k.run(&tb, &["logs", "production", "app"]);
+    assert!(o.status.success(), "logs failed:\n{}", text(&o));
+    let logs = String::from_utf8_lossy(&o.stdout);
+    for h in HOSTS {
+        // Two cluster workers per container, each says it once.
+        let errs = logs
+            .lines()
+            .filter(|l| *l == format!("app#1@{h} (err): fake error"))
+            .count();
+        assert_eq!(errs, 2, "{h}:\n{logs}");
+        assert!(
+            logs.contains(&format!("app#1@{h} (out): send response")),
+            "{h}:\n{logs}"
+        );
+    }
+
+    // 3. A crashed worker is restarted by pm2 (the container stays), a killed main process by
+    // Docker's restart policy, and `fleet status` counts that restart, with CPU and memory.
+    let (a1, p1) = ports[0].clone();
+    let c1 = container(&tb, "h1", &k.project, "app");
+    let workers = |c: &str| {
+        tb.ssh_ok(
+            "h1",
+            &format!("docker top {c} -o pid,args | grep -c app.js || true"),
+        )
+        .parse::<u32>()
+        .unwrap()
+    };
+    let before = tb.ssh_ok("h1", &format!("docker top {c1} -o pid,args | grep app.js"));
+    get(&format!("http://{a1}:{p1}/crash"));
+    wait_for(Duration::from_secs(15), "pm2 restarts the worker", || {
+        let now = tb.ssh_ok("h1", &format!("docker top {c1} -o pid,args | grep app.js"));
+        (now != before && workers(&c1) == 2).then_some(())
+    });
+    assert_eq!(
+        tb.ssh_ok(
+            "h1",
+            &format!("docker inspect -f '{{{{.RestartCount}}}}' {c1}")
+        ),
+        "0",
+        "pm2, not Docker, restarted the worker"
+    );
+    assert_eq!(get(&format!("http://{a1}:{p1}/")).0, 200);
+    let o = k.run(&tb, &["logs", "production", "app", "--host", "h1"]);
+    let logs = text(&o);
+    assert!(
+        logs.contains("(err): worker") && logs.contains("crashing"),
+        "{logs}"
+    );
+
+    tb.ssh_ok(
+        "h1",
+        &format!("kill -9 $(docker inspect -f '{{{{.State.Pid}}}}' {c1})"),
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "Docker restarts the container",
+        || {
+            let state = tb.ssh_ok(
+                "h1",
+                &format!("docker inspect -f '{{{{.RestartCount}}}} {{{{.State.Running}}}}' {c1}"),
+            );
+            (state == "1 true").then_some(())
+        },
+    );
+    // Docker keeps the published port across a restart of the same container.
+    wait_for(Duration::from_secs(30), "the app answers again", || {
+        (get(&format!("http://{a1}:{p1}/")).0 == 200).then_some(())
+    });
+    let row = status_row(&k, &tb, "app", "h1");
+    assert_eq!(row["restarts"], 1, "{row}");
+    assert!(row["cpu_percent"].as_f64().is_some(), "{row}");
+    assert!(
+        row["memory_bytes"].as_u64().unwrap_or(0) > 10 << 20,
+        "node uses more than 10 MiB: {row}"
+    );
+    let o = k.run(&tb, &["status", "production", "app"]);
+    let table = text(&o);
+    let line = table.lines().find(|l| l.contains(" h1 ")).unwrap_or("");
+    assert!(
+        line.contains("MiB") && line.contains('%'),
+        "status shows CPU and memory:\n{table}"
+    );
+
+    // 4. Config on the fly: the greeting comes from KV (the deploy wrote it before starting the
+    // containers); a change plans only a KV put, and every worker answers with it within 2 s.
+    for (addr, port) in &ports {
+        wait_for(Duration::from_secs(5), "the greeting from KV", || {
+            (get(&format!("http://{addr}:{port}/")).1 == "Hello Koa@2, from Consul KV")
+                .then_some(())
+        });
+    }
+    let greeting = format!("Hola {}", support::unique());
+    k.edit(|t| t.replace("Hello Koa@2, from Consul KV", &greeting));
+    let o = k.run(&tb, &["plan", "production"]);
+    let plan = text(&o);
+    assert!(o.status.success(), "plan failed:\n{plan}");
+    assert!(
+        plan.contains("0 to create, 0 to replace") && plan.contains("KV: 1 to put"),
+        "{plan}"
+    );
+    let o = k.run(&tb, &["deploy", "production", "--yes"]);
+    assert!(o.status.success(), "config deploy failed:\n{}", text(&o));
+    let t = Instant::now();
+    for (addr, port) in &ports {
+        wait_for(
+            Duration::from_secs(2).saturating_sub(t.elapsed()),
+            "the new greeting",
+            || {
+                // Both workers: a few requests each way (the cluster master round-robins).
+                (0..4)
+                    .all(|_| get(&format!("http://{addr}:{port}/")).1 == greeting)
+                    .then_some(())
+            },
+        );
+    }
+
+    // 5. Discovery by name: the client reaches `app` through its host's agent's DNS, and an
+    // instance that fails its check is no longer in the answer.
+    let client_port = registered(&tb, "h1", &format!("client{}", std::process::id()))[0].1;
+    let (code, body) = get(&format!("http://{a1}:{client_port}/upstream"));
+    assert_eq!((code, body.as_str()), (200, greeting.as_str()));
+    let cl = container(&tb, "h1", &k.project, "client");
+    let srv = |tb: &Testbed| -> Vec<String> {
+        let js = format!(
+            "const r=new (require('dns').promises.Resolver)();r.resolveSrv('{}.service.consul').then(async s=>{{const o=[];for(const x of s){{o.push((await r.resolve4(x.name))[0]+':'+x.port)}}console.log(o.sort().join(' '))}}).catch(e=>console.log('error',e.code))",
+            k.service
+        );
+        let out = tb.ssh_ok("h1", &format!("docker exec {cl} node -e \"{js}\""));
+        out.split_whitespace().map(str::to_string).collect()
+    };
+    let mut all: Vec<String> = ports.iter().map(|(a, p)| format!("{a}:{p}")).collect();
+    all.sort();
+    assert_eq!(srv(&tb), all);
+    let c2 = container(&tb, "h2", &k.project, "app");
+    tb.ssh_ok("h2", &format!("docker exec {c2} touch /tmp/unhealthy"));
+    let rest: Vec<String> = all
+        .iter()
+        .filter(|a| !a.starts_with(&format!("{}:", tb.host("h2").address)))
+        .cloned()
+        .collect();
+    wait_for(Duration::from_secs(15), "h2's app leaves DNS", || {
+        (srv(&tb) == rest).then_some(())
+    });
+    for _ in 0..6 {
+        let (code, _) = get(&format!("http://{a1}:{client_port}/upstream"));
+        assert_eq!(code, 200, "the client only picks passing instances");
+    }
+}
