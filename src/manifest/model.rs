@@ -756,7 +756,9 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
     if let (Some(_), Some(h)) = (get(t, "roles"), get(t, "hosts")) {
         cx.err(&h.span, format!("app `{}` has both `roles` and `hosts`", k.name), "remove one", Some("place an app by `roles` (every host with one of them) or by `hosts` (names), not both".into()));
     }
-    let instances = get(t, "instances").and_then(|n| cx.u32(n, 0)).unwrap_or(1);
+    let instances = get(t, "instances")
+        .and_then(|n| instances(cx, n))
+        .unwrap_or(1);
     let port = get(t, "port").and_then(|p| cx.u16(p, 1));
     let published = match get(t, "published") {
         None => Published::Auto,
@@ -1178,6 +1180,27 @@ fn check_placement(
     }
 }
 
+/// The most instances of one app on one host. Far more than one host runs well, and low
+/// enough that validating, resolving and planning stay fast (each instance is a container
+/// spec, a Consul service and a host port to check).
+pub const MAX_INSTANCES: u32 = 1000;
+
+/// `instances`: an integer in `0..=MAX_INSTANCES`, checked before anything iterates over it.
+fn instances(cx: &mut Cx, n: &Node) -> Option<u32> {
+    match n.value {
+        Value::Int(i) if i > MAX_INSTANCES as i64 => {
+            cx.err(
+                &n.span,
+                format!("{i} instances per host is more than the maximum of {MAX_INSTANCES}"),
+                format!("at most {MAX_INSTANCES}"),
+                Some("`instances` counts containers per host: spread the app over more hosts instead".into()),
+            );
+            None
+        }
+        _ => cx.u32(n, 0),
+    }
+}
+
 /// Whether an app runs on a host: by `hosts`, else by `roles`, else everywhere.
 pub fn runs_on(app: &AppDef, host: &HostTarget) -> bool {
     if !app.hosts.is_empty() {
@@ -1210,6 +1233,37 @@ mod tests {
             })
         );
         assert_eq!(parse_restart("sometimes"), None);
+    }
+
+    fn load(src: &str) -> Result<super::super::Loaded, super::super::ManifestError> {
+        super::super::load_str(src, super::super::Format::Toml, "m.toml", Path::new("/p"))
+    }
+
+    const HUGE: &str = "[project]\nname = \"p\"\n[hosts.h1]\naddress = \"local\"\n[apps.web]\nimage = \"nginx:1.27\"\ninstances = 4294967295\n[environments.production]\n";
+
+    #[test]
+    fn instances_are_bounded_per_host_with_a_problem_at_the_line() {
+        let over = HUGE.replace("4294967295", &(MAX_INSTANCES + 1).to_string());
+        assert!(load(&over).is_err());
+        let start = std::time::Instant::now();
+        let err = load(HUGE).unwrap_err();
+        // Refused at decode time, before anything iterates over the instances.
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        let super::super::ManifestError::Invalid { problems, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let at = HUGE.find("4294967295").unwrap();
+        assert_eq!(problems[0].span.offset(), at);
+        assert!(
+            problems[0].message.contains(&MAX_INSTANCES.to_string()),
+            "{}",
+            problems[0].message
+        );
+        let ok = HUGE.replace("4294967295", &MAX_INSTANCES.to_string());
+        let m = load(&ok).unwrap();
+        let state = m.resolve("production", &m.placeholder_versions()).unwrap();
+        assert_eq!(state.hosts[0].instances.len(), MAX_INSTANCES as usize);
     }
 
     #[test]
