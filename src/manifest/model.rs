@@ -241,7 +241,9 @@ fn check_name(cx: &mut Cx, what: &str, name: &str, span: &Span, extra: &[char]) 
 }
 
 /// A `{ env = ".." }` / `{ file = ".." }` reference, or `None` (with a problem) if malformed.
-fn secret_ref(cx: &mut Cx, node: &Node) -> Option<SecretRef> {
+/// A relative file is relative to the manifest's directory `dir` (as build contexts are), not
+/// to wherever fleet runs: the reference holds the absolute path.
+fn secret_ref(cx: &mut Cx, node: &Node, dir: &Path) -> Option<SecretRef> {
     let t = cx.table(node, "a secret reference", &["env", "file"])?;
     if t.entries.len() != 1 {
         cx.err(
@@ -256,7 +258,7 @@ fn secret_ref(cx: &mut Cx, node: &Node) -> Option<SecretRef> {
     let s = cx.text(v)?;
     Some(match k.name.as_str() {
         "env" => SecretRef::Env(s),
-        _ => SecretRef::File(s),
+        _ => SecretRef::File(normalize(&dir.join(s)).display().to_string()),
     })
 }
 
@@ -265,10 +267,11 @@ fn secret_or_text(
     cx: &mut Cx,
     node: &Node,
     secrets: &mut Vec<(SecretRef, Span)>,
+    dir: &Path,
 ) -> Option<EnvValue> {
     match &node.value {
         Value::Table(_) => {
-            let r = secret_ref(cx, node)?;
+            let r = secret_ref(cx, node, dir)?;
             secrets.push((r.clone(), node.span.clone()));
             Some(EnvValue::Secret(r))
         }
@@ -344,14 +347,14 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
         // read at load time, so builds and pulls see a plain name.
         let username = get(t, "username").and_then(|u| match &u.value {
             Value::Table(_) => {
-                let r = secret_ref(cx, u)?;
+                let r = secret_ref(cx, u, dir)?;
                 registry_secrets.push((r.clone(), u.span.clone()));
                 super::secret::read(&r).ok()
             }
             _ => cx.text(u),
         });
         let password = get(t, "password").and_then(|p| {
-            let r = secret_ref(cx, p)?;
+            let r = secret_ref(cx, p, dir)?;
             registry_secrets.push((r.clone(), p.span.clone()));
             Some(r)
         });
@@ -463,7 +466,7 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
     if environments.is_empty() {
         // Consul settings are still checked once.
         if let Some(c) = base_consul {
-            decode_consul(cx, c);
+            decode_consul(cx, c, dir);
         }
     }
 
@@ -551,7 +554,11 @@ fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
     })
 }
 
-fn decode_consul(cx: &mut Cx, n: &Node) -> Option<(ConsulTarget, Option<(SecretRef, Span)>)> {
+fn decode_consul(
+    cx: &mut Cx,
+    n: &Node,
+    dir: &Path,
+) -> Option<(ConsulTarget, Option<(SecretRef, Span)>)> {
     let t = cx.table(n, "[consul]", CONSUL_KEYS)?;
     let address = match get(t, "address") {
         Some(a) => {
@@ -571,7 +578,7 @@ fn decode_consul(cx: &mut Cx, n: &Node) -> Option<(ConsulTarget, Option<(SecretR
             None
         }
     };
-    let token = get(t, "token").and_then(|p| Some((secret_ref(cx, p)?, p.span.clone())));
+    let token = get(t, "token").and_then(|p| Some((secret_ref(cx, p, dir)?, p.span.clone())));
     Some((
         ConsulTarget {
             address: address?,
@@ -676,7 +683,7 @@ fn decode_env(
     };
     let consul = consul_node
         .as_ref()
-        .and_then(|c| decode_consul(cx, c))
+        .and_then(|c| decode_consul(cx, c, dir))
         .map(|(c, tok)| {
             secrets.extend(tok);
             c
@@ -811,7 +818,7 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
                 );
                 continue;
             }
-            if let Some(val) = secret_or_text(cx, ev, &mut secrets) {
+            if let Some(val) = secret_or_text(cx, ev, &mut secrets, dir) {
                 env.insert(ek.name.clone(), val);
             }
         }
