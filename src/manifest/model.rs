@@ -862,7 +862,7 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
     let (mut memory, mut cpus) = (None, None);
     if let Some(l) = get(t, "limits").and_then(|l| cx.table(l, "limits", LIMIT_KEYS)) {
         memory = get(l, "memory").and_then(|m| cx.size(m));
-        if let Some(m) = (memory.is_some_and(|m| m < 6 * 1024 * 1024))
+        if let Some(m) = (memory.is_some_and(|m| m < MIN_MEMORY))
             .then(|| get(l, "memory"))
             .flatten()
         {
@@ -1186,6 +1186,9 @@ fn check_placement(
         }
     }
 }
+
+/// The least memory Docker gives a container (`limits.memory`).
+pub const MIN_MEMORY: u64 = 6 * 1024 * 1024;
 
 /// The most instances of one app on one host. Far more than one host runs well, and low
 /// enough that validating, resolving and planning stay fast (each instance is a container
