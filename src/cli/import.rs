@@ -53,13 +53,8 @@ pub async fn run(source: Source, _g: &Global) -> miette::Result<ExitCode> {
         .and_then(|o| o.parent())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
-    manifest::load_str(
-        &imported.manifest,
-        manifest::Format::Toml,
-        "imported fleet.toml",
-        &dir,
-    )
-    .wrap_err("the imported manifest does not validate (a bug in the importer)")?;
+    manifest::pm2::check(&imported, "imported fleet.toml", &dir)
+        .wrap_err("the imported manifest does not validate (a bug in the importer)")?;
     match output {
         Some(o) => {
             if o.exists() {

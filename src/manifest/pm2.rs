@@ -50,6 +50,21 @@ pub struct Import {
     pub warnings: Vec<String>,
 }
 
+/// Checks an import the way `fleet validate` does: it loads, and every environment resolves
+/// (built apps at a placeholder version). `dir` anchors the build contexts.
+pub fn check(
+    i: &Import,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<super::Loaded, super::ManifestError> {
+    let loaded = super::load_str(&i.manifest, super::Format::Toml, name, dir)?;
+    let versions = loaded.placeholder_versions();
+    for env in loaded.environments() {
+        loaded.resolve(&env, &versions)?;
+    }
+    Ok(loaded)
+}
+
 /// Longest app, environment and project name (they go into container names and Consul IDs).
 const MAX_NAME: usize = 63;
 
