@@ -136,6 +136,20 @@ impl Cx {
         }
     }
 
+    /// Whether `k` can name a process environment variable; if not, a problem at it.
+    pub fn env_var_name(&mut self, k: &Key) -> bool {
+        if !(k.name.is_empty() || k.name.contains('=') || k.name.contains('\0')) {
+            return true;
+        }
+        self.err(
+            &k.span,
+            format!("`{}` is not a valid environment variable name", k.name),
+            "invalid name",
+            Some("names cannot be empty or contain `=`".into()),
+        );
+        false
+    }
+
     fn wrong_type(&mut self, node: &Node, expected: &str) {
         self.err(
             &node.span,

@@ -809,13 +809,7 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
     let mut env = IndexMap::new();
     if let Some(e) = get(t, "env").and_then(|e| cx.map(e, "env")) {
         for (ek, ev) in &e.entries {
-            if ek.name.is_empty() || ek.name.contains('=') || ek.name.contains('\0') {
-                cx.err(
-                    &ek.span,
-                    format!("`{}` is not a valid environment variable name", ek.name),
-                    "invalid name",
-                    Some("names cannot be empty or contain `=`".into()),
-                );
+            if !cx.env_var_name(ek) {
                 continue;
             }
             if let Some(val) = secret_or_text(cx, ev, &mut secrets, dir) {

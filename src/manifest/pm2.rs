@@ -221,6 +221,22 @@ fn app_name(name: &str) -> String {
     if s.is_empty() { "app".into() } else { s }
 }
 
+/// Whether `name` (an app or environment name, from `raw`) is short enough; if not, a problem.
+fn fits(cx: &mut Cx, what: &str, name: &str, span: &Span) -> bool {
+    if name.len() <= MAX_NAME {
+        return true;
+    }
+    cx.err(
+        span,
+        format!("the {what} name `{name}` is longer than {MAX_NAME} characters"),
+        "name too long",
+        Some(format!(
+            "{what} names go into container names and Consul IDs: shorten it in the ecosystem file"
+        )),
+    );
+    false
+}
+
 /// The environment named by `raw` (an `env_<name>` suffix or a `deploy` key), or a problem.
 fn env_name(cx: &mut Cx, raw: &str, span: &Span) -> Option<String> {
     let name = fleet_name(raw);
@@ -233,21 +249,26 @@ fn env_name(cx: &mut Cx, raw: &str, span: &Span) -> Option<String> {
         );
         return None;
     }
-    if name.len() > MAX_NAME {
+    fits(cx, "environment", &name, span).then_some(name)
+}
+
+/// An address or user that ssh takes as a destination, not as an option or two words: a
+/// non-empty string without spaces that does not start with `-`; else a problem naming `what`.
+fn ssh_word(cx: &mut Cx, n: &Node, what: &str) -> Option<String> {
+    let s = text(cx, n, what)?;
+    if s.starts_with('-') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         cx.err(
-            span,
-            format!("the environment name `{name}` is longer than {MAX_NAME} characters"),
-            "name too long",
-            Some("environment names go into container names and Consul IDs: shorten it".into()),
+            &n.span,
+            format!("`{s}` cannot be {what}"),
+            "not for ssh",
+            Some(
+                "ssh would take it as an option or as several words: no spaces, no leading `-`"
+                    .into(),
+            ),
         );
         return None;
     }
-    Some(name)
-}
-
-/// An address or user that ssh takes as a destination, not as an option or two words.
-fn ssh_word_ok(s: &str) -> bool {
-    !s.is_empty() && !s.starts_with('-') && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+    Some(s)
 }
 
 /// pm2 memory (`300M`, `1G`, `512K`, bytes) to a fleet size.
@@ -304,13 +325,7 @@ fn env_vars(
     };
     let mut vars = Vec::new();
     for (k, v) in &e.entries {
-        if k.name.is_empty() || k.name.contains('=') || k.name.contains('\0') {
-            cx.err(
-                &k.span,
-                format!("`{}` cannot be an environment variable name", k.name),
-                "invalid name",
-                Some("names cannot be empty or contain `=`".into()),
-            );
+        if !cx.env_var_name(k) {
             continue;
         }
         match scalar(v) {
@@ -438,17 +453,8 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
         taken.insert(name.clone());
         used.push(name.clone());
         let at = format!("apps[{i}] ({raw_name})");
-        if name.len() > MAX_NAME {
-            cx.err(
-                &name_node.map_or_else(|| head(app), |n| n.span.clone()),
-                format!("the app name `{name}` is longer than {MAX_NAME} characters"),
-                "name too long",
-                Some(
-                    "app names go into container names and Consul IDs: shorten the pm2 `name`"
-                        .into(),
-                ),
-            );
-        } else if name != raw_name {
+        let name_span = name_node.map_or_else(|| head(app), |n| n.span.clone());
+        if fits(cx, "app", &name, &name_span) && name != raw_name {
             warnings.push(format!(
                 "{at}.name: renamed to `{name}` (app names are lowercase letters, digits and `-`)"
             ));
@@ -712,19 +718,9 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                     warnings.push(format!("deploy.{}: not an object; left out", ek.name));
                     continue;
                 };
-                let user = dt.get("user").and_then(|u| {
-                    let s = text(cx, u, "the deploy `user`")?;
-                    if !ssh_word_ok(&s) {
-                        cx.err(
-                            &u.span,
-                            format!("`{s}` is not a user name ssh can take"),
-                            "invalid user",
-                            Some("a user name has no spaces and does not start with `-`".into()),
-                        );
-                        return None;
-                    }
-                    Some(s)
-                });
+                let user = dt
+                    .get("user")
+                    .and_then(|u| ssh_word(cx, u, "a deploy `user`"));
                 let list: Vec<&Node> = match dt.get("host") {
                     Some(
                         h @ Node {
@@ -749,18 +745,9 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                 };
                 let mut names = Vec::new();
                 for hn in list {
-                    let Some(h) = text(cx, hn, "a deploy host") else {
+                    let Some(h) = ssh_word(cx, hn, "a deploy host") else {
                         continue;
                     };
-                    if !ssh_word_ok(&h) {
-                        cx.err(
-                            &hn.span,
-                            format!("`{h}` is not a host address"),
-                            "invalid address",
-                            Some("an address has no spaces and does not start with `-`".into()),
-                        );
-                        continue;
-                    }
                     if h != "local" && first_remote.is_none() {
                         first_remote = Some((hn.span.clone(), h.clone()));
                     }
