@@ -7,15 +7,93 @@ use miette::SourceSpan;
 use super::node::{Key, Node, Span, Table, Value};
 
 /// One problem at one place of the manifest.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-#[error("{message}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub message: String,
-    #[label("{label}")]
     pub span: SourceSpan,
     pub label: String,
-    #[help]
     pub help: Option<String>,
+    /// Set by `fit` when the span's line is too long to show as a snippet: its line and
+    /// column (1-based), said in the message instead.
+    pub place: Option<(usize, usize)>,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.place {
+            None => f.write_str(&self.message),
+            Some((line, column)) => write!(
+                f,
+                "{} (line {line}, column {column}: {})",
+                self.message, self.label
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Problem {}
+
+impl miette::Diagnostic for Problem {
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn std::fmt::Display>)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        if self.place.is_some() {
+            return None;
+        }
+        Some(Box::new(std::iter::once(
+            miette::LabeledSpan::new_with_span(Some(self.label.clone()), self.span),
+        )))
+    }
+}
+
+/// Lines longer than this (in bytes) are not shown as snippets. miette lays a snippet out with
+/// format widths, which panic past 65535 columns (a tab takes 4): a minified JSON file or a
+/// long string would crash the report instead of showing it. Nobody reads such a snippet anyway.
+pub const MAX_SNIPPET_LINE: usize = 1000;
+
+/// Every problem whose span starts or ends on a line longer than `MAX_SNIPPET_LINE` gets its
+/// place in words (line and column) instead of a snippet. Call it with the text the spans
+/// point into before handing the problems to miette.
+pub fn fit(src: &str, problems: &mut [Problem]) {
+    for p in problems {
+        let start = p.span.offset().min(src.len());
+        let end = (p.span.offset() + p.span.len()).min(src.len());
+        if line_of(src, start).len() > MAX_SNIPPET_LINE
+            || line_of(src, end).len() > MAX_SNIPPET_LINE
+        {
+            p.place = Some(line_column(src, start));
+        }
+    }
+}
+
+/// The line (without its newline) that holds byte `at`.
+fn line_of(src: &str, at: usize) -> &str {
+    let bytes = src.as_bytes();
+    let start = bytes[..at]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let end = bytes[at..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(src.len(), |i| at + i);
+    &src[start..end]
+}
+
+/// 1-based line and column (in characters) of byte `at`.
+pub fn line_column(src: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(src.len());
+    while !src.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &src[..at];
+    let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
 }
 
 /// Collects problems while decoding. Every `Option`-returning helper has already recorded
@@ -51,10 +129,25 @@ impl Cx {
             span: (span.start, span.end - span.start).into(),
             label: label.into(),
             help,
+            place: None,
         };
         if !self.problems.contains(&p) {
             self.problems.push(p);
         }
+    }
+
+    /// Whether `k` can name a process environment variable; if not, a problem at it.
+    pub fn env_var_name(&mut self, k: &Key) -> bool {
+        if !(k.name.is_empty() || k.name.contains('=') || k.name.contains('\0')) {
+            return true;
+        }
+        self.err(
+            &k.span,
+            format!("`{}` is not a valid environment variable name", k.name),
+            "invalid name",
+            Some("names cannot be empty or contain `=`".into()),
+        );
+        false
     }
 
     fn wrong_type(&mut self, node: &Node, expected: &str) {
@@ -271,6 +364,25 @@ impl Cx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_get_their_place_in_words_not_a_snippet() {
+        let long = "x".repeat(70_000);
+        let src = format!("a = 1\nb = \"{long}\" ; c\nd = 2\n");
+        let mut cx = Cx::default();
+        let at = src.find(" ; c").unwrap() + 3;
+        cx.err(&(at..at + 1), "bad", "here", None);
+        cx.err(&(0..1), "short", "fine", None);
+        fit(&src, &mut cx.problems);
+        assert_eq!(cx.problems[0].place, Some((2, 70_010)));
+        assert_eq!(
+            cx.problems[0].to_string(),
+            "bad (line 2, column 70010: here)"
+        );
+        assert!(miette::Diagnostic::labels(&cx.problems[0]).is_none());
+        assert_eq!(cx.problems[1].place, None);
+        assert!(miette::Diagnostic::labels(&cx.problems[1]).is_some());
+    }
 
     #[test]
     fn suggestions_only_for_near_misses() {

@@ -174,6 +174,7 @@ fn parse(
         // In file order, as a reader goes through it (stable: same place keeps found order).
         problems: {
             problems.sort_by_key(|p| p.span.offset());
+            diag::fit(src, &mut problems);
             problems
         },
         path: name.to_string(),
@@ -371,10 +372,12 @@ impl Loaded {
             return Ok(());
         }
         let name = self.path.display().to_string();
+        let mut problems = cx.problems;
+        diag::fit(&self.src, &mut problems);
         Err(ManifestError::Invalid {
             src: NamedSource::new(&name, self.src.clone()),
             path: name,
-            problems: cx.problems,
+            problems,
         })
     }
 }

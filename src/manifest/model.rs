@@ -251,7 +251,9 @@ fn check_name(cx: &mut Cx, what: &str, name: &str, span: &Span, extra: &[char]) 
 }
 
 /// A `{ env = ".." }` / `{ file = ".." }` reference, or `None` (with a problem) if malformed.
-fn secret_ref(cx: &mut Cx, node: &Node) -> Option<SecretRef> {
+/// A relative file is relative to the manifest's directory `dir` (as build contexts are), not
+/// to wherever fleet runs: the reference holds the absolute path.
+fn secret_ref(cx: &mut Cx, node: &Node, dir: &Path) -> Option<SecretRef> {
     let t = cx.table(node, "a secret reference", &["env", "file"])?;
     if t.entries.len() != 1 {
         cx.err(
@@ -266,7 +268,7 @@ fn secret_ref(cx: &mut Cx, node: &Node) -> Option<SecretRef> {
     let s = cx.text(v)?;
     Some(match k.name.as_str() {
         "env" => SecretRef::Env(s),
-        _ => SecretRef::File(s),
+        _ => SecretRef::File(normalize(&dir.join(s)).display().to_string()),
     })
 }
 
@@ -275,10 +277,11 @@ fn secret_or_text(
     cx: &mut Cx,
     node: &Node,
     secrets: &mut Vec<(SecretRef, Span)>,
+    dir: &Path,
 ) -> Option<EnvValue> {
     match &node.value {
         Value::Table(_) => {
-            let r = secret_ref(cx, node)?;
+            let r = secret_ref(cx, node, dir)?;
             secrets.push((r.clone(), node.span.clone()));
             Some(EnvValue::Secret(r))
         }
@@ -354,14 +357,14 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
         // read at load time, so builds and pulls see a plain name.
         let username = get(t, "username").and_then(|u| match &u.value {
             Value::Table(_) => {
-                let r = secret_ref(cx, u)?;
+                let r = secret_ref(cx, u, dir)?;
                 registry_secrets.push((r.clone(), u.span.clone()));
                 super::secret::read(&r).ok()
             }
             _ => cx.text(u),
         });
         let password = get(t, "password").and_then(|p| {
-            let r = secret_ref(cx, p)?;
+            let r = secret_ref(cx, p, dir)?;
             registry_secrets.push((r.clone(), p.span.clone()));
             Some(r)
         });
@@ -473,7 +476,7 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
     if environments.is_empty() {
         // Consul settings are still checked once.
         if let Some(c) = base_consul {
-            decode_consul(cx, c);
+            decode_consul(cx, c, dir);
         }
     }
 
@@ -561,7 +564,11 @@ fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
     })
 }
 
-fn decode_consul(cx: &mut Cx, n: &Node) -> Option<(ConsulTarget, Option<(SecretRef, Span)>)> {
+fn decode_consul(
+    cx: &mut Cx,
+    n: &Node,
+    dir: &Path,
+) -> Option<(ConsulTarget, Option<(SecretRef, Span)>)> {
     let t = cx.table(n, "[consul]", CONSUL_KEYS)?;
     let address = match get(t, "address") {
         Some(a) => {
@@ -581,7 +588,7 @@ fn decode_consul(cx: &mut Cx, n: &Node) -> Option<(ConsulTarget, Option<(SecretR
             None
         }
     };
-    let token = get(t, "token").and_then(|p| Some((secret_ref(cx, p)?, p.span.clone())));
+    let token = get(t, "token").and_then(|p| Some((secret_ref(cx, p, dir)?, p.span.clone())));
     let container_address = get(t, "container_address").and_then(|a| {
         let s = cx.text(a)?;
         if !(s.starts_with("http://") || s.starts_with("https://")) {
@@ -694,7 +701,7 @@ fn decode_env(
     };
     let consul = consul_node
         .as_ref()
-        .and_then(|c| decode_consul(cx, c))
+        .and_then(|c| decode_consul(cx, c, dir))
         .map(|(c, tok)| {
             secrets.extend(tok);
             c
@@ -784,7 +791,9 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
     if let (Some(_), Some(h)) = (get(t, "roles"), get(t, "hosts")) {
         cx.err(&h.span, format!("app `{}` has both `roles` and `hosts`", k.name), "remove one", Some("place an app by `roles` (every host with one of them) or by `hosts` (names), not both".into()));
     }
-    let instances = get(t, "instances").and_then(|n| cx.u32(n, 0)).unwrap_or(1);
+    let instances = get(t, "instances")
+        .and_then(|n| instances(cx, n))
+        .unwrap_or(1);
     let port = get(t, "port").and_then(|p| cx.u16(p, 1));
     let published = match get(t, "published") {
         None => Published::Auto,
@@ -828,16 +837,10 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
     let mut env = IndexMap::new();
     if let Some(e) = get(t, "env").and_then(|e| cx.map(e, "env")) {
         for (ek, ev) in &e.entries {
-            if ek.name.is_empty() || ek.name.contains('=') || ek.name.contains('\0') {
-                cx.err(
-                    &ek.span,
-                    format!("`{}` is not a valid environment variable name", ek.name),
-                    "invalid name",
-                    Some("names cannot be empty or contain `=`".into()),
-                );
+            if !cx.env_var_name(ek) {
                 continue;
             }
-            if let Some(val) = secret_or_text(cx, ev, &mut secrets) {
+            if let Some(val) = secret_or_text(cx, ev, &mut secrets, dir) {
                 env.insert(ek.name.clone(), val);
             }
         }
@@ -881,7 +884,7 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
     let (mut memory, mut cpus) = (None, None);
     if let Some(l) = get(t, "limits").and_then(|l| cx.table(l, "limits", LIMIT_KEYS)) {
         memory = get(l, "memory").and_then(|m| cx.size(m));
-        if let Some(m) = (memory.is_some_and(|m| m < 6 * 1024 * 1024))
+        if let Some(m) = (memory.is_some_and(|m| m < MIN_MEMORY))
             .then(|| get(l, "memory"))
             .flatten()
         {
@@ -1215,6 +1218,30 @@ fn check_placement(
     }
 }
 
+/// The least memory Docker gives a container (`limits.memory`).
+pub const MIN_MEMORY: u64 = 6 * 1024 * 1024;
+
+/// The most instances of one app on one host. Far more than one host runs well, and low
+/// enough that validating, resolving and planning stay fast (each instance is a container
+/// spec, a Consul service and a host port to check).
+pub const MAX_INSTANCES: u32 = 1000;
+
+/// `instances`: an integer in `0..=MAX_INSTANCES`, checked before anything iterates over it.
+fn instances(cx: &mut Cx, n: &Node) -> Option<u32> {
+    match n.value {
+        Value::Int(i) if i > MAX_INSTANCES as i64 => {
+            cx.err(
+                &n.span,
+                format!("{i} instances per host is more than the maximum of {MAX_INSTANCES}"),
+                format!("at most {MAX_INSTANCES}"),
+                Some("`instances` counts containers per host: spread the app over more hosts instead".into()),
+            );
+            None
+        }
+        _ => cx.u32(n, 0),
+    }
+}
+
 /// Whether an app runs on a host: by `hosts`, else by `roles`, else everywhere.
 pub fn runs_on(app: &AppDef, host: &HostTarget) -> bool {
     if !app.hosts.is_empty() {
@@ -1247,6 +1274,37 @@ mod tests {
             })
         );
         assert_eq!(parse_restart("sometimes"), None);
+    }
+
+    fn load(src: &str) -> Result<super::super::Loaded, super::super::ManifestError> {
+        super::super::load_str(src, super::super::Format::Toml, "m.toml", Path::new("/p"))
+    }
+
+    const HUGE: &str = "[project]\nname = \"p\"\n[hosts.h1]\naddress = \"local\"\n[apps.web]\nimage = \"nginx:1.27\"\ninstances = 4294967295\n[environments.production]\n";
+
+    #[test]
+    fn instances_are_bounded_per_host_with_a_problem_at_the_line() {
+        let over = HUGE.replace("4294967295", &(MAX_INSTANCES + 1).to_string());
+        assert!(load(&over).is_err());
+        let start = std::time::Instant::now();
+        let err = load(HUGE).unwrap_err();
+        // Refused at decode time, before anything iterates over the instances.
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        let super::super::ManifestError::Invalid { problems, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let at = HUGE.find("4294967295").unwrap();
+        assert_eq!(problems[0].span.offset(), at);
+        assert!(
+            problems[0].message.contains(&MAX_INSTANCES.to_string()),
+            "{}",
+            problems[0].message
+        );
+        let ok = HUGE.replace("4294967295", &MAX_INSTANCES.to_string());
+        let m = load(&ok).unwrap();
+        let state = m.resolve("production", &m.placeholder_versions()).unwrap();
+        assert_eq!(state.hosts[0].instances.len(), MAX_INSTANCES as usize);
     }
 
     #[test]

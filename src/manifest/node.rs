@@ -154,15 +154,34 @@ fn clamp(span: Span, len: usize) -> Span {
 
 /// Parses JSON (RFC 8259) into the spanned tree. Duplicate keys are errors, as in a TOML table.
 pub fn parse_json(src: &str) -> Result<Node, Vec<SyntaxError>> {
+    parse_json_with(src, false)
+}
+
+/// `parse_json` for JSON that is not a manifest (a pm2 ecosystem file, often written by
+/// `JSON.stringify`): a `null` is left out, as if the key or item were not there.
+pub fn parse_json_dropping_nulls(src: &str) -> Result<Node, Vec<SyntaxError>> {
+    parse_json_with(src, true)
+}
+
+fn parse_json_with(src: &str, drop_nulls: bool) -> Result<Node, Vec<SyntaxError>> {
     let mut p = JsonParser {
         src: src.as_bytes(),
         text: src,
         pos: 0,
         depth: 0,
         soft: Vec::new(),
+        drop_nulls,
     };
     p.ws();
-    let node = p.value().map_err(|e| vec![e])?;
+    let node = match p.value_or_null().map_err(|e| vec![e])? {
+        Some(n) => n,
+        None => {
+            return Err(vec![SyntaxError {
+                span: 0..src.len(),
+                message: "the document is null".into(),
+            }]);
+        }
+    };
     p.ws();
     if p.pos < p.src.len() {
         return Err(vec![p.err_here("trailing characters after the JSON value")]);
@@ -184,6 +203,8 @@ struct JsonParser<'a> {
     depth: usize,
     /// Errors that do not stop parsing (duplicate keys).
     soft: Vec<SyntaxError>,
+    /// `null` is a value to leave out, not an error.
+    drop_nulls: bool,
 }
 
 impl JsonParser<'_> {
@@ -208,6 +229,15 @@ impl JsonParser<'_> {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.src.get(self.pos) {
             self.pos += 1;
         }
+    }
+
+    /// A value, or `None` for a `null` that is to be left out (`drop_nulls`).
+    fn value_or_null(&mut self) -> Result<Option<Node>, SyntaxError> {
+        if self.drop_nulls && self.src.get(self.pos) == Some(&b'n') {
+            self.word("null", Value::Bool(false))?;
+            return Ok(None);
+        }
+        self.value().map(Some)
     }
 
     fn value(&mut self) -> Result<Node, SyntaxError> {
@@ -278,13 +308,13 @@ impl JsonParser<'_> {
             }
             self.pos += 1;
             self.ws();
-            let v = self.value()?;
+            let v = self.value_or_null()?;
             if table.get(&key.name).is_some() {
                 self.soft.push(SyntaxError {
                     span: key.span.clone(),
                     message: format!("duplicate key `{}`", key.name),
                 });
-            } else {
+            } else if let Some(v) = v {
                 table.entries.push((key, v));
             }
             self.ws();
@@ -312,7 +342,7 @@ impl JsonParser<'_> {
         }
         loop {
             self.ws();
-            items.push(self.value()?);
+            items.extend(self.value_or_null()?);
             self.ws();
             match self.src.get(self.pos) {
                 Some(b',') => self.pos += 1,
@@ -532,6 +562,16 @@ mod tests {
             parse_json(r#""\u00e9\ud83d\ude00""#).unwrap().value,
             Value::Str("é😀".into())
         );
+    }
+
+    #[test]
+    fn nulls_are_dropped_only_when_asked() {
+        let src = r#"{"a": null, "b": [1, null, 2], "c": {"d": null}}"#;
+        assert!(parse_json(src).is_err());
+        let n = parse_json_dropping_nulls(src).unwrap();
+        assert_eq!(strip(&n), "{b=[1,2],c={}}");
+        assert!(parse_json_dropping_nulls("null").is_err());
+        assert!(parse_json_dropping_nulls("nul").is_err());
     }
 
     #[test]

@@ -6,21 +6,41 @@
 //! `<name>` overriding that app's env (with no `env_<name>` at all, one environment
 //! `production`); `deploy.<name>.host` gives hosts. Every key without an equivalent is
 //! reported, key by key, as a warning.
+//!
+//! The result always validates: what fleet cannot take as it is (an empty `script`, a name too
+//! long for a container name, a memory limit below Docker's minimum, remote hosts without a
+//! registry to ship images through, ...) is refused with a diagnostic at its line in the
+//! ecosystem file, every such problem at once. A `null` is taken as a key left out.
 
+use std::collections::HashSet;
 use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
 
-use serde_json::Value;
+use miette::NamedSource;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Pm2Error {
-    #[error("not a JSON ecosystem file (line {line}, column {column}): {message}")]
-    Json {
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("the ecosystem file has no `apps` array")]
-    NoApps,
+use super::diag::{self, Cx, Problem};
+use super::model::{MAX_INSTANCES, MIN_MEMORY};
+use super::node::{self, Node, Span, Table, Value};
+
+/// Why an ecosystem file cannot be imported: every problem, at its place in the file.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("cannot import {path}: {} problem{} found", problems.len(), if problems.len() == 1 { "" } else { "s" })]
+#[diagnostic(code(fleet::import::pm2))]
+pub struct Pm2Error {
+    pub path: String,
+    #[source_code]
+    pub src: NamedSource<Arc<str>>,
+    #[related]
+    pub problems: Vec<Problem>,
+}
+
+/// What the ecosystem file cannot say.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `host:port` of the registry built images go through (`[registry] server`); needed as
+    /// soon as a `deploy` section names a remote host.
+    pub registry: Option<String>,
 }
 
 /// The generated manifest and what could not be carried over.
@@ -29,6 +49,24 @@ pub struct Import {
     pub manifest: String,
     pub warnings: Vec<String>,
 }
+
+/// Checks an import the way `fleet validate` does: it loads, and every environment resolves
+/// (built apps at a placeholder version). `dir` anchors the build contexts.
+pub fn check(
+    i: &Import,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<super::Loaded, super::ManifestError> {
+    let loaded = super::load_str(&i.manifest, super::Format::Toml, name, dir)?;
+    let versions = loaded.placeholder_versions();
+    for env in loaded.environments() {
+        loaded.resolve(&env, &versions)?;
+    }
+    Ok(loaded)
+}
+
+/// Longest app, environment and project name (they go into container names and Consul IDs).
+const MAX_NAME: usize = 63;
 
 /// Keys with no fleet equivalent, and why: said once per key and app.
 const UNSUPPORTED: &[(&str, &str)] = &[
@@ -138,13 +176,20 @@ fn toml_key(s: &str) -> String {
     }
 }
 
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+/// A string, number or boolean as text (as pm2 passes them to the process).
+fn scalar(n: &Node) -> Option<String> {
+    match &n.value {
+        Value::Str(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Float(f) => Some(f.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
+}
+
+/// The first character of `n` (a label on a whole object would cover the whole file).
+fn head(n: &Node) -> Span {
+    n.span.start..(n.span.start + 1).min(n.span.end)
 }
 
 fn inline_env(env: &[(String, String)]) -> String {
@@ -155,8 +200,8 @@ fn inline_env(env: &[(String, String)]) -> String {
     format!("{{ {} }}", parts.join(", "))
 }
 
-/// A fleet app name from a pm2 name: lowercase, `-` for anything else.
-fn app_name(name: &str) -> String {
+/// A fleet name from a pm2 name: lowercase, `-` for anything else; empty if nothing is left.
+fn fleet_name(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {
@@ -167,13 +212,67 @@ fn app_name(name: &str) -> String {
             }
         })
         .collect();
-    let s = s.trim_matches('-').to_string();
+    s.trim_matches('-').to_string()
+}
+
+/// A fleet app name from a pm2 name (`app` if nothing is left).
+fn app_name(name: &str) -> String {
+    let s = fleet_name(name);
     if s.is_empty() { "app".into() } else { s }
 }
 
+/// Whether `name` (an app or environment name, from `raw`) is short enough; if not, a problem.
+fn fits(cx: &mut Cx, what: &str, name: &str, span: &Span) -> bool {
+    if name.len() <= MAX_NAME {
+        return true;
+    }
+    cx.err(
+        span,
+        format!("the {what} name `{name}` is longer than {MAX_NAME} characters"),
+        "name too long",
+        Some(format!(
+            "{what} names go into container names and Consul IDs: shorten it in the ecosystem file"
+        )),
+    );
+    false
+}
+
+/// The environment named by `raw` (an `env_<name>` suffix or a `deploy` key), or a problem.
+fn env_name(cx: &mut Cx, raw: &str, span: &Span) -> Option<String> {
+    let name = fleet_name(raw);
+    if name.is_empty() {
+        cx.err(
+            span,
+            format!("`{raw}` names no environment"),
+            "no environment name",
+            Some("name environments with letters and digits, e.g. `env_production`".into()),
+        );
+        return None;
+    }
+    fits(cx, "environment", &name, span).then_some(name)
+}
+
+/// An address or user that ssh takes as a destination, not as an option or two words: a
+/// non-empty string without spaces that does not start with `-`; else a problem naming `what`.
+fn ssh_word(cx: &mut Cx, n: &Node, what: &str) -> Option<String> {
+    let s = text(cx, n, what)?;
+    if s.starts_with('-') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        cx.err(
+            &n.span,
+            format!("`{s}` cannot be {what}"),
+            "not for ssh",
+            Some(
+                "ssh would take it as an option or as several words: no spaces, no leading `-`"
+                    .into(),
+            ),
+        );
+        return None;
+    }
+    Some(s)
+}
+
 /// pm2 memory (`300M`, `1G`, `512K`, bytes) to a fleet size.
-fn memory(v: &Value) -> Option<String> {
-    let s = scalar(v)?;
+fn memory(s: &str) -> Option<String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().ok()?;
@@ -186,80 +285,241 @@ fn memory(v: &Value) -> Option<String> {
     })
 }
 
-pub fn import(json: &str) -> Result<Import, Pm2Error> {
-    let doc: Value = serde_json::from_str(json).map_err(|e| Pm2Error::Json {
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string(),
-    })?;
-    let apps = match &doc {
-        Value::Object(o) => o
-            .get("apps")
-            .and_then(Value::as_array)
-            .ok_or(Pm2Error::NoApps)?,
-        Value::Array(a) => a,
-        _ => return Err(Pm2Error::NoApps),
+/// A non-empty string, or a problem at `n` naming `what`.
+fn text(cx: &mut Cx, n: &Node, what: &str) -> Option<String> {
+    match &n.value {
+        Value::Str(s) if !s.trim().is_empty() => Some(s.clone()),
+        Value::Str(_) => {
+            cx.err(
+                &n.span,
+                format!("{what} is empty"),
+                "empty",
+                Some(format!("give {what} a value, or leave the key out")),
+            );
+            None
+        }
+        v => {
+            cx.err(
+                &n.span,
+                format!("{what} must be a string, not {}", v.type_name()),
+                "not a string",
+                None,
+            );
+            None
+        }
+    }
+}
+
+/// The variables of an `env` / `env_<name>` object; a name the process environment cannot
+/// hold is a problem, a value that is not a scalar a warning.
+fn env_vars(
+    cx: &mut Cx,
+    n: &Node,
+    at: &str,
+    key: &str,
+    warnings: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    let Value::Table(e) = &n.value else {
+        warnings.push(format!("{at}.{key}: not an object; left out"));
+        return Vec::new();
     };
+    let mut vars = Vec::new();
+    for (k, v) in &e.entries {
+        if !cx.env_var_name(k) {
+            continue;
+        }
+        match scalar(v) {
+            Some(s) => vars.push((k.name.clone(), s)),
+            None => warnings.push(format!(
+                "{at}.{key}.{}: not a string, number or boolean; left out",
+                k.name
+            )),
+        }
+    }
+    vars
+}
+
+/// The `apps` array of the ecosystem file (or the file itself, when it is an array).
+fn apps_of<'a>(cx: &mut Cx, doc: &'a Node) -> Option<(&'a [Node], Option<&'a Table>, Span)> {
+    let help = || {
+        Some(
+            "an ecosystem file is `{ \"apps\": [{ \"name\": \"api\", \"script\": \"app.js\" }] }`"
+                .into(),
+        )
+    };
+    match &doc.value {
+        Value::Table(t) => match t.get("apps") {
+            Some(Node {
+                value: Value::Array(a),
+                span,
+            }) => Some((a, Some(t), span.start..span.start + 1)),
+            Some(n) => {
+                cx.err(&n.span, "`apps` is not an array", "not an array", help());
+                None
+            }
+            None => {
+                cx.err(
+                    &head(doc),
+                    "the ecosystem file has no `apps` array",
+                    "no `apps`",
+                    help(),
+                );
+                None
+            }
+        },
+        Value::Array(a) => Some((a, None, head(doc))),
+        v => {
+            cx.err(
+                &doc.span,
+                format!(
+                    "an ecosystem file is an object with `apps`, not {}",
+                    v.type_name()
+                ),
+                "not an ecosystem file",
+                help(),
+            );
+            None
+        }
+    }
+}
+
+/// Imports the ecosystem file `json`; `name` labels diagnostics.
+pub fn import(json: &str, name: &str, opts: &Options) -> Result<Import, Pm2Error> {
+    let mut cx = Cx::default();
+    let imported = match node::parse_json_dropping_nulls(json) {
+        Ok(doc) => convert(&mut cx, &doc, opts),
+        Err(errs) => {
+            for e in errs {
+                cx.err(
+                    &e.span,
+                    format!("not a JSON ecosystem file: {}", e.message),
+                    "here",
+                    Some("for ecosystem.config.js, print it as JSON first: `node -e 'console.log(JSON.stringify(require(\"./ecosystem.config.js\")))'`".into()),
+                );
+            }
+            None
+        }
+    };
+    match imported {
+        Some(i) if cx.problems.is_empty() => Ok(i),
+        _ => {
+            let mut problems = cx.problems;
+            if problems.is_empty() {
+                problems.push(Problem {
+                    message: "nothing to import".into(),
+                    span: (0, 0).into(),
+                    label: "here".into(),
+                    help: None,
+                    place: None,
+                });
+            }
+            problems.sort_by_key(|p| p.span.offset());
+            diag::fit(json, &mut problems);
+            Err(Pm2Error {
+                path: name.to_string(),
+                src: NamedSource::new(name, Arc::from(json)).with_language("JSON"),
+                problems,
+            })
+        }
+    }
+}
+
+fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
+    let (apps, top, apps_span) = apps_of(cx, doc)?;
     let mut warnings = Vec::new();
     let mut out = String::new();
     // Environments in first-seen order, with per app env overrides.
     let mut envs: Vec<(String, Vec<AppEnv>)> = Vec::new();
     let mut apps_toml = String::new();
-    let mut used = Vec::new();
+    let mut used: Vec<String> = Vec::new();
+    let mut taken: HashSet<String> = HashSet::new();
 
     for (i, app) in apps.iter().enumerate() {
-        let Some(obj) = app.as_object() else {
+        let Value::Table(obj) = &app.value else {
             warnings.push(format!("apps[{i}]: not an object, skipped"));
             continue;
         };
-        let raw_name = obj
-            .get("name")
+        let name_node = obj.get("name");
+        let raw_name = name_node
             .and_then(scalar)
             .unwrap_or_else(|| format!("app{}", i + 1));
-        let mut name = app_name(&raw_name);
-        while used.contains(&name) {
-            name.push_str("-2");
+        let base = app_name(&raw_name);
+        let mut name = base.clone();
+        let mut k = 2;
+        while taken.contains(&name) {
+            name = format!("{base}-{k}");
+            k += 1;
         }
+        taken.insert(name.clone());
         used.push(name.clone());
         let at = format!("apps[{i}] ({raw_name})");
-        if name != raw_name {
+        let name_span = name_node.map_or_else(|| head(app), |n| n.span.clone());
+        if fits(cx, "app", &name, &name_span) && name != raw_name {
             warnings.push(format!(
                 "{at}.name: renamed to `{name}` (app names are lowercase letters, digits and `-`)"
             ));
         }
         let mut a = String::new();
         let _ = writeln!(a, "\n[apps.{name}]");
-        let cwd = obj.get("cwd").and_then(Value::as_str);
+        let context = match obj.get("cwd") {
+            None => Some(".".to_string()),
+            Some(
+                n @ Node {
+                    value: Value::Str(_),
+                    ..
+                },
+            ) => text(cx, n, "`cwd`"),
+            Some(_) => {
+                warnings.push(format!("{at}.cwd: not a string; built from `.`"));
+                Some(".".to_string())
+            }
+        };
         let _ = writeln!(
             a,
             "build = {{ context = {} }}   # a Dockerfile there; `fleet init --template node` writes one",
-            toml_str(cwd.unwrap_or("."))
+            toml_str(context.as_deref().unwrap_or("."))
         );
         let mut handled = vec!["name", "cwd"];
 
         // script (+ interpreter) + args -> command
-        if let Some(script) = obj.get("script").and_then(Value::as_str) {
-            handled.extend(["script", "interpreter", "exec_interpreter"]);
-            let interp = obj
-                .get("interpreter")
-                .or(obj.get("exec_interpreter"))
-                .and_then(Value::as_str);
-            let mut cmd: Vec<String> = match interp {
-                Some("none") => vec![script.into()],
-                Some(i) => vec![i.into(), script.into()],
+        if let Some(sn) = obj.get("script") {
+            handled.extend(["script", "interpreter", "exec_interpreter", "args"]);
+            let script = text(cx, sn, "`script`").unwrap_or_default();
+            let interp = match obj.get("interpreter").or(obj.get("exec_interpreter")) {
+                None => None,
+                Some(n) => text(cx, n, "the interpreter"),
+            };
+            let mut cmd: Vec<String> = match interp.as_deref() {
+                Some("none") => vec![script.clone()],
+                Some(i) => vec![i.into(), script.clone()],
                 None if script.ends_with(".js")
                     || script.ends_with(".mjs")
                     || script.ends_with(".cjs") =>
                 {
-                    vec!["node".into(), script.into()]
+                    vec!["node".into(), script.clone()]
                 }
-                None => vec![script.into()],
+                None => vec![script.clone()],
             };
-            handled.push("args");
-            match obj.get("args") {
-                Some(Value::String(s)) => cmd.extend(s.split_whitespace().map(str::to_string)),
-                Some(Value::Array(v)) => cmd.extend(v.iter().filter_map(scalar)),
-                _ => {}
+            match obj.get("args").map(|n| (n, &n.value)) {
+                Some((_, Value::Str(s))) => cmd.extend(s.split_whitespace().map(str::to_string)),
+                Some((_, Value::Array(v))) => {
+                    for item in v {
+                        match scalar(item) {
+                            Some(s) if s.trim().is_empty() => cx.err(
+                                &item.span,
+                                "an empty argument",
+                                "empty",
+                                Some("fleet's `command` takes no empty words: leave it out".into()),
+                            ),
+                            Some(s) => cmd.push(s),
+                            None => warnings.push(format!(
+                                "{at}.args: an item that is not a string, number or boolean; left out"
+                            )),
+                        }
+                    }
+                }
+                Some(_) => warnings.push(format!("{at}.args: not a string or an array; left out")),
+                None => {}
             }
             let parts: Vec<String> = cmd.iter().map(|c| toml_str(c)).collect();
             let _ = writeln!(a, "command = [{}]", parts.join(", "));
@@ -268,111 +528,112 @@ pub fn import(json: &str) -> Result<Import, Pm2Error> {
         }
 
         handled.push("instances");
-        let instances = match obj.get("instances") {
-            None => Some(1),
-            Some(v) => match scalar(v).as_deref().map(str::trim) {
-                Some("max") | Some("-1") | Some("0") => {
-                    warnings.push(format!("{at}.instances: `{}` (per CPU) has no equivalent: fleet runs a fixed number per host; set to 1", scalar(v).unwrap_or_default()));
-                    Some(1)
-                }
-                Some(s) => match s.parse::<i64>() {
-                    Ok(n) if n > 0 => Some(n),
-                    Ok(n) => {
-                        warnings.push(format!(
-                            "{at}.instances: `{n}` means \"CPUs minus {}\" in pm2; set to 1",
-                            -n
-                        ));
-                        Some(1)
-                    }
-                    Err(_) => {
-                        warnings.push(format!("{at}.instances: `{s}` is not a number; set to 1"));
-                        Some(1)
-                    }
-                },
-                None => None,
-            },
-        };
-        if let Some(n) = instances.filter(|n| *n != 1) {
-            let _ = writeln!(a, "instances = {n}");
+        if let Some(n) = obj.get("instances")
+            && let Some(count) = instances(cx, n, &at, &mut warnings)
+            && count != 1
+        {
+            let _ = writeln!(a, "instances = {count}");
         }
 
         handled.push("exec_mode");
-        if let Some(m) = obj.get("exec_mode").and_then(Value::as_str)
+        if let Some(Value::Str(m)) = obj.get("exec_mode").map(|n| &n.value)
             && m.contains("cluster")
         {
             warnings.push(format!("{at}.exec_mode: `cluster` has no equivalent: each instance is its own container with its own host port (published = \"auto\")"));
         }
 
         handled.push("env");
-        let mut env: Vec<(String, String)> = Vec::new();
-        if let Some(Value::Object(e)) = obj.get("env") {
-            for (k, v) in e {
-                match scalar(v) {
-                    Some(s) => env.push((k.clone(), s)),
-                    None => warnings.push(format!(
-                        "{at}.env.{k}: not a string, number or boolean; left out"
-                    )),
+        let env = obj
+            .get("env")
+            .map(|e| env_vars(cx, e, &at, "env", &mut warnings))
+            .unwrap_or_default();
+        if let Some((_, p)) = env.iter().find(|(k, _)| k == "PORT") {
+            match p.trim().parse::<u16>() {
+                Ok(port) if port > 0 => {
+                    let _ = writeln!(a, "port = {port}                 # from env.PORT");
                 }
+                _ => warnings.push(format!(
+                    "{at}.env.PORT: `{p}` is not a port (1-65535); no `port` written"
+                )),
             }
-        }
-        if let Some((_, p)) = env.iter().find(|(k, _)| k == "PORT")
-            && let Ok(port) = p.parse::<u16>()
-        {
-            let _ = writeln!(a, "port = {port}                 # from env.PORT");
         }
         if !env.is_empty() {
             let _ = writeln!(a, "env = {}", inline_env(&env));
         }
-        for (k, v) in obj {
-            if let Some(env_name) = k.strip_prefix("env_") {
-                handled.push(k);
-                let Value::Object(e) = v else {
-                    warnings.push(format!("{at}.{k}: not an object; left out"));
-                    continue;
-                };
-                let vars: Vec<(String, String)> = e
-                    .iter()
-                    .filter_map(|(k2, v2)| match scalar(v2) {
-                        Some(s) => Some((k2.clone(), s)),
-                        None => {
-                            warnings.push(format!(
-                                "{at}.{k}.{k2}: not a string, number or boolean; left out"
-                            ));
-                            None
+        for (k, v) in &obj.entries {
+            let Some(raw_env) = k.name.strip_prefix("env_") else {
+                continue;
+            };
+            handled.push(&k.name);
+            let vars = env_vars(cx, v, &at, &k.name, &mut warnings);
+            let Some(env_key) = env_name(cx, raw_env, &k.span) else {
+                continue;
+            };
+            let slot = match envs.iter_mut().position(|(n, _)| *n == env_key) {
+                Some(p) => &mut envs[p],
+                None => {
+                    envs.push((env_key, Vec::new()));
+                    envs.last_mut().expect("just pushed")
+                }
+            };
+            // `env_Prod` and `env_prod` are one environment: later values win.
+            match slot.1.iter_mut().find(|(app, _)| *app == name) {
+                Some((_, have)) => {
+                    for (vk, vv) in vars {
+                        match have.iter_mut().find(|(hk, _)| *hk == vk) {
+                            Some(h) => h.1 = vv,
+                            None => have.push((vk, vv)),
                         }
-                    })
-                    .collect();
-                let env_key = app_name(env_name);
-                let slot = match envs.iter_mut().find(|(n, _)| *n == env_key) {
-                    Some(s) => s,
-                    None => {
-                        envs.push((env_key, Vec::new()));
-                        envs.last_mut().expect("just pushed")
                     }
-                };
-                slot.1.push((name.clone(), vars));
+                }
+                None => slot.1.push((name.clone(), vars)),
             }
         }
 
         handled.push("max_memory_restart");
         if let Some(v) = obj.get("max_memory_restart") {
-            match memory(v) {
-                Some(m) => {
-                    let _ = writeln!(a, "limits = {{ memory = {} }}", toml_str(&m));
-                    warnings.push(format!("{at}.max_memory_restart: became a hard memory limit: Docker stops the container at {m} and the restart policy starts it again"));
-                }
+            let given = scalar(v).unwrap_or_default();
+            match memory(&given) {
+                Some(m) => match m.parse::<bytesize::ByteSize>() {
+                    Ok(b) if b.as_u64() >= MIN_MEMORY => {
+                        let _ = writeln!(a, "limits = {{ memory = {} }}", toml_str(&m));
+                        warnings.push(format!("{at}.max_memory_restart: became a hard memory limit: Docker stops the container at {m} and the restart policy starts it again"));
+                    }
+                    _ => cx.err(
+                        &v.span,
+                        format!("`{given}` is less than the 6MiB Docker needs for a container, or too large"),
+                        "not a usable memory limit",
+                        Some("write at least `6M` (pm2 sizes: `300M`, `1G`), or leave it out".into()),
+                    ),
+                },
                 None => warnings.push(format!(
-                    "{at}.max_memory_restart: `{}` is not a size; left out",
-                    scalar(v).unwrap_or_default()
+                    "{at}.max_memory_restart: `{given}` is not a size; left out"
                 )),
             }
         }
         handled.extend(["autorestart", "max_restarts"]);
-        let autorestart = obj
-            .get("autorestart")
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
-        let max_restarts = obj.get("max_restarts").and_then(Value::as_u64);
+        let autorestart = !matches!(
+            obj.get("autorestart").map(|n| &n.value),
+            Some(Value::Bool(false))
+        );
+        let max_restarts = obj.get("max_restarts").and_then(|n| {
+            match scalar(n).and_then(|s| s.trim().parse::<i64>().ok()) {
+                Some(r) if (0..=u32::MAX as i64).contains(&r) => Some(r),
+                Some(r) => {
+                    cx.err(
+                        &n.span,
+                        format!("max_restarts {r} is out of range"),
+                        format!("must be between 0 and {}", u32::MAX),
+                        None,
+                    );
+                    None
+                }
+                None => {
+                    warnings.push(format!("{at}.max_restarts: not a whole number; left out"));
+                    None
+                }
+            }
+        });
         match (autorestart, max_restarts) {
             (false, _) => {
                 let _ = writeln!(a, "restart = \"no\"");
@@ -383,67 +644,161 @@ pub fn import(json: &str) -> Result<Import, Pm2Error> {
             (true, None) => {}
         }
         handled.push("kill_timeout");
-        if let Some(ms) = obj.get("kill_timeout").and_then(Value::as_u64) {
-            let _ = writeln!(
-                a,
-                "stop_timeout = {}",
-                toml_str(
-                    &humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
-                )
-            );
+        if let Some(n) = obj.get("kill_timeout") {
+            match n.value {
+                Value::Int(ms) if ms >= 0 => {
+                    let d = Duration::from_millis(ms as u64);
+                    let text = humantime::format_duration(d).to_string();
+                    if humantime::parse_duration(&text).ok() == Some(d) {
+                        let _ = writeln!(a, "stop_timeout = {}", toml_str(&text));
+                    } else {
+                        cx.err(
+                            &n.span,
+                            format!("kill_timeout {ms} ms is too long"),
+                            "too long",
+                            None,
+                        );
+                    }
+                }
+                _ => warnings.push(format!(
+                    "{at}.kill_timeout: not a number of milliseconds; left out"
+                )),
+            }
         }
         handled.extend(["user", "uid"]);
-        if let Some(u) = obj.get("user").or(obj.get("uid")).and_then(scalar) {
-            let _ = writeln!(a, "user = {}", toml_str(&u));
+        if let Some(n) = obj.get("user").or(obj.get("uid")) {
+            match &n.value {
+                Value::Int(_) | Value::Float(_) => {
+                    let _ = writeln!(a, "user = {}", toml_str(&scalar(n).unwrap_or_default()));
+                }
+                _ => {
+                    if let Some(u) = text(cx, n, "`user`") {
+                        let _ = writeln!(a, "user = {}", toml_str(&u));
+                    }
+                }
+            }
         }
-        for (k, _) in obj {
-            if handled.contains(&k.as_str()) {
+        for (k, _) in &obj.entries {
+            if handled.contains(&k.name.as_str()) {
                 continue;
             }
             let why = UNSUPPORTED
                 .iter()
-                .find(|(u, _)| u == k)
+                .find(|(u, _)| *u == k.name)
                 .map(|(_, w)| *w)
                 .filter(|w| !w.is_empty())
                 .unwrap_or("no fleet equivalent");
-            warnings.push(format!("{at}.{k}: not imported: {why}"));
+            warnings.push(format!("{at}.{}: not imported: {why}", k.name));
         }
         apps_toml.push_str(&a);
+    }
+    if used.is_empty() {
+        cx.err(
+            &apps_span,
+            "the ecosystem file has no app to import",
+            "no apps",
+            Some("each app is an object with at least `name` and `script`".into()),
+        );
+        return None;
     }
 
     // Hosts: from pm2's deploy section when it names some, else this machine.
     let mut hosts: Vec<(String, String, Option<String>)> = Vec::new();
     let mut env_hosts: Vec<(String, Vec<String>)> = Vec::new();
-    if let Some(Value::Object(deploy)) = doc.get("deploy") {
-        for (env_name, d) in deploy {
-            let user = d.get("user").and_then(Value::as_str).map(str::to_string);
-            let list: Vec<String> = match d.get("host") {
-                Some(Value::String(h)) => vec![h.clone()],
-                Some(Value::Array(hs)) => hs
-                    .iter()
-                    .filter_map(|h| h.as_str().map(str::to_string))
-                    .collect(),
-                _ => Vec::new(),
-            };
-            let mut names = Vec::new();
-            for h in list {
-                let existing = hosts
-                    .iter()
-                    .find(|(_, a, _)| *a == h)
-                    .map(|(n, _, _)| n.clone());
-                let n = existing.unwrap_or_else(|| {
-                    let n = format!("host{}", hosts.len() + 1);
-                    hosts.push((n.clone(), h.clone(), user.clone()));
-                    n
-                });
-                names.push(n);
+    let mut first_remote: Option<(Span, String)> = None;
+    match top.and_then(|t| t.get("deploy")) {
+        None => {}
+        Some(Node {
+            value: Value::Table(deploy),
+            ..
+        }) => {
+            for (ek, d) in &deploy.entries {
+                let env_key = env_name(cx, &ek.name, &ek.span);
+                let Value::Table(dt) = &d.value else {
+                    warnings.push(format!("deploy.{}: not an object; left out", ek.name));
+                    continue;
+                };
+                let user = dt
+                    .get("user")
+                    .and_then(|u| ssh_word(cx, u, "a deploy `user`"));
+                let list: Vec<&Node> = match dt.get("host") {
+                    Some(
+                        h @ Node {
+                            value: Value::Str(_),
+                            ..
+                        },
+                    ) => vec![h],
+                    Some(Node {
+                        value: Value::Array(hs),
+                        ..
+                    }) => hs.iter().collect(),
+                    Some(h) => {
+                        cx.err(
+                            &h.span,
+                            "`host` is a host name or a list of them",
+                            "not a host",
+                            None,
+                        );
+                        continue;
+                    }
+                    None => Vec::new(),
+                };
+                let mut names = Vec::new();
+                for hn in list {
+                    let Some(h) = ssh_word(cx, hn, "a deploy host") else {
+                        continue;
+                    };
+                    if h != "local" && first_remote.is_none() {
+                        first_remote = Some((hn.span.clone(), h.clone()));
+                    }
+                    let existing = hosts
+                        .iter()
+                        .find(|(_, a, _)| *a == h)
+                        .map(|(n, _, _)| n.clone());
+                    let n = existing.unwrap_or_else(|| {
+                        let n = format!("host{}", hosts.len() + 1);
+                        hosts.push((n.clone(), h.clone(), user.clone()));
+                        n
+                    });
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+                let Some(env_key) = env_key else { continue };
+                if names.is_empty() {
+                    cx.err(
+                        &ek.span,
+                        format!("deploy.{} names no host", ek.name),
+                        "no `host`",
+                        Some("add `\"host\": \"10.0.0.1\"` (or a list), or leave this deploy target out".into()),
+                    );
+                    continue;
+                }
+                match env_hosts.iter_mut().find(|(n, _)| *n == env_key) {
+                    Some((_, have)) => {
+                        for n in names {
+                            if !have.contains(&n) {
+                                have.push(n);
+                            }
+                        }
+                    }
+                    None => env_hosts.push((env_key.clone(), names)),
+                }
+                if !envs.iter().any(|(n, _)| *n == env_key) {
+                    envs.push((env_key, Vec::new()));
+                }
+                warnings.push(format!("deploy.{}: hosts imported; repo/ref/path/post-deploy are not (fleet ships images, not git checkouts)", ek.name));
             }
-            env_hosts.push((app_name(env_name), names));
-            if !envs.iter().any(|(n, _)| *n == app_name(env_name)) {
-                envs.push((app_name(env_name), Vec::new()));
-            }
-            warnings.push(format!("deploy.{env_name}: hosts imported; repo/ref/path/post-deploy are not (fleet ships images, not git checkouts)"));
         }
+        Some(_) => warnings.push("deploy: not an object; left out".into()),
+    }
+    if let (Some((span, h)), None) = (&first_remote, &opts.registry) {
+        cx.err(
+            span,
+            format!("`{h}` is a remote host: it pulls the apps' images from a registry, and none is given"),
+            "needs a registry",
+            Some("pm2 deploys git checkouts; fleet builds images and ships them through a registry: import again with `--registry HOST:PORT`".into()),
+        );
     }
     if envs.is_empty() {
         envs.push(("production".into(), Vec::new()));
@@ -455,6 +810,9 @@ pub fn import(json: &str) -> Result<Import, Pm2Error> {
         "# Imported from a pm2 ecosystem file by `fleet import pm2`. Review the hosts and\n# each app's `build`, then run `fleet validate`.\n"
     );
     let _ = writeln!(out, "[project]\nname = {}\n", toml_str(&project));
+    if let Some(r) = &opts.registry {
+        let _ = writeln!(out, "[registry]\nserver = {}\n", toml_str(r));
+    }
     if hosts.is_empty() {
         warnings.push("hosts: pm2 names none; a `local` host (this machine) was written: replace it with your servers".into());
         let _ = writeln!(
@@ -483,27 +841,106 @@ pub fn import(json: &str) -> Result<Import, Pm2Error> {
             }
         }
     }
-    Ok(Import {
+    Some(Import {
         manifest: out,
         warnings,
     })
 }
 
+/// pm2 `instances` to fleet's per-host count: `max`, `0` and negative numbers (per CPU in
+/// pm2) become 1 with a warning; more than fleet's maximum is a problem.
+fn instances(cx: &mut Cx, n: &Node, at: &str, warnings: &mut Vec<String>) -> Option<i64> {
+    let Some(s) = scalar(n) else {
+        warnings.push(format!("{at}.instances: not a number; set to 1"));
+        return Some(1);
+    };
+    let s = s.trim();
+    match s.parse::<i64>() {
+        _ if s == "max" => {
+            warnings.push(format!("{at}.instances: `max` (one per CPU) has no equivalent: fleet runs a fixed number per host; set to 1"));
+            Some(1)
+        }
+        Ok(0) | Ok(-1) => {
+            warnings.push(format!("{at}.instances: `{s}` (one per CPU) has no equivalent: fleet runs a fixed number per host; set to 1"));
+            Some(1)
+        }
+        Ok(c) if c > MAX_INSTANCES as i64 => {
+            cx.err(
+                &n.span,
+                format!("{c} instances per host is more than fleet's maximum of {MAX_INSTANCES}"),
+                format!("at most {MAX_INSTANCES}"),
+                None,
+            );
+            None
+        }
+        Ok(c) if c > 0 => Some(c),
+        Ok(c) => {
+            warnings.push(format!(
+                "{at}.instances: `{c}` means \"CPUs minus {}\" in pm2; set to 1",
+                c.unsigned_abs()
+            ));
+            Some(1)
+        }
+        Err(_) => {
+            warnings.push(format!("{at}.instances: `{s}` is not a number; set to 1"));
+            Some(1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    fn imp(json: &str) -> Result<Import, Pm2Error> {
+        import(json, "eco.json", &Options::default())
+    }
+
+    /// The manifest loads (what `fleet validate` checks first).
+    fn validates(i: &Import) {
+        if let Err(e) = super::super::load_str(
+            &i.manifest,
+            super::super::Format::Toml,
+            "m.toml",
+            Path::new("/p"),
+        ) {
+            panic!("{}\n{}", i.manifest, super::super::render_plain(&e));
+        }
+    }
+
+    /// Refused, with a problem whose span is exactly `at` in `json`.
+    fn refused_at(json: &str, at: &str) -> Pm2Error {
+        let e = match imp(json) {
+            Ok(i) => panic!("imported:\n{}", i.manifest),
+            Err(e) => e,
+        };
+        let start = json
+            .find(at)
+            .unwrap_or_else(|| panic!("{at} not in {json}"));
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.span.offset() == start && p.span.len() == at.len()),
+            "no problem at {at}: {:?}",
+            e.problems
+        );
+        let _ = super::super::render_plain(&e);
+        e
+    }
 
     #[test]
     fn memory_units() {
-        assert_eq!(memory(&Value::from("300M")).as_deref(), Some("300MiB"));
-        assert_eq!(memory(&Value::from("1G")).as_deref(), Some("1GiB"));
-        assert_eq!(memory(&Value::from(1024)).as_deref(), Some("1024B"));
-        assert_eq!(memory(&Value::from("lots")), None);
+        assert_eq!(memory("300M").as_deref(), Some("300MiB"));
+        assert_eq!(memory("1G").as_deref(), Some("1GiB"));
+        assert_eq!(memory("1024").as_deref(), Some("1024B"));
+        assert_eq!(memory("lots"), None);
     }
 
     #[test]
     fn env_blocks_become_environments_and_unknown_keys_warn() {
-        let r = import(r#"{"apps":[{"name":"My App","script":"server.js","args":"--x 1","env":{"A":"1"},"env_staging":{"A":"2"},"watch":true,"instances":"max","max_memory_restart":"200M"}]}"#).unwrap();
+        let r = imp(r#"{"apps":[{"name":"My App","script":"server.js","args":"--x 1","env":{"A":"1"},"env_staging":{"A":"2"},"watch":true,"instances":"max","max_memory_restart":"200M","args2":null}]}"#).unwrap();
         assert!(r.manifest.contains("[apps.my-app]"), "{}", r.manifest);
         assert!(
             r.manifest
@@ -518,11 +955,118 @@ mod tests {
         for key in ["name", "watch", "instances", "max_memory_restart", "hosts"] {
             assert!(w.contains(key), "no warning about {key}: {w}");
         }
+        validates(&r);
     }
 
     #[test]
-    fn bad_input_is_an_error_not_a_panic() {
-        assert!(matches!(import("{"), Err(Pm2Error::Json { .. })));
-        assert!(matches!(import("{}"), Err(Pm2Error::NoApps)));
+    fn bad_input_is_a_diagnostic_not_a_panic() {
+        assert!(imp("{").is_err());
+        refused_at("{}", "{");
+        refused_at(r#"{"apps": 3}"#, "3");
+        refused_at(r#"{"apps": [1, "x"]}"#, "[");
+        let dup = r#"{"apps": [{"script": "a.js"}], "x": 1, "x": 2}"#;
+        let e = imp(dup).unwrap_err();
+        assert_eq!(e.problems[0].span.offset(), dup.rfind("\"x\"").unwrap());
+    }
+
+    /// Each output the issue found invalid is now refused at its line, or imported valid.
+    #[test]
+    fn what_would_not_validate_is_refused_at_its_line() {
+        // deploy hosts are remote: they need a registry.
+        let remote = r#"{"apps": [{"name": "a", "script": "a.js"}],
+            "deploy": {"production": {"user": "node", "host": ["10.0.0.1", "10.0.0.2"]}}}"#;
+        refused_at(remote, "\"10.0.0.1\"");
+        let with = import(
+            remote,
+            "eco.json",
+            &Options {
+                registry: Some("10.0.0.5:5000".into()),
+            },
+        )
+        .unwrap();
+        assert!(
+            with.manifest
+                .contains("[registry]\nserver = \"10.0.0.5:5000\""),
+            "{}",
+            with.manifest
+        );
+        assert!(
+            with.manifest.contains("hosts = [\"host1\", \"host2\"]"),
+            "{}",
+            with.manifest
+        );
+        validates(&with);
+        refused_at(
+            r#"{"apps": [{"name": "a", "script": "a.js", "user": ""}]}"#,
+            "\"\"",
+        );
+        refused_at(r#"{"apps": [{"name": "a", "script": " "}]}"#, "\" \"");
+        let long = "n".repeat(64);
+        refused_at(
+            &format!(r#"{{"apps": [{{"name": "{long}", "script": "a.js"}}]}}"#),
+            &format!("\"{long}\""),
+        );
+        refused_at(
+            r#"{"apps": [{"name": "a", "script": "a.js", "max_memory_restart": "1M"}]}"#,
+            "\"1M\"",
+        );
+        let r = imp(r#"{"apps": [{"name": "a", "script": "a.js", "max_memory_restart": "99999999999999999999G"}]}"#).unwrap();
+        assert!(!r.manifest.contains("limits"), "{}", r.manifest);
+        validates(&r);
+        refused_at(
+            r#"{"apps": [{"name": "a", "script": "a.js", "max_restarts": 4294967296}]}"#,
+            "4294967296",
+        );
+        refused_at(
+            r#"{"apps": [{"name": "a", "script": "a.js", "env": {"A=B": "1"}}]}"#,
+            "\"A=B\"",
+        );
+        refused_at(
+            r#"{"apps": [{"name": "a", "script": "a.js", "env_prod": {"": "1"}}]}"#,
+            "\"\"",
+        );
+        refused_at(
+            r#"{"apps": [{"name": "a", "script": "a.js", "instances": 1001}]}"#,
+            "1001",
+        );
+        refused_at(
+            r#"{"apps": [{"name": "a", "script": "a.js", "deploy": 1}], "deploy": {"x": {"host": "-oProxyCommand=x"}}}"#,
+            "\"-oProxyCommand=x\"",
+        );
+        refused_at(
+            r#"{"apps": [{"name": "a", "script": "a.js"}], "deploy": {"x": {"user": "a b", "host": "local"}}}"#,
+            "\"a b\"",
+        );
+        refused_at(
+            r#"{"apps": [{"name": "a", "script": "a.js"}], "deploy": {"x": {"host": []}}}"#,
+            "\"x\"",
+        );
+        // Negative instances: no overflow, one instance with a warning.
+        for n in ["-9223372036854775808", "-5", "\"-3\""] {
+            let r = imp(&format!(
+                r#"{{"apps": [{{"name": "a", "script": "a.js", "instances": {n}}}]}}"#
+            ))
+            .unwrap();
+            assert!(!r.manifest.contains("instances ="), "{}", r.manifest);
+            assert!(r.warnings.join("\n").contains("instances"));
+            validates(&r);
+        }
+        // Only local deploy hosts need no registry; max_restarts at u32::MAX is fine; PORT 0
+        // writes no port; `env_Prod` and `env_prod` are one environment.
+        let r = imp(r#"{"apps": [{"name": "a", "script": "a.js", "max_restarts": 4294967295, "env": {"PORT": "0"},
+            "env_Prod": {"A": "1"}, "env_prod": {"A": "2", "B": "3"}, "kill_timeout": 1600, "user": 1000}],
+            "deploy": {"prod": {"host": "local"}}}"#).unwrap();
+        assert!(
+            r.manifest.contains("on-failure:4294967295"),
+            "{}",
+            r.manifest
+        );
+        assert!(
+            r.manifest.contains("apps.a.env = { A = \"2\", B = \"3\" }"),
+            "{}",
+            r.manifest
+        );
+        assert!(!r.manifest.contains("port ="), "{}", r.manifest);
+        validates(&r);
     }
 }

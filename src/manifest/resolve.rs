@@ -379,6 +379,16 @@ impl<'a> HashInput<'a> {
     }
 }
 
+/// The spec hash `spec` would have with `image` instead of its own (a container of another
+/// version of the same spec). fleet's own labels are left out, as `instance` adds them after
+/// hashing.
+pub fn spec_hash_with_image(spec: &InstanceSpec, image: &str) -> String {
+    let mut c = spec.container.clone();
+    c.image = image.to_string();
+    c.labels.retain(|k, _| !labels::ALL.contains(&k.as_str()));
+    spec_hash(&c)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -2,8 +2,10 @@
 //!
 //! Secrets stay masked: an environment variable whose manifest value is a secret reference
 //! prints as the reference (`(secret from env DB_PW)`), never the value the container holds.
-//! For a container the manifest no longer describes fleet cannot tell which values were
-//! secrets, so every value of it is hidden.
+//! The manifest says which values are secrets only for a container made from its spec (the
+//! `fleet.spec` label matches): after a secret is renamed or made plain, the container still
+//! holds the old secret's value under a name the manifest now calls plain. For every other
+//! container fleet cannot tell which values were secrets, so every value of it is hidden.
 
 use std::fmt::Write;
 
@@ -12,16 +14,31 @@ use bollard::query_parameters::InspectContainerOptions;
 use super::status::{labels_of, unix_seconds};
 use super::{Connected, Selector, instance_label, managed_services};
 use crate::desired::{EnvValue, InstanceSpec};
+use crate::manifest::resolve::spec_hash_with_image;
 use crate::observe::read::list_containers;
 
+/// `spec`, the manifest's spec for a container's slot, only if the container was made from it:
+/// its `fleet.spec` label `made_with` is the spec's hash, or the hash the spec has with the
+/// container's `image` (another version of the same spec; the image does not decide which
+/// values are secrets).
+pub fn made_from<'a>(
+    spec: Option<&'a InstanceSpec>,
+    made_with: Option<&str>,
+    image: &str,
+) -> Option<&'a InstanceSpec> {
+    let (spec, made_with) = (spec?, made_with?);
+    (made_with == spec.spec_hash || made_with == spec_hash_with_image(spec, image)).then_some(spec)
+}
+
 /// `NAME=value` pairs of a container's environment, with every secret of `spec` replaced by
-/// its reference; with no spec every value is hidden.
+/// its reference. `spec` must be the one the container was made from (`made_from`): with none
+/// every value is hidden.
 pub fn masked_env(env: &[String], spec: Option<&InstanceSpec>) -> Vec<(String, String)> {
     env.iter()
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             let shown = match spec {
-                None => "(hidden: not described by the manifest)".to_string(),
+                None => "(hidden: not made from the manifest's spec)".to_string(),
                 Some(s) => match s.container.env.get(k) {
                     Some(EnvValue::Secret(r)) => r.to_string(),
                     _ => v.to_string(),
@@ -174,10 +191,23 @@ pub async fn views(cx: &Connected, sel: &Selector) -> (Vec<InfoView>, Vec<String
             if let Some(e) = state.error.filter(|e| !e.is_empty()) {
                 general.push(("error".into(), e));
             }
-            if let Some(spec) = spec {
-                general.push(("spec hash".into(), spec.spec_hash.clone()));
+            let made = c.spec_hash.as_deref();
+            match (made, spec) {
+                (Some(h), Some(s)) if h != s.spec_hash => general.push((
+                    "spec hash".into(),
+                    format!("{h} (the manifest's: {})", s.spec_hash),
+                )),
+                (Some(h), _) => general.push(("spec hash".into(), h.to_string())),
+                (None, Some(s)) => general.push((
+                    "spec hash".into(),
+                    format!("- (the manifest's: {})", s.spec_hash),
+                )),
+                (None, None) => {}
             }
-            let env = masked_env(&cfg.env.clone().unwrap_or_default(), spec);
+            let env = masked_env(
+                &cfg.env.clone().unwrap_or_default(),
+                made_from(spec, made, &c.image),
+            );
             let mut ports: Vec<(String, String)> = i
                 .network_settings
                 .as_ref()
@@ -317,6 +347,67 @@ mod tests {
         assert_eq!(got[2].1, "/bin");
         let hidden = masked_env(&env, None);
         assert!(hidden.iter().all(|(_, v)| !v.contains("hunter2")));
+    }
+
+    /// A secret renamed (or made plain) in the manifest after the container was made: the
+    /// container still holds the value, under a name the manifest no longer calls a secret.
+    #[test]
+    fn only_the_spec_a_container_was_made_from_masks_it() {
+        let old = fixtures::instance("h1", "api", 1, "v1");
+        let env = vec!["LOG=info".to_string(), "DB_PASSWORD=hunter2".to_string()];
+        let shown = |spec: Option<&InstanceSpec>| {
+            masked_env(
+                &env,
+                made_from(spec, Some(&old.spec_hash), &old.container.image),
+            )
+        };
+        let mut renamed = old.clone();
+        renamed.container.env.shift_remove("DB_PASSWORD");
+        renamed
+            .container
+            .env
+            .insert("DB_PASSWORD".into(), EnvValue::Plain("now plain".into()));
+        fixtures::rehash(&mut renamed);
+        assert_ne!(renamed.spec_hash, old.spec_hash);
+        let got = shown(Some(&renamed));
+        assert!(
+            got.iter()
+                .all(|(_, v)| !v.contains("hunter2") && v.starts_with("(hidden")),
+            "{got:?}"
+        );
+        // No label at all: hidden too.
+        let got = masked_env(&env, made_from(Some(&old), None, &old.container.image));
+        assert!(got.iter().all(|(_, v)| v.starts_with("(hidden")), "{got:?}");
+        // The spec it was made from masks the secret and shows the rest.
+        let got = shown(Some(&old));
+        assert_eq!(got[0].1, "info");
+        assert_eq!(got[1].1, "(secret from env SHOP_DB_PASSWORD)");
+    }
+
+    /// The manifest now wants another version of the same spec: the container's env is
+    /// still the manifest's, so its masking holds.
+    #[test]
+    fn another_version_of_the_same_spec_still_masks() {
+        let resolve = |image: &str| {
+            let src = format!(
+                "[project]\nname = \"p\"\n[hosts.h1]\naddress = \"local\"\n[apps.api]\nimage = \"{image}\"\nenv = {{ PW = {{ env = \"PW\" }} }}\n[environments.production]\n"
+            );
+            let m = crate::manifest::load_str(
+                &src,
+                crate::manifest::Format::Toml,
+                "m.toml",
+                std::path::Path::new("/p"),
+            )
+            .unwrap();
+            let state = m.resolve("production", &Default::default()).unwrap();
+            state.hosts[0].instances[0].clone()
+        };
+        let (old, new) = (resolve("nginx:1.27"), resolve("nginx:1.28"));
+        assert_ne!(new.spec_hash, old.spec_hash);
+        let spec = made_from(Some(&new), Some(&old.spec_hash), &old.container.image);
+        assert!(spec.is_some());
+        let got = masked_env(&["PW=hunter2".to_string()], spec);
+        assert_eq!(got[0].1, "(secret from env PW)");
     }
 
     #[test]
