@@ -341,6 +341,24 @@ enum HashEnv<'a> {
     Secret(String),
 }
 
+/// How a secret reference counts in the spec hash. A `{ file = .. }` secret counts by its file
+/// name: the reference holds the file's absolute path (relative paths are relative to the
+/// manifest), and the same manifest checked out in another directory (a CI runner, a laptop)
+/// must hash the same, or every deploy from elsewhere would replace its containers.
+fn hashed_ref(r: &crate::desired::SecretRef) -> String {
+    use crate::desired::SecretRef;
+    match r {
+        SecretRef::Env(v) => format!("Env({v:?})"),
+        SecretRef::File(p) => {
+            let name = std::path::Path::new(p)
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| p.clone());
+            format!("File({name:?})")
+        }
+    }
+}
+
 /// The spec hash of a container spec (before fleet's own labels are added).
 pub fn spec_hash(c: &ContainerSpec) -> String {
     let json = serde_json::to_vec(&HashInput::of(c)).expect("plain data serializes");
@@ -358,7 +376,7 @@ impl<'a> HashInput<'a> {
                 .map(|(k, v)| {
                     let hv = match v {
                         EnvValue::Plain(s) => HashEnv::Plain(s),
-                        EnvValue::Secret(r) => HashEnv::Secret(format!("{r:?}")),
+                        EnvValue::Secret(r) => HashEnv::Secret(hashed_ref(r)),
                     };
                     (k.as_str(), hv)
                 })
@@ -521,6 +539,28 @@ post_deploy = "echo staging"
         let staging = m.resolve("staging", &v).unwrap().hooks;
         assert!(staging.pre_deploy.is_empty());
         assert_eq!(staging.post_deploy, vec!["echo staging"]);
+    }
+
+    #[test]
+    fn a_file_secret_hashes_the_same_wherever_the_manifest_is() {
+        let src = BASE.replace(
+            "image = \"nginx:1.27\"",
+            "image = \"nginx:1.27\"\nenv = { DB = { file = \"secrets/db\" } }",
+        );
+        let hash = |dir: &str| {
+            let m = load_str(&src, Format::Toml, "m.toml", Path::new(dir)).unwrap();
+            let d = m.resolve("production", &m.placeholder_versions()).unwrap();
+            d.hosts[0].instances[0].spec_hash.clone()
+        };
+        assert_eq!(hash("/home/runner/work/shop"), hash("/home/alice/src/shop"));
+        let other = src.replace("secrets/db", "secrets/other");
+        let m = load_str(&other, Format::Toml, "m.toml", Path::new("/p")).unwrap();
+        let d = m.resolve("production", &m.placeholder_versions()).unwrap();
+        assert_ne!(
+            d.hosts[0].instances[0].spec_hash,
+            hash("/p"),
+            "another file is another spec"
+        );
     }
 
     #[test]
