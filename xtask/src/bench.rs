@@ -6,7 +6,9 @@
 //!   (`examples/bench_build.rs`, release, against the testbed registry);
 //! - `plan`: a no-op `fleet plan` of 1, 5, 10, 20 hosts, cold and warm, against the SSH floor
 //!   (here);
-//! - `deploy`: a one-app change rolled out to 1, 5, 10, 20 hosts, against the floor (`deploy.rs`).
+//! - `deploy`: a one-app change rolled out to 1, 5, 10, 20 hosts, against the floor (`deploy.rs`);
+//! - `ansible`: the same converge through an Ansible playbook and through fleet
+//!   (`bench_ansible.rs`, `bench/ansible/`).
 //!
 //! Host counts above the testbed's size are skipped: `cargo xtask testbed up --hosts 20` first
 //! for the full series.
@@ -23,6 +25,7 @@ pub fn run(l: &Layout, what: &str, hosts: &[u32]) -> Result<()> {
         "manifest" => example(l, "bench_manifest", &[], false),
         "build" => example(l, "bench_build", &["--mb", "200", "--apps", "10"], true),
         "plan" => plan(l, hosts),
+        "ansible" => crate::bench_ansible::bench(l, hosts),
         other => bail!("unknown benchmark {other}"),
     }
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own tasks (testbed, demo, ci, bench).
 mod bench;
+mod bench_ansible;
 mod ci;
 mod deploy;
 mod procs;
@@ -29,10 +30,11 @@ enum Cmd {
     /// to see logs, status and a config change.
     Demo(DirArg),
     /// Benchmarks, each printing ratios against a baseline of the same run: manifest (load +
-    /// resolve 500 apps x 200 hosts), build (hashing, no-change push), plan and deploy (1..20 hosts).
+    /// resolve 500 apps x 200 hosts), build (hashing, no-change push), plan and deploy (1..20 hosts),
+    /// ansible (the same converge through an Ansible playbook and through fleet).
     Bench {
         /// What to measure.
-        #[arg(value_parser = ["manifest", "build", "plan", "deploy"])]
+        #[arg(value_parser = ["manifest", "build", "plan", "deploy", "ansible"])]
         what: String,
         /// Host counts to measure (those above the testbed's size are skipped).
         #[arg(long, value_delimiter = ',', default_value = "1,5,10,20")]
