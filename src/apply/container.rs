@@ -112,6 +112,51 @@ pub fn create_body(
     })
 }
 
+/// The host ports fleet picks for auto-published ports: Docker's own ephemeral range.
+pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// Give every auto-published port of `body` (host port `""`: Docker would pick one) a concrete
+/// host port from `AUTO_PORTS`, drawn from `seed`. Docker gives an ephemeral port again, often
+/// another one, each time it restarts a container (restart policy, engine restart), which would
+/// leave the instance's Consul registration on a dead port; a port written in the container's
+/// config survives restarts. Returns whether any port was picked. A port that turns out to be
+/// taken fails the start (`is_port_conflict`); the caller picks again, from the original body,
+/// with another seed.
+pub fn pin_auto_ports(body: &mut ContainerCreateBody, seed: u64) -> bool {
+    let Some(bindings) = body
+        .host_config
+        .as_mut()
+        .and_then(|h| h.port_bindings.as_mut())
+    else {
+        return false;
+    };
+    let span = (*AUTO_PORTS.end() - *AUTO_PORTS.start()) as u64 + 1;
+    let mut x = seed | 1;
+    let mut picked = false;
+    let mut keys: Vec<&String> = bindings.keys().collect();
+    keys.sort();
+    let keys: Vec<String> = keys.into_iter().cloned().collect();
+    for k in keys {
+        for b in bindings.get_mut(&k).into_iter().flatten().flatten() {
+            if b.host_port.as_deref().is_none_or(str::is_empty) {
+                // xorshift64: a different port per binding and per seed.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.host_port = Some((*AUTO_PORTS.start() as u64 + x % span).to_string());
+                picked = true;
+            }
+        }
+    }
+    picked
+}
+
+/// Whether Docker refused to start a container because a host port is in use.
+pub fn is_port_conflict(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("port is already allocated") || m.contains("address already in use")
+}
+
 /// Replace `host-gateway` in the body's DNS servers by this host's Docker bridge gateway (the
 /// address its containers reach the host at, where the Consul agent answers DNS). Docker
 /// resolves the same word itself in `extra_hosts`, but not in `dns`, which takes only IPs.
@@ -154,6 +199,60 @@ fn bridge_gateway(net: &bollard::models::NetworkInspect) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn auto_ports_are_pinned_fixed_ones_kept() {
+        let mut spec = crate::plan::fixtures::instance("h1", "web", 1, "v1");
+        spec.container.ports = vec![
+            crate::desired::PortSpec {
+                container: 8080,
+                host: 0,
+                protocol: "tcp".into(),
+            },
+            crate::desired::PortSpec {
+                container: 9090,
+                host: 9090,
+                protocol: "tcp".into(),
+            },
+        ];
+        let body = create_body(&spec, &|_| Some("x".into())).unwrap();
+        let port = |b: &ContainerCreateBody, k: &str| {
+            b.host_config
+                .as_ref()
+                .unwrap()
+                .port_bindings
+                .as_ref()
+                .unwrap()[k]
+                .as_ref()
+                .unwrap()[0]
+                .host_port
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(port(&body, "8080/tcp"), "");
+        let (mut a, mut b) = (body.clone(), body.clone());
+        assert!(pin_auto_ports(&mut a, 1));
+        assert!(pin_auto_ports(&mut b, 2));
+        let pa: u16 = port(&a, "8080/tcp").parse().unwrap();
+        assert!(AUTO_PORTS.contains(&pa), "{pa}");
+        assert_ne!(
+            port(&a, "8080/tcp"),
+            port(&b, "8080/tcp"),
+            "another seed, another port"
+        );
+        assert_eq!(
+            port(&a, "9090/tcp"),
+            "9090",
+            "a fixed port is the manifest's"
+        );
+        let mut none = body.clone();
+        none.host_config.as_mut().unwrap().port_bindings = None;
+        assert!(!pin_auto_ports(&mut none, 1));
+        assert!(is_port_conflict(
+            "driver failed programming external connectivity on endpoint x: Bind for 0.0.0.0:40000 failed: port is already allocated"
+        ));
+        assert!(!is_port_conflict("no such image"));
+    }
     use std::collections::BTreeMap;
     use std::time::Duration;
 
