@@ -281,14 +281,6 @@ pub fn destination_problem(value: &str, what: &str) -> Option<String> {
     if value.is_empty() {
         return Some(format!("the {what} is empty"));
     }
-    if let Some(c) = value
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || "'\"`$;&|<>(){}\\*?!#~".contains(*c))
-    {
-        return Some(format!(
-            "the {what} contains {c:?}: no whitespace, control or shell characters"
-        ));
-    }
     let rest = value.strip_prefix("ssh://").unwrap_or(value);
     let parts = match rest.rsplit_once('@') {
         Some((user, host)) => vec![value, rest, user, host],
@@ -297,6 +289,14 @@ pub fn destination_problem(value: &str, what: &str) -> Option<String> {
     if parts.iter().any(|p| p.starts_with('-')) {
         return Some(format!(
             "the {what} starts with `-`: ssh would read it as an option"
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "'\"`$;&|<>(){}\\*?!#~".contains(*c))
+    {
+        return Some(format!(
+            "the {what} contains {c:?}: no whitespace, control or shell characters"
         ));
     }
     None
@@ -940,8 +940,11 @@ pub(super) mod tests {
                 connect_timeout: Duration::from_secs(2),
                 ..ConnectOptions::default()
             };
-            let r = HostSession::connect(&t, &opts).await;
-            assert!(r.is_err(), "connected to an option");
+            let e = HostSession::connect(&t, &opts)
+                .await
+                .err()
+                .expect("connected to an option");
+            assert!(e.to_string().contains("starts with `-`"), "{e}");
             assert!(!marker.exists(), "ssh ran the address's ProxyCommand");
             assert!(!opts.runtime_dir.exists());
         }
@@ -978,7 +981,10 @@ pub(super) mod tests {
         std::fs::create_dir(&opts.runtime_dir).unwrap();
         std::fs::set_permissions(&opts.runtime_dir, std::fs::Permissions::from_mode(0o777))
             .unwrap();
-        let e = HostSession::connect(&local, &opts).await.err().expect("refused");
+        let e = HostSession::connect(&local, &opts)
+            .await
+            .err()
+            .expect("refused");
         assert_eq!(e.kind(), "local");
         assert!(e.to_string().contains("mode is 0777"), "{e}");
         assert_eq!(std::fs::read_dir(&opts.runtime_dir).unwrap().count(), 0);
@@ -987,7 +993,10 @@ pub(super) mod tests {
         let elsewhere = tempfile::tempdir().unwrap();
         let opts = ConnectOptions::default();
         std::os::unix::fs::symlink(elsewhere.path(), &opts.runtime_dir).unwrap();
-        let e = HostSession::connect(&local, &opts).await.err().expect("refused");
+        let e = HostSession::connect(&local, &opts)
+            .await
+            .err()
+            .expect("refused");
         assert!(e.to_string().contains("symlink"), "{e}");
         assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
         std::fs::remove_file(&opts.runtime_dir).unwrap();
@@ -999,7 +1008,10 @@ pub(super) mod tests {
             std::fs::set_permissions(&opts.runtime_dir, std::fs::Permissions::from_mode(0o700))
                 .unwrap();
             std::os::unix::fs::chown(&opts.runtime_dir, Some(65534), Some(65534)).unwrap();
-            let e = HostSession::connect(&local, &opts).await.err().expect("refused");
+            let e = HostSession::connect(&local, &opts)
+                .await
+                .err()
+                .expect("refused");
             assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
             std::fs::remove_dir(&opts.runtime_dir).unwrap();
         }
@@ -1007,7 +1019,10 @@ pub(super) mod tests {
         let opts = ConnectOptions::default();
         let one = HostSession::connect(&local, &opts).await.unwrap();
         let two = HostSession::connect(&local, &opts).await.unwrap();
-        let mode = std::fs::symlink_metadata(&opts.runtime_dir).unwrap().permissions().mode();
+        let mode = std::fs::symlink_metadata(&opts.runtime_dir)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         close_all(vec![Ok(one), Ok(two)], &opts).await;
         assert!(!opts.runtime_dir.exists());

@@ -141,7 +141,8 @@ fn ssh_args(ssh: &mut tokio::process::Command, target: &HostTarget, config: Opti
         ssh.arg("-l").arg(u);
     }
     if let Some(k) = &target.identity_file {
-        ssh.args(["-o", "IdentitiesOnly=yes", "-i"]).arg(absolute(k));
+        ssh.args(["-o", "IdentitiesOnly=yes", "-i"])
+            .arg(absolute(k));
     }
     if let Some(c) = config {
         ssh.arg("-F").arg(c);
@@ -314,8 +315,13 @@ mod tests {
         let one = tempfile::tempdir().unwrap();
         let two = tempfile::tempdir().unwrap();
         let conf = |ip: &str| format!("Host web1\n  HostName {ip}\n  Port 2222\n");
-        let a = key_in(one.path(), &conf("10.0.0.1")).await.expect("ssh -G runs");
-        assert_eq!(Some(&a), key_in(one.path(), &conf("10.0.0.1")).await.as_ref());
+        let a = key_in(one.path(), &conf("10.0.0.1"))
+            .await
+            .expect("ssh -G runs");
+        assert_eq!(
+            Some(&a),
+            key_in(one.path(), &conf("10.0.0.1")).await.as_ref()
+        );
         // Another checkout's file of the same relative name and content.
         let b = key_in(two.path(), &conf("10.0.0.1")).await.unwrap();
         assert_ne!(a, b, "another checkout's config shares a master");
@@ -323,7 +329,10 @@ mod tests {
         let c = key_in(one.path(), &conf("10.0.0.2")).await.unwrap();
         assert_ne!(a, c, "a changed HostName reuses the old master");
         // A config ssh refuses, or none at all: no key, so no reuse.
-        assert_eq!(key_in(one.path(), "Host web1\n  NoSuchOption 1\n").await, None);
+        assert_eq!(
+            key_in(one.path(), "Host web1\n  NoSuchOption 1\n").await,
+            None
+        );
         let gone = ConnectOptions {
             ssh_config: Some(one.path().join("missing")),
             ..ConnectOptions::default()
@@ -337,7 +346,11 @@ mod tests {
     async fn a_relative_config_path_is_keyed_by_the_file_it_names() {
         let here = std::env::current_dir().unwrap();
         let dir = tempfile::tempdir_in(&here).unwrap();
-        std::fs::write(dir.path().join("ssh_config"), "Host web1\n  HostName 10.0.0.1\n").unwrap();
+        std::fs::write(
+            dir.path().join("ssh_config"),
+            "Host web1\n  HostName 10.0.0.1\n",
+        )
+        .unwrap();
         let relative = dir.path().strip_prefix(&here).unwrap().join("ssh_config");
         assert!(relative.is_relative());
         let by = |p: PathBuf| ConnectOptions {
@@ -345,7 +358,9 @@ mod tests {
             ..ConnectOptions::default()
         };
         let a = key(&target("web1"), &by(relative)).await.unwrap();
-        let b = key(&target("web1"), &by(dir.path().join("ssh_config"))).await.unwrap();
+        let b = key(&target("web1"), &by(dir.path().join("ssh_config")))
+            .await
+            .unwrap();
         assert_eq!(a, b);
     }
 
@@ -367,7 +382,10 @@ mod tests {
     fn the_cache_dir_is_private() {
         let d = cache_dir().expect("a private cache dir");
         let m = std::fs::metadata(&d).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777, 0o700);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777,
+            0o700
+        );
         assert!(d.join("0123456789abcdef.lock").as_os_str().len() < 100);
     }
 }

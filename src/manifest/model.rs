@@ -552,7 +552,7 @@ fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
 }
 
 /// A host's `address` or `user`: text that ssh cannot take for an option or a shell word
-/// (`crate::host::destination_problem`).
+/// (`crate::host::destination_problem`), else a problem at the value.
 fn ssh_word(cx: &mut Cx, node: &Node, what: &str) -> Option<String> {
     let s = cx.text(node)?;
     if let Some(why) = crate::host::destination_problem(&s, what) {
@@ -565,8 +565,9 @@ fn ssh_word(cx: &mut Cx, node: &Node, what: &str) -> Option<String> {
                 if what == "user" { "deploy" } else { "10.0.0.1" }
             )),
         );
-        return None;
     }
+    // Kept even when refused: the manifest fails on the problem above, without a second one
+    // for every reference to the host.
     Some(s)
 }
 
