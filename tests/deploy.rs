@@ -616,6 +616,63 @@ async fn a_failing_pre_deploy_hook_changes_nothing() {
     assert!(text(&o).contains("is free"), "{}", text(&o));
 }
 
+/// A hook cannot hold the deploy and its lock: a background process it leaves with its output
+/// open is stopped when the hook exits (the deploy goes on), and a hook past
+/// `FLEET_HOOK_TIMEOUT` is stopped and fails the deploy, nothing changed, the lock free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_cannot_hold_the_deploy_and_its_lock() {
+    let Some(tb) = Testbed::get("deploy_hook_bounded") else {
+        return;
+    };
+    let p = Project::named(&tb, "fhb");
+    let _cleanup = p.cleanup(&tb);
+    p.one_host();
+    p.project_line(
+        "pre_deploy = \"(sleep 120; echo late) & echo started; printf 'caf\\\\351\\\\n'\"",
+    );
+    p.set_version("bg");
+    let t0 = std::time::Instant::now();
+    let o = p.run(&tb, &["deploy", "production", "--yes"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "the deploy waited for the hook's background child: {:?}",
+        t0.elapsed()
+    );
+    assert!(out.contains("[pre_deploy] started"), "{out}");
+    assert!(out.contains("[pre_deploy] caf\u{fffd}"), "{out}");
+    assert!(!out.contains("late"), "{out}");
+    assert_eq!(containers(&tb, "h1", &p.name).len(), 1);
+
+    p.edit(|t| {
+        t.replace(
+            "(sleep 120; echo late) & echo started",
+            "echo slow; sleep 120",
+        )
+    });
+    p.set_version("slow");
+    let t0 = std::time::Instant::now();
+    let o = p
+        .fleet(&tb, &["deploy", "production", "--yes"])
+        .env("FLEET_HOOK_TIMEOUT", "2s")
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    assert!(out.contains("[pre_deploy] slow"), "{out}");
+    assert!(out.contains("finish within 2s"), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+    let versions: Vec<String> = containers(&tb, "h1", &p.name)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    let o = p.run(&tb, &["lock", "status", "production"]);
+    assert!(text(&o).contains("is free"), "{}", text(&o));
+}
+
 /// The ledger: a deploy, another, a failed one; `fleet releases` lists them with outcomes;
 /// `fleet rollback` (no version) returns to the last good release other than the current one;
 /// post_deploy runs after each successful apply only.

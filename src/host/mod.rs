@@ -9,8 +9,15 @@
 //!   `accept-new` for people who want it; a changed key is refused either way;
 //! - the user's `~/.ssh/config` is read by `ssh` itself; `FLEET_SSH_CONFIG` (or
 //!   `ConnectOptions::ssh_config`) names another config file (`ssh -F`);
-//! - control sockets and forwarded sockets live under a short directory
-//!   (`/tmp/fleet-<pid>-<n>/`): unix socket paths are limited to 108 bytes;
+//! - control sockets and forwarded sockets live under a short directory of this process
+//!   (`$XDG_RUNTIME_DIR/fleet-<pid>-<n>-<random>/`, else under `/tmp`): unix socket paths are
+//!   limited to 108 bytes. Its name cannot be guessed, it is made with `mkdir` (which fails on
+//!   an existing one) and mode 0700, and a directory of that name that is not ours alone
+//!   (another owner, a symlink, group or other access) is refused: another local user must
+//!   not be able to pre-make it and swap the forwarded Docker socket;
+//! - addresses and users that ssh could read as options (a leading `-`) or that carry
+//!   whitespace, control or shell characters are refused before any ssh runs
+//!   ([`check_destination`]); fleet's own ssh command lines put `--` before the destination;
 //! - masters are kept for a minute after a command and reused by the next one (`reuse.rs`,
 //!   `FLEET_SSH_PERSIST`); a command's own forwards are closed when it ends either way;
 //! - `bollard` does not negotiate the API version by itself: `docker()` does, and refuses
@@ -168,7 +175,11 @@ impl Default for ConnectOptions {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
             accept_new_host_keys: std::env::var("FLEET_SSH_ACCEPT_NEW").as_deref() == Ok("1"),
-            runtime_dir: PathBuf::from(format!("/tmp/fleet-{}-{n}", std::process::id())),
+            runtime_dir: runtime_base().join(format!(
+                "fleet-{}-{n}-{:016x}",
+                std::process::id(),
+                unguessable()
+            )),
             docker_timeout_secs: 120,
             persist: reuse::persist_from_env(),
         }
@@ -194,16 +205,121 @@ pub struct HostSession {
     forwards: Mutex<Vec<(u16, String, u16)>>,
 }
 
-fn make_dir(path: &Path) -> Result<(), HostError> {
+/// Where runtime directories go: `$XDG_RUNTIME_DIR` (private to the user by definition) when
+/// it is set, absolute and short enough for socket paths; else `/tmp`.
+fn runtime_base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute() && d.as_os_str().len() <= 32)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// 64 bits nobody else can predict: std's hasher keys come from the OS's random source.
+fn unguessable() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Makes `path` a directory of ours alone: `mkdir` with mode 0700, which fails if anything of
+/// that name exists; an existing one is accepted only if [`check_private`] says it is ours.
+pub(crate) fn make_private_dir(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| HostError::RuntimeDir {
-            path: path.to_path_buf(),
-            source,
-        })
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => check_private(path),
+        other => other,
+    }
+}
+
+/// `path` is a directory (not a symlink) owned by this user, with no access for group or
+/// others.
+pub(crate) fn check_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let why = if !meta.is_dir() {
+        "it is not a directory (or is a symlink)".to_string()
+    } else if meta.uid() != uid {
+        format!("it belongs to uid {}, not to this user ({uid})", meta.uid())
+    } else if meta.mode() & 0o077 != 0 {
+        format!("its mode is {:04o}, not 0700", meta.mode() & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!("refusing a directory that is not ours alone: {why}"),
+    ))
+}
+
+/// Makes the runtime directory (if this process has none yet) and `dir` in it, both private.
+fn make_dir(runtime: &Path, dir: &Path) -> Result<(), HostError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HostError::RuntimeDir { path, source }
+    };
+    // Another session's close may remove the (then empty) runtime directory between the two
+    // steps: make it again.
+    let mut tries = 0;
+    loop {
+        make_private_dir(runtime).map_err(err(runtime))?;
+        match make_private_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 => tries += 1,
+            other => return other.map_err(err(dir)),
+        }
+    }
+}
+
+/// Why `value` (a host's `address` or `user`) cannot be given to ssh, if it cannot: ssh would
+/// read a leading `-` as an option (`-oProxyCommand=...`), and whitespace, control and shell
+/// characters have no place in a host name or user (ssh expands both into `ProxyCommand`s
+/// through `%h` / `%r`). For an address, the host part of `ssh://[user@]host[:port]` and of
+/// `user@host` is checked too.
+pub fn destination_problem(value: &str, what: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some(format!("the {what} is empty"));
+    }
+    let rest = value.strip_prefix("ssh://").unwrap_or(value);
+    let parts = match rest.rsplit_once('@') {
+        Some((user, host)) => vec![value, rest, user, host],
+        None => vec![value, rest],
+    };
+    if parts.iter().any(|p| p.starts_with('-')) {
+        return Some(format!(
+            "the {what} starts with `-`: ssh would read it as an option"
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "'\"`$;&|<>(){}\\*?!#~".contains(*c))
+    {
+        return Some(format!(
+            "the {what} contains {c:?}: no whitespace, control or shell characters"
+        ));
+    }
+    None
+}
+
+/// Refuses a target whose address or user ssh could misread ([`destination_problem`]). The
+/// manifest already refuses them with a diagnostic; this holds for targets made in code too,
+/// since the openssh crate puts the destination on ssh's command line without `--`.
+pub fn check_destination(target: &HostTarget) -> Result<(), HostError> {
+    let problem = destination_problem(&target.address, "address").or_else(|| {
+        target
+            .user
+            .as_deref()
+            .and_then(|u| destination_problem(u, "user"))
+    });
+    match problem {
+        None => Ok(()),
+        Some(cause) => Err(HostError::Ssh {
+            host: target.name.clone(),
+            address: target.address.clone(),
+            cause,
+        }),
+    }
 }
 
 /// Turn what `ssh` printed into a typed error.
@@ -354,25 +470,32 @@ fn no_session(target: &HostTarget, opts: &ConnectOptions) -> HostError {
 impl HostSession {
     /// Connect to one host: SSH master (native mux) unless the address is `local`.
     pub async fn connect(target: &HostTarget, opts: &ConnectOptions) -> Result<Self, HostError> {
+        if !target.is_local() {
+            check_destination(target)?;
+        }
         // One directory per session, even for two sessions to the same host: closing one
         // removes its directory, which must not take the other's forwarded sockets with it.
         let k = SESSION_SEQ.fetch_add(1, Ordering::Relaxed);
         let dir = opts
             .runtime_dir
             .join(format!("{}-{k}", short_name(&target.name)));
-        make_dir(&dir)?;
+        make_dir(&opts.runtime_dir, &dir)?;
         let kept = match opts.persist {
             Some(p) if !target.is_local() => reuse::cache_dir().map(|d| (d, p)),
             _ => None,
         };
         let link = if target.is_local() {
             Ok(Link::Local)
-        } else if let Some((cache, persist)) = kept {
-            reuse::connect(target, opts, &cache, persist)
-                .await
-                .map(Link::Kept)
         } else {
-            own_master(target, opts, &dir).await.map(Link::Ssh)
+            let reused = match kept {
+                Some((cache, persist)) => reuse::connect(target, opts, &cache, persist).await,
+                None => Ok(None),
+            };
+            match reused {
+                Ok(Some(s)) => Ok(Link::Kept(s)),
+                Ok(None) => own_master(target, opts, &dir).await.map(Link::Ssh),
+                Err(e) => Err(e),
+            }
         };
         let link = match link {
             Ok(link) => link,
@@ -766,6 +889,143 @@ pub(super) mod tests {
             .join(".ssh-connectionXXXXXX")
             .join("master");
         assert!(p.as_os_str().len() < 100, "{}", p.display());
+    }
+
+    #[test]
+    fn addresses_and_users_ssh_could_misread_are_refused() {
+        for ok in [
+            "10.0.0.9",
+            "web-1.example.com",
+            "fe80::1%eth0",
+            "ssh://deploy@10.0.0.9:2222",
+            "deploy@web1",
+            "h1",
+        ] {
+            assert_eq!(destination_problem(ok, "address"), None, "{ok}");
+        }
+        for bad in [
+            "-oProxyCommand=touch /tmp/x",
+            "-oProxyCommand=id",
+            "ssh://-oProxyCommand=id",
+            "ssh://u@-oProxyCommand=id",
+            "u@-oProxyCommand=id",
+            "-x@web1",
+            "web1 -p 23",
+            "web1\n",
+            "web1\t",
+            "web1;id",
+            "$(id)",
+            "",
+        ] {
+            assert!(destination_problem(bad, "address").is_some(), "{bad:?}");
+        }
+        assert!(destination_problem("-l", "user").is_some());
+        assert_eq!(destination_problem("deploy", "user"), None);
+        let mut t = target("10.0.0.9");
+        t.user = Some("-oProxyCommand=id".into());
+        let e = check_destination(&t).unwrap_err();
+        assert!(e.to_string().contains("starts with `-`"), "{e}");
+    }
+
+    /// A target made in code (not through the manifest) with an option for an address never
+    /// reaches ssh: the ProxyCommand does not run.
+    #[tokio::test]
+    async fn an_option_for_an_address_never_reaches_ssh() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        for persist in [None, Some(Duration::from_secs(5))] {
+            let t = target(&format!("-oProxyCommand=touch {}", marker.display()));
+            let opts = ConnectOptions {
+                persist,
+                connect_timeout: Duration::from_secs(2),
+                ..ConnectOptions::default()
+            };
+            let e = HostSession::connect(&t, &opts)
+                .await
+                .err()
+                .expect("connected to an option");
+            assert!(e.to_string().contains("starts with `-`"), "{e}");
+            assert!(!marker.exists(), "ssh ran the address's ProxyCommand");
+            assert!(!opts.runtime_dir.exists());
+        }
+    }
+
+    #[test]
+    fn runtime_dirs_are_unguessable_and_private() {
+        let a = ConnectOptions::default().runtime_dir;
+        let b = ConnectOptions::default().runtime_dir;
+        assert_ne!(a, b);
+        let (na, nb) = (a.file_name().unwrap(), b.file_name().unwrap());
+        let prefix = format!("fleet-{}-", std::process::id());
+        let (ra, rb) = (
+            na.to_str().unwrap().rsplit('-').next().unwrap(),
+            nb.to_str().unwrap().rsplit('-').next().unwrap(),
+        );
+        assert!(na.to_str().unwrap().starts_with(&prefix));
+        // Not the sequence number alone: 64 random bits, different for each.
+        assert_eq!(ra.len(), 16);
+        assert_ne!(ra, rb);
+    }
+
+    /// What another local user could pre-make at the runtime directory's path: refused, and
+    /// nothing is created inside it.
+    #[tokio::test]
+    async fn a_runtime_dir_that_is_not_ours_alone_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let local = HostTarget {
+            address: "local".into(),
+            ..target("local")
+        };
+        // Group- and world-writable.
+        let opts = ConnectOptions::default();
+        std::fs::create_dir(&opts.runtime_dir).unwrap();
+        std::fs::set_permissions(&opts.runtime_dir, std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let e = HostSession::connect(&local, &opts)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), "local");
+        assert!(e.to_string().contains("mode is 0777"), "{e}");
+        assert_eq!(std::fs::read_dir(&opts.runtime_dir).unwrap().count(), 0);
+        std::fs::remove_dir(&opts.runtime_dir).unwrap();
+        // A symlink to a directory of ours.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let opts = ConnectOptions::default();
+        std::os::unix::fs::symlink(elsewhere.path(), &opts.runtime_dir).unwrap();
+        let e = HostSession::connect(&local, &opts)
+            .await
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        std::fs::remove_file(&opts.runtime_dir).unwrap();
+        // Another user's, mode 0700 (only root can make one to test with).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let opts = ConnectOptions::default();
+            std::fs::create_dir(&opts.runtime_dir).unwrap();
+            std::fs::set_permissions(&opts.runtime_dir, std::fs::Permissions::from_mode(0o700))
+                .unwrap();
+            std::os::unix::fs::chown(&opts.runtime_dir, Some(65534), Some(65534)).unwrap();
+            let e = HostSession::connect(&local, &opts)
+                .await
+                .err()
+                .expect("refused");
+            assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+            std::fs::remove_dir(&opts.runtime_dir).unwrap();
+        }
+        // Our own, made by this process: used (two sessions share it), then removed.
+        let opts = ConnectOptions::default();
+        let one = HostSession::connect(&local, &opts).await.unwrap();
+        let two = HostSession::connect(&local, &opts).await.unwrap();
+        let mode = std::fs::symlink_metadata(&opts.runtime_dir)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        close_all(vec![Ok(one), Ok(two)], &opts).await;
+        assert!(!opts.runtime_dir.exists());
     }
 
     #[test]

@@ -534,7 +534,7 @@ fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
     check_name(cx, "host", &k.name, &k.span, &['_']);
     let t = cx.table(v, &format!("host `{}`", k.name), HOST_KEYS)?;
     let address = match get(t, "address") {
-        Some(a) => cx.text(a),
+        Some(a) => ssh_word(cx, a, "address"),
         None => {
             cx.err(
                 &k.span,
@@ -554,7 +554,7 @@ fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
     Some(HostTarget {
         name: k.name.clone(),
         address: address?,
-        user: get(t, "user").and_then(|u| cx.text(u)),
+        user: get(t, "user").and_then(|u| ssh_word(cx, u, "user")),
         port: get(t, "port").and_then(|p| cx.u16(p, 1)),
         identity_file: get(t, "identity_file").and_then(|p| cx.text(p)),
         docker_socket: get(t, "docker_socket")
@@ -562,6 +562,26 @@ fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
             .unwrap_or_else(|| DEFAULT_DOCKER_SOCKET.into()),
         roles,
     })
+}
+
+/// A host's `address` or `user`: text that ssh cannot take for an option or a shell word
+/// (`crate::host::destination_problem`), else a problem at the value.
+fn ssh_word(cx: &mut Cx, node: &Node, what: &str) -> Option<String> {
+    let s = cx.text(node)?;
+    if let Some(why) = crate::host::destination_problem(&s, what) {
+        cx.err(
+            &node.span,
+            why,
+            format!("not a valid {what}"),
+            Some(format!(
+                "write the host's {what} as ssh takes it, e.g. `{}`; ssh options go in your ssh_config",
+                if what == "user" { "deploy" } else { "10.0.0.1" }
+            )),
+        );
+    }
+    // Kept even when refused: the manifest fails on the problem above, without a second one
+    // for every reference to the host.
+    Some(s)
 }
 
 fn decode_consul(
