@@ -256,13 +256,15 @@ fn env_name(cx: &mut Cx, raw: &str, span: &Span) -> Option<String> {
 /// non-empty string without spaces that does not start with `-`; else a problem naming `what`.
 fn ssh_word(cx: &mut Cx, n: &Node, what: &str) -> Option<String> {
     let s = text(cx, n, what)?;
-    if s.starts_with('-') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // The manifest's own rule for host addresses and users, so the import never prints one
+    // that `fleet validate` refuses.
+    if let Some(why) = crate::host::destination_problem(&s, what) {
         cx.err(
             &n.span,
-            format!("`{s}` cannot be {what}"),
+            why,
             "not for ssh",
             Some(
-                "ssh would take it as an option or as several words: no spaces, no leading `-`"
+                "ssh would take it as an option, several words or a shell word: write a plain host name or user"
                     .into(),
             ),
         );
