@@ -121,10 +121,15 @@ pub struct InstanceSpec {
 }
 
 impl InstanceSpec {
-    /// The container name: carries the version so old and new can run side by side.
+    /// The container name, `<project>.<env>.<app>.<instance>.<version>`: carries the version so
+    /// old and new can run side by side. `.` cannot occur in project, environment or app names
+    /// (manifest validation), and the instance is a number, so two slots never share a name
+    /// (`shop` / `eu-prod` and `shop-eu` / `prod` differ). Names are not state: fleet finds its
+    /// containers by their labels, so containers named otherwise (by older versions) are still
+    /// found and are not replaced for their name.
     pub fn container_name(&self, project: &str, env: &str) -> String {
         format!(
-            "{project}-{env}-{}-{}-{}",
+            "{project}.{env}.{}.{}.{}",
             self.app, self.instance, self.version
         )
     }
@@ -306,3 +311,62 @@ pub struct BuildTarget {
 /// The version (image tag) of each built app, from `build::content_tag`; apps with a
 /// prebuilt `image` take the tag of that reference and do not appear here.
 pub type Versions = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(app: &str, instance: u32, version: &str) -> InstanceSpec {
+        InstanceSpec {
+            app: app.into(),
+            instance,
+            version: version.into(),
+            spec_hash: "0".repeat(12),
+            container: ContainerSpec {
+                image: "i".into(),
+                command: None,
+                env: IndexMap::new(),
+                ports: Vec::new(),
+                labels: BTreeMap::new(),
+                volumes: Vec::new(),
+                network: None,
+                user: None,
+                workdir: None,
+                restart: RestartPolicy::No,
+                memory: None,
+                cpus: None,
+                stop_timeout: Duration::from_secs(1),
+                health: None,
+            },
+            service: None,
+        }
+    }
+
+    #[test]
+    fn container_names_of_different_slots_never_collide() {
+        // Each (project, env, app, instance, version) that splits a dashed string differently.
+        let slots = [
+            ("shop", "eu-prod", "redis", 1, "7"),
+            ("shop-eu", "prod", "redis", 1, "7"),
+            ("shop", "eu", "prod-redis", 1, "7"),
+            ("shop", "eu-prod-redis", "x", 1, "7"),
+            ("a", "b", "web", 1, "1-v2"),
+            ("a", "b", "web-1", 1, "v2"),
+            ("a", "b", "web", 11, "v2"),
+            ("a", "b", "web", 1, "1-v2"),
+        ];
+        let mut seen = std::collections::BTreeMap::new();
+        for (p, e, a, n, v) in slots {
+            let name = spec(a, n, v).container_name(p, e);
+            if let Some(other) = seen.insert(name.clone(), (p, e, a, n, v))
+                && other != (p, e, a, n, v)
+            {
+                panic!("{other:?} and {:?} are both named {name}", (p, e, a, n, v));
+            }
+        }
+        assert_eq!(
+            spec("redis", 1, "7").container_name("shop", "eu-prod"),
+            "shop.eu-prod.redis.1.7"
+        );
+    }
+}
