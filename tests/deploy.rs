@@ -316,7 +316,7 @@ impl Drop for Cleanup<'_> {
                      for s in $(curl -s http://127.0.0.1:8500/v1/agent/services | grep -o '\"{p}-[^\"]*\"' | tr -d '\"' | sort -u); do \
                        curl -s -X PUT http://127.0.0.1:8500/v1/agent/service/deregister/$s >/dev/null; done; \
                      curl -s -X DELETE 'http://127.0.0.1:8500/v1/kv/{p}/?recurse' >/dev/null; \
-                     rm -f /var/lib/fleet/{p}-*; true",
+                     rm -f /var/lib/fleet/{p}.*; true",
                     p = self.project
                 ),
             );
