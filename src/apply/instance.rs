@@ -199,13 +199,17 @@ pub(super) async fn pull(ctx: &Ctx<'_>, h: &Host<'_>, image: &str) -> Result<(),
         return Ok(());
     }
     ctx.emit(&h.desired.target.name, &format!("pull {image}"));
+    let creds = ctx
+        .pull_auth
+        .for_image(image)
+        .map_err(|e| format!("pulling {image}: {e}"))?;
     let mut s = h.docker.create_image(
         Some(CreateImageOptions {
             from_image: Some(image.to_string()),
             ..Default::default()
         }),
         None,
-        ctx.creds.clone(),
+        creds,
     );
     while let Some(item) = s.next().await {
         item.map_err(|e| format!("pulling {image}: {}", chain(&e)))?;
