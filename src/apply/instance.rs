@@ -251,7 +251,10 @@ pub(super) async fn launch_new(
                 // spec) -> another name; by a leftover of this slot (a killed deploy) -> remove
                 // it; by anything else -> leave it alone and fail.
                 let existing = h.docker.inspect_container(&name, None).await.ok();
-                let eid = existing.as_ref().and_then(|e| e.id.clone()).unwrap_or_default();
+                let eid = existing
+                    .as_ref()
+                    .and_then(|e| e.id.clone())
+                    .unwrap_or_default();
                 let theirs = existing
                     .as_ref()
                     .and_then(|e| e.config.as_ref())

@@ -26,7 +26,11 @@ pub fn registry_of(image: &str) -> &str {
                 || first == "localhost"
                 || first.chars().any(|c| c.is_ascii_uppercase()) =>
         {
-            if first == "index.docker.io" { HUB } else { first }
+            if first == "index.docker.io" {
+                HUB
+            } else {
+                first
+            }
         }
         _ => HUB,
     }
