@@ -27,6 +27,15 @@ impl Project {
     /// A project with one prebuilt app (the testbed's hello image) on h1, without Consul (so its
     /// lock and ledger are files on h1), in environment `env`.
     fn prebuilt(tb: &Testbed, name: &str, env: &str) -> Project {
+        let app = format!(
+            "image = \"{}/fleet-test/hello:v1\"\nport = 8080\nhealth = {{ http = \"/health\", interval = \"1s\", timeout = \"1s\", deadline = \"10s\" }}\nstop_timeout = \"1s\"\n",
+            tb.registry
+        );
+        Project::one_app(tb, name, env, "h1", &app)
+    }
+
+    /// A project with the app `hello` (`app`: the keys of its table) on `host`, without Consul.
+    fn one_app(tb: &Testbed, name: &str, env: &str, host: &str, app: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let toml = format!(
@@ -39,21 +48,17 @@ insecure = true
 username = {{ env = "FLEET_REGISTRY_USER" }}
 password = {{ env = "FLEET_REGISTRY_PASSWORD" }}
 
-[hosts.h1]
+[hosts.{host}]
 address = "{a}"
 user = "root"
 
 [apps.hello]
-image = "{r}/fleet-test/hello:v1"
-port = 8080
-health = {{ http = "/health", interval = "1s", timeout = "1s", deadline = "10s" }}
-stop_timeout = "1s"
-
+{app}
 [environments.{env}]
-hosts = ["h1"]
+hosts = ["{host}"]
 "#,
             r = tb.registry,
-            a = tb.host("h1").address,
+            a = tb.host(host).address,
         );
         std::fs::write(root.join("fleet.toml"), toml).unwrap();
         Project {
@@ -154,8 +159,8 @@ fn text(o: &Output) -> String {
 struct Cleanup<'a> {
     tb: &'a Testbed,
     projects: Vec<String>,
-    /// Shell run on h1 at the end (containers and tags made by hand).
-    h1: String,
+    /// Shell run on a host at the end (containers and tags made by hand).
+    shell: Vec<(&'static str, String)>,
 }
 
 impl Drop for Cleanup<'_> {
@@ -163,8 +168,8 @@ impl Drop for Cleanup<'_> {
         for p in &self.projects {
             self.tb.forget_project(p);
         }
-        if !self.h1.is_empty() {
-            let _ = self.tb.ssh("h1", &format!("{}; true", self.h1));
+        for (host, sh) in &self.shell {
+            let _ = self.tb.ssh(host, &format!("{sh}; true"));
         }
     }
 }
@@ -194,7 +199,7 @@ fn projects_whose_names_spell_the_same_keep_their_own_containers_lock_and_ledger
     let _cleanup = Cleanup {
         tb: &tb,
         projects: vec![a.name.clone(), b.name.clone()],
-        h1: String::new(),
+        shell: Vec::new(),
     };
 
     let o = a.deploy(&tb, "eu-prod");
@@ -236,7 +241,7 @@ fn a_foreign_container_holding_the_name_is_left_alone() {
     let _cleanup = Cleanup {
         tb: &tb,
         projects: vec![p.name.clone()],
-        h1: format!("docker rm -f {name} >/dev/null 2>&1"),
+        shell: vec![("h1", format!("docker rm -f {name} >/dev/null 2>&1"))],
     };
     let image = format!("{}/fleet-test/hello:v1", tb.registry);
     // Someone else's container, with the name fleet wants, and labels of another project.
@@ -279,7 +284,7 @@ fn a_staging_deploy_keeps_what_production_keeps_on_a_shared_host() {
     let _cleanup = Cleanup {
         tb: &tb,
         projects: vec![p.name.clone()],
-        h1: format!("docker rmi {foreign} >/dev/null 2>&1"),
+        shell: vec![("h1", format!("docker rmi {foreign} >/dev/null 2>&1"))],
     };
     let has = |reference: &str| {
         tb.ssh(
@@ -326,4 +331,64 @@ fn a_staging_deploy_keeps_what_production_keeps_on_a_shared_host() {
         !has(&format!("{repo}:{}", tags[2])),
         "staging's oldest version was not pruned"
     );
+}
+
+#[test]
+fn manifest_credentials_go_only_to_their_own_registry() {
+    let Some(tb) = Testbed::get("ownership_credentials") else {
+        return;
+    };
+    // The same registry under another name (its address on h2's link; h2's engine lists it as
+    // insecure): for fleet, a registry other than the manifest's.
+    let pushed = tb.push_unique_image("own-creds");
+    let (net, _) = tb.host("h2").address.rsplit_once('.').unwrap();
+    let (_, port) = tb.registry.rsplit_once(':').unwrap();
+    let other_server = format!("{net}.1:{port}");
+    let image = pushed.replacen(&tb.registry, &other_server, 1);
+    let p = Project::one_app(
+        &tb,
+        &format!("own{}c", std::process::id()),
+        "test",
+        "h2",
+        &format!("image = \"{image}\"\n"),
+    );
+    let _cleanup = Cleanup {
+        tb: &tb,
+        projects: vec![p.name.clone()],
+        shell: vec![("h2", format!("docker rmi {image} >/dev/null 2>&1"))],
+    };
+    let config = tempfile::tempdir().unwrap();
+    let deploy = || {
+        let mut c = tb.fleet();
+        c.env("DOCKER_CONFIG", config.path())
+            .arg("-f")
+            .arg(p.root.join("fleet.toml"))
+            .args(["deploy", "test", "--yes"])
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    // No Docker config entry for the other registry: the pull goes without credentials (the
+    // manifest's are not sent there) and the registry refuses it.
+    let o = deploy();
+    assert!(
+        !o.status.success(),
+        "the pull from {other_server} got credentials:\n{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains(&format!("pulling {image}")),
+        "{}",
+        text(&o)
+    );
+    // `docker login` for that registry: its own credentials go with the pull.
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", tb.registry_user, tb.registry_password));
+    std::fs::write(
+        config.path().join("config.json"),
+        format!(r#"{{"auths":{{"{other_server}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let o = deploy();
+    assert!(o.status.success(), "{}", text(&o));
 }
