@@ -128,11 +128,13 @@ impl InstanceSpec {
     /// containers by their labels, so containers named otherwise (by older versions) are still
     /// found and are not replaced for their name.
     pub fn container_name(&self, project: &str, env: &str) -> String {
-        format!(
-            "{project}.{env}.{}.{}.{}",
-            self.app, self.instance, self.version
-        )
+        container_name(project, env, &self.app, self.instance, &self.version)
     }
+}
+
+/// See [`InstanceSpec::container_name`].
+pub fn container_name(project: &str, env: &str, app: &str, instance: u32, version: &str) -> String {
+    format!("{project}.{env}.{app}.{instance}.{version}")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -316,32 +318,6 @@ pub type Versions = BTreeMap<String, String>;
 mod tests {
     use super::*;
 
-    fn spec(app: &str, instance: u32, version: &str) -> InstanceSpec {
-        InstanceSpec {
-            app: app.into(),
-            instance,
-            version: version.into(),
-            spec_hash: "0".repeat(12),
-            container: ContainerSpec {
-                image: "i".into(),
-                command: None,
-                env: IndexMap::new(),
-                ports: Vec::new(),
-                labels: BTreeMap::new(),
-                volumes: Vec::new(),
-                network: None,
-                user: None,
-                workdir: None,
-                restart: RestartPolicy::No,
-                memory: None,
-                cpus: None,
-                stop_timeout: Duration::from_secs(1),
-                health: None,
-            },
-            service: None,
-        }
-    }
-
     #[test]
     fn container_names_of_different_slots_never_collide() {
         // Each (project, env, app, instance, version) that splits a dashed string differently.
@@ -353,19 +329,16 @@ mod tests {
             ("a", "b", "web", 1, "1-v2"),
             ("a", "b", "web-1", 1, "v2"),
             ("a", "b", "web", 11, "v2"),
-            ("a", "b", "web", 1, "1-v2"),
         ];
         let mut seen = std::collections::BTreeMap::new();
         for (p, e, a, n, v) in slots {
-            let name = spec(a, n, v).container_name(p, e);
-            if let Some(other) = seen.insert(name.clone(), (p, e, a, n, v))
-                && other != (p, e, a, n, v)
-            {
+            let name = container_name(p, e, a, n, v);
+            if let Some(other) = seen.insert(name.clone(), (p, e, a, n, v)) {
                 panic!("{other:?} and {:?} are both named {name}", (p, e, a, n, v));
             }
         }
         assert_eq!(
-            spec("redis", 1, "7").container_name("shop", "eu-prod"),
+            container_name("shop", "eu-prod", "redis", 1, "7"),
             "shop.eu-prod.redis.1.7"
         );
     }
