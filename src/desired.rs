@@ -129,13 +129,20 @@ pub struct InstanceSpec {
 }
 
 impl InstanceSpec {
-    /// The container name: carries the version so old and new can run side by side.
+    /// The container name, `<project>.<env>.<app>.<instance>.<version>`: carries the version so
+    /// old and new can run side by side. `.` cannot occur in project, environment or app names
+    /// (manifest validation), and the instance is a number, so two slots never share a name
+    /// (`shop` / `eu-prod` and `shop-eu` / `prod` differ). Names are not state: fleet finds its
+    /// containers by their labels, so containers named otherwise (by older versions) are still
+    /// found and are not replaced for their name.
     pub fn container_name(&self, project: &str, env: &str) -> String {
-        format!(
-            "{project}-{env}-{}-{}-{}",
-            self.app, self.instance, self.version
-        )
+        container_name(project, env, &self.app, self.instance, &self.version)
     }
+}
+
+/// See [`InstanceSpec::container_name`].
+pub fn container_name(project: &str, env: &str, app: &str, instance: u32, version: &str) -> String {
+    format!("{project}.{env}.{app}.{instance}.{version}")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -329,3 +336,33 @@ pub struct BuildTarget {
 /// The version (image tag) of each built app, from `build::content_tag`; apps with a
 /// prebuilt `image` take the tag of that reference and do not appear here.
 pub type Versions = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_of_different_slots_never_collide() {
+        // Each (project, env, app, instance, version) that splits a dashed string differently.
+        let slots = [
+            ("shop", "eu-prod", "redis", 1, "7"),
+            ("shop-eu", "prod", "redis", 1, "7"),
+            ("shop", "eu", "prod-redis", 1, "7"),
+            ("shop", "eu-prod-redis", "x", 1, "7"),
+            ("a", "b", "web", 1, "1-v2"),
+            ("a", "b", "web-1", 1, "v2"),
+            ("a", "b", "web", 11, "v2"),
+        ];
+        let mut seen = std::collections::BTreeMap::new();
+        for (p, e, a, n, v) in slots {
+            let name = container_name(p, e, a, n, v);
+            if let Some(other) = seen.insert(name.clone(), (p, e, a, n, v)) {
+                panic!("{other:?} and {:?} are both named {name}", (p, e, a, n, v));
+            }
+        }
+        assert_eq!(
+            container_name("shop", "eu-prod", "redis", 1, "7"),
+            "shop.eu-prod.redis.1.7"
+        );
+    }
+}

@@ -313,19 +313,7 @@ struct Cleanup<'a> {
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        for h in &self.tb.hosts {
-            let _ = self.tb.ssh(
-                &h.name,
-                &format!(
-                    "ids=$(docker ps -aq --filter label=fleet.project={p}); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; \
-                     for s in $(curl -s http://127.0.0.1:8500/v1/agent/services | grep -o '\"{p}-[^\"]*\"' | tr -d '\"' | sort -u); do \
-                       curl -s -X PUT http://127.0.0.1:8500/v1/agent/service/deregister/$s >/dev/null; done; \
-                     curl -s -X DELETE 'http://127.0.0.1:8500/v1/kv/{p}/?recurse' >/dev/null; \
-                     rm -f /var/lib/fleet/{p}-*; true",
-                    p = self.project
-                ),
-            );
-        }
+        self.tb.forget_project(&self.project);
     }
 }
 

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::auth::DockerCredentials;
 use bollard::models::ContainerCreateBody;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -32,6 +31,7 @@ use serde::Serialize;
 use super::container::create_body;
 use super::instance::{converge_registration, launch_new, replace, retire, tail_logs};
 use super::prune::prune_images;
+use super::pull_auth::PullAuth;
 use crate::consul::ConsulClient;
 use crate::desired::{DesiredApp, DesiredHost, DesiredState, HealthSpec, InstanceSpec};
 use crate::errors::chain;
@@ -237,7 +237,8 @@ pub(super) struct Host<'a> {
 pub(super) struct Ctx<'a> {
     pub(super) desired: &'a DesiredState,
     pub(super) opts: &'a ApplyOptions,
-    pub(super) creds: Option<DockerCredentials>,
+    /// Which credentials go with which pull.
+    pub(super) pull_auth: PullAuth,
     pub(super) stop: AtomicBool,
     /// Stopped by `opts.cancel` (no rollback then).
     pub(super) cancelled: AtomicBool,
@@ -287,21 +288,12 @@ pub async fn apply(
     opts: &ApplyOptions,
 ) -> Result<Report, ApplyError> {
     let t0 = Instant::now();
-    let creds = match &desired.registry {
-        Some(r) => crate::registry::credentials(r)
-            .map_err(|e| ApplyError::Registry(e.to_string()))?
-            .map(|c| DockerCredentials {
-                username: Some(c.username.clone()),
-                password: Some(c.password().to_string()),
-                serveraddress: Some(r.server.clone()),
-                ..Default::default()
-            }),
-        None => None,
-    };
+    let pull_auth = PullAuth::new(desired.registry.as_ref())
+        .map_err(|e| ApplyError::Registry(e.to_string()))?;
     let ctx = Ctx {
         desired,
         opts,
-        creds,
+        pull_auth,
         stop: AtomicBool::new(false),
         cancelled: AtomicBool::new(false),
         steps: Mutex::new(Vec::new()),

@@ -2,6 +2,7 @@
 //! new container, register it and wait for its health check, replace (retire the old one:
 //! deregister, drain, stop, remove), and the helpers they share.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -198,13 +199,17 @@ pub(super) async fn pull(ctx: &Ctx<'_>, h: &Host<'_>, image: &str) -> Result<(),
         return Ok(());
     }
     ctx.emit(&h.desired.target.name, &format!("pull {image}"));
+    let creds = ctx
+        .pull_auth
+        .for_image(image)
+        .map_err(|e| format!("pulling {image}: {e}"))?;
     let mut s = h.docker.create_image(
         Some(CreateImageOptions {
             from_image: Some(image.to_string()),
             ..Default::default()
         }),
         None,
-        ctx.creds.clone(),
+        creds,
     );
     while let Some(item) = s.next().await {
         item.map_err(|e| format!("pulling {image}: {}", chain(&e)))?;
@@ -247,11 +252,27 @@ pub(super) async fn launch_new(
                 status_code: 409, ..
             }) if tries < 3 => {
                 // The name is taken: by the container being replaced (same version, other
-                // spec) -> another name; by a leftover of a killed deploy -> remove it.
+                // spec) -> another name; by a leftover of this slot (a killed deploy) -> remove
+                // it; by anything else -> leave it alone and fail.
                 let existing = h.docker.inspect_container(&name, None).await.ok();
-                let eid = existing.and_then(|e| e.id).unwrap_or_default();
+                let eid = existing
+                    .as_ref()
+                    .and_then(|e| e.id.clone())
+                    .unwrap_or_default();
+                let theirs = existing
+                    .as_ref()
+                    .and_then(|e| e.config.as_ref())
+                    .and_then(|c| c.labels.clone())
+                    .unwrap_or_default();
                 if protect.contains(&eid) {
                     name = format!("{}-{}", l.name, &uuid_ish()[..6]);
+                } else if let Err(why) =
+                    same_slot(&l.body.labels.clone().unwrap_or_default(), &theirs)
+                {
+                    return Err(plain(format!(
+                        "the container name {name} is taken by container {} that is not this instance's ({why}): fleet leaves it alone; remove or rename it",
+                        &eid[..eid.len().min(12)],
+                    )));
                 } else {
                     let _ = h
                         .docker
@@ -299,6 +320,31 @@ pub(super) async fn launch_new(
             Err((reason, logs))
         }
     }
+}
+
+/// `Ok` when a container with labels `theirs` belongs to the same instance slot (project,
+/// environment, app, instance) as one with labels `ours`, else who it belongs to.
+fn same_slot(
+    ours: &HashMap<String, String>,
+    theirs: &HashMap<String, String>,
+) -> Result<(), String> {
+    const SLOT: [&str; 4] = [labels::PROJECT, labels::ENV, labels::APP, labels::INSTANCE];
+    let mine = |k: &str| ours.get(k).filter(|v| !v.is_empty());
+    if SLOT
+        .iter()
+        .all(|k| mine(k).is_some() && mine(k) == theirs.get(*k))
+    {
+        return Ok(());
+    }
+    let owner: Vec<String> = SLOT
+        .iter()
+        .filter_map(|k| theirs.get(*k).map(|v| format!("{k}={v}")))
+        .collect();
+    Err(if owner.is_empty() {
+        "it has no fleet labels".to_string()
+    } else {
+        format!("its labels say {}", owner.join(", "))
+    })
 }
 
 pub(super) fn uuid_ish() -> String {
@@ -424,5 +470,52 @@ pub(super) async fn converge_registration(
             let logs = tail_logs(&h.docker, id).await;
             Err((reason, logs))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_a_container_of_the_same_slot_may_be_replaced_on_a_name_clash() {
+        let ours = labels(&[
+            (labels::PROJECT, "shop"),
+            (labels::ENV, "eu-prod"),
+            (labels::APP, "redis"),
+            (labels::INSTANCE, "1"),
+            (labels::VERSION, "7"),
+            (labels::SPEC, "aaaaaaaaaaaa"),
+        ]);
+        // Same slot, other version or spec: a leftover of ours.
+        let mut leftover = ours.clone();
+        leftover.insert(labels::SPEC.into(), "bbbbbbbbbbbb".into());
+        leftover.insert(labels::VERSION.into(), "6".into());
+        assert_eq!(same_slot(&ours, &leftover), Ok(()));
+        // Another project whose dashed names spell the same.
+        let mut other = ours.clone();
+        other.insert(labels::PROJECT.into(), "shop-eu".into());
+        other.insert(labels::ENV.into(), "prod".into());
+        let why = same_slot(&ours, &other).unwrap_err();
+        assert!(
+            why.contains("fleet.project=shop-eu") && why.contains("fleet.env=prod"),
+            "{why}"
+        );
+        // Another instance of the same app, and a container that is not fleet's at all.
+        let mut two = ours.clone();
+        two.insert(labels::INSTANCE.into(), "2".into());
+        assert!(same_slot(&ours, &two).is_err());
+        assert_eq!(
+            same_slot(&ours, &labels(&[("maintainer", "me")])),
+            Err("it has no fleet labels".into())
+        );
+        // A slot without labels (never happens) matches nothing, not even itself.
+        assert!(same_slot(&HashMap::new(), &HashMap::new()).is_err());
     }
 }

@@ -7,8 +7,13 @@
 //! `update` rewrites a record with `cas=<its ModifyIndex>`. Only the newest [`KEEP`] are kept.
 //!
 //! Without Consul, the ledger is a JSON-lines file on the environment's first host,
-//! `/var/lib/fleet/<project>-<env>.releases.jsonl`, appended under the same `flock` guard as
-//! the lock file. An update appends the record again; the last line of an id wins.
+//! `/var/lib/fleet/<project>.<env>.releases.jsonl` (`.` occurs in neither name, so two
+//! environments never share a file), appended under the same `flock` guard as the lock file.
+//! An update appends the record again; the last line of an id wins.
+//!
+//! Every record names its project and environment, and readers use only the records that name
+//! theirs: rollback can never return to another project's versions. (Records written before
+//! they carried the names are still read from Consul, whose key path names both.)
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -47,6 +52,12 @@ impl std::fmt::Display for ReleaseOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     pub id: u64,
+    /// The project and environment this release is of (set by `append`; empty in records
+    /// written before records carried them).
+    #[serde(default)]
+    pub project: String,
+    #[serde(default)]
+    pub env: String,
     /// Every app's version (image tag) after this deploy.
     pub versions: BTreeMap<String, String>,
     pub user: String,
@@ -68,6 +79,8 @@ impl Release {
     pub fn begin(holder: &Holder, versions: BTreeMap<String, String>, summary: &str) -> Release {
         Release {
             id: 0,
+            project: String::new(),
+            env: String::new(),
             versions,
             user: holder.user.clone(),
             host: holder.machine.clone(),
@@ -77,6 +90,13 @@ impl Release {
             outcome: ReleaseOutcome::InProgress,
             summary: summary.to_string(),
         }
+    }
+}
+
+impl Release {
+    /// Whether this record says it is a release of `project` / `env`.
+    pub fn is_of(&self, project: &str, env: &str) -> bool {
+        self.project == project && self.env == env
     }
 }
 
@@ -118,6 +138,8 @@ pub async fn append(
     env: &str,
     mut release: Release,
 ) -> Result<Release, LedgerError> {
+    release.project = project.to_string();
+    release.env = env.to_string();
     for _ in 0..RETRIES {
         let keys = consul
             .kv_keys(&prefix(project, env), None, QueryOptions::default())
@@ -196,7 +218,9 @@ pub async fn list(
         .value;
     let mut releases: Vec<Release> = pairs
         .iter()
-        .filter_map(|p| serde_json::from_str(&p.value_str()).ok())
+        .filter_map(|p| serde_json::from_str::<Release>(&p.value_str()).ok())
+        // The key path names project and environment: an older record without them is ours.
+        .filter(|r| r.is_of(project, env) || (r.project.is_empty() && r.env.is_empty()))
         .collect();
     releases.sort_by_key(|r| std::cmp::Reverse(r.id));
     Ok(releases)
@@ -228,7 +252,7 @@ pub fn newest_good<'a>(
 
 /// The ledger file of an environment on its first host.
 pub fn ledger_file(project: &str, env: &str) -> String {
-    format!("{HOST_DIR}/{project}-{env}.releases.jsonl")
+    format!("{HOST_DIR}/{project}.{env}.releases.jsonl")
 }
 
 fn host_script(project: &str, env: &str, body: &str) -> String {
@@ -246,6 +270,8 @@ pub async fn append_on_host(
     mut release: Release,
 ) -> Result<Release, LedgerError> {
     release.id = 0;
+    release.project = project.to_string();
+    release.env = env.to_string();
     let line = serde_json::to_string(&release).expect("serialisable");
     // Next id under the guard; lines of old ids are trimmed to the newest KEEP releases' worth.
     let body = format!(
@@ -299,14 +325,17 @@ pub async fn list_on_host(
 ) -> Result<Vec<Release>, LedgerError> {
     let path = ledger_file(project, env);
     let out = run(host, &format!("cat {} 2>/dev/null; true", sh_quote(&path))).await?;
-    Ok(parse_lines(&out))
+    Ok(parse_lines(&out, project, env))
 }
 
-/// JSON lines to releases, newest first; the last line of each id wins.
-fn parse_lines(text: &str) -> Vec<Release> {
+/// JSON lines to the releases of `project` / `env`, newest first; the last line of each id
+/// wins. Lines of any other project or environment (or none) are skipped.
+fn parse_lines(text: &str, project: &str, env: &str) -> Vec<Release> {
     let mut by_id: BTreeMap<u64, Release> = BTreeMap::new();
     for line in text.lines() {
-        if let Ok(r) = serde_json::from_str::<Release>(line) {
+        if let Ok(r) = serde_json::from_str::<Release>(line)
+            && r.is_of(project, env)
+        {
             by_id.insert(r.id, r);
         }
     }
@@ -369,6 +398,8 @@ mod tests {
     fn r(id: u64, outcome: ReleaseOutcome, v: &str) -> Release {
         Release {
             id,
+            project: "shop".into(),
+            env: "prod".into(),
             versions: BTreeMap::from([("web".to_string(), v.to_string())]),
             user: "u".into(),
             host: "m".into(),
@@ -407,7 +438,7 @@ mod tests {
             lines.push('\n');
         }
         lines.push_str("garbage\n");
-        let list = parse_lines(&lines);
+        let list = parse_lines(&lines, "shop", "prod");
         assert_eq!(list.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(list[1].outcome, ReleaseOutcome::Succeeded);
         // The host script relies on this shape.
@@ -416,10 +447,42 @@ mod tests {
                 .unwrap()
                 .starts_with("{\"id\":7,")
         );
+        // A record of another project or environment (or of none) is never read as ours.
+        assert!(parse_lines(&lines, "shop", "staging").is_empty());
+        assert!(parse_lines(&lines, "shop-eu", "prod").is_empty());
         assert_eq!(
             key("shop", "prod", 12),
             "shop/prod/_fleet/releases/0000000012"
         );
         assert_eq!(id_of("shop/prod/_fleet/releases/0000000012"), Some(12));
+    }
+
+    #[test]
+    fn environments_whose_dashed_names_spell_the_same_have_their_own_files() {
+        assert_ne!(
+            ledger_file("shop", "eu-prod"),
+            ledger_file("shop-eu", "prod")
+        );
+        assert_eq!(
+            ledger_file("shop", "eu-prod"),
+            "/var/lib/fleet/shop.eu-prod.releases.jsonl"
+        );
+        use crate::apply::lock::lock_file;
+        assert_ne!(lock_file("shop", "eu-prod"), lock_file("shop-eu", "prod"));
+        // A line of `shop-eu` / `prod` in `shop` / `eu-prod`'s file (say, copied there by hand,
+        // or written by a fleet that shared the file) is not one of its releases.
+        let mut other = r(1, ReleaseOutcome::Succeeded, "theirs");
+        other.project = "shop-eu".into();
+        other.env = "prod".into();
+        let mut legacy = r(2, ReleaseOutcome::Succeeded, "unknown");
+        legacy.project.clear();
+        legacy.env.clear();
+        let text = format!(
+            "{}\n{}\n",
+            serde_json::to_string(&other).unwrap(),
+            serde_json::to_string(&legacy).unwrap()
+        );
+        assert!(parse_lines(&text, "shop", "eu-prod").is_empty());
+        assert_eq!(parse_lines(&text, "shop-eu", "prod").len(), 1);
     }
 }

@@ -7,7 +7,7 @@
 //! take up to twice the TTL; the stand-in takes exactly the TTL) with no manual cleanup.
 //!
 //! Without Consul, the lock is a file on the environment's first host,
-//! `/var/lib/fleet/<project>-<env>.lock`, created atomically (`set -o noclobber`) under a
+//! `/var/lib/fleet/<project>.<env>.lock` (`.` occurs in neither name), created atomically (`set -o noclobber`) under a
 //! `flock` of `/var/lib/fleet/.guard` (so checking for a stale lock and replacing it is one
 //! step), holding `{"expires":<unix secs, host clock>,"token":..,"holder":{..}}`. The holder
 //! renews the expiry every TTL/2; a lock past its expiry is stale and the next deploy takes it.
@@ -48,7 +48,7 @@ pub fn lock_key(project: &str, env: &str) -> String {
 
 /// The lock file of an environment on its first host (when there is no Consul).
 pub fn lock_file(project: &str, env: &str) -> String {
-    format!("{HOST_DIR}/{project}-{env}.lock")
+    format!("{HOST_DIR}/{project}.{env}.lock")
 }
 
 /// Who holds (or wants) the lock.

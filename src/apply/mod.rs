@@ -2,7 +2,8 @@
 //!
 //! - `deploy`: the engine (`apply(desired, observed, plan, sessions, opts) -> Report`): rollout
 //!   order per host, failure, rollback; `instance`: the steps on one instance's containers
-//!   (pull, launch, register + health wait, replace, retire); `prune`: old images after a rollout.
+//!   (pull, launch, register + health wait, replace, retire); `prune`: old images after a
+//!   rollout; `pull_auth`: which registry credentials go with which pull.
 //! - `container`: `InstanceSpec` -> Docker create body.
 //! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
 //! - `kv`: KV config with check-and-set.
@@ -19,5 +20,6 @@ pub mod kv;
 pub mod ledger;
 pub mod lock;
 mod prune;
+mod pull_auth;
 
 pub use deploy::{ApplyOptions, Failure, Report, Step, apply};

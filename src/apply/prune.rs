@@ -1,17 +1,147 @@
 //! After a host's rollout: keep the last few versions' images of each app for rollback, remove
-//! older ones.
+//! older ones, and never anything that is not this environment's to remove.
+//!
+//! Every environment records on each of its hosts what it has deployed there and keeps:
+//! `/var/lib/fleet/<project>.<env>.images`, one line of JSON naming the project and
+//! environment and, per built app, the image references (`<repository>:<version>`, fleet's own
+//! repository) with their image IDs, newest first. A prune:
+//! 1. reads every environment's record on the host (any project);
+//! 2. puts this deploy's versions first in its own record and keeps the newest `keep_images`
+//!    per app; the older entries are the candidates;
+//! 3. removes (untags) a candidate's reference only when no container on the host (running or
+//!    not, any project) uses its image and no other environment's record lists it: a staging
+//!    deploy on a host shared with production never removes what production keeps for rollback;
+//! 4. writes its record back (candidates still used by a container stay, to be tried again).
+//!
+//! Only references from the environment's own record are ever removed, so tags outside
+//! fleet's repository, and images fleet never recorded (other tools', or from before fleet kept
+//! records), are left alone.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
-use bollard::query_parameters::{ListContainersOptions, ListImagesOptions, RemoveImageOptions};
+use bollard::query_parameters::{ListContainersOptions, RemoveImageOptions};
+use serde::{Deserialize, Serialize};
 
 use super::deploy::{Ctx, Host};
+use super::lock::{HOST_DIR, run, sh_quote};
 
-/// Remove fleet-built images of this host's apps beyond the newest `keep_images` (never one a
-/// container uses). Returns how many were removed.
+/// One environment's record on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    project: String,
+    env: String,
+    /// Newest first.
+    images: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    app: String,
+    /// `<repository>:<version>`.
+    reference: String,
+    /// The image ID the reference had when it was recorded.
+    id: String,
+}
+
+/// The record file of an environment on each of its hosts.
+pub fn images_file(project: &str, env: &str) -> String {
+    format!("{HOST_DIR}/{project}.{env}.images")
+}
+
+/// This deploy's entries first (an entry already there moves up), then the earlier ones;
+/// per app the first `keep` are kept, the rest are returned as candidates for removal.
+fn split(earlier: &[Entry], now: &[Entry], keep: usize) -> (Vec<Entry>, Vec<Entry>) {
+    let mut kept: Vec<Entry> = Vec::new();
+    let mut candidates = Vec::new();
+    for e in now.iter().chain(earlier) {
+        if kept
+            .iter()
+            .chain(&candidates)
+            .any(|k| k.reference == e.reference)
+        {
+            continue;
+        }
+        if kept.iter().filter(|k| k.app == e.app).count() < keep {
+            kept.push(e.clone());
+        } else {
+            candidates.push(e.clone());
+        }
+    }
+    (kept, candidates)
+}
+
+/// Whether `reference` is a tag of fleet's repository for `project`'s `app`
+/// (`[<registry>/]<project>/<app>:<version>`).
+fn is_fleet_tag(reference: &str, project: &str, app: &str) -> bool {
+    let Some((repo, tag)) = reference.rsplit_once(':') else {
+        return false;
+    };
+    let tail = format!("{project}/{app}");
+    !tag.contains('/') && (repo == tail || repo.ends_with(&format!("/{tail}")))
+}
+
+/// Remove this environment's images of this host beyond the newest `keep_images` per app
+/// (see the module docs). Returns how many references were removed.
 pub(super) async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
-    let keep = ctx.opts.keep_images.max(1);
-    let used: std::collections::HashSet<String> = h
+    let d = ctx.desired;
+    let host = &h.desired.target.name;
+    let built: HashSet<&str> = d
+        .apps
+        .iter()
+        .filter(|a| a.build.is_some())
+        .map(|a| a.name.as_str())
+        .collect();
+    let mut now: Vec<Entry> = Vec::new();
+    for i in &h.desired.instances {
+        if !built.contains(i.app.as_str()) || now.iter().any(|e| e.reference == i.container.image) {
+            continue;
+        }
+        let Ok(img) = h.docker.inspect_image(&i.container.image).await else {
+            continue;
+        };
+        now.push(Entry {
+            app: i.app.clone(),
+            reference: i.container.image.clone(),
+            id: img.id.unwrap_or_default(),
+        });
+    }
+    let records = match run(
+        h.session,
+        &format!(
+            "for f in {HOST_DIR}/*.images; do [ -f \"$f\" ] && {{ cat \"$f\"; echo; }}; done; true"
+        ),
+    )
+    .await
+    {
+        Ok(out) => out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            ctx.emit(
+                host,
+                &format!("no images pruned: cannot read what environments keep here: {e}"),
+            );
+            return 0;
+        }
+    };
+    let mine = |r: &&Record| r.project == d.project && r.env == d.environment;
+    let earlier: Vec<Entry> = records
+        .iter()
+        .filter(mine)
+        .flat_map(|r| r.images.clone())
+        .collect();
+    if now.is_empty() && earlier.is_empty() {
+        return 0;
+    }
+    let others: Vec<&Entry> = records
+        .iter()
+        .filter(|r| !mine(r))
+        .flat_map(|r| &r.images)
+        .collect();
+    let (mut kept, candidates) = split(&earlier, &now, ctx.opts.keep_images.max(1));
+
+    let used: HashSet<String> = h
         .docker
         .list_containers(Some(ListContainersOptions {
             all: true,
@@ -23,39 +153,116 @@ pub(super) async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
         .filter_map(|c| c.image_id)
         .collect();
     let mut removed = 0;
-    for a in ctx.desired.apps.iter().filter(|a| a.build.is_some()) {
-        let filters: HashMap<String, Vec<String>> =
-            [("reference".to_string(), vec![a.image.clone()])].into();
-        let Ok(mut images) = h
-            .docker
-            .list_images(Some(ListImagesOptions {
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-        else {
+    let opts = RemoveImageOptions {
+        force: false,
+        noprune: false,
+        ..Default::default()
+    };
+    for c in candidates {
+        let kept_elsewhere = others
+            .iter()
+            .any(|o| o.reference == c.reference || (!c.id.is_empty() && o.id == c.id));
+        if kept_elsewhere || !is_fleet_tag(&c.reference, &d.project, &c.app) {
+            // Not ours to remove (any more): whoever keeps it removes it.
             continue;
+        }
+        let current_id = match h.docker.inspect_image(&c.reference).await {
+            Ok(i) => i.id.unwrap_or_default(),
+            Err(_) => continue, // gone already
         };
-        images.sort_by_key(|i| std::cmp::Reverse(i.created));
-        for img in images.into_iter().skip(keep) {
-            if used.contains(&img.id) {
-                continue;
-            }
-            let opts = RemoveImageOptions {
-                force: false,
-                noprune: false,
-                ..Default::default()
-            };
-            for tag in &img.repo_tags {
-                if h.docker
-                    .remove_image(tag, Some(opts.clone()), None)
-                    .await
-                    .is_ok()
-                {
-                    removed += 1;
-                }
-            }
+        if used.contains(&current_id) || used.contains(&c.id) {
+            kept.push(c); // try again next time
+            continue;
+        }
+        match h
+            .docker
+            .remove_image(&c.reference, Some(opts.clone()), None)
+            .await
+        {
+            Ok(_) => removed += 1,
+            Err(_) => kept.push(c),
+        }
+    }
+
+    let record = Record {
+        project: d.project.clone(),
+        env: d.environment.clone(),
+        images: kept,
+    };
+    if record.images != earlier {
+        let file = images_file(&d.project, &d.environment);
+        let line = serde_json::to_string(&record).expect("plain data serializes");
+        let script = format!(
+            "set -e\nmkdir -p {HOST_DIR}\nf={}\nprintf '%s\\n' {} > \"$f.$$\"\nmv \"$f.$$\" \"$f\"",
+            sh_quote(&file),
+            sh_quote(&line)
+        );
+        if let Err(e) = run(h.session, &script).await {
+            ctx.emit(host, &format!("cannot record the images kept here: {e}"));
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(app: &str, v: &str) -> Entry {
+        Entry {
+            app: app.into(),
+            reference: format!("r:5000/shop/{app}:{v}"),
+            id: format!("sha256:{app}{v}"),
+        }
+    }
+
+    fn refs(v: &[Entry]) -> Vec<&str> {
+        v.iter().map(|e| e.reference.as_str()).collect()
+    }
+
+    #[test]
+    fn the_newest_versions_per_app_are_kept_and_a_redeployed_one_moves_up() {
+        let earlier = [
+            e("web", "v3"),
+            e("api", "a1"),
+            e("web", "v2"),
+            e("web", "v1"),
+        ];
+        let (kept, gone) = split(&earlier, &[e("web", "v4"), e("api", "a1")], 2);
+        assert_eq!(
+            refs(&kept),
+            [
+                "r:5000/shop/web:v4",
+                "r:5000/shop/api:a1",
+                "r:5000/shop/web:v3"
+            ]
+        );
+        assert_eq!(refs(&gone), ["r:5000/shop/web:v2", "r:5000/shop/web:v1"]);
+        // A rollback to v2: v2 comes first again, v3 is still kept.
+        let (kept, gone) = split(&kept, &[e("web", "v2")], 3);
+        assert_eq!(
+            refs(&kept),
+            [
+                "r:5000/shop/web:v2",
+                "r:5000/shop/web:v4",
+                "r:5000/shop/api:a1",
+                "r:5000/shop/web:v3"
+            ]
+        );
+        assert!(gone.is_empty());
+    }
+
+    #[test]
+    fn only_tags_of_the_projects_own_repository_are_fleets() {
+        assert!(is_fleet_tag("r:5000/shop/web:v1", "shop", "web"));
+        assert!(is_fleet_tag("shop/web:v1", "shop", "web"));
+        assert!(!is_fleet_tag("r:5000/shop-eu/web:v1", "eu", "web"));
+        assert!(!is_fleet_tag("r:5000/myshop/web:v1", "shop", "web"));
+        assert!(!is_fleet_tag("nginx:1.27", "shop", "web"));
+        assert!(!is_fleet_tag("r:5000/shop/web", "shop", "web"));
+        assert_ne!(
+            images_file("shop", "eu-prod"),
+            images_file("shop-eu", "prod")
+        );
+    }
 }

@@ -70,6 +70,8 @@ mod tests {
     fn table_lists_id_when_who_outcome_versions() {
         let r = |id, outcome, v: &str| Release {
             id,
+            project: "shop".into(),
+            env: "prod".into(),
             versions: BTreeMap::from([
                 ("api".to_string(), v.to_string()),
                 ("web".to_string(), "w1".to_string()),

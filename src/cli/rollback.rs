@@ -145,6 +145,8 @@ mod tests {
     fn rel(id: u64, outcome: ReleaseOutcome, api: &str, web: &str) -> Release {
         Release {
             id,
+            project: "shop".into(),
+            env: "prod".into(),
             versions: [("api".into(), api.into()), ("web".into(), web.into())].into(),
             user: "u".into(),
             host: "m".into(),

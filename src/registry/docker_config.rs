@@ -65,10 +65,13 @@ fn credentials_with(
 
 /// `http://host:5000/` and `host:5000` name the same registry.
 fn same_server(key: &str, server: &str) -> bool {
-    key.trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        == server
+    let bare = |s: &str| {
+        s.trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    };
+    bare(key) == bare(server)
 }
 
 /// `auths.<server>`: `auth` (base64 `user:pass`), or `username` and `password`.

@@ -236,6 +236,27 @@ impl Testbed {
             .unwrap_or_else(|e| panic!("pull {image}: {e}"));
     }
 
+    /// Removes everything of `project` from every host: its containers, Consul registrations
+    /// and KV, its host files under /var/lib/fleet, and its images (`<registry>/<project>/*`).
+    /// For cleanup guards: errors are ignored.
+    pub fn forget_project(&self, project: &str) {
+        for h in &self.hosts {
+            let _ = self.ssh(
+                &h.name,
+                &format!(
+                    "ids=$(docker ps -aq --filter label=fleet.project={p}); [ -z \"$ids\" ] || docker rm -f $ids >/dev/null; \
+                     for s in $(curl -s http://127.0.0.1:8500/v1/agent/services | grep -o '\"{p}-[^\"]*\"' | tr -d '\"' | sort -u); do \
+                       curl -s -X PUT http://127.0.0.1:8500/v1/agent/service/deregister/$s >/dev/null; done; \
+                     curl -s -X DELETE 'http://127.0.0.1:8500/v1/kv/{p}/?recurse' >/dev/null; \
+                     rm -f /var/lib/fleet/{p}.*; \
+                     imgs=$(docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' | grep '^{r}/{p}/'); [ -z \"$imgs\" ] || docker rmi $imgs >/dev/null 2>&1; true",
+                    p = project,
+                    r = self.registry,
+                ),
+            );
+        }
+    }
+
     pub fn fleet(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_fleet"));
         c.env("FLEET_SSH_CONFIG", self.ssh_config())
