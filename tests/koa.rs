@@ -58,18 +58,18 @@ impl Koa {
             t.replacen("name = \"koa\"", &format!("name = \"{}\"", k.project), 1)
                 .replace(
                     "service = { name = \"app\", tags = [\"http\"] }",
-                    &format!("service = {{ name = \"{}\", tags = [\"http\"] }}", k.service),
+                    &format!(
+                        "service = {{ name = \"{}\", tags = [\"http\"] }}",
+                        k.service
+                    ),
                 )
                 .replace(
                     "service = { name = \"client\" }",
                     &format!("service = {{ name = \"client{id}\" }}"),
                 )
                 .replace(
-                    "dns = \"consul\"",
-                    &format!(
-                        "dns = \"consul\"\nenv = {{ NODE_ENV = \"production\", UPSTREAM = \"{}.service.consul\" }}",
-                        k.service
-                    ),
+                    "UPSTREAM = \"app.service.consul\"",
+                    &format!("UPSTREAM = \"{}.service.consul\"", k.service),
                 )
         });
         k
@@ -356,7 +356,7 @@ fn koa_stack() {
         (srv(&tb) == rest).then_some(())
     });
     for _ in 0..6 {
-        let (code, _) = get(&format!("http://{a1}:{client_port}/upstream"));
-        assert_eq!(code, 200, "the client only picks passing instances");
+        let (code, body) = get(&format!("http://{a1}:{client_port}/upstream"));
+        assert_eq!(code, 200, "the client only picks passing instances: {body}");
     }
 }

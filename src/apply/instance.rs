@@ -232,6 +232,85 @@ pub(super) async fn launch_new(
     super::container::fill_host_gateway(&h.docker, &mut body)
         .await
         .map_err(plain)?;
+    // Auto-published ports get a concrete host port, so Docker's restarts keep it (and the
+    // Consul registration stays right); a port someone else holds is picked again.
+    let mut attempt = 0u64;
+    let id = loop {
+        attempt += 1;
+        let mut body = body.clone();
+        let pinned = super::container::pin_auto_ports(&mut body, port_seed(&l.name, attempt));
+        let (id, name) = create(h, l, body, protect).await?;
+        match h.docker.start_container(&id, None).await {
+            Ok(()) => break id,
+            Err(e) => {
+                let why = chain(&e);
+                let logs = tail_logs(&h.docker, &id).await;
+                let _ = h
+                    .docker
+                    .remove_container(
+                        &id,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+                if !(pinned && super::container::is_port_conflict(&why) && attempt < PORT_TRIES) {
+                    return Err((format!("starting {name}: {why}"), logs));
+                }
+            }
+        }
+    };
+    let cleanup = |reg: Option<String>| {
+        let id = id.clone();
+        async move {
+            let logs = tail_logs(&h.docker, &id).await;
+            if let (Some(c), Some(r)) = (&h.consul, reg) {
+                let _ = c.deregister_service(&r).await;
+            }
+            let _ = h
+                .docker
+                .remove_container(
+                    &id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            logs
+        }
+    };
+    match register_and_wait(ctx, h, l, &id).await {
+        Ok(s) => Ok(s),
+        Err((reason, reg)) => {
+            let logs = cleanup(reg).await;
+            Err((reason, logs))
+        }
+    }
+}
+
+/// How many host ports a launch tries for its auto-published ports before it gives up.
+const PORT_TRIES: u64 = 5;
+
+/// A different seed for every container name and attempt (and every run).
+fn port_seed(name: &str, attempt: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(name.as_bytes());
+    h.write_u64(attempt);
+    h.finish()
+}
+
+/// Create the container of `l` from `body` under its name; a name clash is handled as
+/// `launch_new` says. Returns the container's ID and the name it got.
+async fn create(
+    h: &Host<'_>,
+    l: &Launch,
+    body: ContainerCreateBody,
+    protect: &[String],
+) -> Result<(String, String), (String, Vec<String>)> {
+    let plain = |s: String| (s, Vec::new());
     let mut name = l.name.clone();
     let mut tries = 0;
     let id = loop {
@@ -289,37 +368,7 @@ pub(super) async fn launch_new(
             Err(e) => return Err(plain(format!("creating {name}: {}", chain(&e)))),
         }
     };
-    let cleanup = |reg: Option<String>| {
-        let id = id.clone();
-        async move {
-            let logs = tail_logs(&h.docker, &id).await;
-            if let (Some(c), Some(r)) = (&h.consul, reg) {
-                let _ = c.deregister_service(&r).await;
-            }
-            let _ = h
-                .docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                )
-                .await;
-            logs
-        }
-    };
-    if let Err(e) = h.docker.start_container(&id, None).await {
-        let logs = cleanup(None).await;
-        return Err((format!("starting {name}: {}", chain(&e)), logs));
-    }
-    match register_and_wait(ctx, h, l, &id).await {
-        Ok(s) => Ok(s),
-        Err((reason, reg)) => {
-            let logs = cleanup(reg).await;
-            Err((reason, logs))
-        }
-    }
+    Ok((id, name))
 }
 
 /// `Ok` when a container with labels `theirs` belongs to the same instance slot (project,

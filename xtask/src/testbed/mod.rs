@@ -228,8 +228,28 @@ fn setup_network(n: u32) -> Result<()> {
         "ip addr replace {outer}/24 dev {veth} && ip link set {veth} up && \
          ip -n {ns} link set lo up && ip -n {ns} addr replace {inner}/24 dev eth0 && \
          ip -n {ns} link set eth0 up && ip -n {ns} route replace default via {outer}"
+    ))?;
+    // Hosts (and their containers) reach each other through this namespace, as machines on a
+    // network do: packets that arrive on a host's link are forwarded, but only by a routing
+    // table of our own that knows the test hosts' networks and nothing else (an unreachable
+    // default), so nothing a test host sends can leave this machine. The machine's own
+    // forwarding setting is not touched. Containers send from their bridge address (dockerd
+    // runs without iptables, so without the NAT that would hide it): the table routes the
+    // answers back to the host that owns that bridge.
+    let bridge = format!("10.210.{n}.0/24");
+    sh::run(&format!(
+        "sysctl -qw net.ipv4.conf.{veth}.forwarding=1 && \
+         ip route replace {inner_net} dev {veth} table {TABLE} && \
+         ip route replace {bridge} via {inner} dev {veth} table {TABLE} && \
+         ip route replace {bridge} via {inner} dev {veth} && \
+         ip route replace unreachable default table {TABLE} && \
+         {{ ip rule show | grep -q 'iif {veth} lookup {TABLE}' || ip rule add iif {veth} lookup {TABLE} priority {TABLE}; }}",
+        inner_net = format!("10.200.{n}.0/24"),
     ))
 }
+
+/// The routing table (and rule priority) that carries traffic between test hosts.
+const TABLE: u32 = 4200;
 
 fn start_registry(l: &Layout) -> Result<()> {
     let pidfile = l.path("registry.pid");
@@ -576,6 +596,11 @@ fn stop_host(l: &Layout, n: u32) -> Result<()> {
     if sh::ok(&format!("ip link show {}", layout::veth(n))) {
         sh::run(&format!("ip link del {}", layout::veth(n)))?;
     }
+    // Its routes went with the link; the rule names the link and stays unless removed.
+    while sh::ok(&format!(
+        "ip rule del iif {} lookup {TABLE} 2>/dev/null",
+        layout::veth(n)
+    )) {}
     Ok(())
 }
 
