@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::HealthStatusEnum;
 
-use crate::consul::{CheckDefinition, CheckStatus, ConsulClient, QueryOptions};
+use crate::consul::{CheckDefinition, CheckStatus, ConsulClient, ConsulError, QueryOptions};
 use crate::desired::{HealthCheck, HealthSpec};
 use crate::host::HostSession;
 
@@ -122,6 +122,10 @@ pub async fn wait_consul(
                     },
                     Err(e) => e.to_string(),
                 };
+            }
+            // Waiting does not give the token the rights it lacks.
+            Err(e @ (ConsulError::AclDenied { .. } | ConsulError::Filtered { .. })) => {
+                return Err(Unhealthy::Other(e.to_string()));
             }
             Err(e) => {
                 last = e.to_string();
