@@ -782,8 +782,9 @@ mod tests {
         assert_eq!(needed_rule("ACL not found"), None);
         let e = classify(StatusCode::FORBIDDEN, body.as_bytes(), "PUT /v1/kv/x", "h1").unwrap_err();
         assert!(
-            e.to_string()
-                .ends_with(r#"; add `key "shop/prod/_fleet/lock" { policy = "write" }` to the token's policy"#),
+            e.to_string().ends_with(
+                r#"; add `key "shop/prod/_fleet/lock" { policy = "write" }` to the token's policy"#
+            ),
             "{e}"
         );
     }
@@ -834,7 +835,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            e.to_string().contains(r#"`service "web" { policy = "read" }`"#),
+            e.to_string()
+                .contains(r#"`service "web" { policy = "read" }`"#),
             "{e}"
         );
         assert!(matches!(
@@ -850,8 +852,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            e.to_string()
-                .contains(r#"cannot read key prefix "p/e/": "#),
+            e.to_string().contains(r#"cannot read key prefix "p/e/": "#),
             "{e}"
         );
         assert!(
