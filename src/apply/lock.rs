@@ -937,6 +937,32 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_died_here_only_when_its_pid_is_gone_from_this_machine() {
+        assert!(pid_runs(std::process::id()));
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        ended.wait().unwrap();
+        assert!(!pid_runs(ended.id()));
+        // Killed but not waited for: a zombie, which no longer runs.
+        let mut zombie = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        zombie.kill().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!pid_runs(zombie.id()));
+        zombie.wait().unwrap();
+        assert!(pid_runs(0) && pid_runs(u32::MAX), "not a pid: unknown, so alive");
+        let gone = Holder {
+            pid: ended.id(),
+            ..Holder::current()
+        };
+        assert!(died_here(&gone));
+        let far = Holder {
+            machine: "elsewhere.invalid".into(),
+            ..gone
+        };
+        assert!(!died_here(&far));
+        assert!(!died_here(&Holder::current()));
+    }
+
+    #[test]
     fn held_names_who_and_since_when() {
         let holder = Holder {
             user: "alice".into(),
