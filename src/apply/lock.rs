@@ -943,12 +943,18 @@ mod tests {
         ended.wait().unwrap();
         assert!(!pid_runs(ended.id()));
         // Killed but not waited for: a zombie, which no longer runs.
-        let mut zombie = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut zombie = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
         zombie.kill().unwrap();
         std::thread::sleep(Duration::from_millis(200));
         assert!(!pid_runs(zombie.id()));
         zombie.wait().unwrap();
-        assert!(pid_runs(0) && pid_runs(u32::MAX), "not a pid: unknown, so alive");
+        assert!(
+            pid_runs(0) && pid_runs(u32::MAX),
+            "not a pid: unknown, so alive"
+        );
         let gone = Holder {
             pid: ended.id(),
             ..Holder::current()
