@@ -255,3 +255,51 @@ async fn deploys_through_different_agents_share_the_lock_and_the_ledger() {
         assert!(text(&o).contains("is free"), "{}", text(&o));
     }
 }
+
+/// A deploy lock left by a process of this machine that no longer runs is taken over at once by
+/// the next command that needs it, with a line saying from whom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_of_a_process_gone_from_this_machine_is_taken_over_with_a_line() {
+    let Some(tb) = Testbed::get("lock_takeover_line") else {
+        return;
+    };
+    let project = format!("clgone{}", std::process::id());
+    let m = Manifest::new(
+        &tb,
+        ops::manifest(&tb, &project, &["h2"], &web_app(&tb, &project)),
+    );
+    // The lock as a SIGKILLed deploy leaves it: its session still alive, its process gone.
+    let desired = ops::resolve(&m.path, "test");
+    let store = fleet::apply::lock::Store::open(
+        &desired,
+        &fleet::host::ConnectOptions {
+            ssh_config: Some(tb.ssh_config()),
+            persist: None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let ghost = fleet::apply::lock::Holder {
+        user: "ghost".into(),
+        pid: gone.id(),
+        ..fleet::apply::lock::Holder::current()
+    };
+    let held = store.acquire(ghost, "deploy: 1 create").await.unwrap();
+    let o = m.run(&["destroy", "test", "--yes"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "Took over the deploy lock of test from ghost on {} (pid {}): that process no longer runs on this machine.",
+            held.holder().machine,
+            gone.id()
+        )),
+        "{out}"
+    );
+    assert!(held.is_lost(), "the old holder's session was ended");
+    drop(held);
+    store.close().await;
+}
