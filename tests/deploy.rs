@@ -228,10 +228,13 @@ impl Agents {
     }
 
     /// Passing instances of the project's `hello` on each host, as the cluster's catalog lists
-    /// them (asked through that host's agent): (address, port, version).
+    /// them: (address, port, version). Asked through the *next* host's agent, as a client
+    /// elsewhere in the cluster would: a check's status reaches the catalog only after the
+    /// agents' sync delay, so an instance counts once the cluster, not its own agent, says so.
     async fn passing(&self, project: &str) -> Vec<Vec<(String, u16, String)>> {
         let mut out = Vec::new();
-        for (node, u) in self.nodes.iter().zip(&self.urls) {
+        let through = self.urls.iter().cycle().skip(1);
+        for (node, u) in self.nodes.iter().zip(through) {
             let v: serde_json::Value = self
                 .http
                 .get(format!("{u}/v1/health/service/hello?passing"))

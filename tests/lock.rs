@@ -29,6 +29,22 @@ fn holder(user: &str) -> Holder {
     }
 }
 
+/// A holder on another machine: its lock can only expire (the killed-holder tests below).
+fn elsewhere(user: &str) -> Holder {
+    Holder {
+        machine: "elsewhere.invalid".into(),
+        ..holder(user)
+    }
+}
+
+/// The pid of a process of this machine that has ended (and been waited for).
+fn ended_pid() -> u32 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
 #[tokio::test]
 async fn a_second_deploy_is_refused_naming_the_holder_until_the_first_releases() {
     let (_agent, consul) = standin().await;
@@ -140,11 +156,12 @@ async fn lock_child() {
         return;
     };
     let consul = ConsulClient::new(&url, None, None).unwrap();
+    // On another machine as far as the parent knows: its lock must expire, not be taken over.
     let held = DeployLock::acquire_consul(
         &consul,
         "shop",
         "prod",
-        holder("child"),
+        elsewhere("child"),
         "from the child",
         Duration::from_secs(10),
     )
@@ -210,6 +227,74 @@ async fn a_lock_whose_holder_was_killed_expires_within_twice_its_ttl() {
         "the lock expired too soon"
     );
     taken.release().await.unwrap();
+}
+
+/// A lock whose holder ran on this machine and no longer runs is taken over at once, naming
+/// it; the same dead pid on another machine, or a live process here, still holds the lock.
+#[tokio::test]
+async fn a_lock_of_a_process_gone_from_this_machine_is_taken_over_at_once() {
+    let (_agent, consul) = standin().await;
+    let gone = ended_pid();
+    // Its session still lives (as right after a SIGKILL, long before the TTL): only the
+    // process is gone.
+    let ttl = Duration::from_secs(60);
+    let ghost = Holder {
+        pid: gone,
+        ..holder("ghost")
+    };
+    let ghost = DeployLock::acquire_consul(&consul, "shop", "prod", ghost, "", ttl)
+        .await
+        .unwrap();
+    assert!(ghost.took_over().is_none());
+    let t = Instant::now();
+    let taken = DeployLock::acquire(&consul, "shop", "prod", holder("bob"), "")
+        .await
+        .expect("the lock of a process gone from this machine is taken over");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let from = taken
+        .took_over()
+        .expect("the new lock names whom it took over");
+    assert_eq!((from.user.as_str(), from.pid), ("ghost", gone));
+    assert_eq!(
+        lock::status(&consul, "shop", "prod")
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .user,
+        "bob"
+    );
+    while !ghost.is_lost() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the old holder never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    taken.release().await.unwrap();
+    drop(ghost);
+    // The same dead pid on another machine: the lock only expires.
+    let far = Holder {
+        pid: gone,
+        ..elsewhere("far")
+    };
+    let far = DeployLock::acquire_consul(&consul, "shop", "prod", far, "", ttl)
+        .await
+        .unwrap();
+    assert!(matches!(
+        DeployLock::acquire(&consul, "shop", "prod", holder("bob"), "").await,
+        Err(LockError::Held { holder, .. }) if holder.user == "far"
+    ));
+    far.release().await.unwrap();
+    // A live holder here (this process) holds it too.
+    let alive = DeployLock::acquire(&consul, "shop", "prod", holder("alive"), "")
+        .await
+        .unwrap();
+    assert!(matches!(
+        DeployLock::acquire(&consul, "shop", "prod", holder("bob"), "").await,
+        Err(LockError::Held { holder, .. }) if holder.user == "alive"
+    ));
+    alive.release().await.unwrap();
 }
 
 fn versions(v: &str) -> BTreeMap<String, String> {
@@ -417,7 +502,7 @@ async fn host_lock_child() {
         host,
         &project,
         "prod",
-        holder("child"),
+        elsewhere("child"),
         "",
         Duration::from_secs(4),
     )
@@ -570,6 +655,54 @@ async fn host_ledger_appends_updates_and_lists() {
     tb.ssh_ok(
         "h1",
         &format!("rm -f {}", ledger::ledger_file(&project, "prod")),
+    );
+}
+
+/// The lock file of a process gone from this machine is taken over at once, naming it.
+#[tokio::test]
+async fn host_lock_of_a_process_gone_from_this_machine_is_taken_over_at_once() {
+    let Some(tb) = support::Testbed::get("host_lock_takeover") else {
+        return;
+    };
+    let (host, _) = h1(&tb).await;
+    let project = format!("locktest-{}", support::unique());
+    let gone = ended_pid();
+    let ttl = Duration::from_secs(60);
+    let ghost = Holder {
+        pid: gone,
+        ..holder("ghost")
+    };
+    let ghost = DeployLock::acquire_on_host(host.clone(), &project, "prod", ghost, "", ttl)
+        .await
+        .unwrap();
+    let far = Holder {
+        pid: gone,
+        ..elsewhere("far")
+    };
+    let other = format!("{project}-far");
+    let far = DeployLock::acquire_on_host(host.clone(), &other, "prod", far, "", ttl)
+        .await
+        .unwrap();
+    let taken = DeployLock::acquire_on_host(host.clone(), &project, "prod", holder("bob"), "", ttl)
+        .await
+        .expect("the lock file of a process gone from this machine is taken over");
+    let from = taken
+        .took_over()
+        .expect("the new lock names whom it took over");
+    assert_eq!((from.user.as_str(), from.pid), ("ghost", gone));
+    // On another machine, the same dead pid still holds its lock until it expires.
+    assert!(matches!(
+        DeployLock::acquire_on_host(host.clone(), &other, "prod", holder("bob"), "", ttl).await,
+        Err(LockError::Held { holder, .. }) if holder.user == "far"
+    ));
+    taken.release().await.unwrap();
+    far.release().await.unwrap();
+    drop(ghost);
+    assert!(
+        lock::status_on_host(&host, &project, "prod")
+            .await
+            .unwrap()
+            .is_none()
     );
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::HealthStatusEnum;
 
-use crate::consul::{CheckDefinition, CheckStatus, ConsulClient, QueryOptions};
+use crate::consul::{CheckDefinition, CheckStatus, ConsulClient, ConsulError, QueryOptions};
 use crate::desired::{HealthCheck, HealthSpec};
 use crate::host::HostSession;
 
@@ -37,8 +37,18 @@ pub enum Unhealthy {
     Other(String),
 }
 
-/// The Consul check for an instance published on `address:port`.
-pub fn check_definition(h: &HealthSpec, address: &str, port: u16) -> CheckDefinition {
+/// The Consul check of registration `registration_id` for an instance published on
+/// `address:port`. Its ID, `service:<registration id>:<digest of the definition>`, changes
+/// whenever the definition does: Consul keeps an existing check's status when a service is
+/// registered again, whatever the new definition (`addServiceInternal` in `agent/agent.go`),
+/// so a new definition under the old ID would pass on the old one's status. A new ID starts
+/// critical, and `replace-existing-checks` removes the old one.
+pub fn check_definition(
+    h: &HealthSpec,
+    registration_id: &str,
+    address: &str,
+    port: u16,
+) -> CheckDefinition {
     let mut c = CheckDefinition {
         interval: Some(format_go(h.interval)),
         timeout: Some(format_go(h.timeout)),
@@ -49,7 +59,21 @@ pub fn check_definition(h: &HealthSpec, address: &str, port: u16) -> CheckDefini
         HealthCheck::Http(path) => c.http = Some(format!("http://{address}:{port}{path}")),
         HealthCheck::Tcp => c.tcp = Some(format!("{address}:{port}")),
     }
+    c.check_id = Some(check_id(registration_id, &c));
     c
+}
+
+/// `service:<registration id>:<12 hex digits of the definition's SHA-256>` (the ID itself
+/// left out of the digest).
+pub fn check_id(registration_id: &str, definition: &CheckDefinition) -> String {
+    use sha2::{Digest, Sha256};
+    let bare = CheckDefinition {
+        check_id: None,
+        ..definition.clone()
+    };
+    let json = serde_json::to_vec(&bare).expect("plain data serializes");
+    let digest = hex::encode(Sha256::digest(json));
+    format!("service:{registration_id}:{}", &digest[..12])
 }
 
 /// A duration as Consul reads it (`1500ms`, `2s`).
@@ -91,7 +115,6 @@ pub async fn wait_consul(
     deadline: Duration,
 ) -> Result<Duration, Unhealthy> {
     let t0 = Instant::now();
-    let check_id = format!("service:{service_id}");
     let mut last = "the check has not run yet".to_string();
     let mut index = 0u64;
     loop {
@@ -108,7 +131,7 @@ pub async fn wait_consul(
                 // An index that goes back (a server restart) starts over, as Consul advises.
                 index = if r.index < index { 0 } else { r.index };
                 last = match consul.agent_checks().await {
-                    Ok(checks) => match checks.get(&check_id) {
+                    Ok(checks) => match checks.values().find(|c| c.service_id == service_id) {
                         Some(c) if c.status == CheckStatus::Passing => {
                             "the agent's check passes; the catalog does not list it as passing yet"
                                 .to_string()
@@ -118,10 +141,14 @@ pub async fn wait_consul(
                             one.join(" ").chars().take(160).collect()
                         }
                         Some(_) => last,
-                        None => format!("no check {check_id} on the agent"),
+                        None => format!("no check of {service_id} on the agent"),
                     },
                     Err(e) => e.to_string(),
                 };
+            }
+            // Waiting does not give the token the rights it lacks.
+            Err(e @ (ConsulError::AclDenied { .. } | ConsulError::Filtered { .. })) => {
+                return Err(Unhealthy::Other(e.to_string()));
             }
             Err(e) => {
                 last = e.to_string();
@@ -217,7 +244,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             deregister_after: Some(Duration::from_secs(60)),
         };
-        let c = check_definition(&h, "10.200.1.2", 32771);
+        let c = check_definition(&h, "web-1-abc", "10.200.1.2", 32771);
         assert_eq!(c.http.as_deref(), Some("http://10.200.1.2:32771/health"));
         assert_eq!(c.interval.as_deref(), Some("1500ms"));
         assert_eq!(c.timeout.as_deref(), Some("1s"));
@@ -227,10 +254,59 @@ mod tests {
                 check: HealthCheck::Tcp,
                 ..h
             },
+            "web-1-abc",
             "10.0.0.1",
             80,
         );
         assert_eq!(t.tcp.as_deref(), Some("10.0.0.1:80"));
         assert!(t.http.is_none());
+    }
+
+    /// Consul keeps a check's status across re-registrations with the same check ID, so every
+    /// change of the definition must give a new ID; the same definition keeps its ID.
+    #[test]
+    fn the_check_id_changes_with_the_definition_and_only_then() {
+        let h = HealthSpec {
+            check: HealthCheck::Http("/health".into()),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            deregister_after: None,
+        };
+        let id = |h: &HealthSpec, port| {
+            check_definition(h, "web-1-abc", "10.0.0.1", port)
+                .check_id
+                .unwrap()
+        };
+        let base = id(&h, 8080);
+        assert!(base.starts_with("service:web-1-abc:"), "{base}");
+        assert_eq!(base.len(), "service:web-1-abc:".len() + 12);
+        assert_eq!(base, id(&h.clone(), 8080), "stable");
+        let mut ids = std::collections::BTreeSet::from([base]);
+        let changed = [
+            HealthSpec {
+                check: HealthCheck::Http("/ready".into()),
+                ..h.clone()
+            },
+            HealthSpec {
+                check: HealthCheck::Tcp,
+                ..h.clone()
+            },
+            HealthSpec {
+                interval: Duration::from_secs(3),
+                ..h.clone()
+            },
+            HealthSpec {
+                deregister_after: Some(Duration::from_secs(60)),
+                ..h.clone()
+            },
+        ];
+        for c in &changed {
+            assert!(ids.insert(id(c, 8080)), "{c:?} kept the ID");
+        }
+        assert!(ids.insert(id(&h, 8081)), "a new port kept the ID");
+        assert_ne!(
+            check_definition(&h, "web-1-def", "10.0.0.1", 8080).check_id,
+            check_definition(&h, "web-1-abc", "10.0.0.1", 8080).check_id
+        );
     }
 }

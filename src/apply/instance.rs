@@ -454,7 +454,7 @@ pub(super) async fn register_and_wait(
             check: l
                 .health
                 .as_ref()
-                .map(|hs| health::check_definition(hs, &svc.address, port)),
+                .map(|hs| health::check_definition(hs, &reg_id, &svc.address, port)),
             ..Default::default()
         };
         consul

@@ -14,6 +14,10 @@
 //!
 //! The lock's value is the [`Holder`] as JSON: who, on which machine, which pid, the CI job,
 //! since when, and the plan summary, so a refused deploy can say who is deploying.
+//!
+//! A lock whose holder ran on this machine (same hostname) and whose pid no longer runs is
+//! taken over at once (its session destroyed, or its file removed), and the new lock says so
+//! ([`DeployLock::took_over`]); a holder on another machine can only be waited out (its TTL).
 //! Keys under `<project>/<env>/_fleet/` are reserved: the plan never proposes deleting them.
 
 use std::sync::Arc;
@@ -149,6 +153,36 @@ fn machine_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Whether `holder` is a process of this machine (same hostname) that no longer runs: its lock
+/// can be taken over at once instead of waiting for it to expire.
+pub fn died_here(holder: &Holder) -> bool {
+    holder.machine == machine_name() && !pid_runs(holder.pid)
+}
+
+/// Whether process `pid` runs here (a zombie does not; a pid we may not signal does).
+fn pid_runs(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if p <= 0 {
+        // Not a process (0 and negative pids name process groups): unknown, so alive.
+        return true;
+    }
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    if unsafe { libc::kill(p, 0) } != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    }
+    // A killed process that nobody has waited for yet is a zombie: it no longer runs.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => true,
+    }
+}
+
 /// "3m 12s" since `t`, whole seconds.
 pub fn ago(t: SystemTime) -> String {
     let d = SystemTime::now().duration_since(t).unwrap_or_default();
@@ -200,6 +234,8 @@ enum Backend {
 pub struct DeployLock {
     backend: Option<Backend>,
     holder: Holder,
+    /// The dead holder this lock was taken over from, if it was.
+    took_over: Option<Holder>,
     renewer: Option<tokio::task::JoinHandle<()>>,
     lost: Arc<AtomicBool>,
 }
@@ -240,7 +276,9 @@ impl DeployLock {
             .await?;
         // A lock just freed by an expired session cannot be taken during its lock-delay: retry
         // for that long when nobody holds it; refuse at once when somebody does.
-        let deadline = tokio::time::Instant::now() + LOCK_DELAY * 2 + Duration::from_millis(500);
+        let mut deadline =
+            tokio::time::Instant::now() + LOCK_DELAY * 2 + Duration::from_millis(500);
+        let mut took_over = None;
         loop {
             let taken = match consul.kv_acquire(&key, &value, &session).await {
                 Ok(t) => t,
@@ -259,6 +297,19 @@ impl DeployLock {
                     return Err(e);
                 }
             };
+            if let Some((dead, theirs)) = current.as_ref().filter(|(h, _)| died_here(h))
+                && took_over.is_none()
+            {
+                // Only the dead holder's own session: a lock someone else took meanwhile stays.
+                if let Err(e) = consul.session_destroy(theirs).await {
+                    let _ = consul.session_destroy(&session).await;
+                    return Err(e.into());
+                }
+                took_over = Some(dead.clone());
+                deadline =
+                    tokio::time::Instant::now() + LOCK_DELAY * 2 + Duration::from_millis(500);
+                continue;
+            }
             if let Some((holder, _)) = current {
                 let _ = consul.session_destroy(&session).await;
                 let since = holder.since();
@@ -289,6 +340,7 @@ impl DeployLock {
                 session,
             }),
             holder,
+            took_over,
             renewer: Some(renewer),
             lost,
         })
@@ -313,23 +365,40 @@ impl DeployLock {
             h = sh_quote(&holder_json),
             ttl = ttl.as_secs().max(1),
         );
-        let out = run(&host, &script).await?;
-        match out.lines().next() {
-            Some("OK") => {}
-            Some("HELD") => {
-                let raw = out.lines().nth(1).unwrap_or("");
-                let holder = parse_file(raw)
-                    .map(|f| f.holder)
-                    .unwrap_or_else(|| Holder::unreadable(raw));
-                let since = holder.since();
-                return Err(LockError::Held { holder, since });
-            }
-            _ => {
-                return Err(LockError::Script {
-                    host: host.target().name.clone(),
-                    code: "unexpected output".into(),
-                    stderr: out,
-                });
+        let mut took_over = None;
+        loop {
+            let out = run(&host, &script).await?;
+            match out.lines().next() {
+                Some("OK") => break,
+                Some("HELD") => {
+                    let raw = out.lines().nth(1).unwrap_or("");
+                    match parse_file(raw) {
+                        Some(f) if died_here(&f.holder) && took_over.is_none() => {
+                            // Only that holder's file: one someone else wrote meanwhile stays.
+                            let remove = format!(
+                                "{}\nif grep -q '\"token\":\"{}\"' \"$f\" 2>/dev/null; then rm -f \"$f\"; fi\necho OK",
+                                guard_prelude(&path),
+                                f.token.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+                            );
+                            run(&host, &remove).await?;
+                            took_over = Some(f.holder);
+                        }
+                        f => {
+                            let holder = f
+                                .map(|f| f.holder)
+                                .unwrap_or_else(|| Holder::unreadable(raw));
+                            let since = holder.since();
+                            return Err(LockError::Held { holder, since });
+                        }
+                    }
+                }
+                _ => {
+                    return Err(LockError::Script {
+                        host: host.target().name.clone(),
+                        code: "unexpected output".into(),
+                        stderr: out,
+                    });
+                }
             }
         }
         let lost = Arc::new(AtomicBool::new(false));
@@ -343,6 +412,7 @@ impl DeployLock {
         Ok(DeployLock {
             backend: Some(Backend::Host { host, path, token }),
             holder,
+            took_over,
             renewer: Some(renewer),
             lost,
         })
@@ -351,6 +421,12 @@ impl DeployLock {
     /// Who holds this lock (us).
     pub fn holder(&self) -> &Holder {
         &self.holder
+    }
+
+    /// The holder this lock was taken from because its process no longer runs on this
+    /// machine (see the module docs); `None` when the lock was free.
+    pub fn took_over(&self) -> Option<&Holder> {
+        self.took_over.as_ref()
     }
 
     /// True once a renewal found the lock gone (session expired or destroyed, file replaced):
@@ -604,6 +680,8 @@ pub async fn force_release(
 #[derive(Debug, Clone, Deserialize)]
 struct LockFile {
     expires: u64,
+    #[serde(default)]
+    token: String,
     holder: Holder,
 }
 
@@ -856,6 +934,38 @@ mod tests {
             "{}",
             h.started
         );
+    }
+
+    #[test]
+    fn a_holder_died_here_only_when_its_pid_is_gone_from_this_machine() {
+        assert!(pid_runs(std::process::id()));
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        ended.wait().unwrap();
+        assert!(!pid_runs(ended.id()));
+        // Killed but not waited for: a zombie, which no longer runs.
+        let mut zombie = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        zombie.kill().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!pid_runs(zombie.id()));
+        zombie.wait().unwrap();
+        assert!(
+            pid_runs(0) && pid_runs(u32::MAX),
+            "not a pid: unknown, so alive"
+        );
+        let gone = Holder {
+            pid: ended.id(),
+            ..Holder::current()
+        };
+        assert!(died_here(&gone));
+        let far = Holder {
+            machine: "elsewhere.invalid".into(),
+            ..gone
+        };
+        assert!(!died_here(&far));
+        assert!(!died_here(&Holder::current()));
     }
 
     #[test]

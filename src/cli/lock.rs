@@ -139,7 +139,14 @@ impl Locked {
             .await
             .map_err(|e| miette!("cannot reach the deploy lock of {env}: {e}"))?;
         match store.acquire(Holder::current(), what).await {
-            Ok(lock) => Ok(Locked { store, lock }),
+            Ok(lock) => {
+                if let Some(dead) = lock.took_over() {
+                    eprintln!(
+                        "Took over the deploy lock of {env} from {dead}: that process no longer runs on this machine."
+                    );
+                }
+                Ok(Locked { store, lock })
+            }
             Err(e) => {
                 store.close().await;
                 Err(match e {

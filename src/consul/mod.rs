@@ -23,8 +23,23 @@ pub const MAX_WAIT: Duration = Duration::from_secs(600);
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
     /// 403: the token is missing, unknown, or lacks the permission.
-    #[error("Consul refused the ACL token for {request}: {body}")]
+    #[error("Consul refused the ACL token for {request}: {body}{}", needed_rule(.body).map(|r| format!("; add `{r}` to the token's policy")).unwrap_or_default())]
     AclDenied { request: String, body: String },
+    /// A list read that ACLs filtered (`X-Consul-Results-Filtered-By-ACLs: true`): Consul left
+    /// out what the token may not read, so the answer is incomplete. Never taken as "there is
+    /// none": a plan on it would recreate what it cannot see.
+    #[error(
+        "the Consul token cannot read {what}: Consul left entries out of {request} on {target} \
+         (X-Consul-Results-Filtered-By-ACLs); add {rule} to the token's policy"
+    )]
+    Filtered {
+        target: String,
+        request: String,
+        /// What the token cannot read, e.g. `every service on the agent`, `key prefix "p/e/"`.
+        what: String,
+        /// The ACL rule(s) that would let it, in Consul's HCL, each in backquotes.
+        rule: String,
+    },
     /// The agent could not be reached (connection refused, timeout, …).
     #[error("Consul agent {target} is unreachable")]
     Unreachable {
@@ -118,6 +133,8 @@ struct Answer {
     index: u64,
     body: Vec<u8>,
     request: String,
+    /// `X-Consul-Results-Filtered-By-ACLs: true`: ACLs left entries out of a list.
+    filtered: bool,
 }
 
 impl ConsulClient {
@@ -212,6 +229,10 @@ impl ConsulClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let filtered = response
+            .headers()
+            .get("X-Consul-Results-Filtered-By-ACLs")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let body = response
             .bytes()
             .await
@@ -226,7 +247,22 @@ impl ConsulClient {
             index,
             body,
             request,
+            filtered,
         })
+    }
+
+    /// `answer` unless ACLs filtered it: then [`ConsulError::Filtered`] naming `what` the token
+    /// cannot read and the `rule` that would let it.
+    fn complete(&self, answer: Answer, what: &str, rule: &str) -> Result<Answer, ConsulError> {
+        if answer.filtered {
+            return Err(ConsulError::Filtered {
+                target: self.target.clone(),
+                request: answer.request,
+                what: what.to_string(),
+                rule: rule.to_string(),
+            });
+        }
+        Ok(answer)
     }
 
     async fn get(
@@ -303,6 +339,7 @@ impl ConsulClient {
                 QueryOptions::default(),
             )
             .await?;
+        let answer = self.complete(answer, "every service on the agent", ALL_SERVICES)?;
         decode(expect_ok(answer)?)
     }
 
@@ -317,6 +354,8 @@ impl ConsulClient {
                 QueryOptions::default(),
             )
             .await?;
+        let rule = format!("{ALL_SERVICES} and {ALL_NODES}");
+        let answer = self.complete(answer, "every check on the agent", &rule)?;
         decode(expect_ok(answer)?)
     }
 
@@ -372,6 +411,11 @@ impl ConsulClient {
         let answer = self
             .get(&["v1", "health", "service", name], query, options)
             .await?;
+        let answer = self.complete(
+            answer,
+            &format!("service {name:?} and the nodes it runs on"),
+            &service_rule(name),
+        )?;
         indexed(expect_ok(answer)?)
     }
 
@@ -383,6 +427,7 @@ impl ConsulClient {
         let answer = self
             .get(&["v1", "catalog", "services"], Vec::new(), options)
             .await?;
+        let answer = self.complete(answer, "every service in the catalog", ALL_SERVICES)?;
         indexed(expect_ok(answer)?)
     }
 
@@ -395,6 +440,11 @@ impl ConsulClient {
         let answer = self
             .get(&["v1", "catalog", "service", name], Vec::new(), options)
             .await?;
+        let answer = self.complete(
+            answer,
+            &format!("service {name:?} and the nodes it runs on"),
+            &service_rule(name),
+        )?;
         indexed(expect_ok(answer)?)
     }
 
@@ -447,6 +497,7 @@ impl ConsulClient {
                 options,
             )
             .await?;
+        let answer = self.complete(answer, &key_what(prefix), &key_rule(prefix))?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(Indexed {
                 index: answer.index,
@@ -468,6 +519,7 @@ impl ConsulClient {
             query.push(("separator", sep.to_string()));
         }
         let answer = self.get(&Self::kv_segments(prefix), query, options).await?;
+        let answer = self.complete(answer, &key_what(prefix), &key_rule(prefix))?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(Indexed {
                 index: answer.index,
@@ -598,6 +650,34 @@ impl ConsulClient {
     }
 }
 
+/// The rule that lets a token read every service.
+const ALL_SERVICES: &str = r#"`service_prefix "" { policy = "read" }`"#;
+/// The rule that lets a token read every node (health and catalog entries are filtered by node).
+const ALL_NODES: &str = r#"`node_prefix "" { policy = "read" }`"#;
+
+fn service_rule(name: &str) -> String {
+    format!("`service {name:?} {{ policy = \"read\" }}` and {ALL_NODES}")
+}
+
+fn key_what(prefix: &str) -> String {
+    format!("key prefix {prefix:?}")
+}
+
+fn key_rule(prefix: &str) -> String {
+    format!("`key_prefix {prefix:?} {{ policy = \"read\" }}`")
+}
+
+/// The rule a 403 asks for, from Consul's message `… lacks permission 'key:write' on "a/b"`
+/// (`acl/errors.go`): `key "a/b" { policy = "write" }`.
+fn needed_rule(body: &str) -> Option<String> {
+    let rest = body.split("lacks permission '").nth(1)?;
+    let (permission, rest) = rest.split_once('\'')?;
+    let (resource, access) = permission.split_once(':')?;
+    let name = rest.trim_start().strip_prefix("on ")?.trim();
+    let name = name.strip_prefix('"')?.strip_suffix('"')?;
+    Some(format!("{resource} {name:?} {{ policy = {access:?} }}"))
+}
+
 /// Maps Consul's error statuses to typed errors; other statuses are left to the caller.
 fn classify(
     status: StatusCode,
@@ -690,6 +770,109 @@ mod tests {
         );
         assert!(classify(StatusCode::NOT_FOUND, b"", "GET /x", "h1").is_ok());
         assert!(classify(StatusCode::OK, b"", "GET /x", "h1").is_ok());
+    }
+
+    #[test]
+    fn a_refusal_names_the_rule_it_lacks() {
+        let body = "Permission denied: token with AccessorID '5e1f' lacks permission 'key:write' on \"shop/prod/_fleet/lock\"";
+        assert_eq!(
+            needed_rule(body).as_deref(),
+            Some(r#"key "shop/prod/_fleet/lock" { policy = "write" }"#)
+        );
+        assert_eq!(needed_rule("ACL not found"), None);
+        let e = classify(StatusCode::FORBIDDEN, body.as_bytes(), "PUT /v1/kv/x", "h1").unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                r#"; add `key "shop/prod/_fleet/lock" { policy = "write" }` to the token's policy"#
+            ),
+            "{e}"
+        );
+    }
+
+    /// A token that may write keys but not read services: every list read that ACLs filtered
+    /// is an error naming the rule, never a short answer.
+    #[tokio::test]
+    async fn filtered_list_reads_are_errors_naming_the_missing_rule() {
+        let acl = consul_standin::acl::Acl::from_json(
+            r#"{"default_policy": "deny", "tokens": {
+                "root": {"management": true},
+                "kv": {"rules": {"key_prefix": {"": {"policy": "write"}, "p/e/secret/": {"policy": "deny"}},
+                                 "session_prefix": {"": {"policy": "write"}}}}}}"#,
+        )
+        .unwrap();
+        let config = consul_standin::Config {
+            acl: Some(acl),
+            ..Default::default()
+        };
+        let agent = consul_standin::start(config).await.unwrap();
+        let root = ConsulClient::new(&agent.url(), Some("root".into()), None).unwrap();
+        let kv = ConsulClient::new(&agent.url(), Some("kv".into()), None)
+            .unwrap()
+            .with_target("h1 (agent)");
+        // Nothing hidden: empty is empty.
+        assert!(kv.agent_services().await.unwrap().is_empty());
+        root.register_service(&ServiceRegistration {
+            id: Some("web-1".into()),
+            name: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let e = kv.agent_services().await.unwrap_err();
+        assert!(matches!(e, ConsulError::Filtered { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("the Consul token cannot read every service on the agent: "),
+            "{msg}"
+        );
+        assert!(msg.contains("h1 (agent)"), "{msg}");
+        assert!(
+            msg.ends_with(r#"add `service_prefix "" { policy = "read" }` to the token's policy"#),
+            "{msg}"
+        );
+        let e = kv
+            .health_service("web", true, QueryOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(r#"`service "web" { policy = "read" }`"#),
+            "{e}"
+        );
+        assert!(matches!(
+            kv.catalog_services(QueryOptions::default()).await,
+            Err(ConsulError::Filtered { .. })
+        ));
+        // Keys: a prefix with a key the token may not read is filtered; one without is not.
+        for k in ["p/e/a", "p/e/secret/b"] {
+            root.kv_put(k, b"1", &KvPut::default()).await.unwrap();
+        }
+        let e = kv
+            .kv_keys("p/e/", None, QueryOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(r#"cannot read key prefix "p/e/": "#),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains(r#"add `key_prefix "p/e/" { policy = "read" }`"#),
+            "{e}"
+        );
+        assert!(matches!(
+            kv.kv_list("p/e/", QueryOptions::default()).await,
+            Err(ConsulError::Filtered { .. })
+        ));
+        assert_eq!(
+            kv.kv_list("p/e/a", QueryOptions::default())
+                .await
+                .unwrap()
+                .value
+                .len(),
+            1
+        );
+        agent.shutdown().await;
     }
 
     #[test]

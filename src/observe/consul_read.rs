@@ -9,7 +9,7 @@ use crate::consul::{AgentService, ConsulClient, ConsulError, HealthCheck, QueryO
 /// The fault kind a Consul error is reported under (`plan --json` faults, docs/plan-json.md).
 pub fn fault_kind(e: &ConsulError) -> &'static str {
     match e {
-        ConsulError::AclDenied { .. } => "consul-denied",
+        ConsulError::AclDenied { .. } | ConsulError::Filtered { .. } => "consul-denied",
         ConsulError::Unreachable { .. } => "consul-unreachable",
         _ => "consul",
     }

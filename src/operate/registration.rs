@@ -38,8 +38,8 @@ pub fn for_instance(
     } else {
         s.address.clone()
     };
+    let id = registration_id(&s.id, container_id);
     Some(ServiceRegistration {
-        id: Some(registration_id(&s.id, container_id)),
         name: s.name.clone(),
         tags: s.tags.clone(),
         port: Some(host_port),
@@ -48,8 +48,9 @@ pub fn for_instance(
             .container
             .health
             .as_ref()
-            .map(|h| check_definition(h, &address, host_port)),
+            .map(|h| check_definition(h, &id, &address, host_port)),
         address: Some(address),
+        id: Some(id),
         ..Default::default()
     })
 }

@@ -458,6 +458,42 @@ fn service_reasons(want: &ServiceSpec, have: &ObservedService) -> Vec<Reason> {
     r
 }
 
+/// The registration's check against the manifest's: its ID carries a digest of the whole
+/// definition (`apply::health::check_id`), so a check that is not under the ID the manifest's
+/// definition gives was registered from another definition (path, kind, interval, port, …).
+fn check_reasons(w: &InstanceSpec, svc: &ServiceSpec, have: &ObservedService) -> Vec<Reason> {
+    let Some(h) = &w.container.health else {
+        return if have.checks.is_empty() {
+            Vec::new()
+        } else {
+            vec![Reason::new("check", "no longer in the manifest")]
+        };
+    };
+    let address = if svc.address.is_empty() {
+        &have.address
+    } else {
+        &svc.address
+    };
+    let port = if svc.port == 0 { have.port } else { svc.port };
+    let want = crate::apply::health::check_definition(h, &have.id, address, port);
+    match &want.check_id {
+        Some(id) if have.checks.iter().any(|c| &c.id == id) => Vec::new(),
+        _ if have.checks.is_empty() => vec![Reason::new("check", "not registered")],
+        _ => vec![Reason::new("check", "definition changed")],
+    }
+}
+
+/// What differs between an instance's service and a registration of it.
+fn registration_reasons(
+    w: &InstanceSpec,
+    svc: &ServiceSpec,
+    have: &ObservedService,
+) -> Vec<Reason> {
+    let mut r = service_reasons(svc, have);
+    r.extend(check_reasons(w, svc, have));
+    r
+}
+
 fn diff_services(
     app_order: &[&str],
     want: &[InstanceSpec],
@@ -486,7 +522,7 @@ fn diff_services(
         let best = found.iter().copied().max_by_key(|h| {
             (
                 h.meta.get(&meta_spec) == Some(&w.spec_hash),
-                service_reasons(svc, h).is_empty(),
+                registration_reasons(w, svc, h).is_empty(),
                 h.checks.iter().all(|c| c.status == "passing"),
                 h.id.as_str(),
             )
@@ -499,7 +535,7 @@ fn diff_services(
             ),
             Some(h) => {
                 matched.insert(h.id.as_str());
-                let r = service_reasons(svc, h);
+                let r = registration_reasons(w, svc, h);
                 if r.is_empty() {
                     (h.id.clone(), ServiceAction::Unchanged, r)
                 } else {

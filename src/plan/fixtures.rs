@@ -177,18 +177,35 @@ pub fn container_for(d: &DesiredState, i: &InstanceSpec, created: i64) -> Observ
     }
 }
 
-pub fn service_for(s: &ServiceSpec) -> ObservedService {
+/// The registration of instance `i` (which has a service) as a deploy leaves it, its check
+/// (when the instance has one) passing.
+pub fn service_for(i: &InstanceSpec) -> ObservedService {
+    let s = i.service.as_ref().expect("the instance has a service");
+    registered(i, &s.id, s.port)
+}
+
+/// [`service_for`] under registration ID `id` at port `port` (apply's `<id>-<container>` and
+/// Docker's auto port).
+pub fn registered(i: &InstanceSpec, id: &str, port: u16) -> ObservedService {
+    let s = i.service.as_ref().expect("the instance has a service");
     ObservedService {
-        id: s.id.clone(),
+        id: id.to_string(),
         name: s.name.clone(),
         tags: s.tags.clone(),
         meta: s.meta.clone(),
         address: s.address.clone(),
-        port: s.port,
-        checks: vec![ObservedCheck {
-            id: format!("service:{}", s.id),
-            status: "passing".into(),
-        }],
+        port,
+        checks: i
+            .container
+            .health
+            .iter()
+            .map(|h| ObservedCheck {
+                id: crate::apply::health::check_definition(h, id, &s.address, port)
+                    .check_id
+                    .expect("fleet's checks have IDs"),
+                status: "passing".into(),
+            })
+            .collect(),
     }
 }
 
@@ -212,7 +229,8 @@ pub fn deployed(d: &DesiredState) -> ObservedState {
             services: Some(
                 h.instances
                     .iter()
-                    .filter_map(|i| i.service.as_ref().map(service_for))
+                    .filter(|i| i.service.is_some())
+                    .map(service_for)
                     .collect(),
             ),
             fault: None,
@@ -272,7 +290,7 @@ pub fn busy_plan() -> crate::plan::Plan {
         .services
         .as_mut()
         .unwrap()
-        .push(service_for(ghost.service.as_ref().unwrap()));
+        .push(service_for(&ghost));
     // h1: web#1's registration gets a new tag.
     d.hosts[0].instances[0]
         .service

@@ -279,7 +279,7 @@ fn consul_table() {
         .services
         .as_mut()
         .unwrap()
-        .push(service_for(ghost.service.as_ref().unwrap()));
+        .push(service_for(&ghost));
     // Tags changed for h2's web#1; h2's web#2 never registered.
     d.hosts[1].instances[0].service.as_mut().unwrap().tags = vec!["prod".into(), "v1".into()];
     o.hosts[1]
@@ -445,10 +445,10 @@ fn registrations_match_by_meta_not_id_and_auto_ports_are_not_drift() {
         }
     }
     let mut o = deployed(&d);
-    for h in &mut o.hosts {
-        for s in h.services.as_mut().unwrap() {
-            s.id = format!("{}-0123456789ab", s.id);
-            s.port = 32768;
+    for (dh, oh) in d.hosts.iter().zip(&mut o.hosts) {
+        let with_service = dh.instances.iter().filter(|i| i.service.is_some());
+        for (i, s) in with_service.zip(oh.services.as_mut().unwrap()) {
+            *s = registered(i, &format!("{}-0123456789ab", s.id), 32768);
         }
     }
     assert!(
@@ -476,4 +476,31 @@ fn registrations_match_by_meta_not_id_and_auto_ports_are_not_drift() {
             vec!["a second registration for this instance".into()]
         )]
     );
+}
+
+/// A new health check definition re-registers the instance (its check gets a new ID, so it
+/// cannot pass on the old status) without replacing the container.
+#[test]
+fn a_changed_health_check_re_registers_without_replacing() {
+    let mut d = desired();
+    let o = deployed(&d);
+    let h = d.hosts[0].instances[0].container.health.as_mut().unwrap();
+    h.check = crate::desired::HealthCheck::Http("/ready".into());
+    let p = diff(&d, &o);
+    let changed = services(&p);
+    assert_eq!(changed.len(), 1, "{changed:#?}");
+    assert_eq!(changed[0].0, "h1");
+    assert_eq!(changed[0].2, ServiceAction::Update);
+    assert_eq!(changed[0].3, vec!["definition changed".to_string()]);
+    assert!(
+        p.hosts
+            .iter()
+            .flat_map(|h| &h.instances)
+            .all(|i| i.action == Action::Unchanged)
+    );
+    // The same definition registered: no change; a registration without its check: one.
+    assert!(!diff(&d, &deployed(&d)).has_changes());
+    let mut bare = deployed(&d);
+    bare.hosts[0].services.as_mut().unwrap()[0].checks.clear();
+    assert_eq!(services(&diff(&d, &bare))[0].3, vec!["not registered"]);
 }
