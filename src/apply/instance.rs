@@ -69,16 +69,7 @@ pub(super) async fn replace(
         let _ = stop(h, old, launch.stop_timeout).await;
         s
     };
-    let _ = h
-        .docker
-        .remove_container(
-            old,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
+    force_remove(&h.docker, old).await;
     if let Some(ul) = undo_launch {
         ctx.undo.lock().unwrap().push(Undo {
             host: h.index,
@@ -148,16 +139,7 @@ pub(super) async fn retire(
     }
     for c in containers {
         let _ = stop(h, c, stop_timeout).await;
-        let _ = h
-            .docker
-            .remove_container(
-                c,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
+        force_remove(&h.docker, c).await;
     }
 }
 
@@ -245,16 +227,7 @@ pub(super) async fn launch_new(
             Err(e) => {
                 let why = chain(&e);
                 let logs = tail_logs(&h.docker, &id).await;
-                let _ = h
-                    .docker
-                    .remove_container(
-                        &id,
-                        Some(RemoveContainerOptions {
-                            force: true,
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
+                force_remove(&h.docker, &id).await;
                 if !(pinned && super::container::is_port_conflict(&why) && attempt < PORT_TRIES) {
                     return Err((format!("starting {name}: {why}"), logs));
                 }
@@ -268,16 +241,7 @@ pub(super) async fn launch_new(
             if let (Some(c), Some(r)) = (&h.consul, reg) {
                 let _ = c.deregister_service(&r).await;
             }
-            let _ = h
-                .docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                )
-                .await;
+            force_remove(&h.docker, &id).await;
             logs
         }
     };
@@ -353,16 +317,7 @@ async fn create(
                         &eid[..eid.len().min(12)],
                     )));
                 } else {
-                    let _ = h
-                        .docker
-                        .remove_container(
-                            &name,
-                            Some(RemoveContainerOptions {
-                                force: true,
-                                ..Default::default()
-                            }),
-                        )
-                        .await;
+                    force_remove(&h.docker, &name).await;
                 }
             }
             Err(e) => return Err(plain(format!("creating {name}: {}", chain(&e)))),
@@ -567,4 +522,17 @@ mod tests {
         // A slot without labels (never happens) matches nothing, not even itself.
         assert!(same_slot(&HashMap::new(), &HashMap::new()).is_err());
     }
+}
+
+/// Remove a container whatever its state; a container already gone is fine.
+async fn force_remove(docker: &Docker, id: &str) {
+    let _ = docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
 }

@@ -10,6 +10,7 @@ use std::fmt::Write;
 
 use super::render::{
     host_has_changes, instance_label, instance_what, service_label, service_what, summary_lines,
+    up_to_date,
 };
 use super::{Action, KvAction, Plan, ServiceAction};
 
@@ -49,14 +50,7 @@ pub fn markdown(plan: &Plan) -> String {
         );
     }
     if s.changes() == 0 && plan.faults.is_empty() {
-        let _ = writeln!(
-            out,
-            "**No changes.** {} instance{} up to date on {} host{}.",
-            s.unchanged,
-            if s.unchanged == 1 { "" } else { "s" },
-            plan.hosts.len(),
-            if plan.hosts.len() == 1 { "" } else { "s" }
-        );
+        let _ = writeln!(out, "**No changes.** {}", up_to_date(&s, plan.hosts.len()));
         return out;
     }
     for l in summary_lines(&s) {
@@ -92,31 +86,34 @@ pub fn markdown(plan: &Plan) -> String {
             h.address,
             if n == 1 { "" } else { "s" }
         );
-        for i in h.instances.iter().filter(|i| i.action != Action::Unchanged) {
-            let _ = writeln!(
-                out,
-                "{} {:<10} {}",
-                diff_symbol(i.action.symbol()),
-                instance_label(i),
-                instance_what(i)
-            );
-            for r in &i.reasons {
-                let _ = writeln!(out, "#     {}: {}", r.field, r.detail);
-            }
-        }
-        for v in h
-            .services
+        let lines = h
+            .instances
             .iter()
-            .filter(|v| v.action != ServiceAction::Unchanged)
-        {
-            let _ = writeln!(
-                out,
-                "{} {:<10} {}",
-                diff_symbol(v.action.symbol()),
-                service_label(v),
-                service_what(v)
+            .filter(|i| i.action != Action::Unchanged)
+            .map(|i| {
+                (
+                    i.action.symbol(),
+                    instance_label(i),
+                    instance_what(i),
+                    &i.reasons,
+                )
+            })
+            .chain(
+                h.services
+                    .iter()
+                    .filter(|v| v.action != ServiceAction::Unchanged)
+                    .map(|v| {
+                        (
+                            v.action.symbol(),
+                            service_label(v),
+                            service_what(v),
+                            &v.reasons,
+                        )
+                    }),
             );
-            for r in &v.reasons {
+        for (sym, label, what, reasons) in lines {
+            let _ = writeln!(out, "{} {label:<10} {what}", diff_symbol(sym));
+            for r in reasons {
                 let _ = writeln!(out, "#     {}: {}", r.field, r.detail);
             }
         }

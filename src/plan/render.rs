@@ -239,6 +239,16 @@ pub(super) fn summary_lines(s: &Summary) -> Vec<String> {
     lines
 }
 
+/// `3 instances up to date on 2 hosts.`
+pub(super) fn up_to_date(s: &Summary, hosts: usize) -> String {
+    format!(
+        "{} instance{} up to date on {hosts} host{}.",
+        s.unchanged,
+        if s.unchanged == 1 { "" } else { "s" },
+        if hosts == 1 { "" } else { "s" }
+    )
+}
+
 /// The plan for a person. `color`: whether to emit ANSI colours.
 pub fn human(plan: &Plan, color: bool) -> String {
     let p = Paint { on: color };
@@ -254,14 +264,7 @@ pub fn human(plan: &Plan, color: bool) -> String {
     );
     let _ = writeln!(out);
     if s.changes() == 0 && plan.faults.is_empty() {
-        let _ = writeln!(
-            out,
-            "No changes. {} instance{} up to date on {} host{}.",
-            s.unchanged,
-            if s.unchanged == 1 { "" } else { "s" },
-            plan.hosts.len(),
-            if plan.hosts.len() == 1 { "" } else { "s" }
-        );
+        let _ = writeln!(out, "No changes. {}", up_to_date(&s, plan.hosts.len()));
         return out;
     }
     for h in &plan.hosts {
