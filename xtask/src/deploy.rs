@@ -84,7 +84,7 @@ pub fn demo(l: &Layout) -> Result<()> {
     println!(
         r#"
 koa runs on h1..h3: `app` (Koa under pm2-runtime, 2 cluster workers per container, its greeting
-from Consul KV) and `client` (finds `app` by name through Consul DNS). Ports are Docker's pick.
+from Consul KV) and `client` (finds `app` by name through Consul DNS). Ports are fleet's pick from the ephemeral range, kept across restarts.
 
   curl http://10.200.1.2:{app}/                  # the greeting, from KV koa/production/app/greeting
   curl http://10.200.1.2:{client}/upstream       # the same, through app.service.consul

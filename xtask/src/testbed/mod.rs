@@ -593,8 +593,13 @@ fn stop_host(l: &Layout, n: u32) -> Result<()> {
     if Path::new(&format!("/var/run/netns/h{n}")).exists() {
         sh::run(&format!("ip netns del h{n}"))?;
     }
-    if sh::ok(&format!("ip link show {}", layout::veth(n))) {
-        sh::run(&format!("ip link del {}", layout::veth(n)))?;
+    // Deleting the namespace takes the veth pair with it, a moment later: gone by then is fine.
+    let veth = layout::veth(n);
+    if sh::ok(&format!("ip link show {veth}"))
+        && !sh::ok(&format!("ip link del {veth} 2>/dev/null"))
+        && sh::ok(&format!("ip link show {veth} 2>/dev/null"))
+    {
+        bail!("cannot remove the link {veth}");
     }
     // Its routes went with the link; the rule names the link and stays unless removed.
     while sh::ok(&format!(
