@@ -12,6 +12,7 @@
 //!   them around `apply`).
 
 pub mod container;
+mod context;
 pub mod deploy;
 pub mod health;
 pub mod hooks;
