@@ -18,125 +18,28 @@
 //! deploy already replaced are rolled back by the same procedure, from an `inspect` of the old
 //! container taken just before it was removed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bollard::Docker;
-use bollard::models::ContainerCreateBody;
 use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::container::create_body;
+pub use super::context::{ApplyOptions, Cancel, Events, Failure, Step, registration_id};
+use super::context::{Ctx, Host, Launch, ServiceTemplate, Started, Undo};
 use super::instance::{converge_registration, launch_new, replace, retire, tail_logs};
 use super::prune::prune_images;
 use super::pull_auth::PullAuth;
 use crate::consul::ConsulClient;
-use crate::desired::{DesiredApp, DesiredHost, DesiredState, HealthSpec, InstanceSpec};
+use crate::desired::{DesiredHost, DesiredState, InstanceSpec};
 use crate::errors::chain;
 use crate::host::HostSession;
 use crate::labels;
 use crate::observe::{ObservedHost, ObservedService, ObservedState};
 use crate::plan::fields::{FIELDS_LABEL, label_value};
 use crate::plan::{Action, HostPlan, InstanceChange, Plan, ServiceAction};
-
-/// Progress lines: (host, message).
-pub type Events = Arc<dyn Fn(&str, &str) + Send + Sync>;
-
-/// Asked before each batch of instances: `Some(reason)` stops the rollout there (the deploy
-/// lock was lost: another deploy may be about to start).
-pub type Cancel = Arc<dyn Fn() -> Option<String> + Send + Sync>;
-
-/// How to apply.
-#[derive(Clone)]
-pub struct ApplyOptions {
-    /// Hosts worked on at once.
-    pub parallel: usize,
-    /// Roll back what this deploy replaced when an instance fails.
-    pub rollback: bool,
-    /// Wait between deregistering an old instance and stopping it, so clients that just looked
-    /// it up finish their requests.
-    pub drain: Duration,
-    /// Versions of each built app's image kept on each host (older fleet images are removed).
-    pub keep_images: usize,
-    /// The Consul ACL token's value, when the project has one.
-    pub consul_token: Option<String>,
-    pub events: Option<Events>,
-    /// Checked before each batch; a reason stops every host at its next instance, with a
-    /// failure naming it and no rollback (whoever took over now owns the environment).
-    pub cancel: Option<Cancel>,
-    /// Hosts with changes converged first (in manifest order); the others start only after
-    /// every canary host passed. 0: all hosts at once (up to `parallel`).
-    pub canary: usize,
-}
-
-impl Default for ApplyOptions {
-    fn default() -> Self {
-        ApplyOptions {
-            parallel: crate::host::DEFAULT_PARALLEL,
-            rollback: true,
-            drain: Duration::from_secs(2),
-            keep_images: 3,
-            consul_token: None,
-            events: None,
-            cancel: None,
-            canary: 0,
-        }
-    }
-}
-
-/// One thing done to one instance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Step {
-    pub host: String,
-    pub app: String,
-    pub instance: Option<u32>,
-    pub action: Action,
-    pub from_version: Option<String>,
-    pub to_version: Option<String>,
-    /// The container that serves the instance now (for create, replace, start, unchanged).
-    pub container: Option<String>,
-    /// Its published host port, when it has one.
-    pub port: Option<u16>,
-    pub seconds: f64,
-    /// How long the new container took to pass its health check (create, replace, start).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health_seconds: Option<f64>,
-}
-
-/// The instance that failed a deploy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Failure {
-    pub host: String,
-    pub app: String,
-    pub instance: Option<u32>,
-    pub version: Option<String>,
-    pub reason: String,
-    /// The last lines of the failed container's output (stderr and stdout).
-    pub logs: Vec<String>,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let inst = self.instance.map(|i| format!("#{i}")).unwrap_or_default();
-        write!(
-            f,
-            "{}{inst} on {} ({}): {}",
-            self.app,
-            self.host,
-            self.version.as_deref().unwrap_or("?"),
-            self.reason
-        )?;
-        if !self.logs.is_empty() {
-            write!(f, "\nlast lines of the container's output:")?;
-            for l in &self.logs {
-                write!(f, "\n  | {l}")?;
-            }
-        }
-        Ok(())
-    }
-}
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -170,93 +73,6 @@ pub enum ApplyError {
     Kv(#[from] super::kv::KvError),
     #[error("registry credentials: {0}")]
     Registry(String),
-}
-
-/// A container to start: from an `InstanceSpec` (forward) or from an inspect (rollback).
-#[derive(Clone)]
-pub(super) struct Launch {
-    pub(super) app: String,
-    pub(super) instance: u32,
-    pub(super) version: String,
-    pub(super) name: String,
-    pub(super) body: ContainerCreateBody,
-    pub(super) image: String,
-    /// `(container port, fixed host port or 0)`, when published.
-    pub(super) port: Option<(u16, u16)>,
-    pub(super) service: Option<ServiceTemplate>,
-    pub(super) health: Option<HealthSpec>,
-    pub(super) deadline: Duration,
-    pub(super) stop_timeout: Duration,
-}
-
-/// A Consul registration without its per-container ID and port.
-#[derive(Clone)]
-pub(super) struct ServiceTemplate {
-    pub(super) base_id: String,
-    pub(super) name: String,
-    pub(super) tags: Vec<String>,
-    pub(super) meta: BTreeMap<String, String>,
-    pub(super) address: String,
-}
-
-/// What was started.
-#[derive(Clone)]
-pub(super) struct Started {
-    pub(super) id: String,
-    pub(super) port: Option<u16>,
-    pub(super) registration: Option<String>,
-    /// How long its health check took to pass, when one was waited for.
-    pub(super) healthy_after: Option<Duration>,
-}
-
-/// Enough to put an old container back.
-#[derive(Clone)]
-pub(super) struct Undo {
-    pub(super) host: usize,
-    pub(super) launch: Launch,
-    /// The container and registration that replaced it.
-    pub(super) new: Started,
-    pub(super) new_version: String,
-}
-
-/// The registration ID of one container of an instance.
-pub fn registration_id(base: &str, container_id: &str) -> String {
-    format!("{base}-{}", &container_id[..container_id.len().min(12)])
-}
-
-pub(super) struct Host<'a> {
-    pub(super) index: usize,
-    pub(super) session: &'a HostSession,
-    pub(super) docker: Docker,
-    pub(super) consul: Option<ConsulClient>,
-    pub(super) desired: &'a DesiredHost,
-    pub(super) observed: &'a ObservedHost,
-    pub(super) plan: &'a HostPlan,
-}
-
-pub(super) struct Ctx<'a> {
-    pub(super) desired: &'a DesiredState,
-    pub(super) opts: &'a ApplyOptions,
-    /// Which credentials go with which pull.
-    pub(super) pull_auth: PullAuth,
-    pub(super) stop: AtomicBool,
-    /// Stopped by `opts.cancel` (no rollback then).
-    pub(super) cancelled: AtomicBool,
-    pub(super) steps: Mutex<Vec<Step>>,
-    pub(super) failures: Mutex<Vec<Failure>>,
-    pub(super) undo: Mutex<Vec<Undo>>,
-    pub(super) images_removed: Mutex<usize>,
-}
-
-impl Ctx<'_> {
-    pub(super) fn emit(&self, host: &str, msg: &str) {
-        if let Some(e) = &self.opts.events {
-            e(host, msg);
-        }
-    }
-    pub(super) fn app(&self, name: &str) -> Option<&DesiredApp> {
-        self.desired.apps.iter().find(|a| a.name == name)
-    }
 }
 
 /// A Consul client for a host's agent, through its session.
@@ -814,29 +630,5 @@ mod tests {
         assert_eq!(canary_waves(&plans, 1), (vec![1], vec![0]));
         assert_eq!(canary_waves(&plans, 0), (vec![], vec![0, 1]));
         assert_eq!(canary_waves(&plans, 5), (vec![1], vec![0]));
-    }
-
-    #[test]
-    fn registration_ids_carry_the_container() {
-        assert_eq!(
-            registration_id("hello-production-hello-h1-1", "0123456789abcdef0123"),
-            "hello-production-hello-h1-1-0123456789ab"
-        );
-        assert_eq!(registration_id("b", "abc"), "b-abc");
-    }
-
-    #[test]
-    fn failure_names_app_host_instance_and_logs() {
-        let f = Failure {
-            host: "h2".into(),
-            app: "hello".into(),
-            instance: Some(1),
-            version: Some("v3".into()),
-            reason: "health check failed".into(),
-            logs: vec!["boom".into()],
-        };
-        let s = f.to_string();
-        assert!(s.starts_with("hello#1 on h2 (v3): health check failed"));
-        assert!(s.contains("  | boom"));
     }
 }

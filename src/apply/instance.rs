@@ -13,7 +13,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::deploy::{Ctx, Host, Launch, Started, Undo, registration_id};
+use super::context::{Ctx, Host, Launch, Started, Undo, registration_id};
 use super::health::{self, Unhealthy};
 use crate::consul::ServiceRegistration;
 use crate::errors::chain;

@@ -4,14 +4,18 @@
 //!   order per host, failure, rollback; `instance`: the steps on one instance's containers
 //!   (pull, launch, register + health wait, replace, retire); `prune`: old images after a
 //!   rollout; `pull_auth`: which registry credentials go with which pull.
+//!   `context`: the types those three share (`Ctx`, `Host`, `Launch`, `Started`, `Undo`,
+//!   `ApplyOptions`, `Step`, `Failure`), so they import it and never each other.
 //! - `container`: `InstanceSpec` -> Docker create body.
 //! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
 //! - `kv`: KV config with check-and-set.
-//! - `lock`, `ledger`, `hooks`: the deploy lock, the release records, pre/post deploy hooks
-//!   (`lock::Store` opens the lock and ledger of an environment; `cli::deploy::converge` wires
-//!   them around `apply`).
+//! - `lock`, `ledger`, `hooks`: the deploy lock (in Consul, `lock/consul.rs`, or a file on the
+//!   first host, `lock/host_file.rs`), the release records, pre/post deploy hooks (`lock::Store`
+//!   opens the lock and ledger of an environment; `cli::deploy::converge` wires them around
+//!   `apply`).
 
 pub mod container;
+mod context;
 pub mod deploy;
 pub mod health;
 pub mod hooks;

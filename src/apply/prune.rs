@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use bollard::query_parameters::{ListContainersOptions, RemoveImageOptions};
 use serde::{Deserialize, Serialize};
 
-use super::deploy::{Ctx, Host};
+use super::context::{Ctx, Host};
 use super::lock::{HOST_DIR, run, sh_quote};
 
 /// One environment's record on one host.
