@@ -8,7 +8,7 @@
 //! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
 //! - `kv`: KV config with check-and-set.
 //! - `lock`, `ledger`, `hooks`: the deploy lock, the release records, pre/post deploy hooks
-//!   (`lock::Store` opens the lock and ledger of an environment; `cli::deploy::converge` wires
+//!   (`lock::Store` opens the lock and ledger of an environment; `crate::pipeline::Deployment` wires
 //!   them around `apply`).
 
 pub mod container;
