@@ -518,3 +518,23 @@ pub fn outcome_of(report: &Report) -> ReleaseOutcome {
         ReleaseOutcome::Failed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_hosts_are_listed_one_a_line() {
+        let e =
+            PipelineError::Unreadable(vec!["h1 (10.0.0.1): refused".into(), "h2 (x): y".into()]);
+        assert_eq!(
+            e.to_string(),
+            "cannot deploy: 2 host(s) could not be read:\n  h1 (10.0.0.1): refused\n  h2 (x): y"
+        );
+    }
+
+    #[test]
+    fn a_report_without_failures_is_a_succeeded_release() {
+        assert_eq!(outcome_of(&Report::default()), ReleaseOutcome::Succeeded);
+    }
+}
