@@ -23,6 +23,7 @@ pub mod labels;
 pub mod manifest;
 pub mod observe;
 pub mod operate;
+pub mod pipeline;
 pub mod plan;
 pub mod registry;
 pub mod ui;

@@ -11,8 +11,8 @@
 //! - `kv`: KV config with check-and-set.
 //! - `lock`, `ledger`, `hooks`: the deploy lock (in Consul, `lock/consul.rs`, or a file on the
 //!   first host, `lock/host_file.rs`), the release records, pre/post deploy hooks (`lock::Store`
-//!   opens the lock and ledger of an environment; `cli::deploy::converge` wires them around
-//!   `apply`).
+//!   opens the lock and ledger of an environment; `crate::pipeline::Deployment` wires them
+//!   around `apply`).
 
 pub mod container;
 mod context;

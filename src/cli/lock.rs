@@ -6,7 +6,7 @@ use std::time::Duration;
 use miette::{IntoDiagnostic, miette};
 
 use super::Global;
-use crate::apply::lock::{DeployLock, Holder, LockError, Store, ago};
+use crate::apply::lock::{Holder, Store, ago};
 use crate::desired::DesiredState;
 use crate::host::ConnectOptions;
 
@@ -122,51 +122,38 @@ async fn release(store: &Store, env: &str, yes: bool) -> miette::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// An environment's deploy lock, held while a command changes what runs (deploy, rollback,
-/// restart, stop, start, destroy), so two of them never race. Release it with
-/// [`Locked::release`] on every path.
-pub(crate) struct Locked {
-    pub(crate) store: Store,
-    pub(crate) lock: DeployLock,
-}
+/// [`crate::pipeline::Locked`] at the CLI edge (restart, stop, start, destroy, rollback):
+/// taking it says when it was taken over; its errors are diagnostics; releasing it warns.
+pub(crate) struct Locked(pub(crate) crate::pipeline::Locked);
 
 impl Locked {
     /// Take the lock of `desired`'s environment for `what` (the holder's summary); a lock held
     /// by someone else is an error naming them and since when.
     pub(crate) async fn take(desired: &DesiredState, what: &str) -> miette::Result<Locked> {
-        let env = &desired.environment;
-        let store = Store::open(desired, &ConnectOptions::default())
+        let locked = crate::pipeline::Locked::take(desired, what)
             .await
-            .map_err(|e| miette!("cannot reach the deploy lock of {env}: {e}"))?;
-        match store.acquire(Holder::current(), what).await {
-            Ok(lock) => {
-                if let Some(dead) = lock.took_over() {
-                    eprintln!(
-                        "Took over the deploy lock of {env} from {dead}: that process no longer runs on this machine."
-                    );
-                }
-                Ok(Locked { store, lock })
-            }
-            Err(e) => {
-                store.close().await;
-                Err(match e {
-                    LockError::Held { .. } => miette!(
-                        help = format!(
-                            "wait for it to finish; if its holder is gone, the lock expires by \
-                             itself (or `fleet lock release {env}`)"
-                        ),
-                        "{e}"
-                    ),
-                    e => miette!("cannot take the deploy lock of {env}: {e}"),
-                })
-            }
+            .map_err(super::deploy::diagnostic)?;
+        if let Some(dead) = locked.lock.took_over() {
+            took_over(&desired.environment, dead);
         }
+        Ok(Locked(locked))
     }
 
     pub(crate) async fn release(self) {
-        if let Err(e) = self.lock.release().await {
-            eprintln!("warning: could not release the deploy lock ({e}); it expires by itself");
+        if let Err(e) = self.0.release().await {
+            not_released(&e);
         }
-        self.store.close().await;
     }
+}
+
+/// The line saying the lock was taken over from a dead holder.
+pub(crate) fn took_over(env: &str, from: &Holder) {
+    eprintln!(
+        "Took over the deploy lock of {env} from {from}: that process no longer runs on this machine."
+    );
+}
+
+/// The warning for a lock that could not be released.
+pub(crate) fn not_released(e: &dyn std::fmt::Display) {
+    eprintln!("warning: could not release the deploy lock ({e}); it expires by itself");
 }

@@ -12,6 +12,7 @@ use super::lock::Locked;
 use crate::apply::ledger::{Release, ReleaseOutcome, newest_good};
 use crate::desired::Versions;
 use crate::host::DEFAULT_PARALLEL;
+use crate::pipeline::Options;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -47,24 +48,26 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let locked = Locked::take(&probe, "rollback: planning").await?;
     let c = Converge {
         env: args.env.clone(),
-        apps: args.app.clone().into_iter().collect(),
         yes: args.yes,
-        saved_plan: None,
-        rollback: true,
         json: args.json,
-        parallel: args.parallel,
-        drain: args.drain,
-        // A rollback goes back to a version that ran everywhere: no canary wave.
-        canary: Some(0),
-        verb: "rollback",
+        options: Options {
+            apps: args.app.clone().into_iter().collect(),
+            saved_plan: None,
+            rollback: true,
+            parallel: args.parallel,
+            drain: args.drain,
+            // A rollback goes back to a version that ran everywhere: no canary wave.
+            canary: Some(0),
+            verb: "rollback",
+        },
     };
     let chosen = async {
-        let releases = locked.store.releases().await.into_diagnostic()?;
+        let releases = locked.0.store.releases().await.into_diagnostic()?;
         let versions = versions_to_return_to(&args, &targets, sources, &releases)?;
         resolve(&loaded, &versions, &c)
     };
     match chosen.await {
-        Ok(desired) => converge_locked(&desired, &c, t0, locked).await,
+        Ok(desired) => converge_locked(&desired, &c, t0, locked.0).await,
         Err(e) => {
             locked.release().await;
             Err(e)

@@ -1,0 +1,540 @@
+//! The deploy pipeline as one type: [`Deployment`] takes the deploy lock (while the SSH
+//! connections open), observes, plans, asks for confirmation (a callback of the caller), runs
+//! the `pre_deploy` hooks, records the release, applies, records its outcome, runs the
+//! `post_deploy` hooks and releases the lock on every path. `fleet deploy` and `fleet rollback`
+//! run it; [`Locked`] (the lock step alone) is shared with restart / stop / start / destroy.
+//!
+//! Progress is reported as [`Event`]s (plain data, to a callback); the result is typed
+//! ([`Finished`], [`PipelineError`]). Rendering (lines, bars, JSON) is the caller's.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::apply::deploy::{ApplyError, ApplyOptions, Report};
+use crate::apply::hooks::{self, HookError, HookKind};
+use crate::apply::ledger::{Release, ReleaseOutcome};
+use crate::apply::lock::{DeployLock, Holder, LockError, Store};
+use crate::desired::DesiredState;
+use crate::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
+use crate::observe::{ObserveOptions, observe_all};
+use crate::plan::saved::{SavedPlan, SavedPlanError};
+use crate::plan::{Action, KvAction, Plan, ServiceAction, diff};
+
+/// How a deployment runs (deploy and rollback).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Converge only these apps (`--app`); empty: all.
+    pub apps: Vec<String>,
+    /// Apply this saved plan; refused if the hosts or the manifest changed since.
+    pub saved_plan: Option<PathBuf>,
+    /// Roll back what was replaced when an instance fails.
+    pub rollback: bool,
+    pub parallel: usize,
+    pub drain: Duration,
+    /// Canary hosts; `None`: the environment's.
+    pub canary: Option<usize>,
+    /// What the lock and the ledger record as the summary prefix (`deploy`, `rollback`).
+    pub verb: &'static str,
+}
+
+/// What a deployment reports while it runs, in this order.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The lock was taken over from a process that no longer runs on this machine.
+    TookOver { env: &'a str, from: &'a Holder },
+    /// Some hosts could not be read (the plan carries the faults); the deployment stops.
+    Unreadable(&'a Plan),
+    /// The plan to apply (restricted to the selected apps), before confirmation.
+    Planned(&'a Plan),
+    /// The plan's summary could not be written into the lock (the deployment goes on).
+    LockSummary(String),
+    /// A note on the release ledger.
+    Ledger(String),
+    /// The rollout starts: per-host progress follows.
+    ApplyStarted,
+    /// Progress on one host.
+    Host { host: &'a str, msg: &'a str },
+    /// The rollout ended (before the report).
+    ApplyFinished,
+    /// The rollout's report, before the `post_deploy` hooks run.
+    Applied(&'a Report),
+    /// The lock could not be released (it expires by itself).
+    LockNotReleased(String),
+}
+
+/// Where events go.
+pub type Sink = Arc<dyn Fn(Event<'_>) + Send + Sync>;
+
+/// The caller's answer to "apply this plan?".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Apply,
+    Decline,
+    /// There is nowhere to ask (no terminal, no `--yes`).
+    NoTerminal,
+}
+
+/// How a deployment ended (without an error).
+#[derive(Debug)]
+pub enum Outcome {
+    /// The plan changed nothing.
+    Unchanged,
+    /// The caller declined the plan; nothing was changed.
+    Declined,
+    /// The plan was applied (`report.ok()` says whether every instance passed).
+    Applied {
+        report: Report,
+        release: Option<u64>,
+        outcome: ReleaseOutcome,
+    },
+}
+
+/// What a deployment returns.
+#[derive(Debug)]
+pub struct Finished {
+    pub plan: Plan,
+    /// The version of every app of the desired state.
+    pub versions: BTreeMap<String, String>,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot reach the deploy lock of {env}: {source}")]
+    LockUnreachable { env: String, source: LockError },
+    /// Someone else holds the lock.
+    #[error("{source}")]
+    Held { env: String, source: LockError },
+    #[error("cannot take the deploy lock of {env}: {source}")]
+    Lock { env: String, source: LockError },
+    #[error("{0}")]
+    Observe(String),
+    #[error("cannot deploy: {} host(s) could not be read:\n  {}", .0.len(), .0.join("\n  "))]
+    Unreadable(Vec<String>),
+    #[error(transparent)]
+    SavedPlan(#[from] SavedPlanError),
+    #[error("no terminal to confirm the deploy on")]
+    NoTerminal,
+    /// Asking for confirmation failed (reading the answer).
+    #[error(transparent)]
+    Confirm(std::io::Error),
+    #[error("the deploy lock of {0} was lost before the rollout started; nothing was changed")]
+    LockLost(String),
+    #[error("{0}")]
+    PreDeploy(HookError),
+    #[error("{0}")]
+    Apply(ApplyError),
+    /// The release is applied and recorded as succeeded; only the hook failed.
+    #[error("{0}")]
+    PostDeploy(HookError),
+}
+
+/// An environment's deploy lock with its store, held while a command changes what runs
+/// (deploy, rollback, restart, stop, start, destroy), so two of them never race. Release it
+/// with [`Locked::release`] on every path.
+pub struct Locked {
+    pub store: Store,
+    pub lock: DeployLock,
+}
+
+impl Locked {
+    /// Take the lock of `desired`'s environment for `what` (the holder's summary); a lock held
+    /// by someone else is [`PipelineError::Held`], naming them and since when.
+    pub async fn take(desired: &DesiredState, what: &str) -> Result<Locked, PipelineError> {
+        let env = &desired.environment;
+        let store = Store::open(desired, &ConnectOptions::default())
+            .await
+            .map_err(|source| PipelineError::LockUnreachable {
+                env: env.clone(),
+                source,
+            })?;
+        match store.acquire(Holder::current(), what).await {
+            Ok(lock) => Ok(Locked { store, lock }),
+            Err(e) => {
+                store.close().await;
+                Err(match e {
+                    source @ LockError::Held { .. } => PipelineError::Held {
+                        env: env.clone(),
+                        source,
+                    },
+                    source => PipelineError::Lock {
+                        env: env.clone(),
+                        source,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Release the lock and close the store; an error means the lock expires by itself.
+    pub async fn release(self) -> Result<(), LockError> {
+        let r = self.lock.release().await;
+        self.store.close().await;
+        r
+    }
+}
+
+type Sessions = Vec<Result<HostSession, HostError>>;
+
+/// One run of the pipeline on a resolved desired state.
+pub struct Deployment<'a> {
+    pub desired: &'a DesiredState,
+    pub options: &'a Options,
+    pub events: Sink,
+    /// When the command started (for the timing traces).
+    pub started: Instant,
+}
+
+impl Deployment<'_> {
+    fn emit(&self, e: Event<'_>) {
+        (self.events)(e)
+    }
+
+    fn targets(&self) -> Vec<crate::desired::HostTarget> {
+        self.desired
+            .hosts
+            .iter()
+            .map(|h| h.target.clone())
+            .collect()
+    }
+
+    /// The whole pipeline: the lock before anything else touches a host (a second deploy is
+    /// refused at once); connecting touches nothing, so the connections open meanwhile.
+    pub async fn run(
+        &self,
+        confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
+    ) -> Result<Finished, PipelineError> {
+        let connect = ConnectOptions::default();
+        let targets = self.targets();
+        let what = format!("{}: planning", self.options.verb);
+        let (locked, sessions) = tokio::join!(
+            Locked::take(self.desired, &what),
+            connect_all(&targets, &connect, self.options.parallel)
+        );
+        tracing::info!(
+            "connected and locked after {:.3}s",
+            self.started.elapsed().as_secs_f64()
+        );
+        match locked {
+            Ok(locked) => {
+                self.took_over(&locked);
+                self.run_with(locked, sessions, &connect, confirm).await
+            }
+            Err(e) => {
+                close_all(sessions, &connect).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The pipeline with the lock already held (a rollback reads the ledger under it first).
+    pub async fn run_locked(
+        &self,
+        locked: Locked,
+        confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
+    ) -> Result<Finished, PipelineError> {
+        let connect = ConnectOptions::default();
+        let sessions = connect_all(&self.targets(), &connect, self.options.parallel).await;
+        self.run_with(locked, sessions, &connect, confirm).await
+    }
+
+    fn took_over(&self, locked: &Locked) {
+        if let Some(from) = locked.lock.took_over() {
+            self.emit(Event::TookOver {
+                env: &self.desired.environment,
+                from,
+            });
+        }
+    }
+
+    /// With the sessions open; closes them and releases the lock on every path.
+    async fn run_with(
+        &self,
+        locked: Locked,
+        sessions: Sessions,
+        connect: &ConnectOptions,
+        confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
+    ) -> Result<Finished, PipelineError> {
+        let Locked { store, mut lock } = locked;
+        let result = match ObserveOptions::for_desired(self.desired, self.options.parallel) {
+            Ok(oo) => {
+                self.converge(&sessions, &oo, &store, &mut lock, confirm)
+                    .await
+            }
+            Err(e) => Err(PipelineError::Observe(e)),
+        };
+        close_all(sessions, connect).await;
+        if let Err(e) = (Locked { store, lock }).release().await {
+            self.emit(Event::LockNotReleased(e.to_string()));
+        }
+        result
+    }
+
+    async fn converge(
+        &self,
+        sessions: &[Result<HostSession, HostError>],
+        oo: &ObserveOptions,
+        store: &Store,
+        lock: &mut DeployLock,
+        confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
+    ) -> Result<Finished, PipelineError> {
+        let desired = self.desired;
+        let o = self.options;
+        let observed = observe_all(&self.targets(), sessions, oo).await;
+        tracing::info!(
+            "observed after {:.3}s",
+            self.started.elapsed().as_secs_f64()
+        );
+        let mut plan = diff(desired, &observed);
+        if !plan.faults.is_empty() {
+            self.emit(Event::Unreadable(&plan));
+            return Err(PipelineError::Unreadable(
+                plan.faults
+                    .iter()
+                    .map(|f| format!("{} ({}): {}", f.host, f.address, f.message))
+                    .collect(),
+            ));
+        }
+        if let Some(path) = &o.saved_plan {
+            SavedPlan::load(path)?.check(desired, &observed)?;
+        }
+        restrict(&mut plan, desired, &o.apps);
+        self.emit(Event::Planned(&plan));
+        let versions: BTreeMap<String, String> = desired
+            .apps
+            .iter()
+            .map(|a| (a.name.clone(), a.version.clone()))
+            .collect();
+        let finished = |plan, outcome| Finished {
+            plan,
+            versions: versions.clone(),
+            outcome,
+        };
+        if !plan.has_changes() {
+            self.record_unchanged(store, lock, &versions).await;
+            return Ok(finished(plan, Outcome::Unchanged));
+        }
+        match confirm(&plan).map_err(PipelineError::Confirm)? {
+            Answer::Apply => {}
+            Answer::Decline => return Ok(finished(plan, Outcome::Declined)),
+            Answer::NoTerminal => return Err(PipelineError::NoTerminal),
+        }
+        let s = plan.summary();
+        let summary = format!(
+            "{}: {} create, {} replace, {} remove, {} start",
+            o.verb, s.create, s.replace, s.remove, s.start
+        );
+        if let Err(e) = lock.set_summary(&summary).await {
+            self.emit(Event::LockSummary(format!(
+                "could not write the plan into the lock: {e}"
+            )));
+        }
+        let lost = lock.lost_flag();
+        if lost.load(Ordering::SeqCst) {
+            return Err(PipelineError::LockLost(desired.environment.clone()));
+        }
+        let changed = changed_apps(&plan, desired);
+        let hook_env = hooks::env_for(&desired.project, &desired.environment, &versions, &changed);
+        hooks::run_all(HookKind::PreDeploy, &desired.hooks.pre_deploy, &hook_env)
+            .await
+            .map_err(PipelineError::PreDeploy)?;
+        match store.close_interrupted().await {
+            Ok(ids) if !ids.is_empty() => self.emit(Event::Ledger(format!(
+                "releases {ids:?} were interrupted (fleet was killed): marked failed"
+            ))),
+            Ok(_) => {}
+            Err(e) => self.emit(Event::Ledger(format!("could not read the ledger: {e}"))),
+        }
+        let release = match store
+            .append_release(Release::begin(lock.holder(), versions.clone(), &summary))
+            .await
+        {
+            Ok(r) => {
+                self.emit(Event::Ledger(format!("release {} ({})", r.id, r.outcome)));
+                Some(r.id)
+            }
+            Err(e) => {
+                self.emit(Event::Ledger(format!("could not record the release: {e}")));
+                None
+            }
+        };
+        self.emit(Event::ApplyStarted);
+        let sink = self.events.clone();
+        let opts = ApplyOptions {
+            parallel: o.parallel,
+            rollback: o.rollback,
+            drain: o.drain,
+            canary: o.canary.unwrap_or(desired.canary),
+            consul_token: oo.consul_token.clone(),
+            events: Some(Arc::new(move |host: &str, msg: &str| {
+                sink(Event::Host { host, msg })
+            })),
+            cancel: Some(Arc::new(move || {
+                lost.load(Ordering::SeqCst).then(|| {
+                    "the deploy lock was lost (released with `fleet lock release`, or not renewed \
+                     in time); another deploy may hold it now"
+                        .to_string()
+                })
+            })),
+            ..Default::default()
+        };
+        tracing::info!(
+            "apply starts after {:.3}s",
+            self.started.elapsed().as_secs_f64()
+        );
+        let open: Vec<&HostSession> = sessions.iter().filter_map(|s| s.as_ref().ok()).collect();
+        let report = crate::apply::apply(desired, &observed, &plan, &open, &opts).await;
+        tracing::info!(
+            "apply done after {:.3}s",
+            self.started.elapsed().as_secs_f64()
+        );
+        self.emit(Event::ApplyFinished);
+        let outcome = match &report {
+            Ok(r) => outcome_of(r),
+            Err(_) => ReleaseOutcome::Failed,
+        };
+        if let Some(id) = release
+            && let Err(e) = store.update_release(id, outcome).await
+        {
+            self.emit(Event::Ledger(format!(
+                "could not record release {id} as {outcome}: {e}"
+            )));
+        }
+        let report = report.map_err(PipelineError::Apply)?;
+        self.emit(Event::Applied(&report));
+        if report.ok() {
+            let mut post_env = hook_env;
+            post_env.push(("FLEET_OUTCOME".into(), outcome.to_string()));
+            if let Some(id) = release {
+                post_env.push(("FLEET_RELEASE".into(), id.to_string()));
+            }
+            hooks::run_all(HookKind::PostDeploy, &desired.hooks.post_deploy, &post_env)
+                .await
+                .map_err(PipelineError::PostDeploy)?;
+        }
+        Ok(finished(
+            plan,
+            Outcome::Applied {
+                report,
+                release,
+                outcome,
+            },
+        ))
+    }
+
+    /// A deploy that changes nothing still says which versions run, when the ledger does not
+    /// say so already (the first deploy of an existing environment, or after a failed deploy):
+    /// that is what `fleet rollback` returns to later.
+    async fn record_unchanged(
+        &self,
+        store: &Store,
+        lock: &DeployLock,
+        versions: &BTreeMap<String, String>,
+    ) {
+        let list = match store.releases().await {
+            Ok(l) => l,
+            Err(e) => {
+                self.emit(Event::Ledger(format!(
+                    "cannot read the release ledger: {e}"
+                )));
+                return;
+            }
+        };
+        if list
+            .first()
+            .is_some_and(|r| r.outcome == ReleaseOutcome::Succeeded && &r.versions == versions)
+        {
+            return;
+        }
+        let mut r = Release::begin(
+            lock.holder(),
+            versions.clone(),
+            &format!("{}: no changes", self.options.verb),
+        );
+        r.outcome = ReleaseOutcome::Succeeded;
+        r.finished = Some(r.started.clone());
+        if let Err(e) = store.append_release(r).await {
+            self.emit(Event::Ledger(format!("could not record the release: {e}")));
+        }
+    }
+}
+
+/// Keep only the changes of `apps` in the plan (`--app`).
+fn restrict(plan: &mut Plan, d: &DesiredState, apps: &[String]) {
+    if apps.is_empty() {
+        return;
+    }
+    for h in &mut plan.hosts {
+        h.instances.retain(|i| apps.contains(&i.app));
+        h.services.retain(|s| apps.contains(&s.app));
+    }
+    let keys: Vec<String> = d
+        .apps
+        .iter()
+        .filter(|a| apps.contains(&a.name))
+        .map(|a| format!("{}/{}/{}/", d.project, d.environment, a.name))
+        .collect();
+    plan.kv
+        .retain(|k| keys.iter().any(|p| k.key.starts_with(p)));
+}
+
+/// The apps a plan changes (instances, registrations or KV config): `FLEET_APPS` of the hooks.
+fn changed_apps(plan: &Plan, d: &DesiredState) -> Vec<String> {
+    let mut apps = std::collections::BTreeSet::new();
+    for h in &plan.hosts {
+        for i in &h.instances {
+            if i.action != Action::Unchanged {
+                apps.insert(i.app.clone());
+            }
+        }
+        for s in &h.services {
+            if s.action != ServiceAction::Unchanged {
+                apps.insert(s.app.clone());
+            }
+        }
+    }
+    for k in &plan.kv {
+        if k.action != KvAction::Unchanged {
+            let rest = k
+                .key
+                .strip_prefix(&format!("{}/{}/", d.project, d.environment));
+            if let Some(app) = rest.and_then(|r| r.split('/').next()) {
+                apps.insert(app.to_string());
+            }
+        }
+    }
+    apps.into_iter().collect()
+}
+
+/// What the ledger records for a finished apply.
+pub fn outcome_of(report: &Report) -> ReleaseOutcome {
+    if report.ok() {
+        ReleaseOutcome::Succeeded
+    } else if !report.rolled_back.is_empty() && report.rollback_errors.is_empty() {
+        ReleaseOutcome::RolledBack
+    } else {
+        ReleaseOutcome::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_hosts_are_listed_one_a_line() {
+        let e =
+            PipelineError::Unreadable(vec!["h1 (10.0.0.1): refused".into(), "h2 (x): y".into()]);
+        assert_eq!(
+            e.to_string(),
+            "cannot deploy: 2 host(s) could not be read:\n  h1 (10.0.0.1): refused\n  h2 (x): y"
+        );
+    }
+
+    #[test]
+    fn a_report_without_failures_is_a_succeeded_release() {
+        assert_eq!(outcome_of(&Report::default()), ReleaseOutcome::Succeeded);
+    }
+}
