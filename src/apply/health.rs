@@ -178,12 +178,10 @@ async fn probe(session: &HostSession, check: &HealthCheck, port: u16, timeout: D
             }
         }
         HealthCheck::Http(path) => {
-            let probe = crate::http::plain()
-                .get(format!("http://{addr}{path}"))
-                .timeout(timeout);
-            match probe.send().await {
-                Ok(r) if r.status().is_success() => String::new(),
-                Ok(r) => format!("HTTP {}", r.status()),
+            let url = format!("http://{addr}{path}");
+            match crate::http::plain().get(&url, timeout).await {
+                Ok(r) if r.status.is_success() => String::new(),
+                Ok(r) => format!("HTTP {}", r.status),
                 Err(e) => e.to_string(),
             }
         }

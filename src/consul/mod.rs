@@ -9,7 +9,9 @@ mod types;
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode, Url};
+use hyper::header::HeaderName;
+use hyper::{Method, StatusCode};
+use url::Url;
 
 pub use types::*;
 
@@ -45,7 +47,7 @@ pub enum ConsulError {
     Unreachable {
         target: String,
         #[source]
-        source: reqwest::Error,
+        source: crate::http::Error,
     },
     /// 5xx, with Consul's body.
     #[error("Consul agent {target} failed {request}: {status} {body}")]
@@ -121,7 +123,7 @@ pub struct KvDelete {
 /// A client bound to one Consul agent.
 #[derive(Debug, Clone)]
 pub struct ConsulClient {
-    http: reqwest::Client,
+    http: crate::http::Client,
     base: Url,
     token: Option<String>,
     datacenter: Option<String>,
@@ -208,39 +210,36 @@ impl ConsulClient {
     ) -> Result<Answer, ConsulError> {
         let url = self.url(segments, query);
         let request = format!("{method} {}", url.path());
-        let mut builder = self.http.request(method, url).timeout(timeout);
-        if let Some(token) = &self.token {
-            builder = builder.header("X-Consul-Token", token);
-        }
-        if let Some(body) = body {
-            builder = builder.body(body);
-        }
-        let response = builder
-            .send()
+        let token = self
+            .token
+            .as_deref()
+            .map(|t| (HeaderName::from_static("x-consul-token"), t));
+        let response = self
+            .http
+            .send(crate::http::Call {
+                method,
+                url: url.as_str(),
+                headers: token.as_slice(),
+                body,
+                timeout,
+            })
             .await
             .map_err(|source| ConsulError::Unreachable {
                 target: self.target.clone(),
                 source,
             })?;
-        let status = response.status();
+        let status = response.status;
         let index = response
-            .headers()
+            .headers
             .get("X-Consul-Index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let filtered = response
-            .headers()
+            .headers
             .get("X-Consul-Results-Filtered-By-ACLs")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let body = response
-            .bytes()
-            .await
-            .map_err(|source| ConsulError::Unreachable {
-                target: self.target.clone(),
-                source,
-            })?
-            .to_vec();
+        let body = response.body.to_vec();
         classify(status, &body, &request, &self.target)?;
         Ok(Answer {
             status,
