@@ -477,6 +477,19 @@ pub(super) async fn converge_registration(
     }
 }
 
+/// Remove a container whatever its state; a container already gone is fine.
+async fn force_remove(docker: &Docker, id: &str) {
+    let _ = docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,17 +535,4 @@ mod tests {
         // A slot without labels (never happens) matches nothing, not even itself.
         assert!(same_slot(&HashMap::new(), &HashMap::new()).is_err());
     }
-}
-
-/// Remove a container whatever its state; a container already gone is fine.
-async fn force_remove(docker: &Docker, id: &str) {
-    let _ = docker
-        .remove_container(
-            id,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
 }

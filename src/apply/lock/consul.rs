@@ -157,11 +157,11 @@ impl DeployLock {
             lost.clone(),
         ));
         Ok(DeployLock {
-            backend: Some(Backend::Consul(Held {
+            backend: Some(Backend::Consul(Box::new(Held {
                 client: consul.clone(),
                 key,
                 session,
-            })),
+            }))),
             holder,
             took_over,
             renewer: Some(renewer),

@@ -205,7 +205,7 @@ pub enum LockError {
 
 /// The held lock, in whichever place it lives.
 enum Backend {
-    Consul(consul::Held),
+    Consul(Box<consul::Held>),
     Host(host_file::Held),
 }
 

@@ -237,14 +237,14 @@ fn setup_network(n: u32) -> Result<()> {
     // runs without iptables, so without the NAT that would hide it): the table routes the
     // answers back to the host that owns that bridge.
     let bridge = format!("10.210.{n}.0/24");
+    let inner_net = format!("10.200.{n}.0/24");
     sh::run(&format!(
         "sysctl -qw net.ipv4.conf.{veth}.forwarding=1 && \
          ip route replace {inner_net} dev {veth} table {TABLE} && \
          ip route replace {bridge} via {inner} dev {veth} table {TABLE} && \
          ip route replace {bridge} via {inner} dev {veth} && \
          ip route replace unreachable default table {TABLE} && \
-         {{ ip rule show | grep -q 'iif {veth} lookup {TABLE}' || ip rule add iif {veth} lookup {TABLE} priority {TABLE}; }}",
-        inner_net = format!("10.200.{n}.0/24"),
+         {{ ip rule show | grep -q 'iif {veth} lookup {TABLE}' || ip rule add iif {veth} lookup {TABLE} priority {TABLE}; }}"
     ))
 }
 
