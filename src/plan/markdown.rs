@@ -9,8 +9,8 @@
 use std::fmt::Write;
 
 use super::render::{
-    host_has_changes, instance_label, instance_what, service_label, service_what, summary_lines,
-    up_to_date,
+    faults_headline, host_has_changes, instance_label, instance_what, service_label, service_what,
+    summary_lines, up_to_date,
 };
 use super::{Action, KvAction, Plan, ServiceAction};
 
@@ -37,17 +37,7 @@ pub fn markdown(plan: &Plan) -> String {
         plan.project, plan.environment
     );
     if !plan.faults.is_empty() {
-        let n = plan.faults.len();
-        let _ = writeln!(
-            out,
-            "> [!CAUTION]\n> {n} host{} could not be fully read; {} not planned.\n",
-            if n == 1 { "" } else { "s" },
-            if n == 1 {
-                "its part is"
-            } else {
-                "their parts are"
-            }
-        );
+        let _ = writeln!(out, "> [!CAUTION]\n> {}.\n", faults_headline(plan));
     }
     if s.changes() == 0 && plan.faults.is_empty() {
         let _ = writeln!(out, "**No changes.** {}", up_to_date(&s, plan.hosts.len()));

@@ -239,6 +239,40 @@ pub(super) fn summary_lines(s: &Summary) -> Vec<String> {
     lines
 }
 
+/// What could not be read, counted by host (a host can have several faults: its engine and
+/// its agent), and the KV (read once, through the first host that answers), without the
+/// trailing punctuation: `2 hosts could not be fully read; their parts are not planned`.
+pub(super) fn faults_headline(plan: &Plan) -> String {
+    let mut hosts: Vec<&str> = plan
+        .faults
+        .iter()
+        .map(|f| f.host.as_str())
+        .filter(|h| plan.hosts.iter().any(|p| p.name == *h))
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    let kv = plan.faults.len()
+        > plan
+            .faults
+            .iter()
+            .filter(|f| hosts.contains(&f.host.as_str()))
+            .count();
+    let n = hosts.len();
+    match (n, kv) {
+        (0, _) => "the KV could not be read; config changes are not planned".into(),
+        (_, kv) => format!(
+            "{n} host{} could not be fully read{}; {} not planned",
+            if n == 1 { "" } else { "s" },
+            if kv { ", nor the KV" } else { "" },
+            if n == 1 {
+                "its part is"
+            } else {
+                "their parts are"
+            }
+        ),
+    }
+}
+
 /// `3 instances up to date on 2 hosts.`
 pub(super) fn up_to_date(s: &Summary, hosts: usize) -> String {
     format!(
@@ -304,19 +338,10 @@ pub fn human(plan: &Plan, color: bool) -> String {
     }
     if !plan.faults.is_empty() {
         let _ = writeln!(out);
-        let n = plan.faults.len();
         let _ = writeln!(
             out,
             "{}",
-            p.red(&format!(
-                "Error: {n} host{} could not be fully read; {} not planned:",
-                if n == 1 { "" } else { "s" },
-                if n == 1 {
-                    "its part is"
-                } else {
-                    "their parts are"
-                }
-            ))
+            p.red(&format!("Error: {}:", faults_headline(plan)))
         );
         for f in &plan.faults {
             let _ = writeln!(
@@ -391,6 +416,34 @@ mod tests {
         for v in ["s3cr3t-v4lue", "bonjour", "hello", "SHOP_DB_PASSWORD"] {
             assert!(!text.contains(v), "{v} leaked");
         }
+    }
+
+    #[test]
+    fn faults_are_counted_by_host_and_the_kv_apart() {
+        let mut p = busy_plan();
+        assert_eq!(
+            faults_headline(&p),
+            "1 host could not be fully read; its part is not planned"
+        );
+        let fault = |host: &str| crate::observe::Fault {
+            host: host.into(),
+            address: "-".into(),
+            kind: "consul-unreachable".into(),
+            message: "x".into(),
+        };
+        // Every host unreachable, h2 twice (engine and agent), and the KV read once for all:
+        // three hosts, not five.
+        p.faults
+            .extend([fault("h1"), fault("h2"), fault("h3"), fault("(all)")]);
+        assert_eq!(
+            faults_headline(&p),
+            "3 hosts could not be fully read, nor the KV; their parts are not planned"
+        );
+        p.faults = vec![fault("(all)")];
+        assert_eq!(
+            faults_headline(&p),
+            "the KV could not be read; config changes are not planned"
+        );
     }
 
     #[test]
