@@ -268,6 +268,10 @@ pub fn empty(d: &DesiredState) -> ObservedState {
 
 /// A plan with every kind of change: replace (version, env), create, remove (app gone),
 /// start, register, update, deregister, KV put/delete, and one unreachable host.
+/// Values in `busy_plan`'s inputs that no rendering of it may show: a secret's value, KV values
+/// and a secret's source variable.
+pub const NEVER_SHOWN: [&str; 4] = ["s3cr3t-v4lue", "bonjour", "hello", "SHOP_DB_PASSWORD"];
+
 pub fn busy_plan() -> crate::plan::Plan {
     let mut d = desired();
     let mut o = deployed(&d);

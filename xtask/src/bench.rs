@@ -190,7 +190,7 @@ fn ms(d: Duration) -> String {
 /// User + sys CPU time of this process's children that have been waited for (the `fleet`
 /// commands run here), from `getrusage(RUSAGE_CHILDREN)`: microseconds, where the clock ticks
 /// of `/proc/self/stat` count in 10 ms steps.
-fn children_cpu() -> Duration {
+pub fn children_cpu() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) } != 0 {

@@ -27,30 +27,16 @@ struct Sample {
     cpu: Duration,
 }
 
-/// User + sys time of this process's waited-for children (and theirs), from `/proc/self/stat`.
-fn children_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // Fields 16 and 17 of proc(5) (cutime, cstime); `after` starts at field 3. Clock ticks of
-    // 1/100 s (USER_HZ on Linux).
-    let ticks = f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
 /// Runs `cmd`, failing with its output unless it succeeds; returns the sample and the output.
 fn timed(cmd: &mut Command, what: &str) -> Result<(Sample, String)> {
-    let (t, c) = (Instant::now(), children_cpu());
+    let (t, c) = (Instant::now(), crate::bench::children_cpu());
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("cannot run {what}"))?;
     let s = Sample {
         wall: t.elapsed(),
-        cpu: children_cpu().saturating_sub(c),
+        cpu: crate::bench::children_cpu().saturating_sub(c),
     };
     let text = format!(
         "{}{}",
