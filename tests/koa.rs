@@ -276,7 +276,8 @@ fn koa_stack() {
             (state == "1 true").then_some(())
         },
     );
-    // Docker keeps the published port across a restart of the same container.
+    // The same port after the restart: fleet pinned it at create (Docker alone would pick a new
+    // ephemeral one, leaving the Consul registration on a dead port).
     wait_for(Duration::from_secs(30), "the app answers again", || {
         (get(&format!("http://{a1}:{p1}/")).0 == 200).then_some(())
     });

@@ -133,9 +133,8 @@ pub fn pin_auto_ports(body: &mut ContainerCreateBody, seed: u64) -> bool {
     let span = (*AUTO_PORTS.end() - *AUTO_PORTS.start()) as u64 + 1;
     let mut x = seed | 1;
     let mut picked = false;
-    let mut keys: Vec<&String> = bindings.keys().collect();
+    let mut keys: Vec<String> = bindings.keys().cloned().collect();
     keys.sort();
-    let keys: Vec<String> = keys.into_iter().cloned().collect();
     for k in keys {
         for b in bindings.get_mut(&k).into_iter().flatten().flatten() {
             if b.host_port.as_deref().is_none_or(str::is_empty) {

@@ -50,9 +50,9 @@ pub fn check_definition(
     port: u16,
 ) -> CheckDefinition {
     let mut c = CheckDefinition {
-        interval: Some(format_go(h.interval)),
-        timeout: Some(format_go(h.timeout)),
-        deregister_critical_service_after: h.deregister_after.map(format_go),
+        interval: Some(crate::consul::go_duration(h.interval)),
+        timeout: Some(crate::consul::go_duration(h.timeout)),
+        deregister_critical_service_after: h.deregister_after.map(crate::consul::go_duration),
         ..Default::default()
     };
     match &h.check {
@@ -74,15 +74,6 @@ pub fn check_id(registration_id: &str, definition: &CheckDefinition) -> String {
     let json = serde_json::to_vec(&bare).expect("plain data serializes");
     let digest = hex::encode(Sha256::digest(json));
     format!("service:{registration_id}:{}", &digest[..12])
-}
-
-/// A duration as Consul reads it (`1500ms`, `2s`).
-pub fn format_go(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }
 
 /// Fails early when the container is no longer running.
@@ -115,7 +106,9 @@ pub async fn wait_consul(
     deadline: Duration,
 ) -> Result<Duration, Unhealthy> {
     let t0 = Instant::now();
-    let mut last = "the check has not run yet".to_string();
+    // Why it is not passing yet: a Consul error, else (read once, at the deadline) the agent's
+    // own check.
+    let mut last = String::new();
     let mut index = 0u64;
     loop {
         let left = deadline.saturating_sub(t0.elapsed());
@@ -130,21 +123,7 @@ pub async fn wait_consul(
             Ok(r) => {
                 // An index that goes back (a server restart) starts over, as Consul advises.
                 index = if r.index < index { 0 } else { r.index };
-                last = match consul.agent_checks().await {
-                    Ok(checks) => match checks.values().find(|c| c.service_id == service_id) {
-                        Some(c) if c.status == CheckStatus::Passing => {
-                            "the agent's check passes; the catalog does not list it as passing yet"
-                                .to_string()
-                        }
-                        Some(c) if !c.output.is_empty() => {
-                            let one: Vec<&str> = c.output.split_whitespace().collect();
-                            one.join(" ").chars().take(160).collect()
-                        }
-                        Some(_) => last,
-                        None => format!("no check of {service_id} on the agent"),
-                    },
-                    Err(e) => e.to_string(),
-                };
+                last.clear();
             }
             // Waiting does not give the token the rights it lacks.
             Err(e @ (ConsulError::AclDenied { .. } | ConsulError::Filtered { .. })) => {
@@ -157,8 +136,29 @@ pub async fn wait_consul(
         }
         still_running(docker, container).await?;
         if t0.elapsed() >= deadline {
+            if last.is_empty() {
+                last = agent_check_note(consul, service_id).await;
+            }
             return Err(Unhealthy::Deadline { deadline, last });
         }
+    }
+}
+
+/// What the agent's own check of `service_id` says, for a health gate that timed out.
+async fn agent_check_note(consul: &ConsulClient, service_id: &str) -> String {
+    match consul.agent_checks().await {
+        Ok(checks) => match checks.values().find(|c| c.service_id == service_id) {
+            Some(c) if c.status == CheckStatus::Passing => {
+                "the agent's check passes; the catalog does not list it as passing yet".to_string()
+            }
+            Some(c) if !c.output.is_empty() => {
+                let one: Vec<&str> = c.output.split_whitespace().collect();
+                one.join(" ").chars().take(160).collect()
+            }
+            Some(_) => "the check has not run yet".to_string(),
+            None => format!("no check of {service_id} on the agent"),
+        },
+        Err(e) => e.to_string(),
     }
 }
 

@@ -220,7 +220,7 @@ pub(super) async fn launch_new(
     let id = loop {
         attempt += 1;
         let mut body = body.clone();
-        let pinned = super::container::pin_auto_ports(&mut body, port_seed(&l.name, attempt));
+        let pinned = super::container::pin_auto_ports(&mut body, crate::host::unguessable());
         let (id, name) = create(h, l, body, protect).await?;
         match h.docker.start_container(&id, None).await {
             Ok(()) => break id,
@@ -256,15 +256,6 @@ pub(super) async fn launch_new(
 
 /// How many host ports a launch tries for its auto-published ports before it gives up.
 const PORT_TRIES: u64 = 5;
-
-/// A different seed for every container name and attempt (and every run).
-fn port_seed(name: &str, attempt: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write(name.as_bytes());
-    h.write_u64(attempt);
-    h.finish()
-}
 
 /// Create the container of `l` from `body` under its name; a name clash is handled as
 /// `launch_new` says. Returns the container's ID and the name it got.
@@ -309,9 +300,10 @@ async fn create(
                     .unwrap_or_default();
                 if protect.contains(&eid) {
                     name = format!("{}-{}", l.name, &uuid_ish()[..6]);
-                } else if let Err(why) =
-                    same_slot(&l.body.labels.clone().unwrap_or_default(), &theirs)
-                {
+                } else if let Err(why) = same_slot(
+                    l.body.labels.as_ref().unwrap_or(&Default::default()),
+                    &theirs,
+                ) {
                     return Err(plain(format!(
                         "the container name {name} is taken by container {} that is not this instance's ({why}): fleet leaves it alone; remove or rename it",
                         &eid[..eid.len().min(12)],

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use comfy_table::Table;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use miette::{IntoDiagnostic, miette};
+use miette::miette;
 
 use super::Global;
 use crate::apply::deploy::Report;
@@ -245,9 +245,7 @@ pub(crate) fn diagnostic(e: PipelineError) -> miette::Report {
             help = "fix the hosts (or leave them out of the environment) and deploy again",
             "{e}"
         ),
-        PipelineError::SavedPlan(_) | PipelineError::Confirm(_) => {
-            Err::<(), _>(e).into_diagnostic().unwrap_err()
-        }
+        PipelineError::SavedPlan(_) | PipelineError::Confirm(_) => miette::Report::from_err(e),
         PipelineError::NoTerminal => miette!(
             help = "pass --yes to deploy without confirmation (as CI must)",
             "{e}"

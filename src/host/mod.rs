@@ -215,7 +215,7 @@ fn runtime_base() -> PathBuf {
 }
 
 /// 64 bits nobody else can predict: std's hasher keys come from the OS's random source.
-fn unguessable() -> u64 {
+pub(crate) fn unguessable() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());

@@ -364,18 +364,18 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    /// `ssh -G` is paid on every command: it must stay cheap.
+    /// `ssh -G` keys every kept master.
     #[tokio::test]
-    async fn resolving_a_destination_is_cheap() {
+    async fn the_destination_is_resolved_by_ssh() {
+        // What it costs is `cargo xtask bench plan`'s to measure (a warm plan's CPU per host);
+        // here: `ssh -G` runs and decides the key, the same config the same key.
         let dir = tempfile::tempdir().unwrap();
-        key_in(dir.path(), "Host web1\n  HostName 10.0.0.1\n").await;
-        let t0 = std::time::Instant::now();
-        for _ in 0..5 {
-            key_in(dir.path(), "Host web1\n  HostName 10.0.0.1\n").await;
-        }
-        let each = t0.elapsed() / 5;
-        eprintln!("ssh -G: {each:?} each");
-        assert!(each < Duration::from_millis(250), "{each:?}");
+        let a = key_in(dir.path(), "Host web1\n  HostName 10.0.0.1\n").await;
+        assert!(a.is_some(), "ssh -G did not run");
+        assert_eq!(
+            a,
+            key_in(dir.path(), "Host web1\n  HostName 10.0.0.1\n").await
+        );
     }
 
     #[test]

@@ -519,23 +519,29 @@ fn diff_services(
         let slot = (Some(w.app.clone()), Some(w.instance));
         let found: Vec<&ObservedService> = have.iter().filter(|h| slot_of(h) == slot).collect();
         // Keep the registration of the desired spec, passing first; the others go.
-        let best = found.iter().copied().max_by_key(|h| {
-            (
-                h.meta.get(&meta_spec) == Some(&w.spec_hash),
-                registration_reasons(w, svc, h).is_empty(),
-                h.checks.iter().all(|c| c.status == "passing"),
-                h.id.as_str(),
-            )
-        });
+        // Each candidate's reasons once: they hash the check definition.
+        let best = found
+            .iter()
+            .map(|h| (*h, registration_reasons(w, svc, h)))
+            .max_by(|(a, ra), (b, rb)| {
+                let key = |h: &ObservedService, r: &Vec<Reason>| {
+                    (
+                        h.meta.get(&meta_spec) == Some(&w.spec_hash),
+                        r.is_empty(),
+                        h.checks.iter().all(|c| c.status == "passing"),
+                    )
+                };
+                key(a, ra).cmp(&key(b, rb)).then_with(|| a.id.cmp(&b.id))
+            });
+        let best_id = best.as_ref().map(|(h, _)| h.id.as_str());
         let (id, action, reasons) = match best {
             None => (
                 svc.id.clone(),
                 ServiceAction::Register,
                 vec![Reason::new("service", "not registered")],
             ),
-            Some(h) => {
+            Some((h, r)) => {
                 matched.insert(h.id.as_str());
-                let r = registration_reasons(w, svc, h);
                 if r.is_empty() {
                     (h.id.clone(), ServiceAction::Unchanged, r)
                 } else {
@@ -552,7 +558,7 @@ fn diff_services(
             reasons,
         });
         for extra in found {
-            if Some(extra.id.as_str()) != best.map(|b| b.id.as_str()) {
+            if Some(extra.id.as_str()) != best_id {
                 matched.insert(extra.id.as_str());
                 out.push(ServiceChange {
                     id: extra.id.clone(),

@@ -57,11 +57,16 @@ impl Paint {
     }
 }
 
-pub(super) fn instance_label(i: &InstanceChange) -> String {
-    match i.instance {
-        Some(n) => format!("{}#{n}", i.app),
-        None => format!("{}#?", i.app),
+/// `web#2` (`web#?` for a container whose instance number could not be read).
+fn slot_label(app: &str, instance: Option<u32>) -> String {
+    match instance {
+        Some(n) => format!("{app}#{n}"),
+        None => format!("{app}#?"),
     }
+}
+
+pub(super) fn instance_label(i: &InstanceChange) -> String {
+    slot_label(&i.app, i.instance)
 }
 
 /// What happens to one instance, without its symbol: `replace  a-1 -> a-2`.
@@ -103,10 +108,7 @@ pub(super) fn service_what(s: &ServiceChange) -> String {
 }
 
 pub(super) fn service_label(s: &ServiceChange) -> String {
-    match s.instance {
-        Some(n) => format!("{}#{n}", s.app),
-        None => format!("{}#?", s.app),
-    }
+    slot_label(&s.app, s.instance)
 }
 
 fn service_line(p: &Paint, s: &ServiceChange) -> String {
