@@ -2,7 +2,7 @@
 //! what a container launch needs (`Launch`, `Started`, `Undo`), and the per-apply and per-host
 //! context (`Ctx`, `Host`) that `deploy`, `instance` and `prune` all work through.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use serde::Serialize;
 
+use super::fault::Phase;
 use super::pull_auth::PullAuth;
 use crate::consul::ConsulClient;
 use crate::desired::{DesiredApp, DesiredHost, DesiredState, HealthSpec};
@@ -83,7 +84,7 @@ pub struct Step {
 }
 
 /// The instance that failed a deploy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Failure {
     pub host: String,
     pub app: String,
@@ -92,10 +93,30 @@ pub struct Failure {
     pub reason: String,
     /// The last lines of the failed container's output (stderr and stdout).
     pub logs: Vec<String>,
+    /// A fault of the host rather than the instance: `connection-lost`, `engine-down` or
+    /// `agent-down` (`apply::fault`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<&'static str>,
+    /// With a fault: what may be left on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left: Option<String>,
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.fault.is_some() {
+            // `h2: connection lost while starting hello#1 (10.200.2.2)`: the reason names the
+            // instance already.
+            write!(f, "{}: {}", self.host, self.reason)?;
+            if let Some(left) = &self.left {
+                write!(
+                    f,
+                    "\n  {left}.\n  Once {} answers again, the next deploy converges it.",
+                    self.host
+                )?;
+            }
+            return Ok(());
+        }
         let inst = self.instance.map(|i| format!("#{i}")).unwrap_or_default();
         write!(
             f,
@@ -189,6 +210,10 @@ pub(super) struct Ctx<'a> {
     pub(super) failures: Mutex<Vec<Failure>>,
     pub(super) undo: Mutex<Vec<Undo>>,
     pub(super) images_removed: Mutex<usize>,
+    /// What each instance (host index, `app#n`) is doing, for a fault's report.
+    pub(super) phases: Mutex<HashMap<(usize, String), Phase>>,
+    /// Hosts whose SSH connection was lost (no rollback is tried there).
+    pub(super) lost: Mutex<HashSet<usize>>,
 }
 
 impl Ctx<'_> {
@@ -199,6 +224,28 @@ impl Ctx<'_> {
     }
     pub(super) fn app(&self, name: &str) -> Option<&DesiredApp> {
         self.desired.apps.iter().find(|a| a.name == name)
+    }
+    /// Instance `tag` (`app#n`) on `h` is now doing `phase`.
+    pub(super) fn set_phase(&self, h: &Host<'_>, tag: &str, phase: Phase) {
+        self.phases
+            .lock()
+            .unwrap()
+            .insert((h.index, tag.to_string()), phase);
+    }
+    pub(super) fn phase_of(&self, h: &Host<'_>, tag: &str) -> Phase {
+        self.phases
+            .lock()
+            .unwrap()
+            .get(&(h.index, tag.to_string()))
+            .cloned()
+            .unwrap_or(Phase::Starting)
+    }
+}
+
+impl Launch {
+    /// `app#n`, as progress lines and reports name an instance.
+    pub(super) fn tag(&self) -> String {
+        format!("{}#{}", self.app, self.instance)
     }
 }
 
@@ -224,9 +271,29 @@ mod tests {
             version: Some("v3".into()),
             reason: "health check failed".into(),
             logs: vec!["boom".into()],
+            ..Default::default()
         };
         let s = f.to_string();
         assert!(s.starts_with("hello#1 on h2 (v3): health check failed"));
         assert!(s.contains("  | boom"));
+    }
+
+    #[test]
+    fn a_host_fault_reads_as_the_host_then_what_is_left() {
+        let f = Failure {
+            host: "h2".into(),
+            app: "hello".into(),
+            instance: Some(1),
+            reason: "connection lost while starting hello#1 (10.200.2.2)".into(),
+            fault: Some("connection-lost"),
+            left: Some("h2 may run a new container".into()),
+            ..Default::default()
+        };
+        let s = f.to_string();
+        assert!(
+            s.starts_with("h2: connection lost while starting hello#1 (10.200.2.2)\n"),
+            "{s}"
+        );
+        assert!(s.contains("the next deploy converges it"), "{s}");
     }
 }

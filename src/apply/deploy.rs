@@ -18,7 +18,7 @@
 //! deploy already replaced are rolled back by the same procedure, from an `inspect` of the old
 //! container taken just before it was removed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +29,10 @@ use serde::Serialize;
 use super::container::create_body;
 pub use super::context::{ApplyOptions, Cancel, Events, Failure, Step, registration_id};
 use super::context::{Ctx, Host, Launch, ServiceTemplate, Started, Undo};
-use super::instance::{converge_registration, launch_new, replace, retire, tail_logs};
+use super::fault::{HostFault, Phase, diagnose};
+use super::instance::{
+    converge_registration, launch_new, old_launch, pull, replace, retire, short, tail_logs,
+};
 use super::prune::prune_images;
 use super::pull_auth::PullAuth;
 use crate::consul::ConsulClient;
@@ -116,6 +119,8 @@ pub async fn apply(
         failures: Mutex::new(Vec::new()),
         undo: Mutex::new(Vec::new()),
         images_removed: Mutex::new(0),
+        phases: Mutex::new(HashMap::new()),
+        lost: Mutex::new(HashSet::new()),
     };
 
     // Connect each host's engine and agent.
@@ -166,6 +171,16 @@ pub async fn apply(
         });
     }
 
+    // Every image first, on every host, before anything changes: a registry that is down or
+    // refuses, or a host lost while pulling, fails the deploy with nothing changed anywhere.
+    if !pull_first(&ctx, &hosts, opts.parallel).await {
+        return Ok(Report {
+            failures: std::mem::take(&mut *ctx.failures.lock().unwrap()),
+            seconds: t0.elapsed().as_secs_f64(),
+            ..Default::default()
+        });
+    }
+
     // KV before containers: new instances may read their config when they start.
     let mut kv = super::kv::KvOutcome::default();
     if let Some(c) = hosts.iter().find_map(|h| h.consul.as_ref())
@@ -193,9 +208,15 @@ pub async fn apply(
         if ctx.stop.load(Ordering::SeqCst) {
             not_started = rest.iter().map(|h| h.desired.target.name.clone()).collect();
             if !not_started.is_empty() {
+                // A lost lock stops the canary wave too; that is no verdict on the version.
+                let why = if ctx.cancelled.load(Ordering::SeqCst) {
+                    "stopped (the deploy lock was lost)"
+                } else {
+                    "failed"
+                };
                 ctx.emit(
                     "canary",
-                    &format!("failed: {} not started", not_started.join(", ")),
+                    &format!("{why}: {} not started", not_started.join(", ")),
                 );
             }
         } else if !rest.is_empty() {
@@ -229,6 +250,41 @@ pub async fn apply(
     report.images_removed = *ctx.images_removed.lock().unwrap();
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Pulls, on each host (up to `parallel` at once), every image it lacks for the instances it
+/// will create or replace. False when a pull failed (each failure recorded).
+async fn pull_first(ctx: &Ctx<'_>, hosts: &[Host<'_>], parallel: usize) -> bool {
+    let ok = futures_util::stream::iter(hosts.iter())
+        .map(|h| async move {
+            let mut pulled: Vec<&str> = Vec::new();
+            for c in &h.plan.instances {
+                let (Some(d), Some(instance)) = (&c.desired, c.instance) else {
+                    continue;
+                };
+                if !matches!(c.action, Action::Create | Action::Replace)
+                    || pulled.contains(&d.image.as_str())
+                {
+                    continue;
+                }
+                pulled.push(d.image.as_str());
+                let tag = format!("{}#{instance}", c.app);
+                if let Err(e) = pull(ctx, h, &d.image, &tag).await {
+                    let reason = format!(
+                        "{e}; nothing was changed on any host (does the registry answer, from {}, \
+                         with these credentials?)",
+                        h.desired.target.name
+                    );
+                    fail(ctx, h, &c.app, instance, &d.version, reason, Vec::new()).await;
+                    return false;
+                }
+            }
+            true
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect::<Vec<bool>>()
+        .await;
+    ok.into_iter().all(|b| b)
 }
 
 /// Every host of a wave at once, up to `parallel`.
@@ -343,7 +399,7 @@ async fn run_host(ctx: &Ctx<'_>, h: &Host<'_>) {
                         instance: c.instance,
                         version: c.desired.as_ref().map(|d| d.version.clone()),
                         reason: format!("stopped before this instance: {reason}"),
-                        logs: Vec::new(),
+                        ..Default::default()
                     });
                 }
                 ctx.stop.store(true, Ordering::SeqCst);
@@ -398,7 +454,7 @@ async fn run_host(ctx: &Ctx<'_>, h: &Host<'_>) {
                 action: Action::Remove,
                 from_version: None,
                 to_version: None,
-                container: Some(id[..12.min(id.len())].to_string()),
+                container: Some(short(&id).to_string()),
                 port: None,
                 seconds: t.elapsed().as_secs_f64(),
                 health_seconds: None,
@@ -435,7 +491,7 @@ async fn run_instance(
     let launch = match launch_for(ctx.desired, h.desired, spec) {
         Ok(l) => l,
         Err(reason) => {
-            fail(ctx, host, spec, reason, Vec::new());
+            fail_spec(ctx, h, spec, reason, Vec::new()).await;
             return false;
         }
     };
@@ -477,16 +533,24 @@ async fn run_instance(
         }
         Action::Start | Action::Unchanged => {
             let cur = c.current.as_ref().expect("start/unchanged has a container");
+            ctx.set_phase(h, &tag, Phase::Starting);
             if c.action == Action::Start {
                 ctx.emit(host, &format!("{tag} start"));
                 if let Err(e) = h.docker.start_container(&cur.id, None).await {
                     let logs = tail_logs(&h.docker, &cur.id).await;
-                    fail(ctx, host, spec, format!("starting: {}", chain(&e)), logs);
+                    fail_spec(ctx, h, spec, format!("starting: {}", chain(&e)), logs).await;
                     return false;
                 }
             }
             if c.action == Action::Start || !service_unchanged || !dups.is_empty() {
-                converge_registration(ctx, h, &launch, &cur.id, &slot_regs).await
+                match converge_registration(ctx, h, &launch, &cur.id, &slot_regs).await {
+                    // A leftover that fails its gate is never promoted over the one that serves.
+                    Err((reason, logs)) if !dups.is_empty() => {
+                        let kept = fall_back(ctx, h, &launch, &cur.id, &dups, &slot_regs).await;
+                        Err((format!("{reason}; {kept}"), logs))
+                    }
+                    other => other,
+                }
             } else {
                 Ok(Started {
                     id: cur.id.clone(),
@@ -540,7 +604,7 @@ async fn run_instance(
                 action: c.action,
                 from_version: c.current.as_ref().and_then(|r| r.version.clone()),
                 to_version: Some(spec.version.clone()),
-                container: Some(started.id[..12.min(started.id.len())].to_string()),
+                container: Some(short(&started.id).to_string()),
                 port: started.port,
                 seconds: t.elapsed().as_secs_f64(),
                 health_seconds: started.healthy_after.map(|d| d.as_secs_f64()),
@@ -548,23 +612,115 @@ async fn run_instance(
             true
         }
         Err((reason, logs)) => {
-            ctx.emit(host, &format!("{tag} FAILED: {reason}"));
-            fail(ctx, host, spec, reason, logs);
+            fail_spec(ctx, h, spec, reason, logs).await;
             false
         }
     }
 }
 
-fn fail(ctx: &Ctx<'_>, host: &str, spec: &InstanceSpec, reason: String, logs: Vec<String>) {
-    ctx.stop.store(true, Ordering::SeqCst);
-    ctx.failures.lock().unwrap().push(Failure {
-        host: host.to_string(),
-        app: spec.app.clone(),
-        instance: Some(spec.instance),
-        version: Some(spec.version.clone()),
+/// The desired instance in the slot of `kept` (a leftover of a killed deploy: the desired
+/// spec, not yet proven) failed its health gate. Put a running duplicate (the container it was
+/// to replace) back in charge, health-gated, then remove `kept`. Says what was done.
+async fn fall_back(
+    ctx: &Ctx<'_>,
+    h: &Host<'_>,
+    launch: &Launch,
+    kept: &str,
+    dups: &[String],
+    slot_regs: &[String],
+) -> String {
+    for d in dups {
+        let running = h
+            .docker
+            .inspect_container(d, None)
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.running)
+            == Some(true);
+        if !running {
+            continue;
+        }
+        let Ok(old) = old_launch(h, launch, d).await else {
+            continue;
+        };
+        if converge_registration(ctx, h, &old, d, slot_regs)
+            .await
+            .is_ok()
+        {
+            retire(ctx, h, &[kept.to_string()], &[], launch.stop_timeout).await;
+            return format!(
+                "the unproven container {} was removed; {} ({}) keeps serving",
+                short(kept),
+                short(d),
+                old.version
+            );
+        }
+    }
+    "no running container of the slot passes its health check either; both are left".into()
+}
+
+/// Records that instance `spec` failed on `h` (see [`fail`]).
+async fn fail_spec(
+    ctx: &Ctx<'_>,
+    h: &Host<'_>,
+    spec: &InstanceSpec,
+    reason: String,
+    logs: Vec<String>,
+) {
+    fail(
+        ctx,
+        h,
+        &spec.app,
+        spec.instance,
+        &spec.version,
         reason,
         logs,
-    });
+    )
+    .await;
+}
+
+/// Records that instance `app#instance` (to `version`) failed on `h`, and stops the rollout.
+/// When the host itself is at fault (SSH lost, engine or agent down), the failure says so and
+/// what the instance was doing, instead of the step's own error.
+async fn fail(
+    ctx: &Ctx<'_>,
+    h: &Host<'_>,
+    app: &str,
+    instance: u32,
+    version: &str,
+    reason: String,
+    logs: Vec<String>,
+) {
+    ctx.stop.store(true, Ordering::SeqCst);
+    let host = &h.desired.target.name;
+    let tag = format!("{app}#{instance}");
+    let mut f = Failure {
+        host: host.clone(),
+        app: app.to_string(),
+        instance: Some(instance),
+        version: Some(version.to_string()),
+        reason,
+        logs,
+        ..Default::default()
+    };
+    if let Some(fault) = diagnose(h).await {
+        let phase = ctx.phase_of(h, &tag);
+        tracing::debug!(
+            "{host}: {tag} failed ({}); the host is at fault: {fault:?}",
+            f.reason
+        );
+        f.reason = fault.reason(&phase.doing(&tag), &h.desired.target.address);
+        f.fault = Some(fault.kind());
+        f.left = Some(phase.left(host, &tag));
+        if matches!(fault, HostFault::Lost(_)) {
+            ctx.lost.lock().unwrap().insert(h.index);
+        }
+        ctx.emit(host, &format!("FAILED: {}", f.reason));
+    } else {
+        ctx.emit(host, &format!("{tag} FAILED: {}", f.reason));
+    }
+    ctx.failures.lock().unwrap().push(f);
 }
 
 /// Put back every instance in `undo` (newest first per host), health-gated, hosts in parallel.
@@ -578,9 +734,18 @@ async fn roll_back(ctx: &Ctx<'_>, hosts: &[Host<'_>], undo: Vec<Undo>) -> (Vec<S
         async move {
             let mut done = Vec::new();
             let mut errors = Vec::new();
+            let lost = ctx.lost.lock().unwrap().contains(&h.index);
             for u in list.into_iter().rev() {
                 let host = &h.desired.target.name;
-                let tag = format!("{}#{}", u.launch.app, u.launch.instance);
+                let tag = u.launch.tag();
+                if lost {
+                    errors.push(format!(
+                        "{tag} on {host}: not rolled back, the connection to {host} is lost \
+                         (it runs {}, healthy; the next deploy converges it)",
+                        u.new_version
+                    ));
+                    continue;
+                }
                 ctx.emit(host, &format!("{tag} roll back to {}", u.launch.version));
                 let t = Instant::now();
                 let regs: Vec<String> = u.new.registration.iter().cloned().collect();
@@ -592,7 +757,7 @@ async fn roll_back(ctx: &Ctx<'_>, hosts: &[Host<'_>], undo: Vec<Undo>) -> (Vec<S
                         action: Action::Replace,
                         from_version: Some(u.new_version.clone()),
                         to_version: Some(u.launch.version.clone()),
-                        container: Some(s.id[..12.min(s.id.len())].to_string()),
+                        container: Some(short(&s.id).to_string()),
                         port: s.port,
                         seconds: t.elapsed().as_secs_f64(),
                         health_seconds: s.healthy_after.map(|d| d.as_secs_f64()),

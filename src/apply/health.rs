@@ -129,6 +129,11 @@ pub async fn wait_consul(
             Err(e @ (ConsulError::AclDenied { .. } | ConsulError::Filtered { .. })) => {
                 return Err(Unhealthy::Other(e.to_string()));
             }
+            // An agent that does not answer (stopped, or its host lost) is reported now, not
+            // at the deadline: the caller asks the host what is gone.
+            Err(e @ ConsulError::Unreachable { .. }) => {
+                return Err(Unhealthy::Other(crate::errors::chain(&e)));
+            }
             Err(e) => {
                 last = e.to_string();
                 tokio::time::sleep(POLL).await;

@@ -14,6 +14,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::context::{Ctx, Host, Launch, Started, Undo, registration_id};
+use super::fault::Phase;
 use super::health::{self, Unhealthy};
 use crate::consul::ServiceRegistration;
 use crate::errors::chain;
@@ -40,8 +41,10 @@ pub(super) async fn replace(
         }
     };
     let fixed = matches!(launch.port, Some((_, p)) if p != 0);
+    let tag = launch.tag();
     let started = if fixed {
         // The port is taken by the old container: deregister, drain, stop it first.
+        ctx.set_phase(h, &tag, Phase::Draining);
         deregister_all(h, old_regs).await;
         if !old_regs.is_empty() {
             tokio::time::sleep(ctx.opts.drain).await;
@@ -65,11 +68,44 @@ pub(super) async fn replace(
             .filter(|r| Some(*r) != s.registration.as_ref())
             .cloned()
             .collect();
+        ctx.set_phase(h, &tag, Phase::Draining);
+        if !regs.is_empty() && h.consul.is_some() {
+            ctx.emit(
+                &h.desired.target.name,
+                &format!(
+                    "{tag} healthy; draining the old container ({})",
+                    humantime::format_duration(ctx.opts.drain)
+                ),
+            );
+        }
         retire(ctx, h, &[], &regs, launch.stop_timeout).await;
+        ctx.set_phase(h, &tag, Phase::StoppingOld);
         let _ = stop(h, old, launch.stop_timeout).await;
         s
     };
     force_remove(&h.docker, old).await;
+    // Not done until the old container is gone: a host lost while draining or stopping must
+    // not be reported as replaced.
+    match h.docker.inspect_container(old, None).await {
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
+        Ok(_) => {
+            return Err((
+                format!(
+                    "the old container {} is still there after its removal",
+                    short(old)
+                ),
+                Vec::new(),
+            ));
+        }
+        Err(e) => {
+            return Err((
+                format!("removing the old container {}: {}", short(old), chain(&e)),
+                Vec::new(),
+            ));
+        }
+    }
     if let Some(ul) = undo_launch {
         ctx.undo.lock().unwrap().push(Undo {
             host: h.index,
@@ -175,11 +211,28 @@ pub(super) async fn tail_logs(docker: &Docker, id: &str) -> Vec<String> {
     out.split_off(n.saturating_sub(20))
 }
 
-/// Pull when the host lacks the image.
-pub(super) async fn pull(ctx: &Ctx<'_>, h: &Host<'_>, image: &str) -> Result<(), String> {
-    if h.docker.inspect_image(image).await.is_ok() {
-        return Ok(());
+/// Pull when the host lacks the image (for instance `tag`, in phase `Pulling` meanwhile).
+pub(super) async fn pull(
+    ctx: &Ctx<'_>,
+    h: &Host<'_>,
+    image: &str,
+    tag: &str,
+) -> Result<(), String> {
+    match h.docker.inspect_image(image).await {
+        Ok(_) => return Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
+        Err(e) => return Err(format!("looking for {image} on the host: {}", chain(&e))),
     }
+    let was = ctx.phase_of(h, tag);
+    ctx.set_phase(
+        h,
+        tag,
+        Phase::Pulling {
+            image: image.to_string(),
+        },
+    );
     ctx.emit(&h.desired.target.name, &format!("pull {image}"));
     let creds = ctx
         .pull_auth
@@ -196,6 +249,7 @@ pub(super) async fn pull(ctx: &Ctx<'_>, h: &Host<'_>, image: &str) -> Result<(),
     while let Some(item) = s.next().await {
         item.map_err(|e| format!("pulling {image}: {}", chain(&e)))?;
     }
+    ctx.set_phase(h, tag, was);
     Ok(())
 }
 
@@ -209,7 +263,9 @@ pub(super) async fn launch_new(
     protect: &[String],
 ) -> Result<Started, (String, Vec<String>)> {
     let plain = |s: String| (s, Vec::new());
-    pull(ctx, h, &l.image).await.map_err(plain)?;
+    let tag = l.tag();
+    ctx.set_phase(h, &tag, Phase::Starting);
+    pull(ctx, h, &l.image, &tag).await.map_err(plain)?;
     let mut body = l.body.clone();
     super::container::fill_host_gateway(&h.docker, &mut body)
         .await
@@ -306,7 +362,7 @@ async fn create(
                 ) {
                     return Err(plain(format!(
                         "the container name {name} is taken by container {} that is not this instance's ({why}): fleet leaves it alone; remove or rename it",
-                        &eid[..eid.len().min(12)],
+                        short(&eid),
                     )));
                 } else {
                     force_remove(&h.docker, &name).await;
@@ -341,6 +397,11 @@ fn same_slot(
     } else {
         format!("its labels say {}", owner.join(", "))
     })
+}
+
+/// A container ID as `docker ps` shows it.
+pub(super) fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
 }
 
 pub(super) fn uuid_ish() -> String {

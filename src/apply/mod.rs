@@ -6,6 +6,8 @@
 //!   rollout; `pull_auth`: which registry credentials go with which pull.
 //!   `context`: the types those three share (`Ctx`, `Host`, `Launch`, `Started`, `Undo`,
 //!   `ApplyOptions`, `Step`, `Failure`), so they import it and never each other.
+//! - `fault`: after a failed step, was it the host (SSH lost, engine or agent down)? What the
+//!   instance was doing (`Phase`) and what that leaves on the host.
 //! - `container`: `InstanceSpec` -> Docker create body.
 //! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
 //! - `kv`: KV config with check-and-set.
@@ -17,6 +19,7 @@
 pub mod container;
 mod context;
 pub mod deploy;
+mod fault;
 pub mod health;
 pub mod hooks;
 mod instance;

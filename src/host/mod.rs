@@ -161,6 +161,44 @@ pub struct ConnectOptions {
     /// Keep each SSH master this long after its last channel, for the next command to reuse
     /// (`FLEET_SSH_PERSIST`, default 60 s); `None` opens and closes one per command.
     pub persist: Option<Duration>,
+    /// ssh's `ServerAliveInterval` (`FLEET_SSH_KEEPALIVE`, default 3 s, whole seconds): a host
+    /// that answers nothing for [`KEEPALIVE_MISSES`] + 1 intervals is lost (its master exits
+    /// and every request through it fails), 12 s with the default.
+    pub keepalive: Duration,
+}
+
+/// ssh's `ServerAliveCountMax`: keepalives that may go unanswered before ssh gives up.
+pub const KEEPALIVE_MISSES: u32 = 3;
+
+/// `FLEET_SSH_KEEPALIVE`: a duration (`3s`) or whole seconds (`3`); at least 1 s. Unset or
+/// unreadable: 3 s.
+pub fn keepalive_from_env() -> Duration {
+    parse_keepalive(std::env::var("FLEET_SSH_KEEPALIVE").ok().as_deref())
+}
+
+fn parse_keepalive(v: Option<&str>) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(3);
+    let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
+        return DEFAULT;
+    };
+    let parsed = v
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(v));
+    match parsed {
+        Ok(d) if d >= Duration::from_secs(1) => Duration::from_secs(d.as_secs()),
+        _ => {
+            tracing::warn!("FLEET_SSH_KEEPALIVE={v:?} is not a duration of 1s or more; using 3s");
+            DEFAULT
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// How long a silent host takes to be declared lost.
+    pub fn lost_after(&self) -> Duration {
+        self.keepalive * (KEEPALIVE_MISSES + 1)
+    }
 }
 
 static RUNTIME_SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -182,6 +220,7 @@ impl Default for ConnectOptions {
             )),
             docker_timeout_secs: 120,
             persist: reuse::persist_from_env(),
+            keepalive: keepalive_from_env(),
         }
     }
 }
@@ -423,7 +462,7 @@ async fn own_master(
         KnownHosts::Strict
     })
     .connect_timeout(opts.connect_timeout)
-    .server_alive_interval(Duration::from_secs(15))
+    .server_alive_interval(opts.keepalive)
     // A master whose fleet was killed (SIGKILL, lost terminal) must not live forever:
     // it exits after two minutes without a channel. A running command always has one
     // within that time (requests, health polls, lock renewals, a followed log).
@@ -521,6 +560,20 @@ impl HostSession {
 
     pub fn is_local(&self) -> bool {
         matches!(self.link, Link::Local)
+    }
+
+    /// `Some(why)` when the SSH connection is gone: its master exited (the host went silent
+    /// for `ConnectOptions::lost_after`, or the master was killed). Asked after a request
+    /// fails, to tell a lost host from a failing engine or agent. A local host is never lost.
+    pub async fn lost(&self) -> Option<String> {
+        let (Link::Ssh(s) | Link::Kept(s)) = &self.link else {
+            return None;
+        };
+        match tokio::time::timeout(Duration::from_secs(2), s.check()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(chain(&e)),
+            Err(_) => Some("the SSH master does not answer".into()),
+        }
     }
 
     fn forward_err(&self, what: impl Into<String>, cause: impl Into<String>) -> HostError {
@@ -1037,6 +1090,24 @@ pub(super) mod tests {
         assert!(parse_ping("HTTP/1.1 200 OK\r\n\r\nApi-Version: 1.41").is_err());
         assert!(parse_ping("SSH-2.0-OpenSSH").is_err());
         assert!(parse_ping("HTTP/1.1 200 OK\r\nApi-Version: one\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn keepalive_reads_seconds_or_durations_and_refuses_less_than_one_second() {
+        assert_eq!(parse_keepalive(None), Duration::from_secs(3));
+        assert_eq!(parse_keepalive(Some("1")), Duration::from_secs(1));
+        assert_eq!(parse_keepalive(Some(" 5s ")), Duration::from_secs(5));
+        assert_eq!(parse_keepalive(Some("2m")), Duration::from_secs(120));
+        // ssh takes whole seconds: a fraction is cut, not rounded to 0.
+        assert_eq!(parse_keepalive(Some("1500ms")), Duration::from_secs(1));
+        assert_eq!(parse_keepalive(Some("0")), Duration::from_secs(3));
+        assert_eq!(parse_keepalive(Some("500ms")), Duration::from_secs(3));
+        assert_eq!(parse_keepalive(Some("soon")), Duration::from_secs(3));
+        let o = ConnectOptions {
+            keepalive: Duration::from_secs(2),
+            ..ConnectOptions::default()
+        };
+        assert_eq!(o.lost_after(), Duration::from_secs(8));
     }
 
     #[test]

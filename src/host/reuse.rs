@@ -12,8 +12,8 @@
 //! - Masters live in a directory only this user can use (`$XDG_RUNTIME_DIR/fleet-ssh`, else
 //!   `/tmp/fleet-ssh-<uid>`), checked to be owned by us with mode 0700; otherwise fleet does not
 //!   persist at all.
-//! - A master exits by itself after `persist` without a channel, and within 15 s of its host
-//!   going silent (`ServerAliveInterval=5`, `ServerAliveCountMax=3`).
+//! - A master exits by itself after `persist` without a channel, and within
+//!   `ConnectOptions::lost_after` (12 s by default) of its host going silent.
 //! - Two fleet processes starting the same master take turns through a lock file.
 //! - `FLEET_SSH_PERSIST=0` (or `off`) turns it off: each command opens and closes its own.
 
@@ -200,7 +200,13 @@ pub async fn connect(
             "ConnectTimeout={}",
             opts.connect_timeout.as_secs().max(1)
         ))
-        .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]);
+        .arg("-o")
+        .arg(format!(
+            "ServerAliveInterval={}",
+            opts.keepalive.as_secs().max(1)
+        ))
+        .arg("-o")
+        .arg(format!("ServerAliveCountMax={}", super::KEEPALIVE_MISSES));
     // The same config file as the key names (canonical: the key was computed from it).
     let config = opts
         .ssh_config

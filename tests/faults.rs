@@ -1,0 +1,552 @@
+//! Faults in the middle of a deploy, on the testbed (issue 15): h2's link cut while it pulls,
+//! starts or drains; h2's dockerd killed, its Consul agent stopped; the registry down; h2 slow.
+//! Each test deploys v1 of its own hello project to h1..h3, starts a v2 deploy, injects the
+//! fault when fleet's progress line says the moment has come, and checks:
+//!
+//! - the report names the fault plainly, within 15 s of it (`FLEET_SSH_KEEPALIVE=1` here:
+//!   a silent host is lost after 4 s; the default, 3 s, gives 12 s);
+//! - a probe that looks every instance up in the cluster's catalog, as a client would, and calls
+//!   it, never fails and never finds h1 or h3 without a passing instance;
+//! - once the fault clears, one deploy converges: one container per instance, the new version,
+//!   and `fleet plan --detailed-exitcode` exits 0.
+//!
+//! The faults touch the shared testbed (a cut link, a killed daemon), so these tests take turns
+//! (`serial`), and each guard puts the testbed back when dropped, failed test or not.
+
+#[path = "support/project.rs"]
+mod project;
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use project::{Agents, Project, containers, text};
+use support::Testbed;
+
+/// One fault test at a time: they cut links and kill daemons every host shares.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `sh -c script` here (the outer namespace); panics when it fails.
+fn sh(script: &str) {
+    let o = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// h2's link, cut as a cable is: every packet in or out of its veth dropped silently
+/// (iptables), routes untouched. Restored when dropped.
+struct LinkCut {
+    veth: String,
+    chain: String,
+}
+
+impl LinkCut {
+    fn cut(host: &str) -> LinkCut {
+        let veth = format!("fleet-{host}");
+        let chain = format!("FLEET-CUT-{host}");
+        sh(&format!(
+            "iptables -N {chain} && iptables -A {chain} -j DROP && \
+             iptables -I INPUT -i {veth} -j {chain} && iptables -I OUTPUT -o {veth} -j {chain} && \
+             iptables -I FORWARD -i {veth} -j {chain} && iptables -I FORWARD -o {veth} -j {chain}"
+        ));
+        LinkCut { veth, chain }
+    }
+}
+
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        let (v, c) = (&self.veth, &self.chain);
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "iptables -D INPUT -i {v} -j {c}; iptables -D OUTPUT -o {v} -j {c}; \
+                 iptables -D FORWARD -i {v} -j {c}; iptables -D FORWARD -o {v} -j {c}; \
+                 iptables -F {c}; iptables -X {c}"
+            ))
+            .status();
+    }
+}
+
+/// Traffic towards `host` limited to `rate` (a token bucket on the outer end of its veth), so
+/// a pull takes seconds. Removed when dropped.
+struct Throttle(String);
+
+impl Throttle {
+    fn new(host: &str, rate: &str) -> Throttle {
+        let veth = format!("fleet-{host}");
+        sh(&format!(
+            "tc qdisc replace dev {veth} root tbf rate {rate} burst 16kb latency 200ms"
+        ));
+        Throttle(veth)
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        let _ = Command::new("tc")
+            .args(["qdisc", "del", "dev", &self.0, "root"])
+            .status();
+    }
+}
+
+/// A testbed daemon killed with SIGKILL, to be started again exactly as it ran: the same
+/// command line, in the same namespaces (those of the host's sshd, which the daemon shared),
+/// logging where it logged. `restart` is explicit; dropping a `Killed` restarts it too.
+struct Killed {
+    argv: Vec<String>,
+    /// `nsenter` options joining the host, or none for a daemon of the outer namespace.
+    enter: Vec<String>,
+    log: PathBuf,
+    pidfile: PathBuf,
+    /// Docker writes its own pid file.
+    write_pid: bool,
+    restarted: bool,
+}
+
+fn pid_in(file: &Path) -> u32 {
+    std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+impl Killed {
+    /// Kills the daemon whose pid is in `pidfile`; `host`: the testbed host it runs in.
+    fn kill(tb: &Testbed, pidfile: PathBuf, log: PathBuf, host: Option<&str>) -> Killed {
+        let pid = pid_in(&pidfile);
+        let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let enter = match host {
+            Some(h) => {
+                let sshd = pid_in(&tb.dir.join(h).join("run/sshd.pid"));
+                vec![
+                    format!("--net=/var/run/netns/{h}"),
+                    format!("--mount=/proc/{sshd}/ns/mnt"),
+                    format!("--uts=/proc/{sshd}/ns/uts"),
+                ]
+            }
+            None => Vec::new(),
+        };
+        let write_pid = !argv[0].ends_with("dockerd");
+        sh(&format!("kill -KILL {pid}"));
+        let t0 = Instant::now();
+        while Path::new(&format!("/proc/{pid}/stat")).exists()
+            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+        {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{pid} did not die");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Killed {
+            argv,
+            enter,
+            log,
+            pidfile,
+            write_pid,
+            restarted: false,
+        }
+    }
+
+    fn restart(&mut self) {
+        use std::os::unix::process::CommandExt;
+        if self.restarted {
+            return;
+        }
+        self.restarted = true;
+        let log = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&self.log)
+                .unwrap()
+        };
+        let mut cmd = if self.enter.is_empty() {
+            Command::new(&self.argv[0])
+        } else {
+            let mut c = Command::new("nsenter");
+            c.args(&self.enter).arg("--").arg(&self.argv[0]);
+            c
+        };
+        let child = cmd
+            .args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log())
+            .stderr(log())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // nsenter execs the daemon: the same pid.
+        if self.write_pid {
+            std::fs::write(&self.pidfile, format!("{}\n", child.id())).unwrap();
+        }
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.restart();
+    }
+}
+
+/// Waits until `ok()` or panics naming `what`.
+fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < within, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A `fleet` command running in the background, its progress lines (stderr) read as they come.
+struct Run {
+    child: Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<()>,
+}
+
+impl Run {
+    fn start(mut cmd: Command) -> Run {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        let stderr = std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push((Instant::now(), l));
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        Run {
+            child,
+            lines,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// When the first line matching `pred` came; waits for it (panics after `within`).
+    fn wait_line(&mut self, within: Duration, pred: impl Fn(&str) -> bool) -> Instant {
+        let t0 = Instant::now();
+        loop {
+            if let Some((t, _)) = self.lines.lock().unwrap().iter().find(|(_, l)| pred(l)) {
+                return *t;
+            }
+            let exited = self.child.try_wait().unwrap().is_some();
+            assert!(
+                !exited && t0.elapsed() < within,
+                "no such progress line (exited: {exited}):\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn text(&self) -> String {
+        let l = self.lines.lock().unwrap();
+        l.iter()
+            .map(|(_, s)| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for the exit (killing it after `within`): status, stdout, stderr lines.
+    fn finish(mut self, within: Duration) -> (ExitStatus, String, Vec<(Instant, String)>) {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if t0.elapsed() > within {
+                let _ = self.child.kill();
+                panic!("fleet still ran after {within:?}:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = self.stdout.join().unwrap();
+        self.stderr.join().unwrap();
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        (status, out, lines)
+    }
+}
+
+/// A client of the `watched` hosts: looks up the project's passing instances in the cluster's
+/// catalog, as a load balancer would, and calls each, until stopped.
+struct Probe {
+    done: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Probe {
+    async fn start(tb: &Testbed, project: &str, watched: &[&str]) -> Probe {
+        let agents = Agents::open_hosts(tb, watched).await;
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = done.clone();
+        let project = project.to_string();
+        let task = tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                for (node, list) in agents
+                    .nodes
+                    .clone()
+                    .iter()
+                    .zip(agents.passing(&project).await)
+                {
+                    if list.is_empty() {
+                        failed.push(format!("{node}: no passing instance"));
+                    }
+                    for (addr, port, _) in list {
+                        match agents.get(&addr, port).await {
+                            Ok(_) => ok += 1,
+                            Err(e) => failed.push(format!("{node} {addr}:{port}: {e}")),
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            agents.close().await;
+            (ok, failed)
+        });
+        Probe { done, task }
+    }
+
+    /// Stops the probe; panics if any request failed or a host had nothing passing.
+    async fn check(self) {
+        self.done.store(true, Ordering::SeqCst);
+        let (ok, failed) = self.task.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} failed probes ({ok} ok): {failed:?}",
+            failed.len()
+        );
+        assert!(ok > 5, "the probe barely ran ({ok} requests)");
+    }
+}
+
+/// The fault tests' project: hello, v1 deployed on h1..h3; its v2 built and pushed.
+struct Story<'a> {
+    tb: &'a Testbed,
+    p: Project,
+    v1: String,
+    v2: String,
+    before: Vec<Vec<(String, String)>>,
+}
+
+impl<'a> Story<'a> {
+    fn new(tb: &'a Testbed, prefix: &str, v2: impl FnOnce(&Project)) -> Story<'a> {
+        let p = Project::named(tb, prefix);
+        p.set_version("v1");
+        let v1 = p.tag();
+        let o = p.run(tb, &["deploy", "production", "--yes"]);
+        assert!(o.status.success(), "v1: {}", text(&o));
+        p.set_version("v2");
+        v2(&p);
+        let v2 = p.tag();
+        let o = p.run(tb, &["build", "--push"]);
+        assert!(o.status.success(), "build v2: {}", text(&o));
+        let before = tb
+            .hosts
+            .iter()
+            .map(|h| containers(tb, &h.name, &p.name))
+            .collect();
+        Story {
+            tb,
+            p,
+            v1,
+            v2,
+            before,
+        }
+    }
+
+    fn containers(&self) -> Vec<Vec<(String, String)>> {
+        self.tb
+            .hosts
+            .iter()
+            .map(|h| containers(self.tb, &h.name, &self.p.name))
+            .collect()
+    }
+
+    /// `fleet deploy production --yes --no-build --json ARGS`, in the background, with
+    /// `FLEET_SSH_KEEPALIVE=keepalive`.
+    fn deploy(&self, keepalive: &str, args: &[&str]) -> Run {
+        let mut a = vec!["deploy", "production", "--yes", "--no-build", "--json"];
+        a.extend_from_slice(args);
+        let mut cmd = self.p.fleet(self.tb, &a);
+        cmd.env("FLEET_SSH_KEEPALIVE", keepalive);
+        Run::start(cmd)
+    }
+
+    /// After the fault cleared: one deploy converges on `version`, one container per instance,
+    /// and the plan has nothing left to do.
+    fn converges(&self, version: &str) {
+        let o = self
+            .p
+            .run(self.tb, &["deploy", "production", "--yes", "--no-build"]);
+        assert!(o.status.success(), "converging deploy: {}", text(&o));
+        for (h, c) in self.tb.hosts.iter().zip(self.containers()) {
+            assert_eq!(c.len(), 1, "{}: one container per instance: {c:?}", h.name);
+            assert_eq!(c[0].1, version, "{}: {c:?}", h.name);
+        }
+        let o = self
+            .p
+            .run(self.tb, &["plan", "production", "--detailed-exitcode"]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "plan after converging: {}",
+            text(&o)
+        );
+    }
+}
+
+/// The report (`--json`) of a failed deploy and its one failure on `host`.
+fn failed_on(status: ExitStatus, out: &str, host: &str) -> (serde_json::Value, serde_json::Value) {
+    assert_eq!(status.code(), Some(1), "the deploy must fail: {out}");
+    let report: serde_json::Value =
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("--json report: {e}: {out}"));
+    let f = report["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["host"] == host)
+        .unwrap_or_else(|| panic!("no failure on {host}: {report:#}"))
+        .clone();
+    (report, f)
+}
+
+/// When the line saying `needle` came.
+fn line_at(lines: &[(Instant, String)], needle: &str) -> Instant {
+    lines
+        .iter()
+        .find(|(_, l)| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?}: {lines:#?}"))
+        .0
+}
+
+/// A progress line of `host` (lines are `<time> <host>  <message>`) containing `what`.
+fn says(line: &str, host: &str, what: &str) -> bool {
+    line.split_whitespace().nth(1) == Some(host) && line.contains(what)
+}
+
+/// Cut h2's link at the moment its progress line says `moment`; the report names the lost
+/// connection and `doing`; h1 and h3 keep serving and end on v1 (`pulled_only`: nothing
+/// changed anywhere) or are rolled back to it.
+async fn link_cut(prefix: &str, moment: &str, doing: &str, drain: &str, pulled_only: bool) {
+    let tb = Testbed::get(prefix).unwrap();
+    let _serial = serial();
+    let big = pulled_only;
+    let s = Story::new(&tb, prefix, |p| {
+        if big {
+            // A layer of its own, big enough that a throttled pull takes a while.
+            let blob: Vec<u8> = (0..3_000_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
+            std::fs::write(p.root.join("app/blob"), blob).unwrap();
+            let df = p.root.join("app/Dockerfile");
+            let d = std::fs::read_to_string(&df).unwrap();
+            std::fs::write(
+                df,
+                d.replace("COPY start.sh", "COPY blob /app/\nCOPY start.sh"),
+            )
+            .unwrap();
+        }
+    });
+    let _cleanup = s.p.cleanup(&tb);
+    let _throttle = pulled_only.then(|| Throttle::new("h2", "1mbit"));
+    let probe = Probe::start(&tb, &s.p.name, &["h1", "h3"]).await;
+    let mut run = s.deploy("1", &["--drain", drain]);
+    run.wait_line(Duration::from_secs(60), |l| says(l, "h2", moment));
+    let cut = LinkCut::cut("h2");
+    let t_cut = Instant::now();
+    let (status, out, lines) = run.finish(Duration::from_secs(90));
+    probe.check().await;
+    let (report, f) = failed_on(status, &out, "h2");
+    assert_eq!(f["fault"], "connection-lost", "{report:#}");
+    let reason = f["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("connection lost while ")
+            && reason.contains(doing)
+            && reason.ends_with("(10.200.2.2)"),
+        "{reason}"
+    );
+    let noticed = line_at(&lines, "FAILED: connection lost") - t_cut;
+    assert!(
+        noticed < Duration::from_secs(15),
+        "the lost host was noticed after {noticed:?}"
+    );
+    // h2 is still cut off: read h1 and h3.
+    for (i, h) in [(0, "h1"), (2, "h3")] {
+        let c = containers(&tb, h, &s.p.name);
+        if pulled_only {
+            assert_eq!(c, s.before[i], "a fault while pulling changed {h}");
+        } else {
+            assert_eq!(c.len(), 1, "{h}: {c:?}");
+            assert_eq!(c[0].1, s.v1, "{h} is rolled back to v1: {report:#}");
+        }
+    }
+    if pulled_only {
+        assert!(report["steps"].as_array().unwrap().is_empty(), "{report:#}");
+    }
+    drop(cut);
+    if pulled_only {
+        assert_eq!(s.containers()[1], s.before[1], "h2 changed while pulling");
+    }
+    s.converges(&s.v2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_link_cut_while_pulling_changes_nothing() {
+    if Testbed::get("e2e_link_cut_while_pulling_changes_nothing").is_none() {
+        return;
+    }
+    link_cut("fcp", "pull ", "while pulling ", "2s", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_link_cut_while_starting_rolls_the_others_back() {
+    if Testbed::get("e2e_link_cut_while_starting_rolls_the_others_back").is_none() {
+        return;
+    }
+    link_cut("fcs", "hello#1 replace", "starting hello#1", "2s", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_link_cut_while_draining_rolls_the_others_back() {
+    if Testbed::get("e2e_link_cut_while_draining_rolls_the_others_back").is_none() {
+        return;
+    }
+    // Noticed in the drain or when stopping the old container right after it.
+    link_cut(
+        "fcd",
+        "draining the old container",
+        "the old container of hello#1",
+        "3s",
+        false,
+    )
+    .await;
+}
