@@ -550,3 +550,267 @@ async fn e2e_link_cut_while_draining_rolls_the_others_back() {
     )
     .await;
 }
+
+/// h2's dockerd SIGKILLed while its instance starts: the report says the engine stopped
+/// answering; h1 and h3 are rolled back. Once dockerd runs again, a deploy converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_a_killed_engine_is_named_and_the_next_deploy_converges() {
+    let Some(tb) = Testbed::get("e2e_a_killed_engine_is_named_and_the_next_deploy_converges")
+    else {
+        return;
+    };
+    let _serial = serial();
+    let s = Story::new(&tb, "fke", |_| {});
+    let _cleanup = s.p.cleanup(&tb);
+    let probe = Probe::start(&tb, &s.p.name, &["h1", "h3"]).await;
+    let mut run = s.deploy("1", &[]);
+    run.wait_line(Duration::from_secs(60), |l| {
+        says(l, "h2", "hello#1 replace")
+    });
+    let run_dir = tb.dir.join("h2/run");
+    let mut dockerd = Killed::kill(
+        &tb,
+        run_dir.join("docker.pid"),
+        tb.dir.join("h2/dockerd.log"),
+        Some("h2"),
+    );
+    let (status, out, _) = run.finish(Duration::from_secs(90));
+    probe.check().await;
+    let (report, f) = failed_on(status, &out, "h2");
+    assert_eq!(f["fault"], "engine-down", "{report:#}");
+    let reason = f["reason"].as_str().unwrap();
+    assert!(
+        reason
+            .starts_with("the Docker engine stopped answering while starting hello#1 (10.200.2.2)"),
+        "{reason}"
+    );
+    for (i, h) in [(0, "h1"), (2, "h3")] {
+        let c = containers(&tb, h, &s.p.name);
+        assert_eq!(c.len(), 1, "{h}: {c:?}");
+        assert_eq!(c[0].1, s.v1, "{h} is rolled back to v1: {report:#}");
+        let _ = i;
+    }
+    dockerd.restart();
+    wait_until("h2's engine answers again", Duration::from_secs(60), || {
+        tb.ssh("h2", "docker info >/dev/null").status.success()
+    });
+    s.converges(&s.v2);
+}
+
+/// h2's Consul agent stopped while its instance starts: the report says the agent stopped
+/// answering (at once, not at the health deadline); h1 and h3 are rolled back. Once the agent
+/// runs again (it keeps its services, as Consul's agents do), a deploy converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_a_stopped_agent_is_named_and_the_next_deploy_converges() {
+    let Some(tb) = Testbed::get("e2e_a_stopped_agent_is_named_and_the_next_deploy_converges")
+    else {
+        return;
+    };
+    let _serial = serial();
+    let s = Story::new(&tb, "fka", |_| {});
+    let _cleanup = s.p.cleanup(&tb);
+    let probe = Probe::start(&tb, &s.p.name, &["h1", "h3"]).await;
+    let mut run = s.deploy("1", &[]);
+    run.wait_line(Duration::from_secs(60), |l| {
+        says(l, "h2", "hello#1 replace")
+    });
+    let mut agent = Killed::kill(
+        &tb,
+        tb.dir.join("h2/run/consul.pid"),
+        tb.dir.join("h2/consul.log"),
+        Some("h2"),
+    );
+    let t_kill = Instant::now();
+    let (status, out, lines) = run.finish(Duration::from_secs(90));
+    probe.check().await;
+    let (report, f) = failed_on(status, &out, "h2");
+    assert_eq!(f["fault"], "agent-down", "{report:#}");
+    let reason = f["reason"].as_str().unwrap();
+    assert!(
+        reason
+            .starts_with("the Consul agent stopped answering while starting hello#1 (10.200.2.2)"),
+        "{reason}"
+    );
+    // Well before the 10 s health deadline.
+    let noticed = line_at(&lines, "FAILED: the Consul agent") - t_kill;
+    assert!(
+        noticed < Duration::from_secs(8),
+        "noticed after {noticed:?}"
+    );
+    for h in ["h1", "h3"] {
+        let c = containers(&tb, h, &s.p.name);
+        assert_eq!(c.len(), 1, "{h}: {c:?}");
+        assert_eq!(c[0].1, s.v1, "{h} is rolled back to v1: {report:#}");
+    }
+    agent.restart();
+    wait_until("h2's agent answers again", Duration::from_secs(30), || {
+        tb.ssh(
+            "h2",
+            "curl -sf http://127.0.0.1:8500/v1/agent/self >/dev/null",
+        )
+        .status
+        .success()
+    });
+    s.converges(&s.v2);
+}
+
+/// The registry down: the deploy fails before any host changes (every image is pulled on
+/// every host first), naming the image and the registry; KV and containers are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_a_registry_that_is_down_fails_the_deploy_before_any_host_changes() {
+    let Some(tb) =
+        Testbed::get("e2e_a_registry_that_is_down_fails_the_deploy_before_any_host_changes")
+    else {
+        return;
+    };
+    let _serial = serial();
+    let s = Story::new(&tb, "frd", |p| {
+        p.edit(|t| t.replace("greeting = \"hello\"", "greeting = \"hi\""));
+    });
+    let _cleanup = s.p.cleanup(&tb);
+    let probe = Probe::start(&tb, &s.p.name, &["h1", "h2", "h3"]).await;
+    let mut registry = Killed::kill(
+        &tb,
+        tb.dir.join("registry.pid"),
+        tb.dir.join("registry.log"),
+        None,
+    );
+    let (status, out, _) = s.deploy("1", &[]).finish(Duration::from_secs(90));
+    probe.check().await;
+    let (report, f) = failed_on(status, &out, "h1");
+    let reason = f["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "pulling {}/{}/hello:{}",
+            tb.registry, s.p.name, s.v2
+        )) && reason.contains("nothing was changed on any host"),
+        "{reason}"
+    );
+    assert!(report["steps"].as_array().unwrap().is_empty(), "{report:#}");
+    assert_eq!(report["kv"]["put"], 0, "KV changed: {report:#}");
+    assert_eq!(s.containers(), s.before, "a host changed");
+    registry.restart();
+    wait_until(
+        "the registry answers again",
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(&tb.registry).is_ok(),
+    );
+    s.converges(&s.v2);
+}
+
+/// h2 goes silent for 5 s (its sshd stopped, then continued: the kernel here has no netem)
+/// while `--parallel 2` works on 3 hosts: h1 finishes, h3 starts only then (never 3 at once)
+/// and finishes while h2 is still stuck; h2 finishes after; the deploy succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_a_slow_host_holds_only_its_own_slot() {
+    let Some(tb) = Testbed::get("e2e_a_slow_host_holds_only_its_own_slot") else {
+        return;
+    };
+    let _serial = serial();
+    let s = Story::new(&tb, "fsl", |_| {});
+    let _cleanup = s.p.cleanup(&tb);
+    let probe = Probe::start(&tb, &s.p.name, &["h1", "h3"]).await;
+    // The default keepalive (3 s: lost after 12 s) outlasts the 5 s stall.
+    let mut run = s.deploy("3", &["--parallel", "2"]);
+    run.wait_line(Duration::from_secs(60), |l| {
+        says(l, "h2", "hello#1 replace")
+    });
+    let sshd: Vec<String> = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "pids", "h2"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .lines()
+    .filter(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sshd")
+    })
+    .map(str::to_string)
+    .collect();
+    assert!(!sshd.is_empty(), "no sshd in h2");
+    sh(&format!("kill -STOP {}", sshd.join(" ")));
+    std::thread::sleep(Duration::from_secs(5));
+    sh(&format!("kill -CONT {}", sshd.join(" ")));
+    let (status, out, lines) = run.finish(Duration::from_secs(90));
+    probe.check().await;
+    assert!(status.success(), "{out}\n{lines:#?}");
+    let done = |h: &str| line_at(&lines, &format!("{h:>6}  hello#1 replaced"));
+    let began = |h: &str| line_at(&lines, &format!("{h:>6}  hello#1 replace "));
+    assert!(
+        began("h3") >= done("h1"),
+        "h3 started before a slot was free (--parallel 2): {lines:#?}"
+    );
+    assert!(
+        done("h3") < done("h2"),
+        "the slow host held the others back: {lines:#?}"
+    );
+    for (h, c) in tb.hosts.iter().zip(s.containers()) {
+        assert_eq!(c.len(), 1, "{}: {c:?}", h.name);
+        assert_eq!(c[0].1, s.v2);
+    }
+}
+
+/// A deploy of a version that fails its health check is killed (SIGKILL) while it waits for
+/// the new containers: each host is left with the old container (serving) and an unproven new
+/// one. The next deploy of that version health-gates the leftover, finds it failing, and keeps
+/// the old one: it is never removed for the unproven one, and a client never misses a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_an_unhealthy_leftover_is_never_promoted() {
+    let Some(tb) = Testbed::get("e2e_an_unhealthy_leftover_is_never_promoted") else {
+        return;
+    };
+    let _serial = serial();
+    let s = Story::new(&tb, "fup", |p| {
+        p.break_health();
+        p.edit(|t| t.replace("deadline = \"10s\"", "deadline = \"60s\""));
+    });
+    let _cleanup = s.p.cleanup(&tb);
+    let probe = Probe::start(&tb, &s.p.name, &["h1", "h2", "h3"]).await;
+    let mut run = s.deploy("1", &[]);
+    for h in ["h1", "h2", "h3"] {
+        run.wait_line(Duration::from_secs(60), |l| says(l, h, "hello#1 replace"));
+    }
+    wait_until(
+        "a new container beside the old on every host",
+        Duration::from_secs(30),
+        || s.containers().iter().all(|c| c.len() == 2),
+    );
+    run.child.kill().unwrap(); // SIGKILL: no rollback
+    let _ = run.finish(Duration::from_secs(10));
+    let o = s.p.run(&tb, &["lock", "release", "production"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The manifest still says v2; its deadline back to 10 s.
+    s.p.edit(|t| t.replace("deadline = \"60s\"", "deadline = \"10s\""));
+    let (status, out, _) = s.deploy("1", &[]).finish(Duration::from_secs(90));
+    probe.check().await;
+    let (report, f) = failed_on(status, &out, "h1");
+    assert!(f.get("fault").is_none(), "{report:#}");
+    let reason = f["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("health check failed") && reason.contains("keeps serving"),
+        "{reason}"
+    );
+    // Every host converged its slot at once, each fell back: the old container alone.
+    for (h, c) in tb.hosts.iter().zip(s.containers()) {
+        assert_eq!(c.len(), 1, "{}: {c:?}", h.name);
+        assert_eq!(c[0].1, s.v1, "{}: the old container was removed", h.name);
+    }
+    // A good version converges everything, leftovers included.
+    s.p.set_version("v3");
+    let path = s.p.root.join("app/start.sh");
+    let start = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        start.replace(
+            "echo 'no health file today' >&2",
+            "$b cp /app/www/health /www/health",
+        ),
+    )
+    .unwrap();
+    let v3 = s.p.tag();
+    let o = s.p.run(&tb, &["build", "--push"]);
+    assert!(o.status.success(), "{}", text(&o));
+    s.converges(&v3);
+}
