@@ -566,7 +566,7 @@ fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
 
 /// A host's `address` or `user`: text that ssh cannot take for an option or a shell word
 /// (`crate::host::destination_problem`), else a problem at the value.
-fn ssh_word(cx: &mut Cx, node: &Node, what: &str) -> Option<String> {
+pub(super) fn ssh_word(cx: &mut Cx, node: &Node, what: &str) -> Option<String> {
     let s = cx.text(node)?;
     if let Some(why) = crate::host::destination_problem(&s, what) {
         cx.err(
