@@ -61,9 +61,13 @@ pub struct Response {
     pub body: Bytes,
 }
 
-/// A request that got no (whole) answer. Worded as reqwest words it.
+/// A request that could not be made or got no (whole) answer. Worded as reqwest words it.
 #[derive(Debug, thiserror::Error)]
-#[error("{} for url ({url})", match .kind { Kind::Body(_) => "request or response body error", _ => "error sending request" })]
+#[error("{} for url ({url})", match .kind {
+    Kind::Url(_) | Kind::Request(_) => "builder error",
+    Kind::Body(_) => "request or response body error",
+    Kind::TimedOut | Kind::Send(_) => "error sending request",
+})]
 pub struct Error {
     url: String,
     #[source]
@@ -74,6 +78,9 @@ pub struct Error {
 enum Kind {
     #[error("invalid URL: {0}")]
     Url(String),
+    /// A header value or a request the HTTP library refuses to build.
+    #[error("invalid request: {0}")]
+    Request(String),
     #[error("operation timed out")]
     TimedOut,
     #[error(transparent)]
@@ -99,12 +106,12 @@ impl Client {
             .header(ACCEPT, "*/*");
         for (name, value) in call.headers {
             let value = HeaderValue::from_str(value)
-                .map_err(|e| error(Kind::Url(format!("header {name}: {e}"))))?;
+                .map_err(|e| error(Kind::Request(format!("header {name}: {e}"))))?;
             request = request.header(name, value);
         }
         let request = request
             .body(Full::new(Bytes::from(call.body.unwrap_or_default())))
-            .map_err(|e| error(Kind::Url(e.to_string())))?;
+            .map_err(|e| error(Kind::Request(e.to_string())))?;
         let exchange = async {
             let response = self.0.request(request).await.map_err(Kind::Send)?;
             let (parts, body) = response.into_parts();
@@ -203,6 +210,36 @@ mod tests {
         );
         let source = std::error::Error::source(&e).unwrap().to_string();
         assert_eq!(source, "operation timed out");
+    }
+
+    /// Nothing is sent: a bad URL or header value is a builder error, each of its own kind.
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_not_sent() {
+        let e = plain()
+            .get("http://a b/", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "builder error for url (http://a b/)");
+        let source = std::error::Error::source(&e).unwrap().to_string();
+        assert!(source.starts_with("invalid URL: "), "{source}");
+
+        let token = HeaderName::from_static("x-consul-token");
+        let e = plain()
+            .send(Call {
+                method: Method::GET,
+                url: "http://127.0.0.1:1/",
+                headers: &[(token, "a\nb")],
+                body: None,
+                timeout: Duration::from_secs(5),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "builder error for url (http://127.0.0.1:1/)");
+        let source = std::error::Error::source(&e).unwrap().to_string();
+        assert!(
+            source.starts_with("invalid request: header x-consul-token: "),
+            "{source}"
+        );
     }
 
     #[tokio::test]

@@ -10,31 +10,10 @@ use std::sync::Mutex;
 use bollard::auth::DockerCredentials;
 
 use crate::desired::RegistryTarget;
-use crate::registry::{Credentials, RegistryError, credentials, docker_config};
+use crate::registry::{Credentials, HUB, RegistryError, credentials, docker_config, registry_of};
 
-/// Docker Hub's name in image references, and its key in a Docker config.
-const HUB: &str = "docker.io";
+/// Docker Hub's key in a Docker config.
 const HUB_CONFIG_KEY: &str = "https://index.docker.io/v1/";
-
-/// The registry an image reference is pulled from, as Docker reads a reference: the first
-/// path element when it looks like a host (has a `.` or `:`, is `localhost`, or has an upper
-/// case letter), else Docker Hub.
-pub fn registry_of(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _))
-            if first.contains(['.', ':'])
-                || first == "localhost"
-                || first.chars().any(|c| c.is_ascii_uppercase()) =>
-        {
-            if first == "index.docker.io" {
-                HUB
-            } else {
-                first
-            }
-        }
-        _ => HUB,
-    }
-}
 
 /// The credentials of every pull of one apply.
 pub(super) struct PullAuth {
@@ -73,7 +52,7 @@ impl PullAuth {
         if let Some((server, creds)) = &self.own
             && server.trim_end_matches('/') == registry
         {
-            return Ok(creds.as_ref().map(|c| docker(c, server)));
+            return Ok(creds.as_ref().map(|c| c.to_docker(server)));
         }
         let key = if registry == HUB {
             HUB_CONFIG_KEY
@@ -81,22 +60,13 @@ impl PullAuth {
             registry
         };
         if let Some(known) = self.others.lock().unwrap().get(key) {
-            return Ok(known.as_ref().map(|c| docker(c, key)));
+            return Ok(known.as_ref().map(|c| c.to_docker(key)));
         }
         let found =
             docker_config::credentials(key, self.config.clone()).map_err(|e| e.to_string())?;
-        let out = found.as_ref().map(|c| docker(c, key));
+        let out = found.as_ref().map(|c| c.to_docker(key));
         self.others.lock().unwrap().insert(key.to_string(), found);
         Ok(out)
-    }
-}
-
-fn docker(c: &Credentials, server: &str) -> DockerCredentials {
-    DockerCredentials {
-        username: Some(c.username.clone()),
-        password: Some(c.password().to_string()),
-        serveraddress: Some(server.to_string()),
-        ..Default::default()
     }
 }
 
@@ -105,22 +75,6 @@ mod tests {
     use super::*;
     use crate::desired::SecretRef;
     use base64::Engine as _;
-
-    #[test]
-    fn the_registry_of_a_reference_is_its_first_element_when_that_is_a_host() {
-        for (image, registry) in [
-            ("nginx:1.27", "docker.io"),
-            ("library/nginx", "docker.io"),
-            ("bitnami/redis:7", "docker.io"),
-            ("index.docker.io/library/nginx", "docker.io"),
-            ("10.200.1.1:5000/shop/api:v1", "10.200.1.1:5000"),
-            ("ghcr.io/o/x@sha256:00", "ghcr.io"),
-            ("localhost/x", "localhost"),
-            ("Registry/x", "Registry"),
-        ] {
-            assert_eq!(registry_of(image), registry, "{image}");
-        }
-    }
 
     #[test]
     fn manifest_credentials_go_only_to_the_manifest_registry() {

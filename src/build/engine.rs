@@ -6,7 +6,6 @@ use std::fs::File;
 use std::io::{self, Write};
 
 use bollard::Docker;
-use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{BuildImageOptions, PushImageOptions};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -222,12 +221,7 @@ pub async fn push(
     credentials: Option<&Credentials>,
     mut on_line: impl FnMut(&str),
 ) -> Result<(), BuildError> {
-    let creds = credentials.map(|c| DockerCredentials {
-        username: Some(c.username.clone()),
-        password: Some(c.password().to_string()),
-        serveraddress: Some(server.to_string()),
-        ..Default::default()
-    });
+    let creds = credentials.map(|c| c.to_docker(server));
     let opts = PushImageOptions {
         tag: Some(tag.to_string()),
         ..Default::default()

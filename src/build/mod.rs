@@ -22,7 +22,7 @@ use serde::Serialize;
 pub use tag::content_tag;
 
 use crate::desired::{BuildTarget, RegistryTarget, Versions};
-use crate::registry::{RegistryClient, RegistryError};
+use crate::registry::{self, RegistryClient, RegistryError};
 
 /// Why a build could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -145,17 +145,18 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
 }
 
-/// The registry an image repository lives in, when `registry` is not given: the first path
-/// element of the repository when it looks like a host (`10.200.1.1:5000/x`).
+/// The registry an image repository is pushed to: `registry` when the repository is in it,
+/// else the repository's own registry ([`registry::registry_of`]) without credentials; none for
+/// Docker Hub.
 fn registry_of(repository: &str, registry: Option<&RegistryTarget>) -> Option<RegistryTarget> {
+    let server = registry::registry_of(repository);
     if let Some(r) = registry
-        && repository.starts_with(&format!("{}/", r.server))
+        && r.server.trim_end_matches('/') == server
     {
         return Some(r.clone());
     }
-    let (first, _) = repository.split_once('/')?;
-    (first.contains(':') || first.contains('.') || first == "localhost").then(|| RegistryTarget {
-        server: first.to_string(),
+    (server != registry::HUB).then(|| RegistryTarget {
+        server: server.to_string(),
         username: None,
         password: None,
         insecure: false,
@@ -358,6 +359,7 @@ mod tests {
         let r = registry_of("10.200.1.1:5000/shop/api", None).unwrap();
         assert_eq!(r.server, "10.200.1.1:5000");
         assert!(registry_of("shop/api", None).is_none());
+        assert!(registry_of("index.docker.io/shop/api", None).is_none());
         let given = RegistryTarget {
             server: "10.200.1.1:5000".into(),
             username: Some("u".into()),

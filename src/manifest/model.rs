@@ -566,7 +566,7 @@ fn decode_host(cx: &mut Cx, k: &Key, v: &Node) -> Option<HostTarget> {
 
 /// A host's `address` or `user`: text that ssh cannot take for an option or a shell word
 /// (`crate::host::destination_problem`), else a problem at the value.
-fn ssh_word(cx: &mut Cx, node: &Node, what: &str) -> Option<String> {
+pub(super) fn ssh_word(cx: &mut Cx, node: &Node, what: &str) -> Option<String> {
     let s = cx.text(node)?;
     if let Some(why) = crate::host::destination_problem(&s, what) {
         cx.err(
@@ -812,8 +812,9 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         cx.err(&h.span, format!("app `{}` has both `roles` and `hosts`", k.name), "remove one", Some("place an app by `roles` (every host with one of them) or by `hosts` (names), not both".into()));
     }
     let instances = get(t, "instances")
-        .and_then(|n| instances(cx, n))
-        .unwrap_or(1);
+        // Bounded before anything iterates over the instances.
+        .and_then(|n| cx.int(n, 0, MAX_INSTANCES.into()))
+        .map_or(1, |n| n as u32);
     let port = get(t, "port").and_then(|p| cx.u16(p, 1));
     let published = match get(t, "published") {
         None => Published::Auto,
@@ -1246,22 +1247,6 @@ pub const MIN_MEMORY: u64 = 6 * 1024 * 1024;
 /// spec, a Consul service and a host port to check).
 pub const MAX_INSTANCES: u32 = 1000;
 
-/// `instances`: an integer in `0..=MAX_INSTANCES`, checked before anything iterates over it.
-fn instances(cx: &mut Cx, n: &Node) -> Option<u32> {
-    match n.value {
-        Value::Int(i) if i > MAX_INSTANCES as i64 => {
-            cx.err(
-                &n.span,
-                format!("{i} instances per host is more than the maximum of {MAX_INSTANCES}"),
-                format!("at most {MAX_INSTANCES}"),
-                Some("`instances` counts containers per host: spread the app over more hosts instead".into()),
-            );
-            None
-        }
-        _ => cx.u32(n, 0),
-    }
-}
-
 /// Whether an app runs on a host: by `hosts`, else by `roles`, else everywhere.
 pub fn runs_on(app: &AppDef, host: &HostTarget) -> bool {
     if !app.hosts.is_empty() {
@@ -1316,10 +1301,10 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         let at = HUGE.find("4294967295").unwrap();
         assert_eq!(problems[0].span.offset(), at);
+        let text = super::super::render_plain(&err);
         assert!(
-            problems[0].message.contains(&MAX_INSTANCES.to_string()),
-            "{}",
-            problems[0].message
+            text.contains(&format!("must be between 0 and {MAX_INSTANCES}")),
+            "{text}"
         );
         let ok = HUGE.replace("4294967295", &MAX_INSTANCES.to_string());
         let m = load(&ok).unwrap();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use miette::NamedSource;
 
 use super::diag::{self, Cx, Problem};
-use super::model::{MAX_INSTANCES, MIN_MEMORY};
+use super::model::{self, MAX_INSTANCES, MIN_MEMORY};
 use super::node::{self, Node, Span, Table, Value};
 
 /// Why an ecosystem file cannot be imported: every problem, at its place in the file.
@@ -252,64 +252,20 @@ fn env_name(cx: &mut Cx, raw: &str, span: &Span) -> Option<String> {
     fits(cx, "environment", &name, span).then_some(name)
 }
 
-/// An address or user that ssh takes as a destination, not as an option or two words: a
-/// non-empty string without spaces that does not start with `-`; else a problem naming `what`.
-fn ssh_word(cx: &mut Cx, n: &Node, what: &str) -> Option<String> {
-    let s = text(cx, n, what)?;
-    // The manifest's own rule for host addresses and users, so the import never prints one
-    // that `fleet validate` refuses.
-    if let Some(why) = crate::host::destination_problem(&s, what) {
-        cx.err(
-            &n.span,
-            why,
-            "not for ssh",
-            Some(
-                "ssh would take it as an option, several words or a shell word: write a plain host name or user"
-                    .into(),
-            ),
-        );
-        return None;
-    }
-    Some(s)
-}
-
-/// pm2 memory (`300M`, `1G`, `512K`, bytes) to a fleet size.
-fn memory(s: &str) -> Option<String> {
+/// pm2 memory (`300M`, `1G`, `512K`, bytes): the fleet size to write (`300MiB`) and its bytes
+/// (saturated, as fleet reads it).
+fn memory(s: &str) -> Option<(String, u64)> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().ok()?;
-    Some(match unit.trim().to_ascii_uppercase().as_str() {
-        "" => format!("{n}B"),
-        "K" | "KB" => format!("{n}KiB"),
-        "M" | "MB" => format!("{n}MiB"),
-        "G" | "GB" => format!("{n}GiB"),
+    let (unit, shift) = match unit.trim().to_ascii_uppercase().as_str() {
+        "" => ("B", 0),
+        "K" | "KB" => ("KiB", 10),
+        "M" | "MB" => ("MiB", 20),
+        "G" | "GB" => ("GiB", 30),
         _ => return None,
-    })
-}
-
-/// A non-empty string, or a problem at `n` naming `what`.
-fn text(cx: &mut Cx, n: &Node, what: &str) -> Option<String> {
-    match &n.value {
-        Value::Str(s) if !s.trim().is_empty() => Some(s.clone()),
-        Value::Str(_) => {
-            cx.err(
-                &n.span,
-                format!("{what} is empty"),
-                "empty",
-                Some(format!("give {what} a value, or leave the key out")),
-            );
-            None
-        }
-        v => {
-            cx.err(
-                &n.span,
-                format!("{what} must be a string, not {}", v.type_name()),
-                "not a string",
-                None,
-            );
-            None
-        }
-    }
+    };
+    Some((format!("{n}{unit}"), n.saturating_mul(1 << shift)))
 }
 
 /// The variables of an `env` / `env_<name>` object; a name the process environment cannot
@@ -404,17 +360,9 @@ pub fn import(json: &str, name: &str, opts: &Options) -> Result<Import, Pm2Error
     };
     match imported {
         Some(i) if cx.problems.is_empty() => Ok(i),
+        // `convert` gives nothing only after a problem, and a JSON error is one.
         _ => {
             let mut problems = cx.problems;
-            if problems.is_empty() {
-                problems.push(Problem {
-                    message: "nothing to import".into(),
-                    span: (0, 0).into(),
-                    label: "here".into(),
-                    help: None,
-                    place: None,
-                });
-            }
             problems.sort_by_key(|p| p.span.offset());
             diag::fit(json, &mut problems);
             Err(Pm2Error {
@@ -433,8 +381,9 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
     // Environments in first-seen order, with per app env overrides.
     let mut envs: Vec<(String, Vec<AppEnv>)> = Vec::new();
     let mut apps_toml = String::new();
-    let mut used: Vec<String> = Vec::new();
     let mut taken: HashSet<String> = HashSet::new();
+    // The first app's name also names the project.
+    let mut project: Option<String> = None;
 
     for (i, app) in apps.iter().enumerate() {
         let Value::Table(obj) = &app.value else {
@@ -453,7 +402,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
             k += 1;
         }
         taken.insert(name.clone());
-        used.push(name.clone());
+        project.get_or_insert_with(|| name.clone());
         let at = format!("apps[{i}] ({raw_name})");
         let name_span = name_node.map_or_else(|| head(app), |n| n.span.clone());
         if fits(cx, "app", &name, &name_span) && name != raw_name {
@@ -470,7 +419,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                     value: Value::Str(_),
                     ..
                 },
-            ) => text(cx, n, "`cwd`"),
+            ) => cx.text(n),
             Some(_) => {
                 warnings.push(format!("{at}.cwd: not a string; built from `.`"));
                 Some(".".to_string())
@@ -486,10 +435,10 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
         // script (+ interpreter) + args -> command
         if let Some(sn) = obj.get("script") {
             handled.extend(["script", "interpreter", "exec_interpreter", "args"]);
-            let script = text(cx, sn, "`script`").unwrap_or_default();
+            let script = cx.text(sn).unwrap_or_default();
             let interp = match obj.get("interpreter").or(obj.get("exec_interpreter")) {
                 None => None,
-                Some(n) => text(cx, n, "the interpreter"),
+                Some(n) => cx.text(n),
             };
             let mut cmd: Vec<String> = match interp.as_deref() {
                 Some("none") => vec![script.clone()],
@@ -596,18 +545,16 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
         if let Some(v) = obj.get("max_memory_restart") {
             let given = scalar(v).unwrap_or_default();
             match memory(&given) {
-                Some(m) => match m.parse::<bytesize::ByteSize>() {
-                    Ok(b) if b.as_u64() >= MIN_MEMORY => {
-                        let _ = writeln!(a, "limits = {{ memory = {} }}", toml_str(&m));
-                        warnings.push(format!("{at}.max_memory_restart: became a hard memory limit: Docker stops the container at {m} and the restart policy starts it again"));
-                    }
-                    _ => cx.err(
-                        &v.span,
-                        format!("`{given}` is less than the 6MiB Docker needs for a container, or too large"),
-                        "not a usable memory limit",
-                        Some("write at least `6M` (pm2 sizes: `300M`, `1G`), or leave it out".into()),
-                    ),
-                },
+                Some((m, bytes)) if bytes >= MIN_MEMORY => {
+                    let _ = writeln!(a, "limits = {{ memory = {} }}", toml_str(&m));
+                    warnings.push(format!("{at}.max_memory_restart: became a hard memory limit: Docker stops the container at {m} and the restart policy starts it again"));
+                }
+                Some(_) => cx.err(
+                    &v.span,
+                    format!("`{given}` is less than the 6MiB Docker needs for a container"),
+                    "not a usable memory limit",
+                    Some("write at least `6M` (pm2 sizes: `300M`, `1G`), or leave it out".into()),
+                ),
                 None => warnings.push(format!(
                     "{at}.max_memory_restart: `{given}` is not a size; left out"
                 )),
@@ -674,7 +621,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                     let _ = writeln!(a, "user = {}", toml_str(&scalar(n).unwrap_or_default()));
                 }
                 _ => {
-                    if let Some(u) = text(cx, n, "`user`") {
+                    if let Some(u) = cx.text(n) {
                         let _ = writeln!(a, "user = {}", toml_str(&u));
                     }
                 }
@@ -694,7 +641,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
         }
         apps_toml.push_str(&a);
     }
-    if used.is_empty() {
+    let Some(project) = project else {
         cx.err(
             &apps_span,
             "the ecosystem file has no app to import",
@@ -702,7 +649,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
             Some("each app is an object with at least `name` and `script`".into()),
         );
         return None;
-    }
+    };
 
     // Hosts: from pm2's deploy section when it names some, else this machine.
     let mut hosts: Vec<(String, String, Option<String>)> = Vec::new();
@@ -720,9 +667,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                     warnings.push(format!("deploy.{}: not an object; left out", ek.name));
                     continue;
                 };
-                let user = dt
-                    .get("user")
-                    .and_then(|u| ssh_word(cx, u, "a deploy `user`"));
+                let user = dt.get("user").and_then(|u| model::ssh_word(cx, u, "user"));
                 let list: Vec<&Node> = match dt.get("host") {
                     Some(
                         h @ Node {
@@ -747,7 +692,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                 };
                 let mut names = Vec::new();
                 for hn in list {
-                    let Some(h) = ssh_word(cx, hn, "a deploy host") else {
+                    let Some(h) = model::ssh_word(cx, hn, "address") else {
                         continue;
                     };
                     if h != "local" && first_remote.is_none() {
@@ -806,7 +751,6 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
         envs.push(("production".into(), Vec::new()));
     }
 
-    let project = used.first().cloned().unwrap_or_else(|| "app".into());
     let _ = writeln!(
         out,
         "# Imported from a pm2 ecosystem file by `fleet import pm2`. Review the hosts and\n# each app's `build`, then run `fleet validate`.\n"
@@ -900,14 +844,9 @@ mod tests {
         import(json, "eco.json", &Options::default())
     }
 
-    /// The manifest loads (what `fleet validate` checks first).
+    /// The manifest passes [`check`]: it loads and every environment resolves.
     fn validates(i: &Import) {
-        if let Err(e) = super::super::load_str(
-            &i.manifest,
-            super::super::Format::Toml,
-            "m.toml",
-            Path::new("/p"),
-        ) {
+        if let Err(e) = check(i, "m.toml", Path::new("/p")) {
             panic!("{}\n{}", i.manifest, super::super::render_plain(&e));
         }
     }
@@ -934,9 +873,17 @@ mod tests {
 
     #[test]
     fn memory_units() {
-        assert_eq!(memory("300M").as_deref(), Some("300MiB"));
-        assert_eq!(memory("1G").as_deref(), Some("1GiB"));
-        assert_eq!(memory("1024").as_deref(), Some("1024B"));
+        let sized = |s: &str| {
+            Some((
+                s.to_string(),
+                s.parse::<bytesize::ByteSize>().unwrap().as_u64(),
+            ))
+        };
+        assert_eq!(memory("300M"), sized("300MiB"));
+        assert_eq!(memory("1G"), sized("1GiB"));
+        assert_eq!(memory("512kb"), sized("512KiB"));
+        assert_eq!(memory("1024"), sized("1024B"));
+        assert_eq!(memory("99999999999G"), sized("99999999999GiB"));
         assert_eq!(memory("lots"), None);
     }
 
@@ -1031,9 +978,18 @@ mod tests {
             r#"{"apps": [{"name": "a", "script": "a.js", "instances": 1001}]}"#,
             "1001",
         );
-        refused_at(
+        // A deploy host or user is checked as the manifest checks it (so the import never
+        // prints one that `fleet validate` refuses), and kept: its target still names a host.
+        let e = refused_at(
             r#"{"apps": [{"name": "a", "script": "a.js", "deploy": 1}], "deploy": {"x": {"host": "-oProxyCommand=x"}}}"#,
             "\"-oProxyCommand=x\"",
+        );
+        assert!(
+            !e.problems
+                .iter()
+                .any(|p| p.message.contains("names no host")),
+            "{:?}",
+            e.problems
         );
         refused_at(
             r#"{"apps": [{"name": "a", "script": "a.js"}], "deploy": {"x": {"user": "a b", "host": "local"}}}"#,

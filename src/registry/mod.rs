@@ -30,6 +30,30 @@ application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.oci.image.index.v1+json";
 
+/// Docker Hub's name in image references.
+pub const HUB: &str = "docker.io";
+
+/// The registry an image reference is pulled from (or pushed to), as Docker reads a
+/// reference: the first path element when it looks like a host (has a `.` or `:`, is
+/// `localhost`, or has an upper case letter), else Docker Hub ([`HUB`], also for
+/// `index.docker.io`).
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.chars().any(|c| c.is_ascii_uppercase()) =>
+        {
+            if first == "index.docker.io" {
+                HUB
+            } else {
+                first
+            }
+        }
+        _ => HUB,
+    }
+}
+
 /// A content digest as the registry reports it (`sha256:...`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
@@ -59,6 +83,18 @@ impl Credentials {
     /// The password, for the few places that must send it (HTTP auth, X-Registry-Auth).
     pub fn password(&self) -> &str {
         &self.password
+    }
+}
+
+impl Credentials {
+    /// What bollard sends as `X-Registry-Auth` for a pull or a push from `server`.
+    pub fn to_docker(&self, server: &str) -> bollard::auth::DockerCredentials {
+        bollard::auth::DockerCredentials {
+            username: Some(self.username.clone()),
+            password: Some(self.password.clone()),
+            serveraddress: Some(server.to_string()),
+            ..Default::default()
+        }
     }
 }
 
@@ -528,6 +564,30 @@ pub fn credentials(target: &RegistryTarget) -> Result<Option<Credentials>, Regis
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_credentials_carry_the_server() {
+        let d = Credentials::new("u", "p").to_docker("r:5000");
+        assert_eq!(d.username.as_deref(), Some("u"));
+        assert_eq!(d.password.as_deref(), Some("p"));
+        assert_eq!(d.serveraddress.as_deref(), Some("r:5000"));
+    }
+
+    #[test]
+    fn the_registry_of_a_reference_is_its_first_element_when_that_is_a_host() {
+        for (image, registry) in [
+            ("nginx:1.27", "docker.io"),
+            ("library/nginx", "docker.io"),
+            ("bitnami/redis:7", "docker.io"),
+            ("index.docker.io/library/nginx", "docker.io"),
+            ("10.200.1.1:5000/shop/api:v1", "10.200.1.1:5000"),
+            ("ghcr.io/o/x@sha256:00", "ghcr.io"),
+            ("localhost/x", "localhost"),
+            ("Registry/x", "Registry"),
+        ] {
+            assert_eq!(registry_of(image), registry, "{image}");
+        }
+    }
 
     #[test]
     fn parses_bearer_challenge_from_the_spec() {

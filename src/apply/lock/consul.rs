@@ -47,7 +47,8 @@ impl Held {
         } = self;
         // A released lock leaves no key behind: delete it while this session still holds
         // it (check-and-set, so a key someone else took meanwhile stays), then end the
-        // session. Behavior `delete` only covers a session that is invalidated holding it.
+        // session. Ending a session that still holds the key (behavior `delete`) would delete
+        // it too, but start its lock-delay: the next deploy would wait for it.
         if let Ok(Some(pair)) = client.kv_get(&key).await
             && pair.session.as_deref() == Some(session.as_str())
         {
@@ -57,7 +58,6 @@ impl Held {
             };
             let _ = client.kv_delete(&key, &cas).await;
         }
-        let _ = client.kv_release(&key, b"", &session).await;
         client.session_destroy(&session).await?;
         Ok(())
     }
@@ -97,77 +97,69 @@ impl DeployLock {
                 ..SessionRequest::default()
             })
             .await?;
-        // A lock just freed by an expired session cannot be taken during its lock-delay: retry
-        // for that long when nobody holds it; refuse at once when somebody does.
-        let mut deadline =
-            tokio::time::Instant::now() + LOCK_DELAY * 2 + Duration::from_millis(500);
-        let mut took_over = None;
-        loop {
-            let taken = match consul.kv_acquire(&key, &value, &session).await {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = consul.session_destroy(&session).await;
-                    return Err(e.into());
-                }
-            };
-            if taken {
-                break;
-            }
-            let current = match status(consul, project, env).await {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = consul.session_destroy(&session).await;
-                    return Err(e);
-                }
-            };
-            if let Some((dead, theirs)) = current.as_ref().filter(|(h, _)| died_here(h))
-                && took_over.is_none()
-            {
-                // Only the dead holder's own session: a lock someone else took meanwhile stays.
-                if let Err(e) = consul.session_destroy(theirs).await {
-                    let _ = consul.session_destroy(&session).await;
-                    return Err(e.into());
-                }
-                took_over = Some(dead.clone());
-                deadline =
-                    tokio::time::Instant::now() + LOCK_DELAY * 2 + Duration::from_millis(500);
-                continue;
-            }
-            if let Some((holder, _)) = current {
+        let took_over = match take(consul, project, env, &key, &value, &session).await {
+            Ok(t) => t,
+            Err(e) => {
                 let _ = consul.session_destroy(&session).await;
-                let since = holder.since();
-                return Err(LockError::Held { holder, since });
+                return Err(e);
             }
-            if tokio::time::Instant::now() >= deadline {
-                let _ = consul.session_destroy(&session).await;
-                return Err(LockError::Consul(ConsulError::Unexpected {
-                    request: format!("PUT /v1/kv/{key}?acquire"),
-                    status: 200,
-                    body: "the lock is free but Consul keeps refusing it (lock-delay?)".into(),
-                }));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(hold_session(
-            consul.clone(),
-            key.clone(),
-            session.clone(),
-            ttl,
-            lost.clone(),
-        ));
-        Ok(DeployLock {
-            backend: Some(Backend::Consul(Box::new(Held {
-                client: consul.clone(),
-                key,
-                session,
-            }))),
+        };
+        let held = Held {
+            client: consul.clone(),
+            key: key.clone(),
+            session: session.clone(),
+        };
+        Ok(DeployLock::taken(
+            Backend::Consul(Box::new(held)),
             holder,
             took_over,
-            renewer: Some(renewer),
-            lost,
-        })
+            |lost| hold_session(consul.clone(), key, session, ttl, lost),
+        ))
     }
+}
+
+/// Takes `key` with `session`, whose error the caller answers by ending the session. A lock just
+/// freed by an expired session cannot be taken during its lock-delay: retries for that long
+/// when nobody holds it; refuses at once when somebody does, unless the holder died on this
+/// machine (then its session is ended and the lock taken over: returns the dead holder).
+async fn take(
+    consul: &ConsulClient,
+    project: &str,
+    env: &str,
+    key: &str,
+    value: &[u8],
+    session: &str,
+) -> Result<Option<Holder>, LockError> {
+    // Long enough for a lock-delay to run out.
+    let lock_delay_ends =
+        || tokio::time::Instant::now() + LOCK_DELAY * 2 + Duration::from_millis(500);
+    let mut deadline = lock_delay_ends();
+    let mut took_over = None;
+    while !consul.kv_acquire(key, value, session).await? {
+        let current = status(consul, project, env).await?;
+        if let Some((dead, theirs)) = current.as_ref().filter(|(h, _)| died_here(h))
+            && took_over.is_none()
+        {
+            // Only the dead holder's own session: a lock someone else took meanwhile stays.
+            consul.session_destroy(theirs).await?;
+            took_over = Some(dead.clone());
+            deadline = lock_delay_ends();
+            continue;
+        }
+        if let Some((holder, _)) = current {
+            let since = holder.since();
+            return Err(LockError::Held { holder, since });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(LockError::Consul(ConsulError::Unexpected {
+                request: format!("PUT /v1/kv/{key}?acquire"),
+                status: 200,
+                body: "the lock is free but Consul keeps refusing it (lock-delay?)".into(),
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(took_over)
 }
 
 /// Keeps the lock until it is lost, then sets `lost`: renews the session every TTL/2, and

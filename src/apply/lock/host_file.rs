@@ -107,21 +107,17 @@ impl DeployLock {
                 }
             }
         }
-        let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(renew_file(
-            host.clone(),
-            path.clone(),
-            token.clone(),
-            ttl,
-            lost.clone(),
-        ));
-        Ok(DeployLock {
-            backend: Some(Backend::Host(Held { host, path, token })),
+        let held = Held {
+            host: host.clone(),
+            path: path.clone(),
+            token: token.clone(),
+        };
+        Ok(DeployLock::taken(
+            Backend::Host(held),
             holder,
             took_over,
-            renewer: Some(renewer),
-            lost,
-        })
+            |lost| renew_file(host, path, token, ttl, lost),
+        ))
     }
 }
 

@@ -239,6 +239,27 @@ pub struct DeployLock {
 }
 
 impl DeployLock {
+    /// A lock just taken by `backend` for `holder`; `keep` (given the flag to set when the lock
+    /// is lost) keeps it in the background until then.
+    fn taken<F>(
+        backend: Backend,
+        holder: Holder,
+        took_over: Option<Holder>,
+        keep: impl FnOnce(Arc<AtomicBool>) -> F,
+    ) -> DeployLock
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let lost = Arc::new(AtomicBool::new(false));
+        DeployLock {
+            backend: Some(backend),
+            holder,
+            took_over,
+            renewer: Some(tokio::spawn(keep(lost.clone()))),
+            lost,
+        }
+    }
+
     /// Who holds this lock (us).
     pub fn holder(&self) -> &Holder {
         &self.holder
