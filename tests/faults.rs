@@ -779,7 +779,7 @@ async fn e2e_an_unhealthy_leftover_is_never_promoted() {
     );
     run.child.kill().unwrap(); // SIGKILL: no rollback
     let _ = run.finish(Duration::from_secs(10));
-    let o = s.p.run(&tb, &["lock", "release", "production"]);
+    let o = s.p.run(&tb, &["lock", "release", "production", "--yes"]);
     assert!(o.status.success(), "{}", text(&o));
     // The manifest still says v2; its deadline back to 10 s.
     s.p.edit(|t| t.replace("deadline = \"60s\"", "deadline = \"10s\""));
