@@ -23,6 +23,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssh-server", "/usr/sbin/sshd"),
     ("busybox-static", "/bin/busybox"),
     ("iproute2", "/usr/sbin/ip"),
+    // tests/faults.rs cuts a host's link with a DROP chain (docker.io depends on it anyway).
+    ("iptables", "/usr/sbin/iptables"),
     ("apache2-utils", "/usr/bin/htpasswd"),
     // Building fleet itself: TLS to registries through the system's OpenSSL.
     ("libssl-dev", "/usr/include/openssl/ssl.h"),
@@ -655,6 +657,9 @@ pub fn down(l: &Layout) -> Result<()> {
     for m in mounts_under(&l.dir).into_iter().rev() {
         let _ = sh::run(&format!("umount -l {}", q(&m)));
     }
+    for chain in cut_chains() {
+        remove_cut_chain(&chain);
+    }
     let _ = std::fs::remove_file(l.path("registry.pid"));
     if owner.as_deref() == Some(l.d().as_str()) || owner.is_none() {
         let _ = std::fs::remove_file(MARKER);
@@ -712,7 +717,32 @@ pub fn leftovers(l: &Layout) -> Vec<String> {
     for m in mounts_under(&l.dir) {
         v.push(format!("mount {m}"));
     }
+    for chain in cut_chains() {
+        v.push(format!("iptables chain {chain}"));
+    }
     v
+}
+
+/// The iptables chains `FLEET-CUT-hN` with which tests/faults.rs cuts a host's link (each
+/// test removes its own; a killed test run leaves one).
+fn cut_chains() -> Vec<String> {
+    sh::output("iptables -S 2>/dev/null")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N FLEET-CUT-"))
+        .map(|h| format!("FLEET-CUT-{h}"))
+        .collect()
+}
+
+fn remove_cut_chain(chain: &str) {
+    if let Ok(rules) = sh::output("iptables -S") {
+        for rule in rules.lines().filter(|r| r.ends_with(&format!("-j {chain}"))) {
+            if let Some(spec) = rule.strip_prefix("-A ") {
+                let _ = sh::run(&format!("iptables -D {spec}"));
+            }
+        }
+    }
+    let _ = sh::run(&format!("iptables -F {chain} && iptables -X {chain}"));
 }
 
 pub fn status(l: &Layout) -> Result<()> {
