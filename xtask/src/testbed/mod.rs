@@ -736,7 +736,10 @@ fn cut_chains() -> Vec<String> {
 
 fn remove_cut_chain(chain: &str) {
     if let Ok(rules) = sh::output("iptables -S") {
-        for rule in rules.lines().filter(|r| r.ends_with(&format!("-j {chain}"))) {
+        for rule in rules
+            .lines()
+            .filter(|r| r.ends_with(&format!("-j {chain}")))
+        {
             if let Some(spec) = rule.strip_prefix("-A ") {
                 let _ = sh::run(&format!("iptables -D {spec}"));
             }
