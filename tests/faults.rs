@@ -21,16 +21,18 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use project::{Agents, Project, containers, text};
 use support::Testbed;
 
-/// One fault test at a time: they cut links and kill daemons every host shares.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// One fault test at a time: they cut links and kill daemons every host shares. (Each test
+/// has its own runtime; an async mutex is held across their awaits, and a failed test does
+/// not poison it.)
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// Runs `sh -c script` here (the outer namespace); panics when it fails.
@@ -183,6 +185,9 @@ impl Killed {
             c.args(&self.enter).arg("--").arg(&self.argv[0]);
             c
         };
+        // A daemon of the testbed: it outlives this test, never waited for (as `testbed up`
+        // starts it).
+        #[allow(clippy::zombie_processes)]
         let child = cmd
             .args(&self.argv[1..])
             .stdin(Stdio::null())
@@ -458,7 +463,7 @@ fn says(line: &str, host: &str, what: &str) -> bool {
 /// changed anywhere) or are rolled back to it.
 async fn link_cut(prefix: &str, moment: &str, doing: &str, drain: &str, pulled_only: bool) {
     let tb = Testbed::get(prefix).unwrap();
-    let _serial = serial();
+    let _serial = serial().await;
     let big = pulled_only;
     let s = Story::new(&tb, prefix, |p| {
         if big {
@@ -559,7 +564,7 @@ async fn e2e_a_killed_engine_is_named_and_the_next_deploy_converges() {
     else {
         return;
     };
-    let _serial = serial();
+    let _serial = serial().await;
     let s = Story::new(&tb, "fke", |_| {});
     let _cleanup = s.p.cleanup(&tb);
     let probe = Probe::start(&tb, &s.p.name, &["h1", "h3"]).await;
@@ -606,7 +611,7 @@ async fn e2e_a_stopped_agent_is_named_and_the_next_deploy_converges() {
     else {
         return;
     };
-    let _serial = serial();
+    let _serial = serial().await;
     let s = Story::new(&tb, "fka", |_| {});
     let _cleanup = s.p.cleanup(&tb);
     let probe = Probe::start(&tb, &s.p.name, &["h1", "h3"]).await;
@@ -663,7 +668,7 @@ async fn e2e_a_registry_that_is_down_fails_the_deploy_before_any_host_changes() 
     else {
         return;
     };
-    let _serial = serial();
+    let _serial = serial().await;
     let s = Story::new(&tb, "frd", |p| {
         p.edit(|t| t.replace("greeting = \"hello\"", "greeting = \"hi\""));
     });
@@ -706,7 +711,7 @@ async fn e2e_a_slow_host_holds_only_its_own_slot() {
     let Some(tb) = Testbed::get("e2e_a_slow_host_holds_only_its_own_slot") else {
         return;
     };
-    let _serial = serial();
+    let _serial = serial().await;
     let s = Story::new(&tb, "fsl", |_| {});
     let _cleanup = s.p.cleanup(&tb);
     let probe = Probe::start(&tb, &s.p.name, &["h1", "h3"]).await;
@@ -758,7 +763,7 @@ async fn e2e_an_unhealthy_leftover_is_never_promoted() {
     let Some(tb) = Testbed::get("e2e_an_unhealthy_leftover_is_never_promoted") else {
         return;
     };
-    let _serial = serial();
+    let _serial = serial().await;
     let s = Story::new(&tb, "fup", |p| {
         p.break_health();
         p.edit(|t| t.replace("deadline = \"10s\"", "deadline = \"60s\""));

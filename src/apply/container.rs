@@ -156,19 +156,29 @@ pub fn is_port_conflict(message: &str) -> bool {
     m.contains("port is already allocated") || m.contains("address already in use")
 }
 
-/// Replace `host-gateway` in the body's DNS servers by this host's Docker bridge gateway (the
-/// address its containers reach the host at, where the Consul agent answers DNS). Docker
-/// resolves the same word itself in `extra_hosts`, but not in `dns`, which takes only IPs.
-pub async fn fill_host_gateway(
-    docker: &bollard::Docker,
-    body: &mut ContainerCreateBody,
-) -> Result<(), String> {
-    let Some(dns) = body.host_config.as_mut().and_then(|h| h.dns.as_mut()) else {
-        return Ok(());
-    };
-    if !dns.iter().any(|d| d == HOST_GATEWAY) {
-        return Ok(());
+/// Whether the body's DNS servers name `host-gateway` (`dns = "consul"`), which
+/// [`fill_host_gateway`] must replace by an address before the container is created.
+pub fn needs_host_gateway(body: &ContainerCreateBody) -> bool {
+    body.host_config
+        .as_ref()
+        .and_then(|h| h.dns.as_ref())
+        .is_some_and(|dns| dns.iter().any(|d| d == HOST_GATEWAY))
+}
+
+/// Replace `host-gateway` in the body's DNS servers by `gateway`, this host's Docker bridge
+/// gateway (the address its containers reach the host at, where the Consul agent answers
+/// DNS). Docker resolves the same word itself in `extra_hosts`, but not in `dns`, which takes
+/// only IPs.
+pub fn fill_host_gateway(body: &mut ContainerCreateBody, gateway: &str) {
+    if let Some(dns) = body.host_config.as_mut().and_then(|h| h.dns.as_mut()) {
+        for d in dns.iter_mut().filter(|d| *d == HOST_GATEWAY) {
+            *d = gateway.to_string();
+        }
     }
+}
+
+/// The host's Docker bridge gateway (`docker network inspect bridge`), for `dns = "consul"`.
+pub async fn host_gateway(docker: &bollard::Docker) -> Result<String, String> {
     let net = docker
         .inspect_network(
             "bridge",
@@ -176,13 +186,9 @@ pub async fn fill_host_gateway(
         )
         .await
         .map_err(|e| format!("reading the Docker bridge network (for `dns`): {e}"))?;
-    let gateway = bridge_gateway(&net).ok_or_else(|| {
+    bridge_gateway(&net).ok_or_else(|| {
         "the Docker bridge network has no IPv4 gateway (needed for `dns = \"consul\"`)".to_string()
-    })?;
-    for d in dns.iter_mut().filter(|d| *d == HOST_GATEWAY) {
-        *d = gateway.clone();
-    }
-    Ok(())
+    })
 }
 
 /// The first IPv4 gateway of a network, as `docker network inspect bridge` shows it.
@@ -353,6 +359,22 @@ mod tests {
             .host_config
             .unwrap();
         assert!(plain.extra_hosts.is_none() && plain.dns.is_none());
+    }
+
+    #[test]
+    fn host_gateway_in_dns_becomes_the_bridge_address() {
+        let mut s = spec();
+        s.container.dns = vec![HOST_GATEWAY.into(), "1.1.1.1".into()];
+        let mut body = create_body(&s, &|_| Some("x".into())).unwrap();
+        assert!(needs_host_gateway(&body));
+        fill_host_gateway(&mut body, "10.210.2.1");
+        assert!(!needs_host_gateway(&body));
+        assert_eq!(
+            body.host_config.unwrap().dns.unwrap(),
+            ["10.210.2.1", "1.1.1.1"]
+        );
+        let plain = create_body(&spec(), &|_| Some("x".into())).unwrap();
+        assert!(!needs_host_gateway(&plain));
     }
 
     #[test]

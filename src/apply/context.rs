@@ -196,6 +196,8 @@ pub(super) struct Host<'a> {
     pub(super) desired: &'a DesiredHost,
     pub(super) observed: &'a ObservedHost,
     pub(super) plan: &'a HostPlan,
+    /// The Docker bridge gateway, read once per host when a container needs it.
+    pub(super) gateway: tokio::sync::OnceCell<String>,
 }
 
 pub(super) struct Ctx<'a> {

@@ -168,6 +168,7 @@ pub async fn apply(
             desired: dh,
             observed,
             plan: hp,
+            gateway: Default::default(),
         });
     }
 

@@ -267,9 +267,14 @@ pub(super) async fn launch_new(
     ctx.set_phase(h, &tag, Phase::Starting);
     pull(ctx, h, &l.image, &tag).await.map_err(plain)?;
     let mut body = l.body.clone();
-    super::container::fill_host_gateway(&h.docker, &mut body)
-        .await
-        .map_err(plain)?;
+    if super::container::needs_host_gateway(&body) {
+        let gateway = h
+            .gateway
+            .get_or_try_init(|| super::container::host_gateway(&h.docker))
+            .await
+            .map_err(|e| plain(e.clone()))?;
+        super::container::fill_host_gateway(&mut body, gateway);
+    }
     // Auto-published ports get a concrete host port, so Docker's restarts keep it (and the
     // Consul registration stays right); a port someone else holds is picked again.
     let mut attempt = 0u64;

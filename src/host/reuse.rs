@@ -71,7 +71,10 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// `HostName`, `Port`, `User`, `ProxyJump`, keys, ... after every `Host` / `Match` block), so a
 /// changed `HostName` does too. `None` when that cannot be worked out (an unreadable config,
 /// ssh refusing it): then the command opens its own master, which reports ssh's own error.
-async fn key(target: &HostTarget, opts: &ConnectOptions) -> Option<String> {
+///
+/// Also returns the config's canonical path, which the master must be started with (the key
+/// was computed from that file).
+async fn key(target: &HostTarget, opts: &ConnectOptions) -> Option<(String, Option<PathBuf>)> {
     let config = match &opts.ssh_config {
         None => None,
         Some(c) => {
@@ -90,7 +93,8 @@ async fn key(target: &HostTarget, opts: &ConnectOptions) -> Option<String> {
     if !out.status.success() {
         return None;
     }
-    Some(key_of(target, opts, config.as_ref(), &out.stdout))
+    let key = key_of(target, opts, config.as_ref(), &out.stdout);
+    Some((key, config.map(|(path, _)| path)))
 }
 
 /// [`key`] from what it gathered: the target as written, the host-key mode, the config (path,
@@ -159,7 +163,7 @@ pub async fn connect(
     dir: &Path,
     persist: Duration,
 ) -> Result<Option<Session>, HostError> {
-    let Some(key) = key(target, opts).await else {
+    let Some((key, config)) = key(target, opts).await else {
         return Ok(None);
     };
     let socket = dir.join(key);
@@ -207,11 +211,7 @@ pub async fn connect(
         ))
         .arg("-o")
         .arg(format!("ServerAliveCountMax={}", super::KEEPALIVE_MISSES));
-    // The same config file as the key names (canonical: the key was computed from it).
-    let config = opts
-        .ssh_config
-        .as_deref()
-        .and_then(|c| std::fs::canonicalize(c).ok());
+    // The same config file as the key names.
     ssh_args(&mut ssh, target, config.as_deref());
     ssh.kill_on_drop(true);
     let status = match tokio::time::timeout(handshake_limit(opts), ssh.status()).await {
@@ -313,7 +313,7 @@ mod tests {
             ssh_config: Some(dir.join("ssh_config")),
             ..ConnectOptions::default()
         };
-        key(&target("web1"), &o).await
+        key(&target("web1"), &o).await.map(|(k, _)| k)
     }
 
     #[tokio::test]
