@@ -505,17 +505,14 @@ async fn link_cut(prefix: &str, moment: &str, doing: &str, drain: &str, pulled_o
         "the lost host was noticed after {noticed:?}"
     );
     // h2 is still cut off: read h1 and h3.
-    for (i, h) in [(0, "h1"), (2, "h3")] {
-        let c = containers(&tb, h, &s.p.name);
-        if pulled_only {
-            assert_eq!(c, s.before[i], "a fault while pulling changed {h}");
-        } else {
-            assert_eq!(c.len(), 1, "{h}: {c:?}");
-            assert_eq!(c[0].1, s.v1, "{h} is rolled back to v1: {report:#}");
-        }
-    }
     if pulled_only {
+        for (i, h) in [(0, "h1"), (2, "h3")] {
+            let c = containers(&tb, h, &s.p.name);
+            assert_eq!(c, s.before[i], "a fault while pulling changed {h}");
+        }
         assert!(report["steps"].as_array().unwrap().is_empty(), "{report:#}");
+    } else {
+        rolled_back(&tb, &s, &report);
     }
     drop(cut);
     if pulled_only {
@@ -556,107 +553,101 @@ async fn e2e_link_cut_while_draining_rolls_the_others_back() {
     .await;
 }
 
-/// h2's dockerd SIGKILLed while its instance starts: the report says the engine stopped
-/// answering; h1 and h3 are rolled back. Once dockerd runs again, a deploy converges.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn e2e_a_killed_engine_is_named_and_the_next_deploy_converges() {
-    let Some(tb) = Testbed::get("e2e_a_killed_engine_is_named_and_the_next_deploy_converges")
-    else {
-        return;
-    };
-    let _serial = serial().await;
-    let s = Story::new(&tb, "fke", |_| {});
-    let _cleanup = s.p.cleanup(&tb);
-    let probe = Probe::start(&tb, &s.p.name, &["h1", "h3"]).await;
-    let mut run = s.deploy("1", &[]);
-    run.wait_line(Duration::from_secs(60), |l| {
-        says(l, "h2", "hello#1 replace")
-    });
-    let run_dir = tb.dir.join("h2/run");
-    let mut dockerd = Killed::kill(
-        &tb,
-        run_dir.join("docker.pid"),
-        tb.dir.join("h2/dockerd.log"),
-        Some("h2"),
-    );
-    let (status, out, _) = run.finish(Duration::from_secs(90));
-    probe.check().await;
-    let (report, f) = failed_on(status, &out, "h2");
-    assert_eq!(f["fault"], "engine-down", "{report:#}");
-    let reason = f["reason"].as_str().unwrap();
-    assert!(
-        reason
-            .starts_with("the Docker engine stopped answering while starting hello#1 (10.200.2.2)"),
-        "{reason}"
-    );
-    for (i, h) in [(0, "h1"), (2, "h3")] {
-        let c = containers(&tb, h, &s.p.name);
+/// h1 and h3 back on v1, each with one container.
+fn rolled_back(tb: &Testbed, s: &Story, report: &serde_json::Value) {
+    for h in ["h1", "h3"] {
+        let c = containers(tb, h, &s.p.name);
         assert_eq!(c.len(), 1, "{h}: {c:?}");
         assert_eq!(c[0].1, s.v1, "{h} is rolled back to v1: {report:#}");
-        let _ = i;
     }
-    dockerd.restart();
-    wait_until("h2's engine answers again", Duration::from_secs(60), || {
-        tb.ssh("h2", "docker info >/dev/null").status.success()
-    });
-    s.converges(&s.v2);
 }
 
-/// h2's Consul agent stopped while its instance starts: the report says the agent stopped
-/// answering (at once, not at the health deadline); h1 and h3 are rolled back. Once the agent
-/// runs again (it keeps its services, as Consul's agents do), a deploy converges.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn e2e_a_stopped_agent_is_named_and_the_next_deploy_converges() {
-    let Some(tb) = Testbed::get("e2e_a_stopped_agent_is_named_and_the_next_deploy_converges")
-    else {
-        return;
-    };
+/// h2's `daemon` (`docker` or `consul`, by its pid file) SIGKILLed when h2's instance starts:
+/// the failure is `fault`, its reason starts with `says` and comes well before the 10 s
+/// health deadline; h1 and h3 are rolled back. Once the daemon runs again (`ready` answers on
+/// h2), a deploy converges.
+async fn daemon_killed(
+    tb: &Testbed,
+    prefix: &str,
+    daemon: &str,
+    fault: &str,
+    says_: &str,
+    ready: &str,
+) {
     let _serial = serial().await;
-    let s = Story::new(&tb, "fka", |_| {});
-    let _cleanup = s.p.cleanup(&tb);
-    let probe = Probe::start(&tb, &s.p.name, &["h1", "h3"]).await;
+    let s = Story::new(tb, prefix, |_| {});
+    let _cleanup = s.p.cleanup(tb);
+    let probe = Probe::start(tb, &s.p.name, &["h1", "h3"]).await;
     let mut run = s.deploy("1", &[]);
     run.wait_line(Duration::from_secs(60), |l| {
         says(l, "h2", "hello#1 replace")
     });
-    let mut agent = Killed::kill(
-        &tb,
-        tb.dir.join("h2/run/consul.pid"),
-        tb.dir.join("h2/consul.log"),
+    let log = if daemon == "docker" {
+        "dockerd"
+    } else {
+        daemon
+    };
+    let mut killed = Killed::kill(
+        tb,
+        tb.dir.join(format!("h2/run/{daemon}.pid")),
+        tb.dir.join(format!("h2/{log}.log")),
         Some("h2"),
     );
     let t_kill = Instant::now();
     let (status, out, lines) = run.finish(Duration::from_secs(90));
     probe.check().await;
     let (report, f) = failed_on(status, &out, "h2");
-    assert_eq!(f["fault"], "agent-down", "{report:#}");
+    assert_eq!(f["fault"], fault, "{report:#}");
     let reason = f["reason"].as_str().unwrap();
     assert!(
-        reason
-            .starts_with("the Consul agent stopped answering while starting hello#1 (10.200.2.2)"),
+        reason.starts_with(&format!("{says_} while starting hello#1 (10.200.2.2)")),
         "{reason}"
     );
-    // Well before the 10 s health deadline.
-    let noticed = line_at(&lines, "FAILED: the Consul agent") - t_kill;
+    let noticed = line_at(&lines, &format!("FAILED: {says_}")) - t_kill;
     assert!(
         noticed < Duration::from_secs(8),
         "noticed after {noticed:?}"
     );
-    for h in ["h1", "h3"] {
-        let c = containers(&tb, h, &s.p.name);
-        assert_eq!(c.len(), 1, "{h}: {c:?}");
-        assert_eq!(c[0].1, s.v1, "{h} is rolled back to v1: {report:#}");
-    }
-    agent.restart();
-    wait_until("h2's agent answers again", Duration::from_secs(30), || {
-        tb.ssh(
-            "h2",
-            "curl -sf http://127.0.0.1:8500/v1/agent/self >/dev/null",
-        )
-        .status
-        .success()
-    });
+    rolled_back(tb, &s, &report);
+    killed.restart();
+    wait_until(
+        &format!("h2's {daemon} answers again"),
+        Duration::from_secs(60),
+        || tb.ssh("h2", ready).status.success(),
+    );
     s.converges(&s.v2);
+}
+
+/// h2's dockerd SIGKILLed while its instance starts: the engine is named at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_a_killed_engine_is_named_and_the_next_deploy_converges() {
+    let Some(tb) = Testbed::get("e2e_a_killed_engine_is_named_and_the_next_deploy_converges")
+    else {
+        return;
+    };
+    let says_ = "the Docker engine stopped answering";
+    daemon_killed(
+        &tb,
+        "fke",
+        "docker",
+        "engine-down",
+        says_,
+        "docker info >/dev/null",
+    )
+    .await;
+}
+
+/// h2's Consul agent stopped while its instance starts: named at once, not at the health
+/// deadline. The agent keeps its services across the restart, as Consul's agents do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_a_stopped_agent_is_named_and_the_next_deploy_converges() {
+    let Some(tb) = Testbed::get("e2e_a_stopped_agent_is_named_and_the_next_deploy_converges")
+    else {
+        return;
+    };
+    let says_ = "the Consul agent stopped answering";
+    let ready = "curl -sf http://127.0.0.1:8500/v1/agent/self >/dev/null";
+    daemon_killed(&tb, "fka", "consul", "agent-down", says_, ready).await;
 }
 
 /// The registry down: the deploy fails before any host changes (every image is pulled on

@@ -240,15 +240,9 @@ impl Agents {
         let mut out = Vec::new();
         let through = self.urls.iter().cycle().skip(1);
         for (node, u) in self.nodes.iter().zip(through) {
-            let v: serde_json::Value = self
-                .http
-                .get(format!("{u}/v1/health/service/hello?passing"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = self
+                .json(&format!("{u}/v1/health/service/hello?passing"))
+                .await;
             out.push(
                 v.as_array()
                     .unwrap()
@@ -275,15 +269,7 @@ impl Agents {
     pub async fn all(&self, project: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for u in &self.urls {
-            let v: serde_json::Value = self
-                .http
-                .get(format!("{u}/v1/agent/services"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = self.json(&format!("{u}/v1/agent/services")).await;
             for (id, s) in v.as_object().unwrap() {
                 if s["Meta"]["fleet-project"] == project {
                     out.push((id.clone(), s["Meta"]["fleet-version"].to_string()));
@@ -291,6 +277,13 @@ impl Agents {
             }
         }
         out
+    }
+
+    /// `GET url` of an agent, as JSON (panics on any error: the agents asked are up).
+    async fn json(&self, url: &str) -> serde_json::Value {
+        let r = self.http.get(url).send().await;
+        let r = r.unwrap_or_else(|e| panic!("{url}: {e}"));
+        r.json().await.unwrap_or_else(|e| panic!("{url}: {e}"))
     }
 
     pub async fn get(&self, addr: &str, port: u16) -> Result<String, String> {
