@@ -178,6 +178,11 @@ impl Killed {
                 .open(&self.log)
                 .unwrap()
         };
+        if !self.write_pid {
+            // dockerd refuses to start while its pid file names a live process, and a killed
+            // daemon whose parent (`cargo xtask ci`) still runs stays a zombie until then.
+            let _ = std::fs::remove_file(&self.pidfile);
+        }
         let mut cmd = if self.enter.is_empty() {
             Command::new(&self.argv[0])
         } else {
