@@ -331,6 +331,27 @@ fn a_staging_deploy_keeps_what_production_keeps_on_a_shared_host() {
         !has(&format!("{repo}:{}", tags[2])),
         "staging's oldest version was not pruned"
     );
+
+    // Destroying staging untags what its record kept and deletes the record; production's
+    // images, and the tag outside fleet's repository, stay.
+    let o = p.run(&tb, &["destroy", "staging", "--yes"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{repo}:{} on h1", tags[5])),
+        "the list names the images:\n{}",
+        text(&o)
+    );
+    assert!(text(&o).contains(", 3 images."), "{}", text(&o));
+    for t in &tags[3..] {
+        assert!(!has(&format!("{repo}:{t}")), "{repo}:{t} survived destroy");
+    }
+    for t in &tags[..2] {
+        assert!(has(&format!("{repo}:{t}")), "destroy took production's {t}");
+    }
+    assert!(has(&foreign), "destroy took {foreign}");
+    let record = format!("/var/lib/fleet/{}.staging.images", p.name);
+    let gone = tb.ssh("h1", &format!("test ! -e {record}"));
+    assert!(gone.status.success(), "{record} is still there");
 }
 
 #[test]

@@ -30,3 +30,4 @@ mod prune;
 mod pull_auth;
 
 pub use deploy::{ApplyOptions, Failure, Report, Step, apply};
+pub use prune::{forget_images, recorded_images};

@@ -19,11 +19,13 @@
 
 use std::collections::HashSet;
 
+use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, RemoveImageOptions};
 use serde::{Deserialize, Serialize};
 
 use super::context::{Ctx, Host};
 use super::lock::{HOST_DIR, run, sh_quote};
+use crate::host::HostSession;
 
 /// One environment's record on one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +86,6 @@ fn is_fleet_tag(reference: &str, project: &str, app: &str) -> bool {
 /// (see the module docs). Returns how many references were removed.
 pub(super) async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
     let d = ctx.desired;
-    let host = &h.desired.target.name;
     let built: HashSet<&str> = d
         .apps
         .iter()
@@ -105,44 +106,88 @@ pub(super) async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
             id: img.id.unwrap_or_default(),
         });
     }
-    let records = match run(
-        h.session,
+    let keep = ctx.opts.keep_images.max(1);
+    let env = (d.project.as_str(), d.environment.as_str());
+    match prune(h.session, &h.docker, env, now, keep).await {
+        Ok(n) => n,
+        Err(e) => {
+            ctx.emit(&h.desired.target.name, &e);
+            0
+        }
+    }
+}
+
+/// The references an environment's record lists on a host (what `fleet destroy` will untag).
+pub async fn recorded_images(
+    session: &HostSession,
+    project: &str,
+    env: &str,
+) -> Result<Vec<String>, String> {
+    let records = read_records(session).await?;
+    Ok(records
+        .into_iter()
+        .filter(|r| r.project == project && r.env == env)
+        .flat_map(|r| r.images)
+        .map(|e| e.reference)
+        .collect())
+}
+
+/// `fleet destroy`, after the environment's containers are gone: untag every image its record
+/// lists on this host, with the same care as a prune (not an image a container uses, not one
+/// another environment's record lists), then delete the record. Returns how many went.
+pub async fn forget_images(
+    session: &HostSession,
+    docker: &Docker,
+    project: &str,
+    env: &str,
+) -> Result<usize, String> {
+    prune(session, docker, (project, env), Vec::new(), 0).await
+}
+
+/// Every environment's record on the host.
+async fn read_records(session: &HostSession) -> Result<Vec<Record>, String> {
+    let out = run(
+        session,
         &format!(
             "for f in {HOST_DIR}/*.images; do [ -f \"$f\" ] && {{ cat \"$f\"; echo; }}; done; true"
         ),
     )
     .await
-    {
-        Ok(out) => out
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Record>(l).ok())
-            .collect::<Vec<_>>(),
-        Err(e) => {
-            ctx.emit(
-                host,
-                &format!("no images pruned: cannot read what environments keep here: {e}"),
-            );
-            return 0;
-        }
-    };
-    let mine = |r: &&Record| r.project == d.project && r.env == d.environment;
+    .map_err(|e| format!("no images pruned: cannot read what environments keep here: {e}"))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+        .collect())
+}
+
+/// The prune of environment `(project, env)` on one host: `now` (this deploy's images) first,
+/// the newest `keep` per app kept, the others removed where that is safe; the record written
+/// back, or deleted when it keeps nothing. Returns how many references were removed.
+async fn prune(
+    session: &HostSession,
+    docker: &Docker,
+    (project, env): (&str, &str),
+    now: Vec<Entry>,
+    keep: usize,
+) -> Result<usize, String> {
+    let records = read_records(session).await?;
+    let mine = |r: &&Record| r.project == project && r.env == env;
     let earlier: Vec<Entry> = records
         .iter()
         .filter(mine)
         .flat_map(|r| r.images.clone())
         .collect();
     if now.is_empty() && earlier.is_empty() {
-        return 0;
+        return Ok(0);
     }
     let others: Vec<&Entry> = records
         .iter()
         .filter(|r| !mine(r))
         .flat_map(|r| &r.images)
         .collect();
-    let (mut kept, candidates) = split(&earlier, &now, ctx.opts.keep_images.max(1));
+    let (mut kept, candidates) = split(&earlier, &now, keep);
 
-    let used: HashSet<String> = h
-        .docker
+    let used: HashSet<String> = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
             ..Default::default()
@@ -162,11 +207,11 @@ pub(super) async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
         let kept_elsewhere = others
             .iter()
             .any(|o| o.reference == c.reference || (!c.id.is_empty() && o.id == c.id));
-        if kept_elsewhere || !is_fleet_tag(&c.reference, &d.project, &c.app) {
+        if kept_elsewhere || !is_fleet_tag(&c.reference, project, &c.app) {
             // Not ours to remove (any more): whoever keeps it removes it.
             continue;
         }
-        let current_id = match h.docker.inspect_image(&c.reference).await {
+        let current_id = match docker.inspect_image(&c.reference).await {
             Ok(i) => i.id.unwrap_or_default(),
             Err(_) => continue, // gone already
         };
@@ -174,8 +219,7 @@ pub(super) async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
             kept.push(c); // try again next time
             continue;
         }
-        match h
-            .docker
+        match docker
             .remove_image(&c.reference, Some(opts.clone()), None)
             .await
         {
@@ -184,24 +228,28 @@ pub(super) async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
         }
     }
 
-    let record = Record {
-        project: d.project.clone(),
-        env: d.environment.clone(),
-        images: kept,
-    };
-    if record.images != earlier {
-        let file = images_file(&d.project, &d.environment);
-        let line = serde_json::to_string(&record).expect("plain data serializes");
-        let script = format!(
-            "set -e\nmkdir -p {HOST_DIR}\nf={}\nprintf '%s\\n' {} > \"$f.$$\"\nmv \"$f.$$\" \"$f\"",
-            sh_quote(&file),
-            sh_quote(&line)
-        );
-        if let Err(e) = run(h.session, &script).await {
-            ctx.emit(host, &format!("cannot record the images kept here: {e}"));
-        }
+    if kept == earlier {
+        return Ok(removed);
     }
-    removed
+    let file = sh_quote(&images_file(project, env));
+    let script = if kept.is_empty() {
+        format!("rm -f {file}")
+    } else {
+        let record = Record {
+            project: project.to_string(),
+            env: env.to_string(),
+            images: kept,
+        };
+        let line = serde_json::to_string(&record).expect("plain data serializes");
+        format!(
+            "set -e\nmkdir -p {HOST_DIR}\nf={file}\nprintf '%s\\n' {} > \"$f.$$\"\nmv \"$f.$$\" \"$f\"",
+            sh_quote(&line)
+        )
+    };
+    run(session, &script)
+        .await
+        .map_err(|e| format!("cannot record the images kept here: {e}"))?;
+    Ok(removed)
 }
 
 #[cfg(test)]

@@ -62,14 +62,14 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         }
     }
     // Releasing the lock also removes its key: nothing of the environment is left in KV.
-    let errors = remove(&cx, &inv).await;
+    let (errors, images) = remove(&cx, &inv).await;
     lock.release().await;
     cx.close().await;
     for e in &errors {
         eprintln!("error: {e}");
     }
     println!(
-        "Removed {} containers, {} services, {} KV keys{}.",
+        "Removed {} containers, {} services, {} KV keys, {images} images{}.",
         inv.containers.len(),
         inv.services.len(),
         inv.kv_keys.len(),

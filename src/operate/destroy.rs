@@ -1,5 +1,6 @@
 //! `fleet destroy`: remove every container, Consul registration and KV key fleet manages for
-//! one environment of one project, after showing exactly that list.
+//! one environment of one project, and the images its record keeps on each host, after showing
+//! exactly that list.
 //!
 //! What is removed is what `inventory` found (labels, Meta, the KV prefix `<project>/<env>/`),
 //! never what the manifest says: a host or app removed from the manifest still gets cleaned as
@@ -12,6 +13,7 @@ use std::fmt::Write;
 use bollard::query_parameters::RemoveContainerOptions;
 
 use super::{Connected, instance_label, managed_services, short_id};
+use crate::apply::{forget_images, recorded_images};
 use crate::consul::{KvDelete, QueryOptions};
 use crate::observe::read::list_containers;
 
@@ -34,6 +36,13 @@ pub struct FoundService {
     pub name: String,
 }
 
+/// An image reference the environment's record keeps on a host (`apply::prune`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundImage {
+    pub host: String,
+    pub reference: String,
+}
+
 /// Everything `destroy` would remove, and what could not be looked at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
@@ -41,6 +50,9 @@ pub struct Inventory {
     pub environment: String,
     pub containers: Vec<FoundContainer>,
     pub services: Vec<FoundService>,
+    /// Untagged after the containers are gone, unless a container or another environment's
+    /// record still uses the image; the record goes with them.
+    pub images: Vec<FoundImage>,
     /// The KV prefix (`<project>/<env>/`) and the keys under it.
     pub kv_prefix: String,
     pub kv_keys: Vec<String>,
@@ -52,7 +64,10 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn is_empty(&self) -> bool {
-        self.containers.is_empty() && self.services.is_empty() && self.kv_keys.is_empty()
+        self.containers.is_empty()
+            && self.services.is_empty()
+            && self.kv_keys.is_empty()
+            && self.images.is_empty()
     }
 
     /// The list shown before asking.
@@ -87,6 +102,16 @@ impl Inventory {
         for k in &self.kv_keys {
             let _ = writeln!(s, "    - {k}");
         }
+        if !self.images.is_empty() {
+            let _ = writeln!(
+                s,
+                "  images the environment keeps ({}; each stays while another environment keeps it):",
+                self.images.len()
+            );
+            for i in &self.images {
+                let _ = writeln!(s, "    - {} on {}", i.reference, i.host);
+            }
+        }
         for p in &self.problems {
             let _ = writeln!(
                 s,
@@ -114,7 +139,8 @@ pub async fn inventory(cx: &Connected) -> Inventory {
         };
         let containers = list_containers(s, &d.project, &d.environment)
             .await
-            .map_err(|f| format!("{} ({}): {}", f.host, f.address, f.message));
+            .map_err(|f| format!("{} ({}): {}", f.host, f.address, f.message))
+            .map(|c| (c, s));
         let services = match cx.consul(s).await {
             None => None,
             Some(Err(e)) => Some(Err(e.to_string())),
@@ -131,15 +157,29 @@ pub async fn inventory(cx: &Connected) -> Inventory {
     let mut kv_client = None;
     for ((t, _), (containers, services)) in cx.hosts().zip(per_host) {
         match containers {
-            Ok(cs) => inv
-                .containers
-                .extend(cs.into_iter().map(|c| FoundContainer {
-                    host: t.name.clone(),
-                    instance: instance_label(c.app.as_deref().unwrap_or("?"), c.instance, &t.name),
-                    id: c.id,
-                    name: c.name,
-                    state: c.state.as_str().into(),
-                })),
+            Ok((cs, session)) => {
+                inv.containers
+                    .extend(cs.into_iter().map(|c| FoundContainer {
+                        host: t.name.clone(),
+                        instance: instance_label(
+                            c.app.as_deref().unwrap_or("?"),
+                            c.instance,
+                            &t.name,
+                        ),
+                        id: c.id,
+                        name: c.name,
+                        state: c.state.as_str().into(),
+                    }));
+                match recorded_images(session, &d.project, &d.environment).await {
+                    Ok(refs) => inv
+                        .images
+                        .extend(refs.into_iter().map(|reference| FoundImage {
+                            host: t.name.clone(),
+                            reference,
+                        })),
+                    Err(e) => inv.problems.push(format!("{}: {e}", t.name)),
+                }
+            }
             Err(e) => inv.problems.push(e),
         }
         match services {
@@ -181,10 +221,13 @@ pub async fn inventory(cx: &Connected) -> Inventory {
 }
 
 /// Remove what `inv` lists: registrations first (so nothing is routed to a container being
-/// removed), then containers (forced: running ones are killed), then the KV prefix. Returns
-/// one message per thing that could not be removed.
-pub async fn remove(cx: &Connected, inv: &Inventory) -> Vec<String> {
+/// removed), then containers (forced: running ones are killed) and the images the environment
+/// keeps (`apply::forget_images`), then the KV prefix. Returns one message per thing that could
+/// not be removed, and how many image references were removed.
+pub async fn remove(cx: &Connected, inv: &Inventory) -> (Vec<String>, usize) {
     let mut errors = Vec::new();
+    let images = std::sync::atomic::AtomicUsize::new(0);
+    let images = &images;
     let per_host = futures_util::future::join_all(cx.hosts().map(|(t, s)| async move {
         let mut errors = Vec::new();
         let Ok(s) = s else {
@@ -218,6 +261,14 @@ pub async fn remove(cx: &Connected, inv: &Inventory) -> Vec<String> {
                         errors.push(format!("remove {} ({}): {e}", c.instance, c.name));
                     }
                 }
+                if inv.images.iter().any(|i| i.host == t.name) {
+                    match forget_images(s, &docker, &inv.project, &inv.environment).await {
+                        Ok(n) => {
+                            images.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => errors.push(format!("images on {}: {e}", t.name)),
+                    }
+                }
             }
             Err(e) => errors.push(e.to_string()),
         }
@@ -242,7 +293,7 @@ pub async fn remove(cx: &Connected, inv: &Inventory) -> Vec<String> {
             Err(e) => errors.push(format!("delete KV {}: {e}", inv.kv_prefix)),
         }
     }
-    errors
+    (errors, images.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -266,6 +317,10 @@ mod tests {
                 id: "shop-prod-api-h1-1".into(),
                 name: "api".into(),
             }],
+            images: vec![FoundImage {
+                host: "h1".into(),
+                reference: "r:5000/shop/api:0a1b2c3d4e5f".into(),
+            }],
             kv_prefix: "shop/prod/".into(),
             kv_keys: vec!["shop/prod/api/greeting".into()],
             kv_via: Some("h1".into()),
@@ -274,5 +329,10 @@ mod tests {
         assert!(!inv.is_empty());
         insta::assert_snapshot!(inv.render());
         assert!(Inventory::default().is_empty());
+        let only_images = Inventory {
+            images: inv.images.clone(),
+            ..Default::default()
+        };
+        assert!(!only_images.is_empty(), "images alone are something to remove");
     }
 }
