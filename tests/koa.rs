@@ -2,6 +2,8 @@
 //! configured from Consul KV, and a client that finds it through Consul DNS) deployed to the
 //! testbed's three hosts by the real binary.
 //!
+//! Step 6 cuts h2's link in the middle of a rollout (issue 15).
+//!
 //! One deploy is shared by every assertion (each phase is a step of `koa_stack`), to keep CI
 //! short. Needs `cargo xtask testbed image` (the node:20 base image and manifests/koa's
 //! node_modules), as `cargo xtask ci` runs before the tests.
@@ -360,4 +362,73 @@ fn koa_stack() {
         let (code, body) = get(&format!("http://{a1}:{client_port}/upstream"));
         assert_eq!(code, 200, "the client only picks passing instances: {body}");
     }
+
+    // 6. A host lost in the middle of a rollout (issue 15): h2's link is cut when its app
+    // starts to be replaced (a changed env, the same image). fleet names the lost host within
+    // seconds and rolls h1 and h3 back, while the client on h1 keeps answering through DNS;
+    // once the link is back, one deploy converges.
+    k.edit(|t| {
+        t.replacen(
+            "env = { NODE_ENV = \"production\" }",
+            "env = { NODE_ENV = \"production\", RELEASE = \"2\" }",
+            1,
+        )
+    });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let done = done.clone();
+        let url = format!("http://{a1}:{client_port}/upstream");
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                match get(&url) {
+                    (200, _) => ok += 1,
+                    other => failed.push(other),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
+    };
+    let mut cmd = tb.fleet();
+    cmd.arg("-f")
+        .arg(k.manifest())
+        .args(["deploy", "production", "--yes", "--no-build", "--json"])
+        .env("FLEET_SSH_KEEPALIVE", "1")
+        .stdin(Stdio::null());
+    let mut run = support::Run::start(cmd);
+    run.wait_line(Duration::from_secs(60), |l| l.contains("h2  app#1 replace"));
+    let cut = support::LinkCut::cut("h2");
+    let (status, out, _) = run.finish(Duration::from_secs(120));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = client.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let lost = report["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["host"] == "h2")
+        .unwrap_or_else(|| panic!("no failure on h2: {report:#}"));
+    assert_eq!(lost["fault"], "connection-lost", "{report:#}");
+    assert_eq!(
+        lost["reason"], "connection lost while starting app#1 (10.200.2.2)",
+        "{report:#}"
+    );
+    assert!(
+        failed.is_empty() && ok > 5,
+        "the client on h1 failed {failed:?} ({ok} ok) while h2 was lost"
+    );
+    drop(cut);
+    let o = k.run(&tb, &["deploy", "production", "--yes", "--no-build"]);
+    assert!(
+        o.status.success(),
+        "deploy after the link came back:\n{}",
+        text(&o)
+    );
+    for h in HOSTS {
+        assert_eq!(registered(&tb, h, &k.service).len(), 1, "{h}");
+    }
+    let o = k.run(&tb, &["plan", "production", "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }

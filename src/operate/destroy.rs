@@ -333,6 +333,9 @@ mod tests {
             images: inv.images.clone(),
             ..Default::default()
         };
-        assert!(!only_images.is_empty(), "images alone are something to remove");
+        assert!(
+            !only_images.is_empty(),
+            "images alone are something to remove"
+        );
     }
 }

@@ -8,8 +8,11 @@
 //! default dir holds no running testbed, the test prints why it is skipped and passes.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The registry address everyone uses (push from outside, pull on hosts, image references).
 pub const REGISTRY: &str = "10.200.1.1:5000";
@@ -300,4 +303,126 @@ pub fn unique() -> String {
         t & 0xffff_ffff,
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A test host's link, cut as a cable is: every packet in or out of its veth dropped silently
+/// (iptables), routes untouched. Restored when dropped.
+pub struct LinkCut {
+    veth: String,
+    chain: String,
+}
+
+impl LinkCut {
+    pub fn cut(host: &str) -> LinkCut {
+        let veth = format!("fleet-{host}");
+        let chain = format!("FLEET-CUT-{host}");
+        let script = format!(
+            "iptables -N {chain} && iptables -A {chain} -j DROP && \
+             iptables -I INPUT -i {veth} -j {chain} && iptables -I OUTPUT -o {veth} -j {chain} && \
+             iptables -I FORWARD -i {veth} -j {chain} && iptables -I FORWARD -o {veth} -j {chain}"
+        );
+        let o = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        LinkCut { veth, chain }
+    }
+}
+
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        let (v, c) = (&self.veth, &self.chain);
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "iptables -D INPUT -i {v} -j {c}; iptables -D OUTPUT -o {v} -j {c}; \
+                 iptables -D FORWARD -i {v} -j {c}; iptables -D FORWARD -o {v} -j {c}; \
+                 iptables -F {c}; iptables -X {c}"
+            ))
+            .status();
+    }
+}
+
+/// A `fleet` command running in the background, its progress lines (stderr) read as they come.
+pub struct Run {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<()>,
+}
+
+impl Run {
+    pub fn start(mut cmd: Command) -> Run {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        let stderr = std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push((Instant::now(), l));
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        Run {
+            child,
+            lines,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// When the first line matching `pred` came; waits for it (panics after `within`).
+    pub fn wait_line(&mut self, within: Duration, pred: impl Fn(&str) -> bool) -> Instant {
+        let t0 = Instant::now();
+        loop {
+            if let Some((t, _)) = self.lines.lock().unwrap().iter().find(|(_, l)| pred(l)) {
+                return *t;
+            }
+            let exited = self.child.try_wait().unwrap().is_some();
+            assert!(
+                !exited && t0.elapsed() < within,
+                "no such progress line (exited: {exited}):\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let l = self.lines.lock().unwrap();
+        l.iter()
+            .map(|(_, s)| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for the exit (killing it after `within`): status, stdout, stderr lines.
+    pub fn finish(mut self, within: Duration) -> (ExitStatus, String, Vec<(Instant, String)>) {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if t0.elapsed() > within {
+                let _ = self.child.kill();
+                panic!("fleet still ran after {within:?}:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = self.stdout.join().unwrap();
+        self.stderr.join().unwrap();
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        (status, out, lines)
+    }
 }
