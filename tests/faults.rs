@@ -673,11 +673,17 @@ async fn e2e_an_unhealthy_leftover_is_never_promoted() {
         reason.contains("health check failed") && reason.contains("keeps serving"),
         "{reason}"
     );
-    // Every host converged its slot at once, each fell back: the old container alone.
+    // Every host converged its slot at once, each fell back: the old container alone, and
+    // its registration alone (the leftover's, made by the failed gate, is gone too).
     for (h, c) in tb.hosts.iter().zip(s.containers()) {
         assert_eq!(c.len(), 1, "{}: {c:?}", h.name);
         assert_eq!(c[0].1, s.v1, "{}: the old container was removed", h.name);
     }
+    let agents = Agents::open(&tb).await;
+    let regs = agents.all(&s.p.name).await;
+    agents.close().await;
+    assert_eq!(regs.len(), 3, "{regs:?}");
+    assert!(regs.iter().all(|(_, v)| v.contains(&s.v1)), "{regs:?}");
     // A good version converges everything, leftovers included.
     s.p.set_version("v3");
     let path = s.p.root.join("app/start.sh");

@@ -31,7 +31,8 @@ pub use super::context::{ApplyOptions, Cancel, Events, Failure, Step, registrati
 use super::context::{Ctx, Host, Launch, ServiceTemplate, Started, Undo};
 use super::fault::{HostFault, Phase, diagnose};
 use super::instance::{
-    converge_registration, launch_new, old_launch, pull, replace, retire, short, tail_logs,
+    converge_registration, deregister_all, launch_new, old_launch, pull, replace, retire, short,
+    tail_logs,
 };
 use super::prune::prune_images;
 use super::pull_auth::PullAuth;
@@ -649,6 +650,13 @@ async fn fall_back(
             .await
             .is_ok()
         {
+            // Its own registration too, which the failed gate may have just made.
+            let own: Vec<String> = launch
+                .service
+                .iter()
+                .map(|s| registration_id(&s.base_id, kept))
+                .collect();
+            deregister_all(h, &own).await;
             retire(ctx, h, &[kept.to_string()], &[], launch.stop_timeout).await;
             return format!(
                 "the unproven container {} was removed; {} ({}) keeps serving",
