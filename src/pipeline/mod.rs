@@ -537,4 +537,70 @@ mod tests {
     fn a_report_without_failures_is_a_succeeded_release() {
         assert_eq!(outcome_of(&Report::default()), ReleaseOutcome::Succeeded);
     }
+
+    #[test]
+    fn a_failure_is_rolled_back_only_when_everything_was_put_back() {
+        let failed = Report {
+            failures: vec![crate::apply::Failure::default()],
+            ..Default::default()
+        };
+        assert_eq!(
+            outcome_of(&failed),
+            ReleaseOutcome::Failed,
+            "nothing put back"
+        );
+        let step = crate::apply::Step {
+            host: "h1".into(),
+            app: "web".into(),
+            instance: Some(1),
+            action: Action::Replace,
+            from_version: Some("v2".into()),
+            to_version: Some("v1".into()),
+            container: None,
+            port: None,
+            seconds: 1.0,
+            health_seconds: None,
+        };
+        let back = Report {
+            rolled_back: vec![step],
+            ..failed.clone()
+        };
+        assert_eq!(outcome_of(&back), ReleaseOutcome::RolledBack);
+        // A host lost in the middle cannot be put back: the release is failed, not rolled back.
+        let partly = Report {
+            rollback_errors: vec!["web#1 on h2: not rolled back".into()],
+            ..back
+        };
+        assert_eq!(outcome_of(&partly), ReleaseOutcome::Failed);
+    }
+
+    /// `--app web` keeps web's instances, registrations and KV keys, nothing of `worker`; the
+    /// apps a plan changes are what the hooks get as `FLEET_APPS`.
+    #[test]
+    fn an_app_selection_keeps_only_that_apps_changes() {
+        let mut d = crate::plan::fixtures::desired();
+        d.apps[1]
+            .config
+            .insert("shop/prod/worker/queue".into(), "jobs".into());
+        let plan = diff(&d, &crate::plan::fixtures::empty(&d));
+        assert_eq!(plan.kv.len(), 3, "{:?}", plan.kv);
+        assert_eq!(changed_apps(&plan, &d), ["web", "worker"]);
+        let mut only = plan.clone();
+        restrict(&mut only, &d, &["web".to_string()]);
+        for h in &only.hosts {
+            assert!(h.instances.iter().all(|i| i.app == "web"), "{h:?}");
+            assert!(h.services.iter().all(|s| s.app == "web"), "{h:?}");
+            assert_eq!(h.instances.len(), 2);
+        }
+        assert_eq!(only.kv.len(), 2, "web's two keys: {:?}", only.kv);
+        assert!(only.kv.iter().all(|k| k.key.starts_with("shop/prod/web/")));
+        assert_eq!(changed_apps(&only, &d), ["web"]);
+        // No selection: the plan as it was.
+        let mut all = plan.clone();
+        restrict(&mut all, &d, &[]);
+        assert_eq!(changed_apps(&all, &d), changed_apps(&plan, &d));
+        // Nothing to change: no app.
+        let none = diff(&d, &crate::plan::fixtures::deployed(&d));
+        assert!(changed_apps(&none, &d).is_empty());
+    }
 }
