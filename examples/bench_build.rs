@@ -85,7 +85,7 @@ fn main() {
     let registry = RegistryTarget {
         server: get("FLEET_REGISTRY"),
         username: Some(get("FLEET_REGISTRY_USER")),
-        password: Some(SecretRef::File(pw.display().to_string())),
+        password: Some(SecretRef::File(pw.display().to_string().into())),
         insecure: true, // the testbed registry speaks plain HTTP
     };
     let run = std::time::SystemTime::now()

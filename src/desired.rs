@@ -193,14 +193,49 @@ pub enum EnvValue {
 #[serde(rename_all = "lowercase")]
 pub enum SecretRef {
     Env(String),
-    File(String),
+    File(FileRef),
+}
+
+/// A `{ file = ".." }` secret: the file to read, and its path as the manifest writes it.
+/// Serialized as the path alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub struct FileRef {
+    /// Absolute (a relative path is relative to the manifest's directory): what is read.
+    pub path: String,
+    /// As written, normalized (`secrets/db`, `/run/pw`): the same in every checkout of the
+    /// manifest, so it is what the spec hash counts.
+    pub written: String,
+}
+
+impl FileRef {
+    /// A reference written as the absolute `path`.
+    pub fn at(path: impl Into<String>) -> FileRef {
+        let path = path.into();
+        FileRef {
+            written: path.clone(),
+            path,
+        }
+    }
+}
+
+impl From<String> for FileRef {
+    fn from(path: String) -> FileRef {
+        FileRef::at(path)
+    }
+}
+
+impl From<FileRef> for String {
+    fn from(f: FileRef) -> String {
+        f.path
+    }
 }
 
 impl std::fmt::Display for SecretRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SecretRef::Env(v) => write!(f, "(secret from env {v})"),
-            SecretRef::File(p) => write!(f, "(secret from file {p})"),
+            SecretRef::File(r) => write!(f, "(secret from file {})", r.path),
         }
     }
 }

@@ -46,7 +46,7 @@ impl Testbed {
         RegistryTarget {
             server: self.registry.clone(),
             username: Some(self.user.clone()),
-            password: Some(SecretRef::File(pw.display().to_string())),
+            password: Some(SecretRef::File(pw.display().to_string().into())),
             // The testbed registry speaks plain HTTP.
             insecure: true,
         }

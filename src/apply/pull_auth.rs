@@ -95,7 +95,7 @@ mod tests {
         let target = RegistryTarget {
             server: "r:5000".into(),
             username: Some("alice".into()),
-            password: Some(SecretRef::File(secret.display().to_string())),
+            password: Some(SecretRef::File(secret.display().to_string().into())),
             insecure: true,
         };
         let auth = PullAuth::with_config(Some(&target), Some(config.clone())).unwrap();

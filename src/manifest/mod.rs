@@ -358,7 +358,9 @@ impl Loaded {
             if let Err(err) = secret::read(r) {
                 let help = match r {
                     SecretRef::Env(v) => format!("export {v}=... before running fleet"),
-                    SecretRef::File(p) => format!("create {p}, readable by the user running fleet"),
+                    SecretRef::File(f) => {
+                        format!("create {}, readable by the user running fleet", f.path)
+                    }
                 };
                 cx.err(span, err.to_string(), "secret not available", Some(help));
             }

@@ -13,8 +13,8 @@ use indexmap::IndexMap;
 use super::diag::{Cx, did_you_mean};
 use super::node::{Key, Node, Span, Table, Value};
 use crate::desired::{
-    BuildSpec, ConsulTarget, EnvValue, HealthCheck, HealthSpec, Hooks, HostTarget, RegistryTarget,
-    RestartPolicy, SecretRef,
+    BuildSpec, ConsulTarget, EnvValue, FileRef, HealthCheck, HealthSpec, Hooks, HostTarget,
+    RegistryTarget, RestartPolicy, SecretRef,
 };
 
 pub const TOP_KEYS: &[&str] = &[
@@ -268,7 +268,10 @@ fn secret_ref(cx: &mut Cx, node: &Node, dir: &Path) -> Option<SecretRef> {
     let s = cx.text(v)?;
     Some(match k.name.as_str() {
         "env" => SecretRef::Env(s),
-        _ => SecretRef::File(normalize(&dir.join(s)).display().to_string()),
+        _ => SecretRef::File(FileRef {
+            path: normalize(&dir.join(&s)).display().to_string(),
+            written: normalize(Path::new(&s)).display().to_string(),
+        }),
     })
 }
 
@@ -1082,11 +1085,15 @@ pub fn normalize(p: &Path) -> PathBuf {
     for c in p.components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
                 }
-            }
+                // The root's parent is the root.
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                // A relative path that leaves its start keeps every `..`.
+                _ => out.push(".."),
+            },
             c => out.push(c),
         }
     }
@@ -1315,5 +1322,15 @@ mod tests {
     #[test]
     fn normalize_is_lexical() {
         assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+        assert_eq!(normalize(Path::new("/../a")), PathBuf::from("/a"));
+        assert_eq!(
+            normalize(Path::new("./secrets/db")),
+            PathBuf::from("secrets/db")
+        );
+        assert_eq!(
+            normalize(Path::new("../../s/./db")),
+            PathBuf::from("../../s/db")
+        );
+        assert_eq!(normalize(Path::new("a/../../b")), PathBuf::from("../b"));
     }
 }

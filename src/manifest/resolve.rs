@@ -341,21 +341,16 @@ enum HashEnv<'a> {
     Secret(String),
 }
 
-/// How a secret reference counts in the spec hash. A `{ file = .. }` secret counts by its file
-/// name: the reference holds the file's absolute path (relative paths are relative to the
-/// manifest), and the same manifest checked out in another directory (a CI runner, a laptop)
-/// must hash the same, or every deploy from elsewhere would replace its containers.
+/// How a secret reference counts in the spec hash. A `{ file = .. }` secret counts by its path
+/// as the manifest writes it (`secrets/prod/db`), not the absolute path it is read from: the
+/// same manifest checked out in another directory (a CI runner, a laptop) must hash the same,
+/// or every deploy from elsewhere would replace its containers; and another file is another
+/// spec, even one of the same name.
 fn hashed_ref(r: &crate::desired::SecretRef) -> String {
     use crate::desired::SecretRef;
     match r {
         SecretRef::Env(v) => format!("Env({v:?})"),
-        SecretRef::File(p) => {
-            let name = std::path::Path::new(p)
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_else(|| p.clone());
-            format!("File({name:?})")
-        }
+        SecretRef::File(f) => format!("File({:?})", f.written),
     }
 }
 
@@ -561,6 +556,20 @@ post_deploy = "echo staging"
             hash("/p"),
             "another file is another spec"
         );
+        // Another file of the same name is another spec too.
+        let moved = src.replace("secrets/db", "secrets/staging/db");
+        let m = load_str(&moved, Format::Toml, "m.toml", Path::new("/p")).unwrap();
+        let d = m.resolve("production", &m.placeholder_versions()).unwrap();
+        assert_ne!(
+            d.hosts[0].instances[0].spec_hash,
+            hash("/p"),
+            "secrets/staging/db"
+        );
+        // The same file written another way is the same spec.
+        let dotted = src.replace("secrets/db", "./secrets/x/../db");
+        let m = load_str(&dotted, Format::Toml, "m.toml", Path::new("/p")).unwrap();
+        let d = m.resolve("production", &m.placeholder_versions()).unwrap();
+        assert_eq!(d.hosts[0].instances[0].spec_hash, hash("/p"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub enum SecretError {
 pub fn read(r: &SecretRef) -> Result<String, SecretError> {
     match r {
         SecretRef::Env(v) => std::env::var(v).map_err(|_| SecretError::MissingEnv(v.clone())),
-        SecretRef::File(p) => std::fs::read_to_string(p)
+        SecretRef::File(f) => std::fs::read_to_string(&f.path)
             .map(|s| {
                 s.strip_suffix('\n')
                     .map(|t| t.strip_suffix('\r').unwrap_or(t))
@@ -26,7 +26,7 @@ pub fn read(r: &SecretRef) -> Result<String, SecretError> {
                     .to_string()
             })
             .map_err(|source| SecretError::File {
-                path: p.clone(),
+                path: f.path.clone(),
                 source,
             }),
     }
@@ -73,7 +73,10 @@ env = { DB = { file = "secrets/db" }, ABS = { file = "ABS_PATH" } }
             panic!("{env:?}")
         };
         assert_eq!(read(r).unwrap(), "s3cret");
-        assert_eq!(env["ABS"], EnvValue::Secret(SecretRef::File(abs)));
+        assert_eq!(
+            env["ABS"],
+            EnvValue::Secret(SecretRef::File(crate::desired::FileRef::at(abs)))
+        );
         let token = state
             .consul
             .as_ref()

@@ -201,7 +201,7 @@ mod tests {
         let mut a = spec();
         a.env.insert(
             "PW".into(),
-            EnvValue::Secret(SecretRef::File("/run/pw".into())),
+            EnvValue::Secret(SecretRef::File("/run/pw".to_string().into())),
         );
         let label = label_value(&a);
         assert!(!label.contains("/run/pw"));

@@ -102,7 +102,7 @@ fn instance_level_table() {
                     .insert("NEW".into(), EnvValue::Plain("x".into()));
                 i.container.env.insert(
                     "DB_PASSWORD".into(),
-                    EnvValue::Secret(SecretRef::File("/etc/pw".into())),
+                    EnvValue::Secret(SecretRef::File("/etc/pw".to_string().into())),
                 );
                 rehash(i);
             },
