@@ -542,34 +542,27 @@ post_deploy = "echo staging"
             "image = \"nginx:1.27\"",
             "image = \"nginx:1.27\"\nenv = { DB = { file = \"secrets/db\" } }",
         );
-        let hash = |dir: &str| {
-            let m = load_str(&src, Format::Toml, "m.toml", Path::new(dir)).unwrap();
+        // The spec hash of the secret written as `path`, the manifest in `dir`.
+        let hash = |path: &str, dir: &str| {
+            let text = src.replace("secrets/db", path);
+            let m = load_str(&text, Format::Toml, "m.toml", Path::new(dir)).unwrap();
             let d = m.resolve("production", &m.placeholder_versions()).unwrap();
             d.hosts[0].instances[0].spec_hash.clone()
         };
-        assert_eq!(hash("/home/runner/work/shop"), hash("/home/alice/src/shop"));
-        let other = src.replace("secrets/db", "secrets/other");
-        let m = load_str(&other, Format::Toml, "m.toml", Path::new("/p")).unwrap();
-        let d = m.resolve("production", &m.placeholder_versions()).unwrap();
+        let db = hash("secrets/db", "/p");
+        assert_eq!(
+            hash("secrets/db", "/home/runner/work/shop"),
+            hash("secrets/db", "/home/alice/src/shop")
+        );
         assert_ne!(
-            d.hosts[0].instances[0].spec_hash,
-            hash("/p"),
+            hash("secrets/other", "/p"),
+            db,
             "another file is another spec"
         );
         // Another file of the same name is another spec too.
-        let moved = src.replace("secrets/db", "secrets/staging/db");
-        let m = load_str(&moved, Format::Toml, "m.toml", Path::new("/p")).unwrap();
-        let d = m.resolve("production", &m.placeholder_versions()).unwrap();
-        assert_ne!(
-            d.hosts[0].instances[0].spec_hash,
-            hash("/p"),
-            "secrets/staging/db"
-        );
+        assert_ne!(hash("secrets/staging/db", "/p"), db, "secrets/staging/db");
         // The same file written another way is the same spec.
-        let dotted = src.replace("secrets/db", "./secrets/x/../db");
-        let m = load_str(&dotted, Format::Toml, "m.toml", Path::new("/p")).unwrap();
-        let d = m.resolve("production", &m.placeholder_versions()).unwrap();
-        assert_eq!(d.hosts[0].instances[0].spec_hash, hash("/p"));
+        assert_eq!(hash("./secrets/x/../db", "/p"), db);
     }
 
     #[test]
