@@ -83,29 +83,14 @@ pub(super) async fn replace(
         let _ = stop(h, old, launch.stop_timeout).await;
         s
     };
-    force_remove(&h.docker, old).await;
     // Not done until the old container is gone: a host lost while draining or stopping must
     // not be reported as replaced.
-    match h.docker.inspect_container(old, None).await {
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {}
-        Ok(_) => {
-            return Err((
-                format!(
-                    "the old container {} is still there after its removal",
-                    short(old)
-                ),
-                Vec::new(),
-            ));
-        }
-        Err(e) => {
-            return Err((
-                format!("removing the old container {}: {}", short(old), chain(&e)),
-                Vec::new(),
-            ));
-        }
-    }
+    force_remove(&h.docker, old).await.map_err(|e| {
+        (
+            format!("removing the old container {}: {e}", short(old)),
+            Vec::new(),
+        )
+    })?;
     if let Some(ul) = undo_launch {
         ctx.undo.lock().unwrap().push(Undo {
             host: h.index,
@@ -175,7 +160,7 @@ pub(super) async fn retire(
     }
     for c in containers {
         let _ = stop(h, c, stop_timeout).await;
-        force_remove(&h.docker, c).await;
+        let _ = force_remove(&h.docker, c).await;
     }
 }
 
@@ -288,7 +273,7 @@ pub(super) async fn launch_new(
             Err(e) => {
                 let why = chain(&e);
                 let logs = tail_logs(&h.docker, &id).await;
-                force_remove(&h.docker, &id).await;
+                let _ = force_remove(&h.docker, &id).await;
                 if !(pinned && super::container::is_port_conflict(&why) && attempt < PORT_TRIES) {
                     return Err((format!("starting {name}: {why}"), logs));
                 }
@@ -302,7 +287,7 @@ pub(super) async fn launch_new(
             if let (Some(c), Some(r)) = (&h.consul, reg) {
                 let _ = c.deregister_service(&r).await;
             }
-            force_remove(&h.docker, &id).await;
+            let _ = force_remove(&h.docker, &id).await;
             logs
         }
     };
@@ -370,7 +355,7 @@ async fn create(
                         short(&eid),
                     )));
                 } else {
-                    force_remove(&h.docker, &name).await;
+                    let _ = force_remove(&h.docker, &name).await;
                 }
             }
             Err(e) => return Err(plain(format!("creating {name}: {}", chain(&e)))),
@@ -535,9 +520,9 @@ pub(super) async fn converge_registration(
     }
 }
 
-/// Remove a container whatever its state; a container already gone is fine.
-async fn force_remove(docker: &Docker, id: &str) {
-    let _ = docker
+/// Remove a container whatever its state; a container already gone is fine (`Ok`).
+async fn force_remove(docker: &Docker, id: &str) -> Result<(), String> {
+    match docker
         .remove_container(
             id,
             Some(RemoveContainerOptions {
@@ -545,7 +530,14 @@ async fn force_remove(docker: &Docker, id: &str) {
                 ..Default::default()
             }),
         )
-        .await;
+        .await
+    {
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(chain(&e)),
+    }
 }
 
 #[cfg(test)]

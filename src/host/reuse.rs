@@ -4,7 +4,7 @@
 //! (both ends' key exchange is CPU work), so this is what makes a repeated plan fast.
 //!
 //! - A master is keyed by everything that shapes the connection: address, user, port, key,
-//!   host-key mode, the ssh config file (canonical path and a hash of its content) and where
+//!   host-key mode, keepalive, the ssh config file (canonical path and a hash of its content) and where
 //!   ssh resolves the destination to (`ssh -G`: host name, port, user, proxies, ...). Another
 //!   config, key, `FLEET_SSH_ACCEPT_NEW`, checkout or `HostName` gets its own master, with its
 //!   own host-key check. `ssh -G` is a local call (~10 ms, no network), run for each host in
@@ -108,12 +108,13 @@ fn key_of(
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let text = format!(
-        "{}\0{:?}\0{:?}\0{:?}\0{}\0",
+        "{}\0{:?}\0{:?}\0{:?}\0{}\0{}\0",
         target.address,
         target.user,
         target.port,
         target.identity_file.as_deref().map(absolute),
-        opts.accept_new_host_keys
+        opts.accept_new_host_keys,
+        opts.keepalive.as_secs()
     );
     h.update(text.as_bytes());
     match config {
@@ -288,6 +289,12 @@ mod tests {
             ..o.clone()
         };
         assert_ne!(a, k(&target("10.0.0.9"), &strict_off));
+        // A master that keeps its host alive otherwise notices a lost host at another time.
+        let slower = ConnectOptions {
+            keepalive: o.keepalive * 2,
+            ..o.clone()
+        };
+        assert_ne!(a, k(&target("10.0.0.9"), &slower));
         let mut other_user = target("10.0.0.9");
         other_user.user = Some("root".into());
         assert_ne!(a, k(&other_user, &o));
