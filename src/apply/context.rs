@@ -185,7 +185,7 @@ pub(super) struct Undo {
 
 /// The registration ID of one container of an instance.
 pub fn registration_id(base: &str, container_id: &str) -> String {
-    format!("{base}-{}", &container_id[..container_id.len().min(12)])
+    format!("{base}-{}", crate::observe::short_id(container_id))
 }
 
 pub(super) struct Host<'a> {

@@ -31,8 +31,7 @@ pub use super::context::{ApplyOptions, Cancel, Events, Failure, Step, registrati
 use super::context::{Ctx, Host, Launch, ServiceTemplate, Started, Undo};
 use super::fault::{HostFault, Phase, diagnose};
 use super::instance::{
-    converge_registration, deregister_all, launch_new, old_launch, pull, replace, retire, short,
-    tail_logs,
+    converge_registration, deregister_all, launch_new, old_launch, pull, replace, retire, tail_logs,
 };
 use super::prune::prune_images;
 use super::pull_auth::PullAuth;
@@ -41,7 +40,7 @@ use crate::desired::{DesiredHost, DesiredState, InstanceSpec};
 use crate::errors::chain;
 use crate::host::HostSession;
 use crate::labels;
-use crate::observe::{ObservedHost, ObservedService, ObservedState};
+use crate::observe::{ObservedHost, ObservedService, ObservedState, short_id};
 use crate::plan::fields::{FIELDS_LABEL, label_value};
 use crate::plan::{Action, HostPlan, InstanceChange, Plan, ServiceAction};
 
@@ -456,7 +455,7 @@ async fn run_host(ctx: &Ctx<'_>, h: &Host<'_>) {
                 action: Action::Remove,
                 from_version: None,
                 to_version: None,
-                container: Some(short(&id).to_string()),
+                container: Some(short_id(&id).to_string()),
                 port: None,
                 seconds: t.elapsed().as_secs_f64(),
                 health_seconds: None,
@@ -606,7 +605,7 @@ async fn run_instance(
                 action: c.action,
                 from_version: c.current.as_ref().and_then(|r| r.version.clone()),
                 to_version: Some(spec.version.clone()),
-                container: Some(short(&started.id).to_string()),
+                container: Some(short_id(&started.id).to_string()),
                 port: started.port,
                 seconds: t.elapsed().as_secs_f64(),
                 health_seconds: started.healthy_after.map(|d| d.as_secs_f64()),
@@ -660,8 +659,8 @@ async fn fall_back(
             retire(ctx, h, &[kept.to_string()], &[], launch.stop_timeout).await;
             return format!(
                 "the unproven container {} was removed; {} ({}) keeps serving",
-                short(kept),
-                short(d),
+                short_id(kept),
+                short_id(d),
                 old.version
             );
         }
@@ -766,7 +765,7 @@ async fn roll_back(ctx: &Ctx<'_>, hosts: &[Host<'_>], undo: Vec<Undo>) -> (Vec<S
                         action: Action::Replace,
                         from_version: Some(u.new_version.clone()),
                         to_version: Some(u.launch.version.clone()),
-                        container: Some(short(&s.id).to_string()),
+                        container: Some(short_id(&s.id).to_string()),
                         port: s.port,
                         seconds: t.elapsed().as_secs_f64(),
                         health_seconds: s.healthy_after.map(|d| d.as_secs_f64()),

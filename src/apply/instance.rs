@@ -19,6 +19,7 @@ use super::health::{self, Unhealthy};
 use crate::consul::ServiceRegistration;
 use crate::errors::chain;
 use crate::labels;
+use crate::observe::short_id;
 
 /// Replace `old` by `launch`. Records how to undo it.
 pub(super) async fn replace(
@@ -87,7 +88,7 @@ pub(super) async fn replace(
     // not be reported as replaced.
     force_remove(&h.docker, old).await.map_err(|e| {
         (
-            format!("removing the old container {}: {e}", short(old)),
+            format!("removing the old container {}: {e}", short_id(old)),
             Vec::new(),
         )
     })?;
@@ -352,7 +353,7 @@ async fn create(
                 ) {
                     return Err(plain(format!(
                         "the container name {name} is taken by container {} that is not this instance's ({why}): fleet leaves it alone; remove or rename it",
-                        short(&eid),
+                        short_id(&eid),
                     )));
                 } else {
                     let _ = force_remove(&h.docker, &name).await;
@@ -387,11 +388,6 @@ fn same_slot(
     } else {
         format!("its labels say {}", owner.join(", "))
     })
-}
-
-/// A container ID as `docker ps` shows it.
-pub(super) fn short(id: &str) -> &str {
-    &id[..12.min(id.len())]
 }
 
 pub(super) fn uuid_ish() -> String {

@@ -20,6 +20,11 @@ pub mod read;
 
 pub use read::{ObserveOptions, observe_all, observe_host, read_secret};
 
+/// The 12-character form of a container ID, as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
 /// Everything observed for one environment of one project.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObservedState {

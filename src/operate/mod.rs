@@ -90,10 +90,7 @@ pub fn instance_label(app: &str, instance: Option<u32>, host: &str) -> String {
     }
 }
 
-/// The 12-character form of a container ID, as `docker ps` shows it.
-pub fn short_id(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
+pub use crate::observe::short_id;
 
 /// Open sessions to every host of one environment, for the length of one command.
 pub struct Connected {
