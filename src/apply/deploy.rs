@@ -40,9 +40,9 @@ use crate::desired::{DesiredHost, DesiredState, InstanceSpec};
 use crate::errors::chain;
 use crate::host::HostSession;
 use crate::labels;
-use crate::observe::{ObservedHost, ObservedService, ObservedState, short_id};
+use crate::observe::{ContainerState, ObservedHost, ObservedService, ObservedState, short_id};
 use crate::plan::fields::{FIELDS_LABEL, label_value};
-use crate::plan::{Action, HostPlan, InstanceChange, Plan, ServiceAction};
+use crate::plan::{Action, ContainerRef, HostPlan, InstanceChange, Plan, ServiceAction};
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -496,11 +496,12 @@ async fn run_instance(
             return false;
         }
     };
-    let dups: Vec<String> = leftovers
+    let dup_refs: Vec<&ContainerRef> = leftovers
         .iter()
         .filter(|l| l.app == c.app && l.instance == Some(instance))
-        .filter_map(|l| l.current.as_ref().map(|r| r.id.clone()))
+        .filter_map(|l| l.current.as_ref())
         .collect();
+    let dups: Vec<String> = dup_refs.iter().map(|r| r.id.clone()).collect();
     let slot_regs: Vec<String> = slot_registrations(h.observed, &c.app, instance)
         .into_iter()
         .map(|s| s.id.clone())
@@ -547,7 +548,7 @@ async fn run_instance(
                 match converge_registration(ctx, h, &launch, &cur.id, &slot_regs).await {
                     // A leftover that fails its gate is never promoted over the one that serves.
                     Err((reason, logs)) if !dups.is_empty() => {
-                        let kept = fall_back(ctx, h, &launch, &cur.id, &dups, &slot_regs).await;
+                        let kept = fall_back(ctx, h, &launch, &cur.id, &dup_refs, &slot_regs).await;
                         Err((format!("{reason}; {kept}"), logs))
                     }
                     other => other,
@@ -620,28 +621,21 @@ async fn run_instance(
 }
 
 /// The desired instance in the slot of `kept` (a leftover of a killed deploy: the desired
-/// spec, not yet proven) failed its health gate. Put a running duplicate (the container it was
-/// to replace) back in charge, health-gated, then remove `kept`. Says what was done.
+/// spec, not yet proven) failed its health gate. Put a duplicate that the plan saw running
+/// (the container it was to replace) back in charge, health-gated, then remove `kept`. Says
+/// what was done.
 async fn fall_back(
     ctx: &Ctx<'_>,
     h: &Host<'_>,
     launch: &Launch,
     kept: &str,
-    dups: &[String],
+    dups: &[&ContainerRef],
     slot_regs: &[String],
 ) -> String {
-    for d in dups {
-        let running = h
-            .docker
-            .inspect_container(d, None)
-            .await
-            .ok()
-            .and_then(|i| i.state)
-            .and_then(|s| s.running)
-            == Some(true);
-        if !running {
-            continue;
-        }
+    let running = dups
+        .iter()
+        .filter(|d| d.state == ContainerState::Running.as_str());
+    for d in running.map(|d| d.id.as_str()) {
         let Ok(old) = old_launch(h, launch, d).await else {
             continue;
         };
