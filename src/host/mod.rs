@@ -194,13 +194,6 @@ fn parse_keepalive(v: Option<&str>) -> Duration {
     }
 }
 
-impl ConnectOptions {
-    /// How long a silent host takes to be declared lost.
-    pub fn lost_after(&self) -> Duration {
-        self.keepalive * (KEEPALIVE_MISSES + 1)
-    }
-}
-
 static RUNTIME_SEQ: AtomicUsize = AtomicUsize::new(0);
 static SESSION_SEQ: AtomicUsize = AtomicUsize::new(0);
 
@@ -563,8 +556,9 @@ impl HostSession {
     }
 
     /// `Some(why)` when the SSH connection is gone: its master exited (the host went silent
-    /// for `ConnectOptions::lost_after`, or the master was killed). Asked after a request
-    /// fails, to tell a lost host from a failing engine or agent. A local host is never lost.
+    /// for `KEEPALIVE_MISSES` + 1 keepalive intervals, or the master was killed). Asked after
+    /// a request fails, to tell a lost host from a failing engine or agent. A local host is
+    /// never lost.
     pub async fn lost(&self) -> Option<String> {
         let (Link::Ssh(s) | Link::Kept(s)) = &self.link else {
             return None;
@@ -1103,11 +1097,6 @@ pub(super) mod tests {
         assert_eq!(parse_keepalive(Some("0")), Duration::from_secs(3));
         assert_eq!(parse_keepalive(Some("500ms")), Duration::from_secs(3));
         assert_eq!(parse_keepalive(Some("soon")), Duration::from_secs(3));
-        let o = ConnectOptions {
-            keepalive: Duration::from_secs(2),
-            ..ConnectOptions::default()
-        };
-        assert_eq!(o.lost_after(), Duration::from_secs(8));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!   `/tmp/fleet-ssh-<uid>`), checked to be owned by us with mode 0700; otherwise fleet does not
 //!   persist at all.
 //! - A master exits by itself after `persist` without a channel, and within
-//!   `ConnectOptions::lost_after` (12 s by default) of its host going silent.
+//!   `KEEPALIVE_MISSES` + 1 keepalive intervals (12 s by default) of its host going silent.
 //! - Two fleet processes starting the same master take turns through a lock file.
 //! - `FLEET_SSH_PERSIST=0` (or `off`) turns it off: each command opens and closes its own.
 
