@@ -4,11 +4,11 @@
 //! (both ends' key exchange is CPU work), so this is what makes a repeated plan fast.
 //!
 //! - A master is keyed by everything that shapes the connection: address, user, port, key,
-//!   host-key mode, keepalive, the ssh config file (canonical path and a hash of its content) and where
-//!   ssh resolves the destination to (`ssh -G`: host name, port, user, proxies, ...). Another
-//!   config, key, `FLEET_SSH_ACCEPT_NEW`, checkout or `HostName` gets its own master, with its
-//!   own host-key check. `ssh -G` is a local call (~10 ms, no network), run for each host in
-//!   parallel.
+//!   host-key mode, keepalive, the ssh config file (canonical path and a hash of its content)
+//!   and where ssh resolves the destination to (`ssh -G`: host name, port, user, proxies, ...).
+//!   Another config, key, `FLEET_SSH_ACCEPT_NEW`, checkout or `HostName` gets its own master,
+//!   with its own host-key check. `ssh -G` is a local call (~10 ms, no network), run for each
+//!   host in parallel.
 //! - Masters live in a directory only this user can use (`$XDG_RUNTIME_DIR/fleet-ssh`, else
 //!   `/tmp/fleet-ssh-<uid>`), checked to be owned by us with mode 0700; otherwise fleet does not
 //!   persist at all.
