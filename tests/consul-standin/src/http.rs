@@ -42,9 +42,7 @@ pub fn agent_router(shared: Arc<Shared>) -> Router {
         .route("/v1/agent/services", get(agent_services))
         .route("/v1/agent/service/{id}", get(agent_service))
         .route("/v1/agent/checks", get(agent_checks))
-        .route("/v1/agent/check/pass/{id}", put(check_pass))
-        .route("/v1/agent/check/warn/{id}", put(check_warn))
-        .route("/v1/agent/check/fail/{id}", put(check_fail))
+        .route("/v1/agent/check/{verb}/{id}", put(check_ttl))
         .route("/v1/agent/check/deregister/{id}", put(check_deregister))
         .route(
             crate::sync::SYNC_PATH,
@@ -527,29 +525,20 @@ async fn ttl_update(
     StatusCode::OK.into_response()
 }
 
-async fn check_pass(
+/// `PUT /v1/agent/check/{pass,warn,fail}/<id>`: a TTL check's status.
+async fn check_ttl(
     AxState(shared): S,
     axum::Extension(t): Tok,
-    Path(id): Path<String>,
+    Path((verb, id)): Path<(String, String)>,
     Query(p): Params,
 ) -> Response {
-    ttl_update(shared, t, id, p, PASSING).await
-}
-async fn check_warn(
-    AxState(shared): S,
-    axum::Extension(t): Tok,
-    Path(id): Path<String>,
-    Query(p): Params,
-) -> Response {
-    ttl_update(shared, t, id, p, WARNING).await
-}
-async fn check_fail(
-    AxState(shared): S,
-    axum::Extension(t): Tok,
-    Path(id): Path<String>,
-    Query(p): Params,
-) -> Response {
-    ttl_update(shared, t, id, p, CRITICAL).await
+    let status = match verb.as_str() {
+        "pass" => PASSING,
+        "warn" => WARNING,
+        "fail" => CRITICAL,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    ttl_update(shared, t, id, p, status).await
 }
 
 async fn check_deregister(
