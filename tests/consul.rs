@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fleet::consul::{
     CheckDefinition, CheckStatus, ConsulClient, ConsulError, KvDelete, KvPut, QueryOptions,
-    ServiceRegistration, SessionBehavior, SessionRequest,
+    ServiceRegistration, SessionBehavior, SessionRequest, TXN_MAX_OPS, TxnOp, TxnOutcome,
 };
 
 /// Says which agent a test runs against, or why it skips. Written straight to stderr so the
@@ -456,6 +456,99 @@ async fn kv_cas_conflict_returns_false_and_changes_nothing() {
             .value
             .is_empty()
     );
+}
+
+/// `/v1/txn` (api-docs/txn.mdx): all operations or none, every failure named, one index for
+/// all writes, at most 128 operations.
+#[tokio::test]
+async fn a_transaction_applies_all_of_its_operations_or_none() {
+    let agent = Agent::start("txn").await;
+    let client = agent.client();
+    let prefix = unique("txn");
+    let (a, b, c) = (
+        format!("{prefix}/a"),
+        format!("{prefix}/b"),
+        format!("{prefix}/c"),
+    );
+    let TxnOutcome::Committed(created) = client
+        .txn(&[TxnOp::cas(&a, b"1", 0), TxnOp::cas(&b, b"1", 0)])
+        .await
+        .unwrap()
+    else {
+        panic!("creating two absent keys with cas 0 must commit")
+    };
+    assert_eq!(created.len(), 2);
+    let ia = created[0].kv.as_ref().unwrap().modify_index;
+    let ib = created[1].kv.as_ref().unwrap().modify_index;
+    assert_eq!(ia, ib, "the writes of one transaction share its index");
+    assert_eq!(
+        created[0].kv.as_ref().unwrap().value,
+        None,
+        "cas answers no value"
+    );
+
+    // One stale operation: nothing of the others is applied, and it is named.
+    let outcome = client
+        .txn(&[
+            TxnOp::cas(&a, b"2", ia),
+            TxnOp::cas(&c, b"2", 0),
+            TxnOp::cas(&b, b"2", ib + 1000),
+        ])
+        .await
+        .unwrap();
+    let TxnOutcome::RolledBack(errors) = outcome else {
+        panic!("a stale cas must roll the transaction back: {outcome:?}")
+    };
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].op_index, 2);
+    assert!(
+        errors[0].what.contains("index is stale"),
+        "{}",
+        errors[0].what
+    );
+    assert_eq!(client.kv_get(&a).await.unwrap().unwrap().value_str(), "1");
+    assert_eq!(client.kv_get(&c).await.unwrap(), None);
+
+    // Set one key, delete another, in one step.
+    let TxnOutcome::Committed(_) = client
+        .txn(&[TxnOp::cas(&a, b"3", ia), TxnOp::delete_cas(&b, ib)])
+        .await
+        .unwrap()
+    else {
+        panic!("a current cas and delete-cas must commit")
+    };
+    assert_eq!(client.kv_get(&a).await.unwrap().unwrap().value_str(), "3");
+    assert_eq!(client.kv_get(&b).await.unwrap(), None);
+
+    // More operations than Consul takes: refused whole (413), nothing written.
+    let many: Vec<TxnOp> = (0..=TXN_MAX_OPS)
+        .map(|i| TxnOp::cas(&format!("{prefix}/many/{i}"), b"x", 0))
+        .collect();
+    match client.txn(&many).await {
+        Err(ConsulError::Unexpected {
+            status: 413, body, ..
+        }) => {
+            assert!(body.contains("too many operations"), "{body}")
+        }
+        other => panic!(
+            "{} operations must be refused with 413: {other:?}",
+            many.len()
+        ),
+    }
+    assert_eq!(
+        client.kv_get(&format!("{prefix}/many/0")).await.unwrap(),
+        None
+    );
+    client
+        .kv_delete(
+            &format!("{prefix}/"),
+            &KvDelete {
+                cas: None,
+                recurse: true,
+            },
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

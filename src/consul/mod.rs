@@ -75,6 +75,22 @@ pub enum ConsulError {
     InvalidUrl { url: String, message: String },
 }
 
+/// The most operations one transaction may hold (api-docs/txn.mdx; `maxTxnOps` in
+/// hashicorp/consul agent/txn_endpoint.go, 128 today, 64 in older releases).
+pub const TXN_MAX_OPS: usize = 128;
+/// The largest transaction request Consul takes by default (`txn_max_req_len`, 512 KiB, the
+/// suggested Raft entry size; agent/txn_endpoint.go `convertOps`). fleet counts the values.
+pub const TXN_MAX_BYTES: usize = 512 * 1024;
+
+/// How a transaction ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxnOutcome {
+    /// Applied: one result per operation that leaves an entry, in order.
+    Committed(Vec<TxnResult>),
+    /// Nothing applied: the operations that failed, and why.
+    RolledBack(Vec<TxnOpError>),
+}
+
 /// Options of a blocking query: wait until the data's index exceeds `index`, or `wait` runs out.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueryOptions {
@@ -603,6 +619,32 @@ impl ConsulClient {
             )
             .await?;
         decode(expect_ok(answer)?)
+    }
+
+    // ---- transactions --------------------------------------------------------------------
+
+    /// Applies `ops` atomically (`PUT /v1/txn`): all of them, or none when one fails. At most
+    /// [`TXN_MAX_OPS`] operations and [`TXN_MAX_BYTES`] of values; callers split nothing, so an
+    /// over-large transaction is theirs to refuse before sending.
+    pub async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome, ConsulError> {
+        let body = serde_json::to_vec(ops).expect("serialisable");
+        let answer = self.put(&["v1", "txn"], &[], Some(body)).await?;
+        match answer.status.as_u16() {
+            200 => {
+                let r: TxnResponse = decode(answer)?;
+                Ok(TxnOutcome::Committed(r.results.unwrap_or_default()))
+            }
+            409 => {
+                let r: TxnResponse = decode(answer)?;
+                Ok(TxnOutcome::RolledBack(r.errors.unwrap_or_default()))
+            }
+            // 413: too many operations, or too large (a plain-text body says which).
+            status => Err(ConsulError::Unexpected {
+                request: answer.request,
+                status,
+                body: String::from_utf8_lossy(&answer.body).trim().to_string(),
+            }),
+        }
     }
 
     // ---- sessions ------------------------------------------------------------------------

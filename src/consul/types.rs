@@ -309,6 +309,99 @@ fn encode_value<S: serde::Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S
     }
 }
 
+/// A KV verb of a transaction (api-docs/txn.mdx, "KV Operations").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KvVerb {
+    Set,
+    /// Set only if the key's ModifyIndex is `Index` (0: only if absent).
+    Cas,
+    Get,
+    GetTree,
+    CheckIndex,
+    CheckNotExists,
+    Delete,
+    DeleteTree,
+    /// Delete only if the key's ModifyIndex is `Index`.
+    DeleteCas,
+}
+
+/// One operation of `PUT /v1/txn`; fleet sends KV operations only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TxnOp {
+    #[serde(rename = "KV")]
+    pub kv: TxnKvOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TxnKvOp {
+    pub verb: KvVerb,
+    pub key: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "decode_value",
+        serialize_with = "encode_value"
+    )]
+    pub value: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+}
+
+impl TxnOp {
+    /// Writes `value` if the key's ModifyIndex is `index` (0: if the key is absent).
+    pub fn cas(key: &str, value: &[u8], index: u64) -> TxnOp {
+        TxnOp::kv(KvVerb::Cas, key, Some(value.to_vec()), Some(index))
+    }
+
+    /// Deletes the key if its ModifyIndex is `index`.
+    pub fn delete_cas(key: &str, index: u64) -> TxnOp {
+        TxnOp::kv(KvVerb::DeleteCas, key, None, Some(index))
+    }
+
+    fn kv(verb: KvVerb, key: &str, value: Option<Vec<u8>>, index: Option<u64>) -> TxnOp {
+        TxnOp {
+            kv: TxnKvOp {
+                verb,
+                key: key.to_string(),
+                value,
+                index,
+            },
+        }
+    }
+
+    /// The bytes this operation adds to a request (its value), for the request-size limit.
+    pub fn value_len(&self) -> usize {
+        self.kv.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// The body of a `/v1/txn` answer (200 committed, 409 rolled back).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TxnResponse {
+    #[serde(default)]
+    pub results: Option<Vec<TxnResult>>,
+    #[serde(default)]
+    pub errors: Option<Vec<TxnOpError>>,
+}
+
+/// One result: the entry a KV `set`/`cas`/`get` left (delete verbs leave none).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TxnResult {
+    #[serde(rename = "KV", default)]
+    pub kv: Option<KvPair>,
+}
+
+/// Why the transaction was rolled back: the operation at `op_index` failed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TxnOpError {
+    pub op_index: usize,
+    pub what: String,
+}
+
 /// What happens to a session's locks when it is invalidated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -456,6 +549,35 @@ mod tests {
         assert_eq!(nodes[0].service_id, "32a2a47f7992:nodea:5000");
         assert_eq!(nodes[0].service_port, 5000);
         assert_eq!(nodes[0].service_meta["web_meta_value"], "baz");
+    }
+
+    #[test]
+    fn txn_operations_are_sent_as_consul_documents_them() {
+        let ops = vec![
+            TxnOp::cas("koa/production/app/greeting", b"hello", 22),
+            TxnOp::delete_cas("koa/production/app/old", 17),
+        ];
+        let sent = serde_json::to_value(&ops).unwrap();
+        let documented: serde_json::Value =
+            serde_json::from_str(&fixture("txn_payload.json")).unwrap();
+        assert_eq!(sent, documented);
+        let back: Vec<TxnOp> = serde_json::from_value(documented).unwrap();
+        assert_eq!(back, ops);
+        assert_eq!(ops[0].value_len(), 5);
+    }
+
+    #[test]
+    fn parses_txn_answers_from_consul_docs() {
+        let ok: TxnResponse = serde_json::from_str(&fixture("txn_response.json")).unwrap();
+        let kv = ok.results.unwrap()[0].kv.clone().unwrap();
+        assert_eq!(kv.key, "koa/production/app/greeting");
+        assert_eq!(kv.modify_index, 35);
+        assert_eq!(kv.value, None);
+        assert!(ok.errors.is_none());
+        let no: TxnResponse = serde_json::from_str(&fixture("txn_rolled_back.json")).unwrap();
+        let e = &no.errors.unwrap()[0];
+        assert_eq!(e.op_index, 1);
+        assert!(e.what.contains("index is stale"), "{}", e.what);
     }
 
     #[test]

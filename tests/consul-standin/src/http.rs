@@ -67,6 +67,7 @@ pub fn server_router(shared: Arc<Shared>) -> Router {
             get(kv_get_root).put(kv_put_root).delete(kv_delete_root),
         )
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/txn", put(txn))
         .route("/v1/session/create", put(session_create))
         .route("/v1/session/renew/{id}", put(session_renew))
         .route("/v1/session/destroy/{id}", put(session_destroy))
@@ -1046,6 +1047,123 @@ async fn kv_delete_inner(
     }
     shared.committed();
     axum::Json(true).into_response()
+}
+
+// ---- transactions -----------------------------------------------------------------------------
+
+/// `maxTxnOps` in agent/txn_endpoint.go.
+const TXN_MAX_OPS: usize = 128;
+/// `txn_max_req_len`'s default (the suggested Raft entry size), agent/txn_endpoint.go.
+const TXN_MAX_LEN: usize = 512 * 1024;
+
+/// Decodes the body as `convertOps` does: the size first, then the operations (keys in any
+/// case), their count, each value's size.
+fn txn_ops(body: &[u8]) -> Result<Vec<crate::txn::KvOp>, Response> {
+    let too_large = |text: String| (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();
+    if body.len() > TXN_MAX_LEN {
+        return Err(too_large(format!(
+            "Request body too large, max size: {TXN_MAX_LEN} bytes"
+        )));
+    }
+    let parse_error = |e: String| bad_request(format!("Failed to parse body: {e}"));
+    let raw: Value = serde_json::from_slice(body).map_err(|e| parse_error(e.to_string()))?;
+    let Value::Array(items) = state::normalize_keys(raw) else {
+        return Err(parse_error("expected a JSON array of operations".into()));
+    };
+    if items.len() > TXN_MAX_OPS {
+        return Err(too_large(format!(
+            "Transaction contains too many operations ({} > {TXN_MAX_OPS})",
+            items.len()
+        )));
+    }
+    let mut ops = Vec::new();
+    for item in items {
+        let Some(Value::Object(kv)) = item.get("kv") else {
+            return Err(parse_error(
+                "the Consul stand-in models KV operations only".into(),
+            ));
+        };
+        let text = |k: &str| kv.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let number = |k: &str| kv.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let value = match kv.get("value") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(v)) => state::b64decode(v)
+                .map_err(|e| parse_error(format!("failed to decode value: {e}")))?,
+            Some(other) => return Err(parse_error(format!("unexpected value type: {other}"))),
+        };
+        if value.len() > KV_MAX {
+            return Err(too_large(format!(
+                "Value for key {:?} is too large ({} > {KV_MAX} bytes)",
+                text("key"),
+                value.len()
+            )));
+        }
+        ops.push(crate::txn::KvOp {
+            verb: text("verb"),
+            key: text("key"),
+            value,
+            flags: number("flags"),
+            index: number("index"),
+            session: text("session"),
+        });
+    }
+    Ok(ops)
+}
+
+/// `PUT /v1/txn`: 200 with the results, or 409 with every failed operation and nothing applied.
+/// ACLs are checked per operation, and a denied one fails the transaction like any other
+/// (`Permission denied`, agent/consul/txn_endpoint.go `preCheck`).
+async fn txn(AxState(shared): S, axum::Extension(token): Tok, body: Bytes) -> Response {
+    let ops = match txn_ops(&body) {
+        Ok(ops) => ops,
+        Err(r) => return r,
+    };
+    let authz = authz(&shared, &token);
+    let denied: Vec<crate::txn::OpError> = ops
+        .iter()
+        .enumerate()
+        .filter(|(_, op)| {
+            let read_only = op.verb.starts_with("get") || op.verb.starts_with("check");
+            if read_only {
+                !authz.can_read(Resource::Key, &op.key)
+            } else {
+                !authz.can_write(Resource::Key, &op.key)
+            }
+        })
+        .map(|(op_index, _)| crate::txn::OpError {
+            op_index,
+            what: "Permission denied".into(),
+        })
+        .collect();
+    let outcome = if denied.is_empty() {
+        shared.state.lock().unwrap().kv_txn(&ops)
+    } else {
+        Err(denied)
+    };
+    match outcome {
+        Ok(done) => {
+            if done.changed {
+                shared.committed();
+            }
+            let results: Vec<Value> = done
+                .results
+                .iter()
+                .map(|e| json!({ "KV": kv_json(e) }))
+                .collect();
+            axum::Json(json!({ "Results": results, "Errors": null })).into_response()
+        }
+        Err(errors) => {
+            let errors: Vec<Value> = errors
+                .iter()
+                .map(|e| json!({ "OpIndex": e.op_index, "What": e.what }))
+                .collect();
+            (
+                StatusCode::CONFLICT,
+                axum::Json(json!({ "Results": null, "Errors": errors })),
+            )
+                .into_response()
+        }
+    }
 }
 
 // ---- sessions ---------------------------------------------------------------------------------

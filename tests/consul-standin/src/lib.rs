@@ -29,6 +29,7 @@ mod http;
 mod proxy;
 pub mod state;
 mod sync;
+mod txn;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -860,6 +860,10 @@ pub fn b64encode(value: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(value)
 }
 
+pub fn b64decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    base64::engine::general_purpose::STANDARD.decode(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
