@@ -95,11 +95,29 @@ pub struct DesiredApp {
     pub build: Option<BuildSpec>,
     /// KV keys (full paths, `<project>/<env>/<app>/<key>`) and their values.
     pub config: BTreeMap<String, String>,
+    /// Whether a deploy writes `config` before or after the app's containers.
+    #[serde(default)]
+    pub config_order: ConfigOrder,
     /// How many instances a rollout replaces at once.
     pub batch: u32,
     /// How long a new instance may take to become healthy before the deploy fails.
     #[serde(with = "humantime_serde_compat")]
     pub health_deadline: Duration,
+}
+
+/// When a deploy writes an app's `config` (docs/deploy.md, "Config and containers").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigOrder {
+    /// Before the app's containers are replaced: new containers start with their config and
+    /// the health gate checks the pair; the old ones see it while they still serve. A failed
+    /// deploy writes the old config back.
+    #[default]
+    First,
+    /// After every instance of every app passed its health gate: the old containers never see
+    /// the new config; the new ones start with the old and see the new config only if they
+    /// read it on the fly.
+    Last,
 }
 
 /// What `fleet build` needs to build an app's image.

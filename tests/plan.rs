@@ -376,6 +376,7 @@ fn hello_desired(tb: &Tb, project: &str, version: &str) -> fleet::desired::Desir
             version: version.into(),
             build: None,
             config: Default::default(),
+            config_order: Default::default(),
             batch: 1,
             health_deadline: Duration::from_secs(10),
         }],

@@ -36,7 +36,7 @@ use super::instance::{
 use super::prune::prune_images;
 use super::pull_auth::PullAuth;
 use crate::consul::ConsulClient;
-use crate::desired::{DesiredHost, DesiredState, InstanceSpec};
+use crate::desired::{ConfigOrder, DesiredHost, DesiredState, InstanceSpec};
 use crate::errors::chain;
 use crate::host::HostSession;
 use crate::labels;
@@ -172,6 +172,13 @@ pub async fn apply(
         });
     }
 
+    // The KV writes, one transaction per app, checked against Consul's limits before anything
+    // changes.
+    let writes = super::kv::writes(desired, observed.kv.as_ref(), &plan.kv)?;
+    // KV goes through the first host whose agent is configured.
+    let kv_host = hosts.iter().find(|h| h.consul.is_some());
+    let consul = kv_host.and_then(|h| h.consul.as_ref());
+
     // Every image first, on every host, before anything changes: a registry that is down or
     // refuses, or a host lost while pulling, fails the deploy with nothing changed anywhere.
     if !pull_first(&ctx, &hosts, opts.parallel).await {
@@ -182,16 +189,27 @@ pub async fn apply(
         });
     }
 
-    // KV before containers: new instances may read their config when they start.
+    // The config of `first` apps before their containers: new instances read it when they
+    // start. A failed write puts back what it wrote and stops the deploy, nothing else changed.
     let mut kv = super::kv::KvOutcome::default();
-    if let Some(c) = hosts.iter().find_map(|h| h.consul.as_ref())
-        && plan
-            .kv
+    let mut written = Vec::new();
+    if let Some(c) = consul {
+        let first: Vec<_> = writes
             .iter()
-            .any(|k| k.action != crate::plan::KvAction::Unchanged)
-    {
-        kv = super::kv::apply(c, desired, &plan.kv).await?;
-        ctx.emit("kv", &format!("{} put, {} deleted", kv.put, kv.deleted));
+            .filter(|w| w.order == ConfigOrder::First)
+            .collect();
+        if !first.is_empty() {
+            match super::kv::write_all(c, &first, &mut kv).await {
+                Ok(w) => written = w,
+                Err((e, not_restored)) => {
+                    for r in not_restored {
+                        ctx.emit("kv", &r.to_string());
+                    }
+                    return Err(e.into());
+                }
+            }
+            ctx.emit("kv", &format!("{} put, {} deleted", kv.put, kv.deleted));
+        }
     }
 
     let plans: Vec<&HostPlan> = hosts.iter().map(|h| h.plan).collect();
@@ -235,6 +253,48 @@ pub async fn apply(
         run_wave(&ctx, &rest, opts.parallel).await;
     }
 
+    // The config of `last` apps once every instance passed its gate.
+    if let Some(c) = consul
+        && ctx.failures.lock().unwrap().is_empty()
+        && !ctx.stop.load(Ordering::SeqCst)
+    {
+        let last: Vec<_> = writes
+            .iter()
+            .filter(|w| w.order == ConfigOrder::Last)
+            .collect();
+        if !last.is_empty() {
+            match super::kv::write_all(c, &last, &mut kv).await {
+                Ok(w) => {
+                    written.extend(w);
+                    ctx.emit("kv", &format!("{} put, {} deleted", kv.put, kv.deleted));
+                }
+                Err((e, not_restored)) => {
+                    let app = e.app().to_string();
+                    let mut reason = e.to_string();
+                    for r in not_restored {
+                        reason.push_str(&format!("; {r}"));
+                    }
+                    ctx.failures.lock().unwrap().push(Failure {
+                        host: kv_host
+                            .map(|h| h.desired.target.name.clone())
+                            .unwrap_or_default(),
+                        version: desired
+                            .apps
+                            .iter()
+                            .find(|a| a.name == app)
+                            .map(|a| a.version.clone()),
+                        app,
+                        instance: None,
+                        reason,
+                        logs: Vec::new(),
+                        fault: None,
+                        left: None,
+                    });
+                }
+            }
+        }
+    }
+
     let mut report = Report {
         kv,
         not_started,
@@ -242,10 +302,22 @@ pub async fn apply(
     };
     report.failures = std::mem::take(&mut *ctx.failures.lock().unwrap());
     if !report.failures.is_empty() && opts.rollback && !ctx.cancelled.load(Ordering::SeqCst) {
+        // The old config first, in one transaction per app: the old containers, which serve
+        // everywhere the rollout did not reach, read it at once; then the containers.
+        if let Some(c) = consul {
+            let (restored, errors) = super::kv::restore_all(c, &written).await;
+            report.kv.restored = restored;
+            if restored > 0 {
+                ctx.emit("kv", &format!("{restored} written back"));
+            }
+            report
+                .rollback_errors
+                .extend(errors.iter().map(|e| e.to_string()));
+        }
         let undo = std::mem::take(&mut *ctx.undo.lock().unwrap());
         let (done, errors) = roll_back(&ctx, &hosts, undo).await;
         report.rolled_back = done;
-        report.rollback_errors = errors;
+        report.rollback_errors.extend(errors);
     }
     report.steps = std::mem::take(&mut *ctx.steps.lock().unwrap());
     report.images_removed = *ctx.images_removed.lock().unwrap();

@@ -72,6 +72,48 @@ pub struct Release {
     pub outcome: ReleaseOutcome,
     /// The plan summary.
     pub summary: String,
+    /// Every app's `config` as this release wrote it, so a rollback writes it back with the
+    /// images (empty in records written before releases carried config).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, ReleaseConfig>,
+}
+
+/// One app's config in a release: the values as the manifest gave them (keys relative to the
+/// app's prefix, `<project>/<env>/<app>/`) and their hash. Config values are plain strings in
+/// the manifest (secrets go in `env` as `{ env }` / `{ file }` references, which a release
+/// never stores), so the record holds everything needed to write them back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseConfig {
+    /// The first 12 hex digits of the SHA-256 of the values' canonical JSON.
+    pub hash: String,
+    pub values: BTreeMap<String, String>,
+}
+
+impl ReleaseConfig {
+    pub fn new(values: BTreeMap<String, String>) -> ReleaseConfig {
+        use sha2::{Digest, Sha256};
+        let canonical = serde_json::to_vec(&values).expect("serialisable");
+        let hash = hex::encode(Sha256::digest(&canonical))[..12].to_string();
+        ReleaseConfig { hash, values }
+    }
+
+    /// Every app's config of `desired`, keyed by app.
+    pub fn of(desired: &crate::desired::DesiredState) -> BTreeMap<String, ReleaseConfig> {
+        desired
+            .apps
+            .iter()
+            .map(|a| {
+                let prefix =
+                    crate::manifest::config_prefix(&desired.project, &desired.environment, &a.name);
+                let values = a
+                    .config
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v.clone())))
+                    .collect();
+                (a.name.clone(), ReleaseConfig::new(values))
+            })
+            .collect()
+    }
 }
 
 impl Release {
@@ -89,7 +131,14 @@ impl Release {
             finished: None,
             outcome: ReleaseOutcome::InProgress,
             summary: summary.to_string(),
+            config: BTreeMap::new(),
         }
+    }
+
+    /// This release with the config it writes.
+    pub fn with_config(mut self, config: BTreeMap<String, ReleaseConfig>) -> Release {
+        self.config = config;
+        self
     }
 }
 
@@ -408,6 +457,7 @@ mod tests {
             finished: None,
             outcome,
             summary: String::new(),
+            config: Default::default(),
         }
     }
 

@@ -377,6 +377,12 @@ fn print_report(r: &Report, json: bool, t0: Instant) {
         if r.kv.put + r.kv.deleted > 0 {
             println!("KV: {} put, {} deleted", r.kv.put, r.kv.deleted);
         }
+        if r.kv.restored > 0 {
+            println!(
+                "KV: {} key(s) written back to the config the old containers ran with",
+                r.kv.restored
+            );
+        }
         for f in &r.failures {
             println!("\nFAILED: {f}");
         }

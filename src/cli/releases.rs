@@ -39,11 +39,11 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// ID / WHEN / WHO / OUTCOME / VERSIONS.
+/// ID / WHEN / WHO / OUTCOME / VERSIONS / CONFIG (each app's config hash).
 pub fn table(releases: &[Release]) -> String {
     let mut t = Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["ID", "WHEN", "WHO", "OUTCOME", "VERSIONS"]);
+    t.set_header(["ID", "WHEN", "WHO", "OUTCOME", "VERSIONS", "CONFIG"]);
     for r in releases {
         t.add_row([
             r.id.to_string(),
@@ -54,6 +54,12 @@ pub fn table(releases: &[Release]) -> String {
             },
             r.outcome.to_string(),
             versions_text(&r.versions),
+            versions_text(
+                &r.config
+                    .iter()
+                    .map(|(app, c)| (app.clone(), c.hash.clone()))
+                    .collect(),
+            ),
         ]);
     }
     t.to_string()
@@ -64,7 +70,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::apply::ledger::ReleaseOutcome;
+    use crate::apply::ledger::{ReleaseConfig, ReleaseOutcome};
 
     #[test]
     fn table_lists_id_when_who_outcome_versions() {
@@ -83,6 +89,10 @@ mod tests {
             finished: None,
             outcome,
             summary: String::new(),
+            config: BTreeMap::from([(
+                "api".to_string(),
+                ReleaseConfig::new(BTreeMap::from([("greeting".into(), v.to_string())])),
+            )]),
         };
         insta::assert_snapshot!(table(&[
             r(2, ReleaseOutcome::Failed, "v2"),

@@ -9,8 +9,10 @@ use miette::{IntoDiagnostic, miette};
 use super::Global;
 use super::deploy::{Converge, converge_locked, resolve};
 use super::lock::Locked;
-use crate::apply::ledger::{Release, ReleaseOutcome, newest_good};
-use crate::desired::Versions;
+use std::collections::BTreeMap;
+
+use crate::apply::ledger::{Release, ReleaseConfig, ReleaseOutcome, newest_good};
+use crate::desired::{DesiredState, Versions};
 use crate::host::DEFAULT_PARALLEL;
 use crate::pipeline::Options;
 
@@ -63,8 +65,12 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     };
     let chosen = async {
         let releases = locked.0.store.releases().await.into_diagnostic()?;
-        let versions = versions_to_return_to(&args, &targets, sources, &releases)?;
-        resolve(&loaded, &versions, &c)
+        let target = what_to_return_to(&args, &targets, sources, &releases)?;
+        let mut desired = resolve(&loaded, &target.versions, &c)?;
+        for note in target.set_config(&mut desired) {
+            eprintln!("rollback: {note}");
+        }
+        Ok::<_, miette::Report>(desired)
     };
     match chosen.await {
         Ok(desired) => converge_locked(&desired, &c, t0, locked.0).await,
@@ -75,17 +81,57 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     }
 }
 
+/// What a rollback converges on: versions, and the config each app ran with.
+#[derive(Debug)]
+struct Target {
+    versions: Versions,
+    /// Per app, the config of the release it returns to (or of the newest good release, for
+    /// an app that stays): written back with the images. An app without one keeps the
+    /// manifest's config (releases recorded before they carried config).
+    config: BTreeMap<String, ReleaseConfig>,
+}
+
+impl Target {
+    /// Puts each app's recorded config into `desired`; what it says about the apps without.
+    fn set_config(&self, desired: &mut DesiredState) -> Vec<String> {
+        let mut notes = Vec::new();
+        for a in &mut desired.apps {
+            match self.config.get(&a.name) {
+                Some(rc) => {
+                    let prefix = crate::manifest::config_prefix(
+                        &desired.project,
+                        &desired.environment,
+                        &a.name,
+                    );
+                    a.config = rc
+                        .values
+                        .iter()
+                        .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+                        .collect();
+                }
+                None => notes.push(format!(
+                    "{}: the ledger has no config recorded for this version; the manifest's is kept",
+                    a.name
+                )),
+            }
+        }
+        notes
+    }
+}
+
 /// The versions a rollback converges on: what runs now (the newest good release, else the
-/// current sources) with the rolled-back apps set to `--to` or to the release before.
-fn versions_to_return_to(
+/// current sources) with the rolled-back apps set to `--to` or to the release before; the
+/// config goes with each version.
+fn what_to_return_to(
     args: &Args,
     targets: &[crate::desired::BuildTarget],
     sources: Versions,
     releases: &[Release],
-) -> miette::Result<Versions> {
-    let mut versions: Versions = newest_good(releases, None)
-        .map(|r| r.versions.clone())
-        .unwrap_or(sources);
+) -> miette::Result<Target> {
+    let now = newest_good(releases, None);
+    let mut versions: Versions = now.map(|r| r.versions.clone()).unwrap_or(sources);
+    let mut config: BTreeMap<String, ReleaseConfig> =
+        now.map(|r| r.config.clone()).unwrap_or_default();
     let target: Versions = match &args.to {
         Some(v) => {
             let apps: Vec<String> = match &args.app {
@@ -117,10 +163,23 @@ fn versions_to_return_to(
         }
     };
     for (app, v) in &target {
-        eprintln!("rollback: {app} -> {v}");
+        // The config that version ran with: the newest good release that ran it.
+        let ran = releases
+            .iter()
+            .find(|r| r.outcome == ReleaseOutcome::Succeeded && r.versions.get(app) == Some(v));
+        match ran.and_then(|r| r.config.get(app)) {
+            Some(rc) => {
+                eprintln!("rollback: {app} -> {v} (config {})", rc.hash);
+                config.insert(app.clone(), rc.clone());
+            }
+            None => {
+                eprintln!("rollback: {app} -> {v}");
+                config.remove(app);
+            }
+        }
         versions.insert(app.clone(), v.clone());
     }
-    Ok(versions)
+    Ok(Target { versions, config })
 }
 
 /// The release to return to: the newest succeeded one whose versions differ from `current`
@@ -158,6 +217,7 @@ mod tests {
             finished: None,
             outcome,
             summary: String::new(),
+            config: Default::default(),
         }
     }
 

@@ -30,7 +30,7 @@ pub mod secret;
 pub mod show;
 
 pub use diag::Problem;
-pub use resolve::{ResolveError, service_id, spec_hash};
+pub use resolve::{ResolveError, config_prefix, service_id, spec_hash};
 
 /// The version shown for a built app whose image tag is not known yet.
 pub const UNBUILT: &str = "unbuilt";

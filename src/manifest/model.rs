@@ -13,8 +13,8 @@ use indexmap::IndexMap;
 use super::diag::{Cx, did_you_mean};
 use super::node::{Key, Node, Span, Table, Value};
 use crate::desired::{
-    BuildSpec, ConsulTarget, EnvValue, FileRef, HealthCheck, HealthSpec, Hooks, HostTarget,
-    RegistryTarget, RestartPolicy, SecretRef,
+    BuildSpec, ConfigOrder, ConsulTarget, EnvValue, FileRef, HealthCheck, HealthSpec, Hooks,
+    HostTarget, RegistryTarget, RestartPolicy, SecretRef,
 };
 
 pub const TOP_KEYS: &[&str] = &[
@@ -55,6 +55,7 @@ pub const APP_KEYS: &[&str] = &[
     "stop_timeout",
     "service",
     "config",
+    "config_order",
     "volumes",
     "labels",
     "network",
@@ -191,6 +192,7 @@ pub struct AppDef {
     pub stop_timeout: Duration,
     pub service: Option<ServiceDef>,
     pub config: BTreeMap<String, String>,
+    pub config_order: ConfigOrder,
     pub volumes: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub network: Option<String>,
@@ -974,7 +976,35 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
                 config.insert(ck, cv);
             }
         }
+        if config.len() > crate::consul::TXN_MAX_OPS {
+            cx.err(
+                &c.span,
+                format!(
+                    "{} config keys; at most {}",
+                    config.len(),
+                    crate::consul::TXN_MAX_OPS
+                ),
+                "too many keys",
+                Some(format!(
+                    "an app's config is written in one Consul transaction, which holds at most {} \
+                     operations: move some of it into another app, or into fewer keys",
+                    crate::consul::TXN_MAX_OPS
+                )),
+            );
+        }
     }
+    let config_order = match get(t, "config_order") {
+        None => ConfigOrder::default(),
+        Some(n) => match cx.str(n).as_deref() {
+            Some("first") => ConfigOrder::First,
+            Some("last") => ConfigOrder::Last,
+            Some(other) => {
+                cx.err(&n.span, format!("`config_order = \"{other}\"` is not known"), "unknown order", Some("`\"first\"` (the default: config, then containers) or `\"last\"` (containers, then config)".into()));
+                ConfigOrder::default()
+            }
+            None => ConfigOrder::default(),
+        },
+    };
 
     let volumes = get(t, "volumes")
         .and_then(|v| cx.str_list(v))
@@ -1036,6 +1066,7 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         stop_timeout,
         service,
         config,
+        config_order,
         volumes: volumes.into_iter().map(|(s, _)| s).collect(),
         labels,
         network: get(t, "network").and_then(|n| cx.text(n)),

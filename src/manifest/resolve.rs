@@ -103,6 +103,7 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
                     )
                 })
                 .collect(),
+            config_order: a.config_order,
             batch: a.batch,
             health_deadline: a.health_deadline,
         });

@@ -66,19 +66,14 @@ fn select_services(
     out
 }
 
-/// Keys under `prefix` (recursively) and `value_digest` of each value: one request.
-pub async fn kv_digests(
+/// Keys under `prefix` (recursively) with their digests, indexes and values: one request.
+pub async fn kv_read(
     agent: &ConsulClient,
+    via: &str,
     prefix: &str,
-) -> Result<BTreeMap<String, String>, ConsulError> {
+) -> Result<super::ObservedKv, ConsulError> {
     let entries = agent.kv_list(prefix, QueryOptions::default()).await?.value;
-    Ok(entries
-        .into_iter()
-        .map(|e| {
-            let digest = super::value_digest(e.value.as_deref().unwrap_or_default());
-            (e.key, digest)
-        })
-        .collect())
+    Ok(super::ObservedKv::read(via, entries))
 }
 
 #[cfg(test)]
@@ -148,9 +143,9 @@ mod tests {
     #[tokio::test]
     async fn a_missing_kv_prefix_is_empty_and_a_dead_agent_unreachable() {
         let a = agent(fake_agent("404 Not Found", "").await);
-        assert!(kv_digests(&a, "p/e/").await.unwrap().is_empty());
+        assert!(kv_read(&a, "h1", "p/e/").await.unwrap().entries.is_empty());
         let dead = agent("http://127.0.0.1:1".into());
-        let e = kv_digests(&dead, "p/e/").await.unwrap_err();
+        let e = kv_read(&dead, "h1", "p/e/").await.unwrap_err();
         assert_eq!(fault_kind(&e), "consul-unreachable");
     }
 }

@@ -204,13 +204,39 @@ pub struct ObservedCheck {
     pub status: String,
 }
 
-/// KV keys and digests of their values (never the values).
+/// KV keys and digests of their values; the values themselves are kept in memory only (a
+/// failed deploy writes them back) and are never printed or saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedKv {
     /// The host whose agent answered.
     pub via_host: String,
     /// Full key -> `value_digest(value)`.
     pub entries: BTreeMap<String, String>,
+    /// Full key -> its ModifyIndex when read: what a check-and-set writes against.
+    #[serde(default)]
+    pub indexes: BTreeMap<String, u64>,
+    /// Full key -> its value when read.
+    #[serde(skip)]
+    pub values: BTreeMap<String, Vec<u8>>,
+}
+
+impl ObservedKv {
+    /// From the entries of one recursive read.
+    pub fn read(via_host: &str, pairs: Vec<crate::consul::KvPair>) -> ObservedKv {
+        let mut kv = ObservedKv {
+            via_host: via_host.to_string(),
+            entries: BTreeMap::new(),
+            indexes: BTreeMap::new(),
+            values: BTreeMap::new(),
+        };
+        for p in pairs {
+            let value = p.value.unwrap_or_default();
+            kv.entries.insert(p.key.clone(), value_digest(&value));
+            kv.indexes.insert(p.key.clone(), p.modify_index);
+            kv.values.insert(p.key, value);
+        }
+        kv
+    }
 }
 
 /// The digest a KV value is compared by: hex SHA-256.

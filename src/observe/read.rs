@@ -201,11 +201,7 @@ pub async fn observe_kv(
     o: &ObserveOptions,
 ) -> Result<ObservedKv, ConsulError> {
     let prefix = format!("{}/{}/", o.project, o.environment);
-    let entries = consul_read::kv_digests(agent, &prefix).await?;
-    Ok(ObservedKv {
-        via_host: via.to_string(),
-        entries,
-    })
+    consul_read::kv_read(agent, via, &prefix).await
 }
 
 /// Observe every host (sessions from `host::connect_all`, in desired order), at most

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::apply::deploy::{ApplyError, ApplyOptions, Report};
 use crate::apply::hooks::{self, HookError, HookKind};
-use crate::apply::ledger::{Release, ReleaseOutcome};
+use crate::apply::ledger::{Release, ReleaseConfig, ReleaseOutcome};
 use crate::apply::lock::{DeployLock, Holder, LockError, Store};
 use crate::desired::DesiredState;
 use crate::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
@@ -348,7 +348,10 @@ impl Deployment<'_> {
             Err(e) => self.emit(Event::Ledger(format!("could not read the ledger: {e}"))),
         }
         let release = match store
-            .append_release(Release::begin(lock.holder(), versions.clone(), &summary))
+            .append_release(
+                Release::begin(lock.holder(), versions.clone(), &summary)
+                    .with_config(ReleaseConfig::of(desired)),
+            )
             .await
         {
             Ok(r) => {
@@ -442,17 +445,18 @@ impl Deployment<'_> {
                 return;
             }
         };
-        if list
-            .first()
-            .is_some_and(|r| r.outcome == ReleaseOutcome::Succeeded && &r.versions == versions)
-        {
+        let config = ReleaseConfig::of(self.desired);
+        if list.first().is_some_and(|r| {
+            r.outcome == ReleaseOutcome::Succeeded && &r.versions == versions && r.config == config
+        }) {
             return;
         }
         let mut r = Release::begin(
             lock.holder(),
             versions.clone(),
             &format!("{}: no changes", self.options.verb),
-        );
+        )
+        .with_config(config);
         r.outcome = ReleaseOutcome::Succeeded;
         r.finished = Some(r.started.clone());
         if let Err(e) = store.append_release(r).await {
@@ -497,10 +501,7 @@ fn changed_apps(plan: &Plan, d: &DesiredState) -> Vec<String> {
     }
     for k in &plan.kv {
         if k.action != KvAction::Unchanged {
-            let rest = k
-                .key
-                .strip_prefix(&format!("{}/{}/", d.project, d.environment));
-            if let Some(app) = rest.and_then(|r| r.split('/').next()) {
+            if let Some(app) = k.app(&d.project, &d.environment) {
                 apps.insert(app.to_string());
             }
         }

@@ -82,7 +82,7 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Plan {
         observed
             .kv
             .as_ref()
-            .map(|kv| diff_kv(desired, &kv.entries))
+            .map(|kv| diff_kv(desired, kv))
             .unwrap_or_default()
     } else {
         Vec::new()
@@ -622,7 +622,9 @@ fn reserved(rel: &str) -> bool {
     rel.starts_with('_') || rel.starts_with('.') || rel.is_empty() || rel.ends_with('/')
 }
 
-fn diff_kv(d: &DesiredState, have: &BTreeMap<String, String>) -> Vec<KvChange> {
+fn diff_kv(d: &DesiredState, observed: &crate::observe::ObservedKv) -> Vec<KvChange> {
+    let have = &observed.entries;
+    let index = |k: &str| observed.indexes.get(k).copied().unwrap_or(0);
     let prefix = format!("{}/{}/", d.project, d.environment);
     let mut want: BTreeMap<&str, &str> = BTreeMap::new();
     for a in &d.apps {
@@ -642,6 +644,7 @@ fn diff_kv(d: &DesiredState, have: &BTreeMap<String, String>) -> Vec<KvChange> {
             key: (*k).into(),
             action,
             reason: reason.into(),
+            index: index(k),
         });
     }
     for k in have.keys() {
@@ -655,6 +658,7 @@ fn diff_kv(d: &DesiredState, have: &BTreeMap<String, String>) -> Vec<KvChange> {
             key: k.clone(),
             action: KvAction::Delete,
             reason: "no longer in the manifest".into(),
+            index: index(k),
         });
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -137,6 +137,7 @@ pub fn desired() -> DesiredState {
             .iter()
             .map(|(k, v)| (format!("shop/prod/{name}/{k}"), v.to_string()))
             .collect(),
+        config_order: Default::default(),
         batch: 1,
         health_deadline: Duration::from_secs(30),
     };
@@ -237,20 +238,26 @@ pub fn deployed(d: &DesiredState) -> ObservedState {
             consul_fault: None,
         })
         .collect();
-    let entries = d
+    let pairs = d
         .apps
         .iter()
         .flat_map(|a| a.config.iter())
-        .map(|(k, v)| (k.clone(), value_digest(v.as_bytes())))
+        .zip(1..)
+        .map(|((k, v), index)| crate::consul::KvPair {
+            key: k.clone(),
+            value: Some(v.as_bytes().to_vec()),
+            flags: 0,
+            create_index: index,
+            modify_index: index,
+            lock_index: 0,
+            session: None,
+        })
         .collect();
     ObservedState {
         project: d.project.clone(),
         environment: d.environment.clone(),
         hosts,
-        kv: Some(ObservedKv {
-            via_host: "h1".into(),
-            entries,
-        }),
+        kv: Some(ObservedKv::read("h1", pairs)),
         kv_fault: None,
     }
 }

@@ -156,6 +156,19 @@ pub struct KvChange {
     pub action: KvAction,
     /// `new key`, `value changed`, `no longer in the manifest`, or empty when unchanged.
     pub reason: String,
+    /// The key's ModifyIndex when the plan read it (0: absent): apply writes with
+    /// check-and-set against it, so a key changed since the plan is not overwritten blindly.
+    #[serde(default)]
+    pub index: u64,
+}
+
+impl KvChange {
+    /// The app whose config the key is: the first segment under `<project>/<env>/`.
+    pub fn app<'a>(&'a self, project: &str, env: &str) -> Option<&'a str> {
+        let rest = self.key.strip_prefix(project)?.strip_prefix('/')?;
+        let rest = rest.strip_prefix(env)?.strip_prefix('/')?;
+        rest.split('/').next().filter(|a| !a.is_empty())
+    }
 }
 
 /// Counts for the summary line and the JSON `summary` object.
