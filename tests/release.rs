@@ -28,9 +28,11 @@ const KEYS: usize = 40;
 const CONFIG: &str = "config = { greeting = \"Hello Koa@2, from Consul KV\" }";
 
 fn config(greeting: &str, many: &str) -> String {
-    let keys: Vec<String> = (0..KEYS).map(|i| format!("k{i:02} = \"{many}\"")).collect();
+    let keys: Vec<String> = (0..KEYS)
+        .map(|i| format!("\"many/k{i:02}\" = \"{many}\""))
+        .collect();
     format!(
-        "config = {{ greeting = \"{greeting}\", many = {{ {} }} }}",
+        "config = {{ greeting = \"{greeting}\", {} }}",
         keys.join(", ")
     )
 }
@@ -104,7 +106,10 @@ fn config_goes_back_with_the_release() {
             // A failing version fails in seconds, not a minute.
             .replacen("deadline = \"60s\"", "deadline = \"8s\"", 1)
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // One runtime whose workers always run: fleet's HTTP client keeps one pool for the
+    // process, and a pooled connection is driven by the runtime that opened it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
@@ -158,7 +163,7 @@ fn config_goes_back_with_the_release() {
             1,
         )
     });
-    new_version(&k);
+    set_version_line(&k, true);
     let o = k.run(&tb, &["deploy", "production", "--yes"]);
     assert!(o.status.success(), "deploy failed:\n{}", text(&o));
     wait_greeting(&k, &tb, "two");
@@ -178,8 +183,16 @@ fn config_goes_back_with_the_release() {
         "the old image came back with the old config"
     );
 
-    // 4. Killed while it writes 40 keys: all or none, at the first moment and after.
-    k.edit(|t| t.replacen(&config("one", "a"), &config("one", "b"), 1));
+    // 4. Killed while it writes 40 keys: all or none, at the first moment and after. The
+    //    manifest says what runs now (v1, `one`) but for the 40 keys: a KV-only deploy.
+    set_version_line(&k, false);
+    k.edit(|t| t.replacen(&config("two", "a"), &config("one", "b"), 1));
+    let o = k.run(&tb, &["plan", "production"]);
+    assert!(
+        text(&o).contains("0 to create, 0 to replace"),
+        "only the KV changes:\n{}",
+        text(&o)
+    );
     let before = rt
         .block_on(kv.kv_list(&prefix, QueryOptions::default()))
         .unwrap();
@@ -187,20 +200,17 @@ fn config_goes_back_with_the_release() {
     let (tx, rx) = mpsc::channel();
     let watch_prefix = prefix.clone();
     let watch_kv = store(&tb);
-    let watcher = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    let watcher = rt.spawn(async move {
         // The first listing that differs: the store at the moment of the first write.
         let mut index = before.index;
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            let r = rt
-                .block_on(watch_kv.kv_list(
+            let r = watch_kv
+                .kv_list(
                     &watch_prefix,
                     QueryOptions::blocking(index, Duration::from_secs(10)),
-                ))
+                )
+                .await
                 .unwrap();
             if holding(&r.value, "a") != KEYS {
                 let _ = tx.send(r.value);
@@ -224,7 +234,7 @@ fn config_goes_back_with_the_release() {
         .expect("the deploy wrote nothing within 60 s");
     let _ = child.kill();
     let _ = child.wait();
-    watcher.join().unwrap();
+    rt.block_on(watcher).unwrap();
     let changed = holding(&first, "b");
     println!("at the first visible write: {changed} of {KEYS} keys changed");
     assert_eq!(changed, KEYS, "a reader saw part of the app's new config");
@@ -254,11 +264,19 @@ fn ledger(k: &Koa, tb: &Testbed) -> Vec<serde_json::Value> {
         .unwrap_or_else(|| panic!("no releases in {v}"))
 }
 
-/// A new content tag for `app`: one more line in app.js (a new file: the copy is hard-linked).
-fn new_version(k: &Koa) {
+/// A new content tag for `app` (one more line in app.js), or the first one back (without it).
+/// A new file each time: the copy is hard-linked to manifests/koa.
+fn set_version_line(k: &Koa, on: bool) {
+    const LINE: &str = "// another release\n";
     let path = k.root.join("app/app.js");
-    let mut js = std::fs::read_to_string(&path).unwrap();
-    js.push_str("// another release\n");
+    let js = std::fs::read_to_string(&path).unwrap();
+    let js = match on {
+        true => format!("{js}{LINE}"),
+        false => js
+            .strip_suffix(LINE)
+            .expect("the line was added")
+            .to_string(),
+    };
     std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, js).unwrap();
 }
