@@ -22,6 +22,7 @@ pub mod reach;
 pub mod releases;
 pub mod restart;
 pub mod rollback;
+pub mod schema;
 pub mod show;
 pub mod status;
 pub mod validate;
@@ -87,6 +88,8 @@ pub enum Command {
     Lock(lock::Command),
     /// The release ledger of an environment: every deploy, newest first.
     Releases(releases::Args),
+    /// Print the JSON Schema of the manifest, for editors (docs/editors.md).
+    Schema(schema::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -162,5 +165,6 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Init(a) => init::run(a, g).await,
         Command::Lock(a) => lock::run(a, g).await,
         Command::Releases(a) => releases::run(a, g).await,
+        Command::Schema(a) => schema::run(a, g).await,
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use miette::SourceSpan;
 
+use super::keys::{Field, names};
 use super::node::{Key, Node, Span, Table, Value};
 
 /// One problem at one place of the manifest.
@@ -160,23 +161,31 @@ impl Cx {
     }
 
     /// A table whose keys must all be in `allowed`; unknown keys are reported with a suggestion.
-    pub fn table<'a>(&mut self, node: &'a Node, what: &str, allowed: &[&str]) -> Option<&'a Table> {
+    pub fn table<'a>(
+        &mut self,
+        node: &'a Node,
+        what: &str,
+        allowed: &[Field],
+    ) -> Option<&'a Table> {
         let Value::Table(t) = &node.value else {
             self.wrong_type(node, &format!("a table ({what})"));
             return None;
         };
         for (k, _) in &t.entries {
-            if !allowed.contains(&k.name.as_str()) {
+            if !allowed.iter().any(|f| f.key == k.name) {
                 self.unknown_key(k, what, allowed);
             }
         }
         Some(t)
     }
 
-    pub fn unknown_key(&mut self, k: &Key, what: &str, allowed: &[&str]) {
-        let help = match did_you_mean(&k.name, allowed.iter().copied()) {
+    pub fn unknown_key(&mut self, k: &Key, what: &str, allowed: &[Field]) {
+        let help = match did_you_mean(&k.name, names(allowed)) {
             Some(s) => format!("did you mean `{s}`?"),
-            None => format!("{what} takes: {}", allowed.join(", ")),
+            None => format!(
+                "{what} takes: {}",
+                names(allowed).collect::<Vec<_>>().join(", ")
+            ),
         };
         self.err(
             &k.span,

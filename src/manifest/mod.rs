@@ -22,6 +22,7 @@ use crate::desired::{BuildTarget, DesiredState, RegistryTarget, SecretRef, Versi
 
 pub mod diag;
 pub mod init;
+pub mod keys;
 pub mod model;
 pub mod node;
 pub mod pm2;
