@@ -156,3 +156,121 @@ fn a_misspelt_key_is_refused_by_fleet_and_by_the_schema() {
         assert!(!problems.is_empty(), "the schema takes {to}");
     }
 }
+
+/// What fleet answers when a shell asks for completions of `words` (the command line, the last
+/// word being completed), in `dir`, with the environment that shell's script sets.
+fn complete(shell: &str, dir: &Path, words: &[&str]) -> Vec<String> {
+    let index = (words.len() - 1).to_string();
+    let mut c = fleet();
+    c.current_dir(dir)
+        .env("COMPLETE", shell)
+        .arg("--")
+        .args(words);
+    let sep = match shell {
+        // As the script of `COMPLETE=bash fleet` runs it on <Tab>.
+        "bash" => {
+            c.env("_CLAP_COMPLETE_INDEX", &index)
+                .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+                .env("_CLAP_COMPLETE_SPACE", "false")
+                .env("_CLAP_IFS", "\u{b}");
+            '\u{b}'
+        }
+        "zsh" => {
+            c.env("_CLAP_COMPLETE_INDEX", &index).env("_CLAP_IFS", "\n");
+            '\n'
+        }
+        _ => '\n',
+    };
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split(sep)
+        .filter(|s| !s.is_empty())
+        // fish gets `value<TAB>help`.
+        .map(|s| s.split('\t').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn shells_complete_environments_apps_and_hosts_from_the_manifest() {
+    let shop = root().join("manifests/shop");
+    for shell in ["bash", "zsh", "fish"] {
+        assert_eq!(
+            complete(shell, &shop, &["fleet", "deploy", "pro"]),
+            ["production"],
+            "{shell}"
+        );
+        assert_eq!(
+            complete(shell, &shop, &["fleet", "logs", "production", "w"]),
+            ["web", "worker"],
+            "{shell}"
+        );
+        assert_eq!(
+            complete(
+                shell,
+                &shop,
+                &["fleet", "restart", "staging", "api", "--host", "h"]
+            ),
+            ["h1", "h2", "h3"],
+            "{shell}"
+        );
+    }
+    // The manifest named with -f, from anywhere.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let hello = root().join("manifests/hello/fleet.toml");
+    assert_eq!(
+        complete(
+            "bash",
+            elsewhere.path(),
+            &[
+                "fleet",
+                "-f",
+                hello.to_str().unwrap(),
+                "status",
+                "production",
+                "he"
+            ]
+        ),
+        ["hello"]
+    );
+    // No manifest: commands still complete, names do not.
+    assert_eq!(
+        complete("fish", elsewhere.path(), &["fleet", "depl"]),
+        ["deploy"]
+    );
+    assert!(complete("fish", elsewhere.path(), &["fleet", "plan", "p"]).is_empty());
+}
+
+/// `COMPLETE=<shell> fleet` prints the script README tells each shell to source, calling this
+/// fleet back; bash runs it here as on <Tab>.
+#[test]
+fn each_shell_gets_a_script_that_calls_fleet_back() {
+    let fleet_bin = env!("CARGO_BIN_EXE_fleet");
+    for (shell, sets) in [
+        ("bash", "COMPLETE=\"bash\""),
+        ("zsh", "COMPLETE=\"zsh\""),
+        ("fish", "COMPLETE=fish"),
+    ] {
+        let out = fleet().env("COMPLETE", shell).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            script.contains(sets) && script.contains(fleet_bin),
+            "{shell}: {script}"
+        );
+    }
+    let tab = r#"source <(COMPLETE=bash "$FLEET_BIN")
+COMP_WORDS=(fleet deploy pro); COMP_CWORD=2; COMP_TYPE=9
+_clap_complete_fleet fleet pro deploy
+printf '%s\n' "${COMPREPLY[@]}""#;
+    let out = Command::new("bash")
+        .args(["-c", tab])
+        .env("FLEET_BIN", fleet_bin)
+        .env_remove("FLEET_FILE")
+        .current_dir(root().join("manifests/shop"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "production\n");
+}

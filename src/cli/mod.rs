@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod build;
+pub mod complete;
 pub mod deploy;
 pub mod destroy;
 pub mod exec;
@@ -93,6 +94,7 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
+    complete::answer_if_asked();
     let cli = Cli::parse_from(logs::follow_shorthand(std::env::args_os()));
     crate::ui::init_color(&cli.global.color);
     init_log();
