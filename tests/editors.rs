@@ -1,5 +1,6 @@
-//! What editors and shells get from fleet (docs/editors.md): the manifest's JSON Schema, committed
-//! and checked against every example, and shell completion asked as a shell asks it.
+//! What editors, shells and installers get from fleet (docs/editors.md): the manifest's JSON
+//! Schema, committed and checked against every example; shell completion asked as a shell asks
+//! it; the version with its commit.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -273,4 +274,25 @@ printf '%s\n' "${COMPREPLY[@]}""#;
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "production\n");
+}
+
+/// `fleet --version` names the commit it was built from (build.rs), when built from a checkout.
+#[test]
+fn version_names_the_commit() {
+    let out = fleet().arg("--version").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(concat!("fleet ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let head = Command::new("git")
+        .args(["log", "-1", "--format=%h %cs"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    if let Some(head) = head {
+        let head = String::from_utf8(head.stdout).unwrap();
+        assert!(text.contains(&format!("({})", head.trim())), "{text}");
+    }
 }

@@ -30,7 +30,7 @@ pub mod validate;
 
 /// Declarative deploys of containers to hosts over SSH, with Consul service registration.
 #[derive(Debug, Parser)]
-#[command(name = "fleet", version, about, propagate_version = true)]
+#[command(name = "fleet", version = env!("FLEET_VERSION"), about, propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
