@@ -324,3 +324,113 @@ fn ty(t: &Ty) -> Value {
 pub fn schema_text() -> String {
     serde_json::to_string_pretty(&schema()).expect("a JSON value serializes")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::model;
+
+    fn tables() -> Vec<(&'static str, &'static [Field])> {
+        vec![
+            ("top", TOP_KEYS),
+            ("project", PROJECT_KEYS),
+            ("registry", REGISTRY_KEYS),
+            ("builder", BUILDER_KEYS),
+            ("consul", CONSUL_KEYS),
+            ("host", HOST_KEYS),
+            ("app", APP_KEYS),
+            ("build", BUILD_KEYS),
+            ("health", HEALTH_KEYS),
+            ("limits", LIMIT_KEYS),
+            ("service", SERVICE_KEYS),
+            ("secret", SECRET_KEYS),
+            ("environment", ENV_KEYS),
+        ]
+    }
+
+    /// docs/manifest.md names every key (the tables and the reference are kept together), and
+    /// each description is one sentence on one line.
+    #[test]
+    fn the_reference_names_every_key() {
+        let doc = include_str!("../../docs/manifest.md");
+        for (table, fields) in tables() {
+            for f in fields {
+                let k = f.key;
+                assert!(
+                    [
+                        format!("`{k}`"),
+                        format!(".{k}`"),
+                        format!("`\"{k}\"`"),
+                        format!("`[{k}]"),
+                        format!("`[{k}."),
+                    ]
+                    .iter()
+                    .any(|written| doc.contains(written.as_str())),
+                    "docs/manifest.md does not name `{k}` ({table})"
+                );
+                assert!(
+                    !f.doc.contains('\n') && f.doc.ends_with('.'),
+                    "{k}: {}",
+                    f.doc
+                );
+            }
+        }
+    }
+
+    /// The defaults the schema shows are the ones the decoder applies.
+    #[test]
+    fn defaults_are_the_decoders() {
+        let default = |fields: &[Field], key: &str| match fields.iter().find(|f| f.key == key) {
+            Some(Field {
+                default: Some(Lit::Str(s)),
+                ..
+            }) => humantime::parse_duration(s).unwrap(),
+            _ => panic!("{key} has no duration default"),
+        };
+        assert_eq!(
+            default(APP_KEYS, "stop_timeout"),
+            model::DEFAULT_STOP_TIMEOUT
+        );
+        assert_eq!(
+            default(HEALTH_KEYS, "interval"),
+            model::DEFAULT_HEALTH_INTERVAL
+        );
+        assert_eq!(
+            default(HEALTH_KEYS, "timeout"),
+            model::DEFAULT_HEALTH_TIMEOUT
+        );
+        assert_eq!(
+            default(HEALTH_KEYS, "deadline"),
+            model::DEFAULT_HEALTH_DEADLINE
+        );
+        // Integers and words: a manifest that leaves the key out resolves like one that writes
+        // the default.
+        let base = "[project]\nname = \"p\"\n[hosts.h1]\naddress = \"local\"\n[apps.web]\nimage = \"nginx:1.27\"\nport = 80\n[environments.production]\n";
+        let show = |src: &str| {
+            let m = crate::manifest::load_str(
+                src,
+                crate::manifest::Format::Toml,
+                "m.toml",
+                std::path::Path::new("/p"),
+            )
+            .unwrap();
+            format!(
+                "{:?}",
+                m.resolve("production", &m.placeholder_versions()).unwrap()
+            )
+        };
+        for f in APP_KEYS {
+            let written = match f.default {
+                Some(Lit::Int(n)) => n.to_string(),
+                Some(Lit::Str(s)) => format!("{s:?}"),
+                Some(Lit::Bool(b)) => b.to_string(),
+                None => continue,
+            };
+            let with = base.replace(
+                "port = 80\n",
+                &format!("port = 80\n{} = {written}\n", f.key),
+            );
+            assert_eq!(show(base), show(&with), "{}", f.key);
+        }
+    }
+}
