@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use miette::SourceSpan;
 
-use super::keys::{Field, names};
+use super::keys::Keys;
 use super::node::{Key, Node, Span, Table, Value};
 
 /// Where docs/ explains each diagnostic code, as cargo and rustc point at their docs: the code,
@@ -43,13 +43,28 @@ pub const DOCS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The manifest reference, where each table of keys has its section (`keys::Keys::section`).
+pub const MANIFEST_DOC: &str = "docs/manifest.md";
+
 /// The pointer to the docs of a diagnostic code: `see docs/manifest.md, "Ports"`.
 pub fn see(code: &str) -> String {
     let (_, file, section) = DOCS
         .iter()
         .find(|(c, _, _)| *c == code)
         .unwrap_or_else(|| panic!("diag::DOCS has no row for {code}"));
+    see_section(file, section)
+}
+
+fn see_section(file: &str, section: &str) -> String {
     format!("see {file}, \"{section}\"")
+}
+
+/// Whether the Markdown `doc` has a heading `section` (compared without backticks).
+#[cfg(test)]
+pub(crate) fn has_heading(doc: &str, section: &str) -> bool {
+    doc.lines()
+        .filter(|l| l.starts_with('#'))
+        .any(|l| l.trim_start_matches('#').trim().replace('`', "") == section)
 }
 
 /// One problem at one place of the manifest.
@@ -206,32 +221,28 @@ impl Cx {
     }
 
     /// A table whose keys must all be in `allowed`; unknown keys are reported with a suggestion.
-    pub fn table<'a>(
-        &mut self,
-        node: &'a Node,
-        what: &str,
-        allowed: &[Field],
-    ) -> Option<&'a Table> {
+    pub fn table<'a>(&mut self, node: &'a Node, what: &str, allowed: &Keys) -> Option<&'a Table> {
         let Value::Table(t) = &node.value else {
             self.wrong_type(node, &format!("a table ({what})"));
             return None;
         };
         for (k, _) in &t.entries {
-            if !allowed.iter().any(|f| f.key == k.name) {
+            if !allowed.has(&k.name) {
                 self.unknown_key(k, what, allowed);
             }
         }
         Some(t)
     }
 
-    pub fn unknown_key(&mut self, k: &Key, what: &str, allowed: &[Field]) {
-        let help = match did_you_mean(&k.name, names(allowed)) {
+    pub fn unknown_key(&mut self, k: &Key, what: &str, allowed: &Keys) {
+        let hint = match did_you_mean(&k.name, allowed.names()) {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!(
                 "{what} takes: {}",
-                names(allowed).collect::<Vec<_>>().join(", ")
+                allowed.names().collect::<Vec<_>>().join(", ")
             ),
         };
+        let help = format!("{hint}\n{}", see_section(MANIFEST_DOC, allowed.section));
         self.err(
             &k.span,
             format!("unknown key `{}` in {what}", k.name),
@@ -455,11 +466,7 @@ mod tests {
             );
             let doc = std::fs::read_to_string(root.join(file)).unwrap();
             assert!(
-                doc.lines().filter(|l| l.starts_with('#')).any(|l| l
-                    .trim_start_matches('#')
-                    .trim()
-                    .replace('`', "")
-                    == *section),
+                has_heading(&doc, section),
                 "{file} has no heading \"{section}\" (for {code})"
             );
         }

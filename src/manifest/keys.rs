@@ -9,6 +9,13 @@
 
 use serde_json::{Map, Value, json};
 
+/// The keys of one table, and the section of docs/manifest.md that explains them.
+#[derive(Debug)]
+pub struct Keys {
+    pub section: &'static str,
+    pub fields: &'static [Field],
+}
+
 /// One key of a table.
 #[derive(Debug)]
 pub struct Field {
@@ -60,9 +67,9 @@ pub enum Ty {
     /// A table of names chosen by the user (`[hosts.NAME]`, `env`, `config`), each value this.
     Map(&'static Ty),
     /// A table of exactly these keys.
-    Table(&'static [Field]),
+    Table(&'static Keys),
     /// An environment's override of a table: its keys (none required) but `NOT_IN_OVERLAY`.
-    Overlay(&'static [Field]),
+    Overlay(&'static Keys),
 }
 
 impl Field {
@@ -101,7 +108,7 @@ const COMMANDS: Ty = Ty::AnyOf(&[Ty::Str, Ty::List]);
 const VALUES: Ty = Ty::Map(&Ty::Scalar);
 
 #[rustfmt::skip]
-pub const TOP_KEYS: &[Field] = &[
+pub const TOP_KEYS: &Keys = &Keys { section: "The fleet manifest", fields: &[
     Field::new("project", Ty::Table(PROJECT_KEYS), "The project: its name and deploy hooks.").required(),
     Field::new("registry", Ty::Table(REGISTRY_KEYS), "Where built images are pushed and pulled from."),
     Field::new("consul", Ty::Table(CONSUL_KEYS), "The Consul agent of each host."),
@@ -110,48 +117,48 @@ pub const TOP_KEYS: &[Field] = &[
     Field::new("environments", Ty::Map(&Ty::Table(ENV_KEYS)), "The environments, by name: hosts and overrides of the apps."),
     Field::new("builder", Ty::Table(BUILDER_KEYS), "The host whose Docker engine builds and pushes the images."),
     Field::new("$schema", Ty::Str, "The JSON Schema of this file, for editors; fleet ignores it."),
-];
+]};
 
 #[rustfmt::skip]
-pub const PROJECT_KEYS: &[Field] = &[
+pub const PROJECT_KEYS: &Keys = &Keys { section: "[project]", fields: &[
     Field::new("name", Ty::Str, "The project. Prefix of container names, Consul IDs and KV keys.").required(),
     Field::new("pre_deploy", COMMANDS, "Commands run locally (`sh -c`) before a deploy changes anything; a failure stops the deploy."),
     Field::new("post_deploy", COMMANDS, "Commands run locally after a deploy."),
-];
+]};
 
 #[rustfmt::skip]
-pub const REGISTRY_KEYS: &[Field] = &[
+pub const REGISTRY_KEYS: &Keys = &Keys { section: "[registry] (optional)", fields: &[
     Field::new("server", Ty::Str, "`host:port` as used in image references, e.g. `10.200.1.1:5000`.").required(),
     Field::new("username", Ty::AnyOf(&[Ty::Str, Ty::Secret]), "Registry user. `{ env = \"VAR\" }` is read when the manifest is loaded (a user name is not a secret)."),
     Field::new("password", Ty::Secret, "`{ env = \"VAR\" }` or `{ file = \"/path\" }`. A plain string is refused."),
     Field::new("insecure", Ty::Bool, "Allow plain HTTP, as Docker's `insecure-registries` does (each host's engine must list it too).").or(Lit::Bool(false)),
-];
+]};
 
 #[rustfmt::skip]
-pub const BUILDER_KEYS: &[Field] = &[
+pub const BUILDER_KEYS: &Keys = &Keys { section: "[builder] (optional)", fields: &[
     Field::new("host", Ty::Str, "One of `[hosts]`: its Docker engine, reached over SSH like any host, builds and pushes the images.").required(),
-];
+]};
 
 #[rustfmt::skip]
-pub const CONSUL_KEYS: &[Field] = &[
+pub const CONSUL_KEYS: &Keys = &Keys { section: "[consul] (optional)", fields: &[
     Field::new("address", Ty::Url, "The agent as seen *from each host*, e.g. `http://127.0.0.1:8500`. fleet reaches it over SSH.").required(),
     Field::new("token", Ty::Secret, "ACL token."),
     Field::new("datacenter", Ty::Str, "The Consul datacenter."),
     Field::new("container_address", Ty::Url, "The agent as seen *from the host's containers*, given to them as `CONSUL_HTTP_ADDR`."),
-];
+]};
 
 #[rustfmt::skip]
-pub const HOST_KEYS: &[Field] = &[
+pub const HOST_KEYS: &Keys = &Keys { section: "[hosts.NAME]", fields: &[
     Field::new("address", Ty::Str, "IP, DNS name or ssh_config alias; `local` is this machine (no SSH).").required(),
     Field::new("user", Ty::Str, "SSH user (default: ssh's)."),
     Field::new("port", PORT, "SSH port (default: ssh's)."),
     Field::new("identity_file", Ty::Str, "SSH private key (default: ssh's)."),
     Field::new("docker_socket", Ty::Str, "The engine's socket on the host.").or(Lit::Str(super::model::DEFAULT_DOCKER_SOCKET)),
     Field::new("roles", Ty::List, "What the host is for; apps choose hosts by role."),
-];
+]};
 
 #[rustfmt::skip]
-pub const APP_KEYS: &[Field] = &[
+pub const APP_KEYS: &Keys = &Keys { section: "[apps.NAME]", fields: &[
     Field::new("build", Ty::AnyOf(&[Ty::Str, Ty::Table(BUILD_KEYS)]), "Build the image here: `{ context, dockerfile, args, target }`. A string is the context."),
     Field::new("image", Ty::Str, "A prebuilt image, `name:tag` (no tag means `latest`). Its tag is the version. Exactly one of `build` / `image`."),
     Field::new("roles", Ty::List, "Run on every host (of the environment) that has one of these roles (default: every host)."),
@@ -175,47 +182,47 @@ pub const APP_KEYS: &[Field] = &[
     Field::new("workdir", Ty::Str, "Working directory (default: the image's)."),
     Field::new("batch", Ty::Int(1, u32::MAX as i64), "How many instances a rollout replaces at once.").or(Lit::Int(1)),
     Field::new("dns", Ty::Word(&["consul"]), "The containers resolve names through their host's Consul agent. Needs `[consul]`."),
-];
+]};
 
 #[rustfmt::skip]
-pub const BUILD_KEYS: &[Field] = &[
+pub const BUILD_KEYS: &Keys = &Keys { section: "[apps.NAME]", fields: &[
     Field::new("context", Ty::Str, "Directory, relative to the manifest.").or(Lit::Str(".")),
     Field::new("dockerfile", Ty::Str, "Relative to the context.").or(Lit::Str("Dockerfile")),
     Field::new("args", VALUES, "Build arguments."),
     Field::new("target", Ty::Str, "Multi-stage target."),
-];
+]};
 
 #[rustfmt::skip]
-pub const HEALTH_KEYS: &[Field] = &[
+pub const HEALTH_KEYS: &Keys = &Keys { section: "Health", fields: &[
     Field::new("http", Ty::Pattern("^/"), "GET this path on the instance's published port; 2xx is healthy."),
     Field::new("tcp", Ty::Exactly(true), "Connect to the published port. Exactly one of `http` / `tcp`."),
     Field::new("interval", Ty::Duration, "How often the check runs.").or(Lit::Str("5s")),
     Field::new("timeout", Ty::Duration, "How long one check may take.").or(Lit::Str("2s")),
     Field::new("deregister_after", Ty::Duration, "Consul's `DeregisterCriticalServiceAfter`; at least `1m` (Consul's minimum)."),
     Field::new("deadline", Ty::Duration, "How long a new instance may take to become healthy before the deploy fails.").or(Lit::Str("60s")),
-];
+]};
 
 #[rustfmt::skip]
-pub const LIMIT_KEYS: &[Field] = &[
+pub const LIMIT_KEYS: &Keys = &Keys { section: "[apps.NAME]", fields: &[
     Field::new("memory", Ty::Size, "`256MiB`, `1GiB`, `512MB`, or bytes. At least 6MiB (Docker's minimum)."),
     Field::new("cpus", Ty::Positive, "CPU cores, e.g. `0.5`."),
-];
+]};
 
 #[rustfmt::skip]
-pub const SERVICE_KEYS: &[Field] = &[
+pub const SERVICE_KEYS: &Keys = &Keys { section: "[apps.NAME]", fields: &[
     Field::new("name", Ty::Str, "The Consul service name (default: the app name)."),
     Field::new("tags", Ty::List, "Consul tags."),
     Field::new("meta", VALUES, "Consul meta: letters, digits, `-`, `_` (`fleet-*` reserved)."),
-];
+]};
 
 #[rustfmt::skip]
-pub const SECRET_KEYS: &[Field] = &[
+pub const SECRET_KEYS: &Keys = &Keys { section: "Secrets", fields: &[
     Field::new("env", Ty::Str, "Read from this environment variable of the machine running fleet."),
     Field::new("file", Ty::Str, "Read from this file (relative to the manifest's directory); one trailing newline is dropped."),
-];
+]};
 
 #[rustfmt::skip]
-pub const ENV_KEYS: &[Field] = &[
+pub const ENV_KEYS: &Keys = &Keys { section: "[environments.NAME]", fields: &[
     Field::new("hosts", Ty::List, "The hosts of this environment (default: every host)."),
     Field::new("env", Ty::Map(&Ty::AnyOf(&[Ty::Scalar, Ty::Secret])), "Variables for every app of the environment."),
     Field::new("apps", Ty::Map(&Ty::Overlay(APP_KEYS)), "Overrides of any app key except `build`, by app name."),
@@ -223,11 +230,17 @@ pub const ENV_KEYS: &[Field] = &[
     Field::new("pre_deploy", COMMANDS, "Replaces the project's `pre_deploy` for this environment (`[]` turns it off)."),
     Field::new("post_deploy", COMMANDS, "Replaces the project's `post_deploy` for this environment (`[]` turns it off)."),
     Field::new("canary", Ty::Int(0, super::model::MAX_CANARY), "Hosts a deploy converges first; the others start only after all of them pass.").or(Lit::Int(0)),
-];
+]};
 
-/// The key names of a table, for "takes: ..." and "did you mean" hints.
-pub fn names(fields: &[Field]) -> impl Iterator<Item = &'static str> + '_ {
-    fields.iter().map(|f| f.key)
+impl Keys {
+    /// The key names, for "takes: ..." and "did you mean" hints.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.fields.iter().map(|f| f.key)
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.fields.iter().any(|f| f.key == key)
+    }
 }
 
 /// The JSON Schema (draft 2020-12) of a manifest, TOML or JSON: what `fleet schema` prints.
@@ -247,8 +260,9 @@ pub fn schema() -> Value {
     root
 }
 
-fn table(fields: &[Field], overlay: bool) -> Value {
-    let properties: Map<String, Value> = fields
+fn table(keys: &Keys, overlay: bool) -> Value {
+    let properties: Map<String, Value> = keys
+        .fields
         .iter()
         .filter(|f| !(overlay && NOT_IN_OVERLAY.contains(&f.key)))
         .map(|f| (f.key.to_string(), field(f)))
@@ -258,7 +272,8 @@ fn table(fields: &[Field], overlay: bool) -> Value {
         "properties": properties,
         "additionalProperties": false,
     });
-    let required: Vec<&str> = fields
+    let required: Vec<&str> = keys
+        .fields
         .iter()
         .filter(|f| f.required && !overlay)
         .map(|f| f.key)
@@ -330,7 +345,7 @@ mod tests {
     use super::*;
     use crate::manifest::model;
 
-    fn tables() -> Vec<(&'static str, &'static [Field])> {
+    fn tables() -> Vec<(&'static str, &'static Keys)> {
         vec![
             ("top", TOP_KEYS),
             ("project", PROJECT_KEYS),
@@ -348,13 +363,18 @@ mod tests {
         ]
     }
 
-    /// docs/manifest.md names every key (the tables and the reference are kept together), and
-    /// each description is one sentence on one line.
+    /// docs/manifest.md names every key (the tables and the reference are kept together) and has
+    /// the section each table points at; each description is one sentence on one line.
     #[test]
     fn the_reference_names_every_key() {
         let doc = include_str!("../../docs/manifest.md");
-        for (table, fields) in tables() {
-            for f in fields {
+        for (table, keys) in tables() {
+            assert!(
+                crate::manifest::diag::has_heading(doc, keys.section),
+                "docs/manifest.md has no heading \"{}\" ({table})",
+                keys.section
+            );
+            for f in keys.fields {
                 let k = f.key;
                 assert!(
                     [
@@ -380,7 +400,7 @@ mod tests {
     /// The defaults the schema shows are the ones the decoder applies.
     #[test]
     fn defaults_are_the_decoders() {
-        let default = |fields: &[Field], key: &str| match fields.iter().find(|f| f.key == key) {
+        let default = |keys: &Keys, key: &str| match keys.fields.iter().find(|f| f.key == key) {
             Some(Field {
                 default: Some(Lit::Str(s)),
                 ..
@@ -419,7 +439,7 @@ mod tests {
                 m.resolve("production", &m.placeholder_versions()).unwrap()
             )
         };
-        for f in APP_KEYS {
+        for f in APP_KEYS.fields {
             let written = match f.default {
                 Some(Lit::Int(n)) => n.to_string(),
                 Some(Lit::Str(s)) => format!("{s:?}"),
