@@ -123,8 +123,8 @@ fn fleet_init_writes_the_schema_its_manifest_names() {
     assert!(schema_problems(&validator(), &toml, Format::Toml).is_empty());
 }
 
-/// A key fleet does not know is refused by both: `fleet validate` and the schema, in every
-/// table the schema describes.
+/// A key fleet does not know is refused by both, `fleet validate` and the schema, in every kind
+/// of table; so is a value of the wrong kind.
 #[test]
 fn a_misspelt_key_is_refused_by_fleet_and_by_the_schema() {
     let base = std::fs::read_to_string(root().join("tests/fixtures/manifests/shop.toml")).unwrap();
@@ -146,6 +146,21 @@ fn a_misspelt_key_is_refused_by_fleet_and_by_the_schema() {
         (
             "[environments.staging.apps.api]\n",
             "[environments.staging.apps.api]\nbuild = \".\"\n",
+        ),
+        // Values of the wrong kind.
+        ("instances = 2", "instances = \"2\""),
+        ("stop_timeout = \"10s\"", "stop_timeout = 10"),
+        (
+            "password = { env = \"FLEET_REGISTRY_PASSWORD\" }",
+            "password = \"hunter2\"",
+        ),
+        ("published = 80", "published = true"),
+        ("restart = \"always\"", "restart = \"sometimes\""),
+        ("restart = \"on-failure:5\"", "restart = \"on-failure:x\""),
+        ("http = \"/health\"", "http = \"health\""),
+        (
+            "[consul]\n",
+            "[consul]\ntoken = { env = \"A\", file = \"b\" }\n",
         ),
     ];
     for (from, to) in cases {
@@ -295,4 +310,80 @@ fn version_names_the_commit() {
         let head = String::from_utf8(head.stdout).unwrap();
         assert!(text.contains(&format!("({})", head.trim())), "{text}");
     }
+}
+
+/// Every form of value fleet takes, the schema takes too (the examples use only some).
+#[test]
+fn every_form_fleet_takes_the_schema_takes() {
+    let src = r#"
+[project]
+name = "p"
+pre_deploy = "make check"
+post_deploy = ["a", "b"]
+[registry]
+server = "r:5000"
+username = { env = "USER" }
+password = { file = "secrets/pw" }
+insecure = true
+[builder]
+host = "h1"
+[consul]
+address = "http://127.0.0.1:8500"
+token = { env = "CONSUL_TOKEN" }
+datacenter = "dc1"
+container_address = "http://172.17.0.1:8500"
+[hosts.h1]
+address = "10.0.0.1"
+user = "deploy"
+port = 2222
+identity_file = "~/.ssh/id"
+docker_socket = "/var/run/docker.sock"
+roles = ["web"]
+[apps.a]
+build = "app"
+command = "node app.js"
+args = ["--x"]
+port = 80
+published = false
+restart = "on-failure:3"
+limits = { memory = 268435456, cpus = 1 }
+service = true
+health = { tcp = true, deregister_after = "1m 30s", deadline = "2m" }
+env = { N = 1, B = true, F = 0.5, S = "s", SECRET = { file = "/run/s" } }
+dns = "consul"
+[apps.b]
+build = { context = "b", dockerfile = "Dockerfile.b", args = { V = "1" }, target = "run" }
+hosts = ["h1"]
+instances = 0
+port = 81
+published = 8081
+restart = "no"
+limits = { memory = "512MiB", cpus = 0.25 }
+service = { name = "bee", tags = ["t"], meta = { k = "v" } }
+config = { "db/pool" = 5 }
+volumes = ["data:/data", "/etc/x:/x:ro"]
+labels = { team = "a" }
+network = "n"
+user = "1000:1000"
+workdir = "/w"
+batch = 2
+stop_timeout = "500ms"
+[apps.c]
+image = "nginx@sha256:0123456789abcdef"
+port = 82
+published = "auto"
+[environments.production]
+hosts = ["h1"]
+env = { LEVEL = "info" }
+canary = 1
+pre_deploy = []
+consul = { datacenter = "dc2" }
+apps.a.instances = 2
+apps.a.health.interval = "1s"
+apps.c.image = "reg/c:1"
+"#;
+    manifest::load_str(src, Format::Toml, "fleet.toml", root())
+        .unwrap_or_else(|e| panic!("{}", manifest::render_plain(&e)));
+    let problems = schema_problems(&validator(), src, Format::Toml);
+    assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -106,6 +106,7 @@ pub const NOT_IN_OVERLAY: &[&str] = &["build"];
 const PORT: Ty = Ty::Int(1, 65535);
 const COMMANDS: Ty = Ty::AnyOf(&[Ty::Str, Ty::List]);
 const VALUES: Ty = Ty::Map(&Ty::Scalar);
+const ENV_VALUES: Ty = Ty::Map(&Ty::AnyOf(&[Ty::Scalar, Ty::Secret]));
 
 #[rustfmt::skip]
 pub const TOP_KEYS: &Keys = &Keys { section: "The fleet manifest", fields: &[
@@ -168,7 +169,7 @@ pub const APP_KEYS: &Keys = &Keys { section: "[apps.NAME]", fields: &[
     Field::new("published", Ty::AnyOf(&[Ty::Word(&["auto"]), PORT, Ty::Exactly(false)]), "Host port: Docker-picked (`\"auto\"`), fixed (a port), or none (`false`).").or(Lit::Str("auto")),
     Field::new("command", COMMANDS, "Replaces the image's `CMD` (a string is split on spaces)."),
     Field::new("args", Ty::List, "Appended to `command` (or, alone, the `CMD`)."),
-    Field::new("env", Ty::Map(&Ty::AnyOf(&[Ty::Scalar, Ty::Secret])), "Environment variables: strings (numbers and booleans are written as text) or secret references."),
+    Field::new("env", ENV_VALUES, "Environment variables: strings (numbers and booleans are written as text) or secret references."),
     Field::new("health", Ty::Table(HEALTH_KEYS), "The health check of each instance. Needs `port`."),
     Field::new("restart", Ty::AnyOf(&[Ty::Word(&["no", "always", "unless-stopped", "on-failure"]), Ty::Pattern("^on-failure:[0-9]+$")]), "`no`, `always`, `unless-stopped`, `on-failure`, `on-failure:N`.").or(Lit::Str("unless-stopped")),
     Field::new("limits", Ty::Table(LIMIT_KEYS), "Memory and CPU limits of each container."),
@@ -224,7 +225,7 @@ pub const SECRET_KEYS: &Keys = &Keys { section: "Secrets", fields: &[
 #[rustfmt::skip]
 pub const ENV_KEYS: &Keys = &Keys { section: "[environments.NAME]", fields: &[
     Field::new("hosts", Ty::List, "The hosts of this environment (default: every host)."),
-    Field::new("env", Ty::Map(&Ty::AnyOf(&[Ty::Scalar, Ty::Secret])), "Variables for every app of the environment."),
+    Field::new("env", ENV_VALUES, "Variables for every app of the environment."),
     Field::new("apps", Ty::Map(&Ty::Overlay(APP_KEYS)), "Overrides of any app key except `build`, by app name."),
     Field::new("consul", Ty::Overlay(CONSUL_KEYS), "Overrides of `[consul]`, merged key by key."),
     Field::new("pre_deploy", COMMANDS, "Replaces the project's `pre_deploy` for this environment (`[]` turns it off)."),
