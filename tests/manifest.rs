@@ -86,7 +86,10 @@ fn unknown_key_points_at_the_key_with_a_suggestion() {
         &src[p.span.offset()..p.span.offset() + p.span.len()],
         "\"instance\""
     );
-    assert_eq!(p.help.as_deref(), Some("did you mean `instances`?"));
+    assert_eq!(
+        p.help.as_deref(),
+        Some("did you mean `instances`?\nsee docs/manifest.md, \"[apps.NAME]\"")
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ use crate::host::{ConnectOptions, HostSession};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Apps to build (default: every app the manifest builds).
+    #[arg(add = super::complete::apps())]
     pub apps: Vec<String>,
     /// Push what was built to the registry.
     #[arg(long)]

@@ -26,9 +26,10 @@ use crate::plan::{Plan, render};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The environment to deploy.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// Deploy only these apps (repeat); the others are left as they are.
-    #[arg(long = "app", value_name = "APP")]
+    #[arg(long = "app", value_name = "APP", add = super::complete::apps())]
     pub apps: Vec<String>,
     /// Do not ask for confirmation (required without a TTY, e.g. in CI).
     #[arg(long, short = 'y')]

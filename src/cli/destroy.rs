@@ -11,6 +11,7 @@ use crate::operate::destroy::{inventory, remove};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The environment to destroy.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// Do not ask; required when stdin is not a terminal.
     #[arg(long, short = 'y')]

@@ -11,14 +11,16 @@ use crate::operate::{Selector, exec};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The environment.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// The app.
+    #[arg(add = super::complete::apps())]
     pub app: String,
     /// The instance number (default: the first running one).
     #[arg(long)]
     pub instance: Option<u32>,
     /// The host (default: the first with a running instance).
-    #[arg(long)]
+    #[arg(long, add = super::complete::hosts())]
     pub host: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]

@@ -8,13 +8,15 @@ use crate::operate::{Selector, info};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The environment.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// The app.
+    #[arg(add = super::complete::apps())]
     pub app: String,
     /// The instance number (every instance when left out).
     pub instance: Option<u32>,
     /// Only on this host.
-    #[arg(long)]
+    #[arg(long, add = super::complete::hosts())]
     pub host: Option<String>,
     #[command(flatten)]
     pub reach: Reach,

@@ -21,6 +21,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct EnvArgs {
     /// The environment.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// Give up on the host after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]

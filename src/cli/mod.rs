@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod build;
+pub mod complete;
 pub mod deploy;
 pub mod destroy;
 pub mod exec;
@@ -22,13 +23,14 @@ pub mod reach;
 pub mod releases;
 pub mod restart;
 pub mod rollback;
+pub mod schema;
 pub mod show;
 pub mod status;
 pub mod validate;
 
 /// Declarative deploys of containers to hosts over SSH, with Consul service registration.
 #[derive(Debug, Parser)]
-#[command(name = "fleet", version, about, propagate_version = true)]
+#[command(name = "fleet", version = env!("FLEET_VERSION"), about, propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -87,9 +89,12 @@ pub enum Command {
     Lock(lock::Command),
     /// The release ledger of an environment: every deploy, newest first.
     Releases(releases::Args),
+    /// Print the JSON Schema of the manifest, for editors (docs/editors.md).
+    Schema(schema::Args),
 }
 
 pub fn main() -> ExitCode {
+    complete::answer_if_asked();
     let cli = Cli::parse_from(logs::follow_shorthand(std::env::args_os()));
     crate::ui::init_color(&cli.global.color);
     init_log();
@@ -162,5 +167,6 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Init(a) => init::run(a, g).await,
         Command::Lock(a) => lock::run(a, g).await,
         Command::Releases(a) => releases::run(a, g).await,
+        Command::Schema(a) => schema::run(a, g).await,
     }
 }

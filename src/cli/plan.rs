@@ -13,6 +13,7 @@ use crate::plan::{live, render, saved::SavedPlan};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The environment to plan.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// Print the plan as JSON (schema: docs/plan-json.md); the same as `--format json`.
     #[arg(long, conflicts_with = "format")]

@@ -23,14 +23,16 @@ pub struct Reach {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Which {
     /// The environment.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// Only this app.
+    #[arg(add = super::complete::apps())]
     pub app: Option<String>,
     /// Only this instance number.
     #[arg(long)]
     pub instance: Option<u32>,
     /// Only this host.
-    #[arg(long)]
+    #[arg(long, add = super::complete::hosts())]
     pub host: Option<String>,
 }
 

@@ -12,6 +12,7 @@ use crate::apply::ledger::Release;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The environment.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// Print the releases as a JSON array (newest first), not a table.
     #[arg(long)]

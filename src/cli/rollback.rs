@@ -19,8 +19,10 @@ use crate::pipeline::Options;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The environment to roll back.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// Roll back only this app (the others stay as they are).
+    #[arg(add = super::complete::apps())]
     pub app: Option<String>,
     /// The version (image tag) to return to, instead of the previous good release's.
     #[arg(long, value_name = "VERSION")]

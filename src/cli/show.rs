@@ -8,6 +8,7 @@ use crate::manifest;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The environment to resolve.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// Print the desired state as JSON (the `DesiredState` type).
     #[arg(long)]

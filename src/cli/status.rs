@@ -21,8 +21,10 @@ pub(crate) fn now() -> i64 {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The environment.
+    #[arg(add = super::complete::environments())]
     pub env: String,
     /// Only this app.
+    #[arg(add = super::complete::apps())]
     pub app: Option<String>,
     /// Print JSON (schema: docs/status-json.md).
     #[arg(long)]

@@ -8,6 +8,7 @@ use crate::manifest;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Also check this environment (it exists, and resolves to a desired state).
+    #[arg(add = super::complete::environments())]
     pub env: Option<String>,
     /// Also check that every secret the environment uses is available now.
     #[arg(long, requires = "env")]

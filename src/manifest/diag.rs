@@ -4,7 +4,68 @@ use std::time::Duration;
 
 use miette::SourceSpan;
 
+use super::keys::Keys;
 use super::node::{Key, Node, Span, Table, Value};
+
+/// Where docs/ explains each diagnostic code, as cargo and rustc point at their docs: the code,
+/// the file and its section heading (without backticks). Every `code(...)` fleet reports has
+/// a row, and `see` puts it in the diagnostic's help.
+pub const DOCS: &[(&str, &str, &str)] = &[
+    (
+        "fleet::manifest::not_found",
+        "docs/manifest.md",
+        "The fleet manifest",
+    ),
+    (
+        "fleet::manifest::read",
+        "docs/manifest.md",
+        "The fleet manifest",
+    ),
+    (
+        "fleet::manifest::invalid",
+        "docs/manifest.md",
+        "The fleet manifest",
+    ),
+    (
+        "fleet::manifest::environment",
+        "docs/manifest.md",
+        "[environments.NAME]",
+    ),
+    (
+        "fleet::manifest::resolve",
+        "docs/manifest.md",
+        "Resolution: what fleet show prints",
+    ),
+    (
+        "fleet::import::pm2",
+        "docs/manifest.md",
+        "Importing from pm2",
+    ),
+];
+
+/// The manifest reference, where each table of keys has its section (`keys::Keys::section`).
+pub const MANIFEST_DOC: &str = "docs/manifest.md";
+
+/// The pointer to the docs of a diagnostic code: `see docs/manifest.md, "Ports"`.
+pub fn see(code: &str) -> String {
+    let (_, file, section) = DOCS
+        .iter()
+        .find(|(c, _, _)| *c == code)
+        .unwrap_or_else(|| panic!("diag::DOCS has no row for {code}"));
+    see_section(file, section)
+}
+
+fn see_section(file: &str, section: &str) -> String {
+    format!("see {file}, \"{section}\"")
+}
+
+/// Whether the Markdown `doc` has a heading `section` (compared without backticks).
+#[cfg(test)]
+pub(crate) fn has_heading(doc: &str, section: &str) -> bool {
+    doc.lines()
+        .filter(|l| l.starts_with('#'))
+        .any(|l| l.trim_start_matches('#').trim().replace('`', "") == section)
+}
 
 /// One problem at one place of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,24 +221,28 @@ impl Cx {
     }
 
     /// A table whose keys must all be in `allowed`; unknown keys are reported with a suggestion.
-    pub fn table<'a>(&mut self, node: &'a Node, what: &str, allowed: &[&str]) -> Option<&'a Table> {
+    pub fn table<'a>(&mut self, node: &'a Node, what: &str, allowed: &Keys) -> Option<&'a Table> {
         let Value::Table(t) = &node.value else {
             self.wrong_type(node, &format!("a table ({what})"));
             return None;
         };
         for (k, _) in &t.entries {
-            if !allowed.contains(&k.name.as_str()) {
+            if !allowed.has(&k.name) {
                 self.unknown_key(k, what, allowed);
             }
         }
         Some(t)
     }
 
-    pub fn unknown_key(&mut self, k: &Key, what: &str, allowed: &[&str]) {
-        let help = match did_you_mean(&k.name, allowed.iter().copied()) {
+    pub fn unknown_key(&mut self, k: &Key, what: &str, allowed: &Keys) {
+        let hint = match did_you_mean(&k.name, allowed.names()) {
             Some(s) => format!("did you mean `{s}`?"),
-            None => format!("{what} takes: {}", allowed.join(", ")),
+            None => format!(
+                "{what} takes: {}",
+                allowed.names().collect::<Vec<_>>().join(", ")
+            ),
         };
+        let help = format!("{hint}\n{}", see_section(MANIFEST_DOC, allowed.section));
         self.err(
             &k.span,
             format!("unknown key `{}` in {what}", k.name),
@@ -364,6 +429,83 @@ impl Cx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every code in the source has a row in `DOCS`, each row's section is a heading of its
+    /// file, and each diagnostic's help ends with its pointer.
+    #[test]
+    fn every_code_points_at_a_section_that_exists() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut codes = Vec::new();
+        for entry in walkdir::WalkDir::new(root.join("src")) {
+            let path = entry.unwrap().into_path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (at, _) in text.match_indices("code(fleet::") {
+                    let code: String = text[at + "code(".len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                        .collect();
+                    // (Not this test's own search string.)
+                    if !code.ends_with(':') {
+                        codes.push(code);
+                    }
+                }
+            }
+        }
+        assert!(codes.len() >= 6, "{codes:?}");
+        for code in &codes {
+            assert!(
+                DOCS.iter().any(|(c, _, _)| c == code),
+                "no DOCS row for {code}"
+            );
+        }
+        for (code, file, section) in DOCS {
+            assert!(
+                codes.iter().any(|c| c == code),
+                "{code} is reported nowhere"
+            );
+            let doc = std::fs::read_to_string(root.join(file)).unwrap();
+            assert!(
+                has_heading(&doc, section),
+                "{file} has no heading \"{section}\" (for {code})"
+            );
+        }
+
+        use crate::manifest::{ManifestError, ResolveError, pm2};
+        let src = miette::NamedSource::new("m", std::sync::Arc::<str>::from(""));
+        let errors: Vec<Box<dyn miette::Diagnostic>> = vec![
+            Box::new(ManifestError::NotFound(".".into())),
+            Box::new(ManifestError::Read {
+                path: "m".into(),
+                source: std::io::ErrorKind::NotFound.into(),
+            }),
+            Box::new(ManifestError::Invalid {
+                path: "m".into(),
+                src: src.clone(),
+                problems: vec![],
+            }),
+            Box::new(ManifestError::UnknownEnvironment {
+                name: "x".into(),
+                path: "m".into(),
+                known: vec![],
+            }),
+            Box::new(ManifestError::Resolve {
+                env: "x".into(),
+                source: ResolveError::NoVersion("a".into()),
+            }),
+            Box::new(pm2::Pm2Error {
+                path: "m".into(),
+                src,
+                problems: vec![],
+            }),
+        ];
+        assert_eq!(errors.len(), DOCS.len());
+        for e in errors {
+            let code = e.code().expect("every error has a code").to_string();
+            let help = e.help().expect("every error has a help").to_string();
+            assert!(help.ends_with(&see(&code)), "{code}: {help}");
+        }
+    }
 
     #[test]
     fn long_lines_get_their_place_in_words_not_a_snippet() {

@@ -72,13 +72,28 @@ pub fn project_name(dir_name: &str) -> String {
     }
 }
 
-/// The files of `template` for project `name`, ready to write.
+/// The schema directive of the templates' manifests, which point at the repository's copy.
+const TEMPLATE_SCHEMA: &str = "#:schema ../../docs/fleet.schema.json";
+
+/// Where a written project's manifest finds its schema: beside it, written by `fleet init` from
+/// this binary, so an editor checks the keys of the fleet that wrote it, offline.
+pub const SCHEMA_FILE: &str = "fleet.schema.json";
+
+/// The files of `template` for project `name`, ready to write: the template's, and the JSON
+/// Schema its `fleet.toml` names.
 pub fn render(template: &Template, name: &str) -> Vec<(&'static str, String)> {
-    template
+    let mut files: Vec<(&'static str, String)> = template
         .files
         .iter()
-        .map(|(p, c)| (*p, c.replace("{{name}}", name)))
-        .collect()
+        .map(|(p, c)| {
+            let c = c
+                .replace("{{name}}", name)
+                .replace(TEMPLATE_SCHEMA, &format!("#:schema {SCHEMA_FILE}"));
+            (*p, c)
+        })
+        .collect();
+    files.push((SCHEMA_FILE, super::keys::schema_text() + "\n"));
+    files
 }
 
 #[cfg(test)]
@@ -108,6 +123,11 @@ mod tests {
                 .expect("resolves");
             assert_eq!(state.hosts[0].instances.len(), 1);
             assert!(files.iter().all(|(_, c)| !c.contains("{{")), "{}", t.name);
+            assert!(
+                toml.starts_with(&format!("#:schema {SCHEMA_FILE}\n")),
+                "{toml}"
+            );
+            assert!(files.iter().any(|(p, _)| *p == SCHEMA_FILE));
         }
         assert!(
             template("node")

@@ -22,6 +22,7 @@ use crate::desired::{BuildTarget, DesiredState, RegistryTarget, SecretRef, Versi
 
 pub mod diag;
 pub mod init;
+pub mod keys;
 pub mod model;
 pub mod node;
 pub mod pm2;
@@ -30,6 +31,7 @@ pub mod secret;
 pub mod show;
 
 pub use diag::Problem;
+use diag::see;
 pub use resolve::{ResolveError, config_prefix, service_id, spec_hash};
 
 /// The version shown for a built app whose image tag is not known yet.
@@ -66,12 +68,15 @@ pub enum ManifestError {
     #[error("no manifest found: looked for fleet.toml and fleet.json in {0}")]
     #[diagnostic(
         code(fleet::manifest::not_found),
-        help("write one with `fleet init`, or name it with -f")
+        help(
+            "write one with `fleet init`, or name it with -f\n{}",
+            see("fleet::manifest::not_found")
+        )
     )]
     NotFound(String),
 
     #[error("cannot read {path}")]
-    #[diagnostic(code(fleet::manifest::read))]
+    #[diagnostic(code(fleet::manifest::read), help("{}", see("fleet::manifest::read")))]
     Read {
         path: String,
         #[source]
@@ -80,7 +85,10 @@ pub enum ManifestError {
 
     /// Every problem found, each with its place in the file.
     #[error("{path}: {} problem{} found", problems.len(), if problems.len() == 1 { "" } else { "s" })]
-    #[diagnostic(code(fleet::manifest::invalid))]
+    #[diagnostic(
+        code(fleet::manifest::invalid),
+        help("{}", see("fleet::manifest::invalid"))
+    )]
     Invalid {
         path: String,
         #[source_code]
@@ -90,7 +98,10 @@ pub enum ManifestError {
     },
 
     #[error("there is no environment `{name}` in {path}")]
-    #[diagnostic(code(fleet::manifest::environment), help("{}", env_help(known)))]
+    #[diagnostic(
+        code(fleet::manifest::environment),
+        help("{}\n{}", env_help(known), see("fleet::manifest::environment"))
+    )]
     UnknownEnvironment {
         name: String,
         path: String,
@@ -98,7 +109,10 @@ pub enum ManifestError {
     },
 
     #[error("cannot resolve environment `{env}`")]
-    #[diagnostic(code(fleet::manifest::resolve))]
+    #[diagnostic(
+        code(fleet::manifest::resolve),
+        help("{}", see("fleet::manifest::resolve"))
+    )]
     Resolve {
         env: String,
         #[source]

@@ -11,79 +11,15 @@ use std::time::Duration;
 use indexmap::IndexMap;
 
 use super::diag::{Cx, did_you_mean};
+use super::keys::{
+    APP_KEYS, BUILD_KEYS, BUILDER_KEYS, CONSUL_KEYS, ENV_KEYS, HEALTH_KEYS, HOST_KEYS, LIMIT_KEYS,
+    NOT_IN_OVERLAY, PROJECT_KEYS, REGISTRY_KEYS, SECRET_KEYS, SERVICE_KEYS, TOP_KEYS,
+};
 use super::node::{Key, Node, Span, Table, Value};
 use crate::desired::{
     BuildSpec, ConfigOrder, ConsulTarget, EnvValue, FileRef, HealthCheck, HealthSpec, Hooks,
     HostTarget, RegistryTarget, RestartPolicy, SecretRef,
 };
-
-pub const TOP_KEYS: &[&str] = &[
-    "project",
-    "registry",
-    "consul",
-    "hosts",
-    "apps",
-    "environments",
-    "builder",
-];
-pub const BUILDER_KEYS: &[&str] = &["host"];
-pub const PROJECT_KEYS: &[&str] = &["name", "pre_deploy", "post_deploy"];
-pub const REGISTRY_KEYS: &[&str] = &["server", "username", "password", "insecure"];
-pub const CONSUL_KEYS: &[&str] = &["address", "token", "datacenter", "container_address"];
-pub const HOST_KEYS: &[&str] = &[
-    "address",
-    "user",
-    "port",
-    "identity_file",
-    "docker_socket",
-    "roles",
-];
-pub const APP_KEYS: &[&str] = &[
-    "build",
-    "image",
-    "roles",
-    "hosts",
-    "instances",
-    "port",
-    "published",
-    "command",
-    "args",
-    "env",
-    "health",
-    "restart",
-    "limits",
-    "stop_timeout",
-    "service",
-    "config",
-    "config_order",
-    "volumes",
-    "labels",
-    "network",
-    "user",
-    "workdir",
-    "batch",
-    "dns",
-];
-pub const BUILD_KEYS: &[&str] = &["context", "dockerfile", "args", "target"];
-pub const HEALTH_KEYS: &[&str] = &[
-    "http",
-    "tcp",
-    "interval",
-    "timeout",
-    "deregister_after",
-    "deadline",
-];
-pub const LIMIT_KEYS: &[&str] = &["memory", "cpus"];
-pub const SERVICE_KEYS: &[&str] = &["name", "tags", "meta"];
-pub const ENV_KEYS: &[&str] = &[
-    "hosts",
-    "env",
-    "apps",
-    "consul",
-    "pre_deploy",
-    "post_deploy",
-    "canary",
-];
 
 /// The largest `canary` (hosts converged first) an environment may ask for.
 pub const MAX_CANARY: i64 = 1000;
@@ -256,7 +192,7 @@ fn check_name(cx: &mut Cx, what: &str, name: &str, span: &Span, extra: &[char]) 
 /// A relative file is relative to the manifest's directory `dir` (as build contexts are), not
 /// to wherever fleet runs: the reference holds the absolute path.
 fn secret_ref(cx: &mut Cx, node: &Node, dir: &Path) -> Option<SecretRef> {
-    let t = cx.table(node, "a secret reference", &["env", "file"])?;
+    let t = cx.table(node, "a secret reference", SECRET_KEYS)?;
     if t.entries.len() != 1 {
         cx.err(
             &node.span,
@@ -677,9 +613,12 @@ fn decode_env(
             unknown_ref(cx, "app", &ok.name, &ok.span, &app_names);
         }
         if let Value::Table(ot) = &ov.value
-            && let Some(b) = ot.entries.iter().find(|(bk, _)| bk.name == "build")
+            && let Some(b) = ot
+                .entries
+                .iter()
+                .find(|(bk, _)| NOT_IN_OVERLAY.contains(&bk.name.as_str()))
         {
-            cx.err(&b.0.span, "`build` cannot change per environment", "not allowed here", Some("an image is built once and deployed to every environment; override `env`, `instances`, ... instead".into()));
+            cx.err(&b.0.span, format!("`{}` cannot change per environment", b.0.name), "not allowed here", Some("an image is built once and deployed to every environment; override `env`, `instances`, ... instead".into()));
         }
     }
 
@@ -710,7 +649,8 @@ fn decode_env(
         if let Some((_, ov)) = overlays.iter().find(|(ok, _)| ok.name == ak.name) {
             let mut ov = ov.clone();
             if let Value::Table(t) = &mut ov.value {
-                t.entries.retain(|(k, _)| k.name != "build");
+                t.entries
+                    .retain(|(k, _)| !NOT_IN_OVERLAY.contains(&k.name.as_str()));
             }
             merged = super::node::overlay(&merged, &ov);
         }

@@ -26,7 +26,7 @@ use super::node::{self, Node, Span, Table, Value};
 /// Why an ecosystem file cannot be imported: every problem, at its place in the file.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[error("cannot import {path}: {} problem{} found", problems.len(), if problems.len() == 1 { "" } else { "s" })]
-#[diagnostic(code(fleet::import::pm2))]
+#[diagnostic(code(fleet::import::pm2), help("{}", diag::see("fleet::import::pm2")))]
 pub struct Pm2Error {
     pub path: String,
     #[source_code]

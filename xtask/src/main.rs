@@ -1,8 +1,9 @@
-//! `cargo xtask`: the project's own tasks (testbed, demo, ci, bench).
+//! `cargo xtask`: the project's own tasks (testbed, demo, ci, bench, man).
 mod bench;
 mod bench_ansible;
 mod ci;
 mod deploy;
+mod man;
 mod procs;
 mod sh;
 mod testbed;
@@ -50,6 +51,9 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         hosts: u32,
     },
+    /// Man pages, one per command and subcommand, into target/man; checks that every command got
+    /// one and that groff renders each without a warning.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -120,5 +124,6 @@ fn run() -> Result<()> {
             let code = ci::ci(&Layout::new(&dir.path(), &ws)?, hosts)?;
             std::process::exit(code)
         }
+        Cmd::Man => man::man(&ws),
     }
 }
