@@ -62,6 +62,7 @@ pub const APP_KEYS: &[&str] = &[
     "workdir",
     "batch",
     "dns",
+    "pm2",
 ];
 pub const BUILD_KEYS: &[&str] = &["context", "dockerfile", "args", "target"];
 pub const HEALTH_KEYS: &[&str] = &[
@@ -71,6 +72,7 @@ pub const HEALTH_KEYS: &[&str] = &[
     "timeout",
     "deregister_after",
     "deadline",
+    "min_healthy",
 ];
 pub const LIMIT_KEYS: &[&str] = &["memory", "cpus"];
 pub const SERVICE_KEYS: &[&str] = &["name", "tags", "meta"];
@@ -93,6 +95,8 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
+/// How long every pm2 worker of a new container must stay online without a restart.
+pub const DEFAULT_MIN_HEALTHY: Duration = Duration::from_secs(3);
 /// Consul refuses anything shorter for DeregisterCriticalServiceAfter.
 pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 
@@ -185,6 +189,12 @@ pub struct AppDef {
     pub secrets: Vec<(SecretRef, Span)>,
     pub health: Option<HealthSpec>,
     pub health_deadline: Duration,
+    /// `health.min_healthy`: how long the pm2 workers of a new container must stay online
+    /// without a restart before it counts as healthy.
+    pub min_healthy: Duration,
+    /// `pm2`: `Some(true)` reads the containers' pm2 workers whatever they run, `Some(false)`
+    /// never, `None` when the main process is `pm2-runtime`.
+    pub pm2: Option<bool>,
     pub restart: RestartPolicy,
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
@@ -872,8 +882,9 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
 
     let mut health = None;
     let mut health_deadline = DEFAULT_HEALTH_DEADLINE;
+    let mut min_healthy = DEFAULT_MIN_HEALTHY;
     if let Some(h) = get(t, "health") {
-        health = decode_health(cx, h, &mut health_deadline);
+        health = decode_health(cx, h, &mut health_deadline, &mut min_healthy);
         if port.is_none() && health.is_some() {
             cx.err(
                 &h.span,
@@ -1030,6 +1041,8 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         secrets,
         health,
         health_deadline,
+        min_healthy,
+        pm2: get(t, "pm2").and_then(|p| cx.bool(p)),
         restart,
         memory,
         cpus,
@@ -1128,7 +1141,12 @@ pub fn parse_restart(s: &str) -> Option<RestartPolicy> {
     })
 }
 
-fn decode_health(cx: &mut Cx, h: &Node, deadline: &mut Duration) -> Option<HealthSpec> {
+fn decode_health(
+    cx: &mut Cx,
+    h: &Node,
+    deadline: &mut Duration,
+    min_healthy: &mut Duration,
+) -> Option<HealthSpec> {
     let t = cx.table(h, "health", HEALTH_KEYS)?;
     let check = match (get(t, "http"), get(t, "tcp")) {
         (Some(p), None) => {
@@ -1183,6 +1201,23 @@ fn decode_health(cx: &mut Cx, h: &Node, deadline: &mut Duration) -> Option<Healt
     });
     if let Some(d) = get(t, "deadline").and_then(|d| cx.duration(d)) {
         *deadline = d;
+    }
+    if let Some(n) = get(t, "min_healthy")
+        && let Some(d) = cx.duration(n)
+    {
+        *min_healthy = d;
+        if d >= *deadline {
+            cx.err(
+                &n.span,
+                format!(
+                    "min_healthy ({}) is not shorter than the deadline ({})",
+                    humantime::format_duration(d),
+                    humantime::format_duration(*deadline)
+                ),
+                "the gate could never pass",
+                Some("pm2 workers must stay up for `min_healthy` within `deadline`: shorten it, or raise `deadline`".into()),
+            );
+        }
     }
     Some(HealthSpec {
         check: check?,

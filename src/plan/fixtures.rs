@@ -139,6 +139,8 @@ pub fn desired() -> DesiredState {
             .collect(),
         batch: 1,
         health_deadline: Duration::from_secs(30),
+        min_healthy: Duration::from_secs(3),
+        pm2: None,
     };
     DesiredState {
         project: "shop".into(),
