@@ -45,9 +45,11 @@ impl Worker {
         self.status == "online"
     }
 
-    /// pm2 will not start it again by itself.
+    /// pm2 gave up on it (`errored`: more unstable restarts than `max_restarts`) and will not
+    /// start it again by itself. `stopped` is not that: pm2 also says it for a moment between
+    /// a worker's exit and its restart (`handleExit` in pm2's `lib/God.js`).
     pub fn is_given_up(&self) -> bool {
-        matches!(self.status.as_str(), "errored" | "stopped")
+        self.status == "errored"
     }
 
     /// `pm2 worker 1 (app)`, as messages name a worker.
