@@ -254,6 +254,8 @@ pub enum WorkersVerdict {
     Healthy,
     /// Not yet, and why (a gate that times out reports the last one).
     Waiting(String),
+    /// Not yet: a worker restarted since the earlier reading (which one, how often).
+    Restarted(String),
     /// pm2 gave up on a worker: waiting cannot help.
     Failed(String),
 }
@@ -284,10 +286,12 @@ pub fn workers_verdict(
         };
         return Failed(format!("{} {}{after}", w.label(), w.status));
     }
-    if let Some(w) = now.iter().find(|w| !w.is_online()) {
-        return Waiting(format!("{} is {}", w.label(), w.status));
-    }
+    let offline = now.iter().find(|w| !w.is_online());
+    let is_offline = |w: &Worker| Waiting(format!("{} is {}", w.label(), w.status));
     let Some((ago, before)) = earlier else {
+        if let Some(w) = offline {
+            return is_offline(w);
+        }
         return if min_healthy.is_zero() {
             Healthy
         } else {
@@ -295,23 +299,38 @@ pub fn workers_verdict(
         };
     };
     let window = tenths(ago);
+    // Restarts first: the likeliest reason, and what a crash loop looks like at any moment.
     for w in now {
         let Some(b) = before.iter().find(|b| b.pm_id == w.pm_id) else {
-            return Waiting(format!("{} started in the last {window}", w.label()));
+            continue;
         };
         let restarts = match w.restarts.saturating_sub(b.restarts) {
-            0 if b.pid.is_some() && b.pid != w.pid => 1,
+            0 if b.pid.is_some() && w.pid.is_some() && b.pid != w.pid => 1,
             n => n,
         };
         if restarts > 0 {
             let times = if restarts == 1 { "time" } else { "times" };
-            return Waiting(format!(
-                "{} restarted {restarts} {times} in the last {window}",
+            let state = if w.is_online() {
+                String::new()
+            } else {
+                format!(", now {}", w.status)
+            };
+            return Restarted(format!(
+                "{} restarted {restarts} {times} in the last {window}{state}",
                 w.label()
             ));
         }
-        if !b.is_online() {
-            return Waiting(format!("{} was {} {window} ago", b.label(), b.status));
+    }
+    if let Some(w) = offline {
+        return is_offline(w);
+    }
+    for w in now {
+        match before.iter().find(|b| b.pm_id == w.pm_id) {
+            None => return Waiting(format!("{} started in the last {window}", w.label())),
+            Some(b) if !b.is_online() => {
+                return Waiting(format!("{} was {} {window} ago", b.label(), b.status));
+            }
+            Some(_) => {}
         }
     }
     if let Some(b) = before
@@ -343,10 +362,14 @@ pub async fn wait_workers(
     let mut last: String;
     // Readings, oldest first; the front one is the newest at least `min_healthy` old.
     let mut seen: VecDeque<(Instant, Vec<Worker>)> = VecDeque::new();
+    // The first reading: at the deadline, restarts since then say more than the last reason.
+    let mut first: Option<(Instant, Vec<Worker>)> = None;
     loop {
-        match pm2::read_workers(docker, container, cmd).await {
+        let read = pm2::read_workers(docker, container, cmd).await;
+        let at = Instant::now();
+        let late = at - t0 >= deadline;
+        match read {
             Ok(now) => {
-                let at = Instant::now();
                 while seen.len() >= 2 && at - seen[1].0 >= min_healthy {
                     seen.pop_front();
                 }
@@ -354,13 +377,21 @@ pub async fn wait_workers(
                 match workers_verdict(earlier, &now, min_healthy) {
                     WorkersVerdict::Healthy => return Ok(t0.elapsed()),
                     WorkersVerdict::Failed(m) => return Err(Unhealthy::Workers(m)),
-                    WorkersVerdict::Waiting(m) => last = m,
+                    WorkersVerdict::Waiting(m) | WorkersVerdict::Restarted(m) => last = m,
                 }
+                if late
+                    && let Some((t, w)) = &first
+                    && let WorkersVerdict::Restarted(m) =
+                        workers_verdict(Some((at - *t, w)), &now, min_healthy)
+                {
+                    last = m;
+                }
+                first.get_or_insert_with(|| (at, now.clone()));
                 seen.push_back((at, now));
             }
             Err(e) => last = e.to_string(),
         }
-        if t0.elapsed() >= deadline {
+        if late {
             return Err(Unhealthy::Deadline { deadline, last });
         }
         tokio::time::sleep(POLL).await;
@@ -413,16 +444,23 @@ mod tests {
         let now = [w(0, "online", 0, Some(16)), w(1, "online", 3, Some(54))];
         assert_eq!(
             workers_verdict(earlier, &now, MIN),
-            Waiting("pm2 worker 1 (app) restarted 3 times in the last 3s 400ms".into())
+            Restarted("pm2 worker 1 (app) restarted 3 times in the last 3s 400ms".into())
         );
         // Another pid with the same count (a restart the count does not show) is one.
         let now = [w(0, "online", 0, Some(17)), w(1, "online", 0, Some(25))];
         assert_eq!(
             workers_verdict(earlier, &now, MIN),
-            Waiting("pm2 worker 0 (app) restarted 1 time in the last 3s 400ms".into())
+            Restarted("pm2 worker 0 (app) restarted 1 time in the last 3s 400ms".into())
         );
         // Between restarts.
         let now = [w(0, "online", 0, Some(16)), w(1, "launching", 4, None)];
+        assert_eq!(
+            workers_verdict(earlier, &now, MIN),
+            Restarted(
+                "pm2 worker 1 (app) restarted 4 times in the last 3s 400ms, now launching".into()
+            )
+        );
+        let now = [w(0, "online", 0, Some(16)), w(1, "launching", 0, None)];
         assert_eq!(
             workers_verdict(earlier, &now, MIN),
             Waiting("pm2 worker 1 (app) is launching".into())
