@@ -1354,6 +1354,49 @@ mod tests {
         assert_eq!(state.hosts[0].instances.len(), MAX_INSTANCES as usize);
     }
 
+    /// `pm2` and `health.min_healthy` reach the desired state, are checked, and replace no
+    /// container (not in the spec hash).
+    #[test]
+    fn pm2_and_min_healthy_are_decoded_and_leave_the_spec_hash_alone() {
+        const APP: &str = "[project]\nname = \"p\"\n[hosts.h1]\naddress = \"local\"\n[apps.web]\nimage = \"nginx:1.27\"\nport = 80\nhealth = { http = \"/\" }\n[environments.production]\n";
+        let resolved = |src: &str| {
+            let m = load(src).unwrap_or_else(|e| panic!("{}", super::super::render_plain(&e)));
+            m.resolve("production", &m.placeholder_versions()).unwrap()
+        };
+        let plain = resolved(APP);
+        assert_eq!(plain.apps[0].pm2, None);
+        assert_eq!(plain.apps[0].min_healthy, DEFAULT_MIN_HEALTHY);
+        let set = resolved(
+            &APP.replace("port = 80\n", "port = 80\npm2 = false\n")
+                .replace(
+                    "{ http = \"/\" }",
+                    "{ http = \"/\", min_healthy = \"1500ms\" }",
+                ),
+        );
+        assert_eq!(set.apps[0].pm2, Some(false));
+        assert_eq!(set.apps[0].min_healthy, Duration::from_millis(1500));
+        assert_eq!(
+            set.hosts[0].instances[0].spec_hash,
+            plain.hosts[0].instances[0].spec_hash
+        );
+        let health = |h: &str| APP.replace("{ http = \"/\" }", h);
+        for (src, says) in [
+            (
+                APP.replace("port = 80\n", "port = 80\npm2 = \"yes\"\n"),
+                "expected a boolean",
+            ),
+            (
+                health("{ http = \"/\", min_healthy = \"1m\" }"),
+                "min_healthy (1m) is not shorter than the deadline (1m)",
+            ),
+            (health("{ http = \"/\", min_healthy = \"soon\" }"), "soon"),
+        ] {
+            let err = load(&src).unwrap_err();
+            let text = super::super::render_plain(&err);
+            assert!(text.contains(says), "{src}: {text}");
+        }
+    }
+
     #[test]
     fn normalize_is_lexical() {
         assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
