@@ -24,15 +24,10 @@ mod koa;
 use koa::*;
 
 /// `fleet status production app --json`'s rows, by host.
-fn status_rows(k: &Koa, tb: &Testbed) -> BTreeMap<String, Value> {
-    let o = k.run(tb, &["status", "production", "app", "--json"]);
-    assert!(o.status.success(), "status failed:\n{}", text(&o));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["host"].as_str().unwrap().to_string(), r.clone()))
+fn rows_by_host(k: &Koa, tb: &Testbed) -> BTreeMap<String, Value> {
+    status_rows(k, tb, "app")
+        .into_iter()
+        .map(|r| (r["host"].as_str().unwrap().to_string(), r))
         .collect()
 }
 
@@ -76,7 +71,7 @@ fn pm2_workers_in_status_and_in_the_health_gate() {
     // 1. Deploy the app (not the client: not needed here); every container lists 2 workers.
     let o = k.run(&tb, &["deploy", "production", "--yes", "--app", "app"]);
     assert!(o.status.success(), "deploy failed:\n{}", text(&o));
-    let rows = status_rows(&k, &tb);
+    let rows = rows_by_host(&k, &tb);
     let mut old = BTreeMap::new();
     for h in HOSTS {
         let r = &rows[h];
@@ -99,9 +94,8 @@ fn pm2_workers_in_status_and_in_the_health_gate() {
         old.insert(h, container(&tb, h, &k.project, "app"));
     }
     // The client is not deployed: a row without a container has no `workers` key.
-    let o = k.run(&tb, &["status", "production", "client", "--json"]);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let client = v["instances"][0].as_object().unwrap();
+    let client = status_row(&k, &tb, "client", "h1");
+    let client = client.as_object().unwrap();
     assert!(
         client["state"] == "missing" && !client.contains_key("workers"),
         "{client:?}"
@@ -174,7 +168,7 @@ fn pm2_workers_in_status_and_in_the_health_gate() {
         );
         assert_eq!(registered(&tb, h, &k.service).len(), 1, "{h}");
     }
-    let rows = status_rows(&k, &tb);
+    let rows = rows_by_host(&k, &tb);
     for h in HOSTS {
         let w = rows[h]["workers"].as_array().unwrap();
         assert!(
@@ -188,7 +182,7 @@ fn pm2_workers_in_status_and_in_the_health_gate() {
     let (a1, p1) = (addr, registered(&tb, "h1", &k.service)[0].1);
     assert_eq!(get(&format!("http://{a1}:{p1}/crash")).0, 200);
     let row = wait_for(Duration::from_secs(15), "pm2 restarts the worker", || {
-        let r = status_rows(&k, &tb).remove("h1").unwrap();
+        let r = rows_by_host(&k, &tb).remove("h1").unwrap();
         let w = r["workers"].as_array()?;
         let restarts: u64 = w.iter().filter_map(|w| w["restarts"].as_u64()).sum();
         (w.len() == 2 && restarts == 1 && w.iter().all(|w| w["status"] == "online")).then_some(r)
