@@ -160,6 +160,13 @@ fn pm2_workers_in_status_and_in_the_health_gate() {
             "{f}"
         );
     }
+    // Every instance failed its gate, so none was replaced: the new containers are gone, the
+    // old ones serve on, and the release says `failed`.
+    assert_eq!(report["rolled_back"], serde_json::json!([]), "{report:#}");
+    let o = k.run(&tb, &["releases", "production", "--json"]);
+    let releases: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(releases[0]["outcome"], "failed", "{releases:#}");
+    assert_eq!(releases[1]["outcome"], "succeeded", "{releases:#}");
     for h in HOSTS {
         assert_eq!(
             container(&tb, h, &k.project, "app"),
@@ -188,6 +195,21 @@ fn pm2_workers_in_status_and_in_the_health_gate() {
         (w.len() == 2 && restarts == 1 && w.iter().all(|w| w["status"] == "online")).then_some(r)
     });
     assert_eq!(row["restarts"], 0, "pm2, not Docker, restarted it: {row}");
+    let o = k.run(&tb, &["info", "production", "app", "--host", "h1"]);
+    let info = text(&o);
+    assert!(o.status.success(), "{info}");
+    let section = info
+        .split("  pm2 workers\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no pm2 workers section:\n{info}"));
+    let lines: Vec<&str> = section.lines().take(2).collect();
+    assert!(
+        lines[0].trim_start().starts_with("0 app  pid ")
+            && lines[1].trim_start().starts_with("1 app  pid ")
+            && lines.iter().all(|l| l.contains(", online, "))
+            && lines.iter().any(|l| l.contains(", 1 restart, ")),
+        "{info}"
+    );
     let o = k.run(&tb, &["status", "production", "app"]);
     let table = text(&o);
     assert!(o.status.success(), "{table}");

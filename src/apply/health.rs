@@ -362,8 +362,9 @@ pub async fn wait_workers(
     let mut last: String;
     // Readings, oldest first; the front one is the newest at least `min_healthy` old.
     let mut seen: VecDeque<(Instant, Vec<Worker>)> = VecDeque::new();
-    // The first reading: at the deadline, restarts since then say more than the last reason.
-    let mut first: Option<(Instant, Vec<Worker>)> = None;
+    // Each worker as first seen: at the deadline, its restarts since then say more than the
+    // last reason.
+    let mut first_seen: Vec<(Instant, Worker)> = Vec::new();
     loop {
         let read = pm2::read_workers(docker, container, cmd).await;
         let at = Instant::now();
@@ -379,14 +380,19 @@ pub async fn wait_workers(
                     WorkersVerdict::Failed(m) => return Err(Unhealthy::Workers(m)),
                     WorkersVerdict::Waiting(m) | WorkersVerdict::Restarted(m) => last = m,
                 }
-                if late
-                    && let Some((t, w)) = &first
-                    && let WorkersVerdict::Restarted(m) =
-                        workers_verdict(Some((at - *t, w)), &now, min_healthy)
-                {
-                    last = m;
+                for w in &now {
+                    if !first_seen.iter().any(|(_, f)| f.pm_id == w.pm_id) {
+                        first_seen.push((at, w.clone()));
+                    }
                 }
-                first.get_or_insert_with(|| (at, now.clone()));
+                if late && let Some(since) = first_seen.iter().map(|(t, _)| *t).min() {
+                    let then: Vec<Worker> = first_seen.iter().map(|(_, w)| w.clone()).collect();
+                    if let WorkersVerdict::Restarted(m) =
+                        workers_verdict(Some((at - since, &then)), &now, min_healthy)
+                    {
+                        last = m;
+                    }
+                }
                 seen.push_back((at, now));
             }
             Err(e) => last = e.to_string(),
