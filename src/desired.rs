@@ -103,6 +103,18 @@ pub struct DesiredApp {
     /// How long a new instance may take to become healthy before the deploy fails.
     #[serde(with = "humantime_serde_compat")]
     pub health_deadline: Duration,
+    /// How long every pm2 worker of a new container must stay online, without a restart,
+    /// before the container counts as healthy (`health.min_healthy`). Not in the spec hash.
+    #[serde(with = "humantime_serde_compat", default = "default_min_healthy")]
+    pub min_healthy: Duration,
+    /// Whether the containers run pm2 (`pm2` in the manifest): `None` looks at the main
+    /// process (`pm2-runtime`), `Some(false)` never reads workers. Not in the spec hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pm2: Option<bool>,
+}
+
+fn default_min_healthy() -> Duration {
+    crate::manifest::model::DEFAULT_MIN_HEALTHY
 }
 
 /// When a deploy writes an app's `config` (docs/deploy.md, "Config and containers").

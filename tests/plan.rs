@@ -379,6 +379,8 @@ fn hello_desired(tb: &Tb, project: &str, version: &str) -> fleet::desired::Desir
             config_order: Default::default(),
             batch: 1,
             health_deadline: Duration::from_secs(10),
+            min_healthy: Duration::from_secs(3),
+            pm2: None,
         }],
         consul: None,
         registry: None,

@@ -151,6 +151,11 @@ pub(super) struct Launch {
     pub(super) health: Option<HealthSpec>,
     pub(super) deadline: Duration,
     pub(super) stop_timeout: Duration,
+    /// The app's `pm2` key: whether the container's pm2 workers are part of its health gate
+    /// (`None`: when its main process is `pm2-runtime`).
+    pub(super) pm2: Option<bool>,
+    /// How long every pm2 worker must stay online without a restart.
+    pub(super) min_healthy: Duration,
 }
 
 /// A Consul registration without its per-container ID and port.

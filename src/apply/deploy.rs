@@ -435,6 +435,10 @@ fn launch_for(d: &DesiredState, host: &DesiredHost, spec: &InstanceSpec) -> Resu
         deadline: app
             .map(|a| a.health_deadline)
             .unwrap_or(Duration::from_secs(60)),
+        pm2: app.and_then(|a| a.pm2),
+        min_healthy: app
+            .map(|a| a.min_healthy)
+            .unwrap_or(crate::manifest::model::DEFAULT_MIN_HEALTHY),
         stop_timeout: spec.container.stop_timeout,
     })
 }

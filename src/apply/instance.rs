@@ -455,12 +455,16 @@ pub(super) async fn register_and_wait(
             .register_service(&reg)
             .await
             .map_err(|e| (format!("registering {reg_id}: {e}"), None))?;
-        let waited = if l.health.is_some() {
-            health::wait_consul(consul, &svc.name, &reg_id, &h.docker, id, l.deadline).await
-        } else {
-            health::wait_local(h.session, &h.docker, id, None, None, l.deadline).await
-        }
-        .map_err(|e| (describe(e), Some(reg_id.clone())))?;
+        let gate = async {
+            if l.health.is_some() {
+                health::wait_consul(consul, &svc.name, &reg_id, &h.docker, id, l.deadline).await
+            } else {
+                health::wait_local(h.session, &h.docker, id, None, None, l.deadline).await
+            }
+        };
+        let waited = with_workers(h, l, id, gate)
+            .await
+            .map_err(|e| (describe(e), Some(reg_id.clone())))?;
         return Ok(Started {
             id: id.to_string(),
             port: Some(port),
@@ -468,22 +472,45 @@ pub(super) async fn register_and_wait(
             healthy_after: Some(waited),
         });
     }
-    let waited = health::wait_local(
+    let gate = health::wait_local(
         h.session,
         &h.docker,
         id,
         l.health.as_ref(),
         port,
         l.deadline,
-    )
-    .await
-    .map_err(|e| (describe(e), None))?;
+    );
+    let waited = with_workers(h, l, id, gate)
+        .await
+        .map_err(|e| (describe(e), None))?;
     Ok(Started {
         id: id.to_string(),
         port,
         registration: None,
         healthy_after: Some(waited),
     })
+}
+
+/// `gate`, and at the same time, for a container that runs pm2, the gate of its workers
+/// (`health::wait_workers`): healthy when both are, after the longer of the two; the first
+/// failure fails it.
+async fn with_workers(
+    h: &Host<'_>,
+    l: &Launch,
+    id: &str,
+    gate: impl std::future::Future<Output = Result<Duration, Unhealthy>>,
+) -> Result<Duration, Unhealthy> {
+    let inspect = h
+        .docker
+        .inspect_container(id, None)
+        .await
+        .map_err(|e| Unhealthy::Other(format!("inspecting the container: {}", chain(&e))))?;
+    let Some(cmd) = crate::observe::pm2::jlist_command(&inspect, l.pm2) else {
+        return gate.await;
+    };
+    let workers = health::wait_workers(&h.docker, id, &cmd, l.min_healthy, l.deadline);
+    let (a, b) = tokio::try_join!(gate, workers)?;
+    Ok(a.max(b))
 }
 
 pub(super) fn describe(e: Unhealthy) -> String {

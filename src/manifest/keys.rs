@@ -184,6 +184,7 @@ pub const APP_KEYS: &Keys = &Keys { section: "[apps.NAME]", fields: &[
     Field::new("workdir", Ty::Str, "Working directory (default: the image's)."),
     Field::new("batch", Ty::Int(1, u32::MAX as i64), "How many instances a rollout replaces at once.").or(Lit::Int(1)),
     Field::new("dns", Ty::Word(&["consul"]), "The containers resolve names through their host's Consul agent. Needs `[consul]`."),
+    Field::new("pm2", Ty::Bool, "Whether the containers run pm2 (default: detected from the main process, `pm2-runtime`)."),
 ]};
 
 #[rustfmt::skip]
@@ -202,6 +203,7 @@ pub const HEALTH_KEYS: &Keys = &Keys { section: "Health", fields: &[
     Field::new("timeout", Ty::Duration, "How long one check may take.").or(Lit::Str("2s")),
     Field::new("deregister_after", Ty::Duration, "Consul's `DeregisterCriticalServiceAfter`; at least `1m` (Consul's minimum)."),
     Field::new("deadline", Ty::Duration, "How long a new instance may take to become healthy before the deploy fails.").or(Lit::Str("60s")),
+    Field::new("min_healthy", Ty::Duration, "For a pm2 container: how long every worker must stay online, without a restart, before it counts as healthy.").or(Lit::Str("3s")),
 ]};
 
 #[rustfmt::skip]

@@ -30,6 +30,8 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
+/// How long every pm2 worker of a new container must stay online without a restart.
+pub const DEFAULT_MIN_HEALTHY: Duration = Duration::from_secs(3);
 /// Consul refuses anything shorter for DeregisterCriticalServiceAfter.
 pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 
@@ -122,6 +124,12 @@ pub struct AppDef {
     pub secrets: Vec<(SecretRef, Span)>,
     pub health: Option<HealthSpec>,
     pub health_deadline: Duration,
+    /// `health.min_healthy`: how long the pm2 workers of a new container must stay online
+    /// without a restart before it counts as healthy.
+    pub min_healthy: Duration,
+    /// `pm2`: `Some(true)` reads the containers' pm2 workers whatever they run, `Some(false)`
+    /// never, `None` when the main process is `pm2-runtime`.
+    pub pm2: Option<bool>,
     pub restart: RestartPolicy,
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
@@ -814,8 +822,9 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
 
     let mut health = None;
     let mut health_deadline = DEFAULT_HEALTH_DEADLINE;
+    let mut min_healthy = DEFAULT_MIN_HEALTHY;
     if let Some(h) = get(t, "health") {
-        health = decode_health(cx, h, &mut health_deadline);
+        health = decode_health(cx, h, &mut health_deadline, &mut min_healthy);
         if port.is_none() && health.is_some() {
             cx.err(
                 &h.span,
@@ -1000,6 +1009,8 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         secrets,
         health,
         health_deadline,
+        min_healthy,
+        pm2: get(t, "pm2").and_then(|p| cx.bool(p)),
         restart,
         memory,
         cpus,
@@ -1099,7 +1110,12 @@ pub fn parse_restart(s: &str) -> Option<RestartPolicy> {
     })
 }
 
-fn decode_health(cx: &mut Cx, h: &Node, deadline: &mut Duration) -> Option<HealthSpec> {
+fn decode_health(
+    cx: &mut Cx,
+    h: &Node,
+    deadline: &mut Duration,
+    min_healthy: &mut Duration,
+) -> Option<HealthSpec> {
     let t = cx.table(h, "health", HEALTH_KEYS)?;
     let check = match (get(t, "http"), get(t, "tcp")) {
         (Some(p), None) => {
@@ -1154,6 +1170,23 @@ fn decode_health(cx: &mut Cx, h: &Node, deadline: &mut Duration) -> Option<Healt
     });
     if let Some(d) = get(t, "deadline").and_then(|d| cx.duration(d)) {
         *deadline = d;
+    }
+    if let Some(n) = get(t, "min_healthy")
+        && let Some(d) = cx.duration(n)
+    {
+        *min_healthy = d;
+        if d >= *deadline {
+            cx.err(
+                &n.span,
+                format!(
+                    "min_healthy ({}) is not shorter than the deadline ({})",
+                    humantime::format_duration(d),
+                    humantime::format_duration(*deadline)
+                ),
+                "the gate could never pass",
+                Some("pm2 workers must stay up for `min_healthy` within `deadline`: shorten it, or raise `deadline`".into()),
+            );
+        }
     }
     Some(HealthSpec {
         check: check?,
@@ -1288,6 +1321,49 @@ mod tests {
         let m = load(&ok).unwrap();
         let state = m.resolve("production", &m.placeholder_versions()).unwrap();
         assert_eq!(state.hosts[0].instances.len(), MAX_INSTANCES as usize);
+    }
+
+    /// `pm2` and `health.min_healthy` reach the desired state, are checked, and replace no
+    /// container (not in the spec hash).
+    #[test]
+    fn pm2_and_min_healthy_are_decoded_and_leave_the_spec_hash_alone() {
+        const APP: &str = "[project]\nname = \"p\"\n[hosts.h1]\naddress = \"local\"\n[apps.web]\nimage = \"nginx:1.27\"\nport = 80\nhealth = { http = \"/\" }\n[environments.production]\n";
+        let resolved = |src: &str| {
+            let m = load(src).unwrap_or_else(|e| panic!("{}", super::super::render_plain(&e)));
+            m.resolve("production", &m.placeholder_versions()).unwrap()
+        };
+        let plain = resolved(APP);
+        assert_eq!(plain.apps[0].pm2, None);
+        assert_eq!(plain.apps[0].min_healthy, DEFAULT_MIN_HEALTHY);
+        let set = resolved(
+            &APP.replace("port = 80\n", "port = 80\npm2 = false\n")
+                .replace(
+                    "{ http = \"/\" }",
+                    "{ http = \"/\", min_healthy = \"1500ms\" }",
+                ),
+        );
+        assert_eq!(set.apps[0].pm2, Some(false));
+        assert_eq!(set.apps[0].min_healthy, Duration::from_millis(1500));
+        assert_eq!(
+            set.hosts[0].instances[0].spec_hash,
+            plain.hosts[0].instances[0].spec_hash
+        );
+        let health = |h: &str| APP.replace("{ http = \"/\" }", h);
+        for (src, says) in [
+            (
+                APP.replace("port = 80\n", "port = 80\npm2 = \"yes\"\n"),
+                "expected a boolean",
+            ),
+            (
+                health("{ http = \"/\", min_healthy = \"1m\" }"),
+                "min_healthy (1m) is not shorter than the deadline (1m)",
+            ),
+            (health("{ http = \"/\", min_healthy = \"soon\" }"), "soon"),
+        ] {
+            let err = load(&src).unwrap_err();
+            let text = super::super::render_plain(&err);
+            assert!(text.contains(says), "{src}: {text}");
+        }
     }
 
     #[test]

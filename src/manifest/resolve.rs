@@ -9,9 +9,9 @@
 //!
 //! Not in it, because they change without a new container: the Consul service (name, tags,
 //! meta: re-registered in place), the health check (run by Consul and fleet from outside, also
-//! re-registered), KV config (written in place), `batch` and the health deadline (how a
-//! rollout runs, not what runs). fleet's own labels are not in it either: they are derived from
-//! the hash and the version. A secret's *value* is not in it: changing only the value of a
+//! re-registered), KV config (written in place), `batch`, the health deadline, `min_healthy`
+//! and `pm2` (how a rollout runs and what status reads, not what runs). fleet's own labels are
+//! not in it either: they are derived from the hash and the version. A secret's *value* is not in it: changing only the value of a
 //! secret does not replace containers (redeploy with a new version, or rename the reference).
 
 use std::collections::BTreeMap;
@@ -106,6 +106,8 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
             config_order: a.config_order,
             batch: a.batch,
             health_deadline: a.health_deadline,
+            min_healthy: a.min_healthy,
+            pm2: a.pm2,
         });
     }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub mod consul_read;
+pub mod pm2;
 pub mod read;
 
 pub use read::{ObserveOptions, observe_all, observe_host, read_secret};

@@ -11,10 +11,11 @@ use std::fmt::Write;
 
 use bollard::query_parameters::InspectContainerOptions;
 
-use super::status::{labels_of, unix_seconds};
+use super::status::{WorkerRow, compact_bytes, compact_duration, labels_of, unix_seconds};
 use super::{Connected, Selector, instance_label, managed_services};
 use crate::desired::{EnvValue, InstanceSpec};
 use crate::manifest::resolve::spec_hash_with_image;
+use crate::observe::pm2::{self, Worker};
 use crate::observe::read::list_containers;
 
 /// `spec`, the manifest's spec for a container's slot, only if the container was made from it:
@@ -72,6 +73,40 @@ impl InfoView {
         }
         s
     }
+}
+
+/// The `pm2 workers` section: one line per worker, as `pm2 list` shows it, read at unix second
+/// `now`; or why they could not be read.
+pub fn workers_section(workers: &Result<Vec<Worker>, String>, now: i64) -> Vec<(String, String)> {
+    let workers = match workers {
+        Ok(w) => w,
+        Err(e) => return vec![("pm2".into(), format!("unknown: {e}"))],
+    };
+    workers
+        .iter()
+        .map(|w| {
+            let r = WorkerRow::of(w, now);
+            let mut parts = vec![
+                r.pid
+                    .map_or_else(|| "no pid".into(), |p| format!("pid {p}")),
+                r.status.clone(),
+                match r.restarts {
+                    1 => "1 restart".into(),
+                    n => format!("{n} restarts"),
+                },
+            ];
+            if let Some(u) = r.uptime_s {
+                parts.push(format!("up {}", compact_duration(u)));
+            }
+            if let Some(c) = r.cpu {
+                parts.push(format!("cpu {c:.1}%"));
+            }
+            if let Some(m) = r.memory {
+                parts.push(format!("mem {}", compact_bytes(m)));
+            }
+            (format!("{} {}", r.pm_id, r.name), parts.join(", "))
+        })
+        .collect()
 }
 
 fn time_text(t: Option<&str>) -> String {
@@ -299,23 +334,44 @@ pub async fn views(cx: &Connected, sel: &Selector) -> (Vec<InfoView>, Vec<String
                     ),
                 ),
             ];
+            let pm2_setting = d.apps.iter().find(|a| a.name == app).and_then(|a| a.pm2);
+            let workers = match pm2::jlist_command(&i, pm2_setting)
+                .filter(|_| c.state == crate::observe::ContainerState::Running)
+            {
+                Some(cmd) => Some(
+                    pm2::read_workers(&docker, &c.id, &cmd)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                None => None,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let mut sections = vec![("general".into(), general)];
+            if let Some(w) = &workers {
+                sections.push(("pm2 workers".into(), workers_section(w, now)));
+            }
             views.push(InfoView {
                 title: instance_label(app, c.instance, &t.name),
-                sections: vec![
-                    ("general".into(), general),
-                    ("environment".into(), env),
-                    ("ports".into(), ports),
-                    ("mounts".into(), mounts),
-                    ("consul".into(), consul_rows),
-                    (
-                        "labels".into(),
-                        labels
-                            .into_iter()
-                            .filter(|(k, _)| k.starts_with("fleet."))
-                            .collect(),
-                    ),
-                    ("logs".into(), logs),
-                ],
+                sections: [
+                    sections,
+                    vec![
+                        ("environment".into(), env),
+                        ("ports".into(), ports),
+                        ("mounts".into(), mounts),
+                        ("consul".into(), consul_rows),
+                        (
+                            "labels".into(),
+                            labels
+                                .into_iter()
+                                .filter(|(k, _)| k.starts_with("fleet."))
+                                .collect(),
+                        ),
+                        ("logs".into(), logs),
+                    ],
+                ]
+                .concat(),
             });
         }
     }
@@ -408,6 +464,36 @@ mod tests {
         assert!(spec.is_some());
         let got = masked_env(&["PW=hunter2".to_string()], spec);
         assert_eq!(got[0].1, "(secret from env PW)");
+    }
+
+    #[test]
+    fn workers_section_reads_like_pm2_list() {
+        let w = crate::observe::pm2::parse_jlist(include_str!(
+            "../observe/fixtures/pm2-jlist-errored.json"
+        ))
+        .unwrap();
+        // 100 s after worker 0 started.
+        let now = 1_796_486_368 + 100;
+        assert_eq!(
+            workers_section(&Ok(w), now),
+            vec![
+                (
+                    "0 app".to_string(),
+                    "pid 16, online, 0 restarts, up 1m, cpu 1.1%, mem 58.7MiB".to_string()
+                ),
+                (
+                    "1 app".to_string(),
+                    "no pid, errored, 15 restarts".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            workers_section(&Err("pm2 jlist did not answer within 10s".into()), now),
+            vec![(
+                "pm2".to_string(),
+                "unknown: pm2 jlist did not answer within 10s".to_string()
+            )]
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `fleet status`: one row per instance, like `pm2 list`.
 //!
 //! `gather` reads every host at once: one container list (label filter) per host, then per
-//! container an inspect (restart count, start time, exit code) and a one-sample stats read, and
-//! the agent's services and checks. `rows` turns what was read plus the desired state into
+//! container an inspect (restart count, start time, exit code) and a one-sample stats read, then,
+//! for a running pm2 container (`observe::pm2`), its workers (`pm2 jlist`, after the stats so
+//! that its own CPU is not counted), and the agent's services and checks. `rows` turns what was read plus the desired state into
 //! `StatusRow`s (pure), `table` renders them (pure, snapshot-tested), `StatusDoc` is the JSON
 //! (`docs/status-json.md`).
 //!
@@ -23,6 +24,7 @@ use crate::consul::CheckStatus;
 use crate::desired::DesiredState;
 use crate::host::HostSession;
 use crate::observe::ObservedService;
+use crate::observe::pm2::{self, Worker};
 use crate::observe::read::list_containers;
 use crate::observe::{ContainerState, ObservedContainer};
 
@@ -40,6 +42,9 @@ pub struct ContainerReading {
     pub cpu_percent: Option<f64>,
     pub memory_bytes: Option<u64>,
     pub memory_limit_bytes: Option<u64>,
+    /// pm2's workers, for a running container that runs pm2 (`None` for any other), or why
+    /// they could not be read.
+    pub workers: Option<Result<Vec<Worker>, String>>,
 }
 
 /// A registration on the host's agent and the status of each of its checks.
@@ -104,6 +109,83 @@ pub struct StatusRow {
     pub cpu_percent: Option<f64>,
     pub memory_bytes: Option<u64>,
     pub memory_limit_bytes: Option<u64>,
+    /// The pm2 workers of a running pm2 container; absent from the JSON for any other.
+    #[serde(default, skip_serializing_if = "Workers::is_absent")]
+    pub workers: Workers,
+    /// Why the workers of a pm2 container could not be read (`workers` is then `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers_error: Option<String>,
+}
+
+/// One pm2 worker of an instance, as `pm2 list` shows it (`workers[]` in the JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRow {
+    pub name: String,
+    pub pm_id: u32,
+    /// `None` while it has no process (stopped, errored, between restarts).
+    pub pid: Option<u32>,
+    /// pm2's status: `online`, `launching`, `waiting restart`, `stopping`, `stopped`, `errored`.
+    pub status: String,
+    /// pm2's restart count of this worker.
+    pub restarts: u64,
+    /// Seconds since its last start, when online.
+    pub uptime_s: Option<u64>,
+    /// CPU % (100 = one core), when online.
+    pub cpu: Option<f64>,
+    /// Resident memory in bytes, when online.
+    pub memory: Option<u64>,
+}
+
+impl WorkerRow {
+    /// `w` as read at unix second `now`.
+    pub fn of(w: &Worker, now: i64) -> Self {
+        WorkerRow {
+            name: w.name.clone(),
+            pm_id: w.pm_id,
+            pid: w.pid,
+            status: w.status.clone(),
+            restarts: w.restarts,
+            uptime_s: w
+                .started_at_ms
+                .map(|ms| (now - ms.div_euclid(1000)).max(0) as u64),
+            cpu: w.cpu,
+            memory: w.memory,
+        }
+    }
+}
+
+/// A row's pm2 workers. In the JSON: `Absent` leaves the `workers` key out (not a pm2
+/// container, or not running), `Unknown` is `null` (the read failed: `workers_error` says
+/// why), `Listed` is the array.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Workers {
+    #[default]
+    Absent,
+    Unknown,
+    Listed(Vec<WorkerRow>),
+}
+
+impl Workers {
+    pub fn is_absent(&self) -> bool {
+        *self == Workers::Absent
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Listed(w) => w.serialize(s),
+            Workers::Absent | Workers::Unknown => s.serialize_none(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    /// Only called when the key is there (`#[serde(default)]` gives `Absent` otherwise).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Option::<Vec<WorkerRow>>::deserialize(d)?.map_or(Workers::Unknown, Workers::Listed))
+    }
 }
 
 /// A host (or its agent) that could not be read.
@@ -229,6 +311,14 @@ pub fn rows(
                 })
                 .is_some_and(|i| i.service.is_some());
             let running = c.container.state == ContainerState::Running;
+            let (workers, workers_error) = match c.workers.as_ref().filter(|_| running) {
+                None => (Workers::Absent, None),
+                Some(Ok(w)) => (
+                    Workers::Listed(w.iter().map(|w| WorkerRow::of(w, now)).collect()),
+                    None,
+                ),
+                Some(Err(e)) => (Workers::Unknown, Some(e.clone())),
+            };
             StatusRow {
                 app: c.container.app.clone().unwrap_or_else(|| "?".into()),
                 instance: c.container.instance,
@@ -249,6 +339,8 @@ pub fn rows(
                 cpu_percent: c.cpu_percent.filter(|_| running),
                 memory_bytes: c.memory_bytes.filter(|_| running),
                 memory_limit_bytes: c.memory_limit_bytes.filter(|_| running),
+                workers,
+                workers_error,
             }
         };
         if r.fault.is_some() {
@@ -271,6 +363,8 @@ pub fn rows(
                         cpu_percent: None,
                         memory_bytes: None,
                         memory_limit_bytes: None,
+                        workers: Workers::Absent,
+                        workers_error: None,
                     });
                 }
             }
@@ -309,6 +403,8 @@ pub fn rows(
                     cpu_percent: None,
                     memory_bytes: None,
                     memory_limit_bytes: None,
+                    workers: Workers::Absent,
+                    workers_error: None,
                 });
             }
         }
@@ -425,6 +521,34 @@ pub fn table(rows: &[StatusRow], faults: &[StatusFault]) -> String {
             r.cpu_percent.map_or_else(dash, |c| format!("{c:.1}%")),
             mem,
         ]);
+        // pm2's workers under their container, as `pm2 list` shows them: id and name, pid,
+        // status, restarts, uptime, CPU, memory.
+        let workers: &[WorkerRow] = match &r.workers {
+            Workers::Listed(w) => w,
+            _ => &[],
+        };
+        for (i, w) in workers.iter().enumerate() {
+            let branch = if i + 1 == workers.len() { '└' } else { '├' };
+            t.add_row(vec![
+                format!("{branch} {} {}", w.pm_id, w.name),
+                String::new(),
+                String::new(),
+                w.pid.map_or_else(dash, |p| format!("pid {p}")),
+                String::new(),
+                w.status.clone(),
+                String::new(),
+                w.restarts.to_string(),
+                w.uptime_s.map_or_else(dash, compact_duration),
+                w.cpu.map_or_else(dash, |c| format!("{c:.1}%")),
+                w.memory.map_or_else(dash, compact_bytes),
+            ]);
+        }
+        if r.workers == Workers::Unknown {
+            let mut cells = vec![String::new(); 11];
+            cells[0] = "└ pm2".into();
+            cells[5] = "unknown (see below)".into();
+            t.add_row(cells);
+        }
     }
     for i in [1, 7, 8, 9, 10] {
         if let Some(c) = t.column_mut(i) {
@@ -435,6 +559,15 @@ pub fn table(rows: &[StatusRow], faults: &[StatusFault]) -> String {
     s.push('\n');
     if rows.is_empty() {
         s.push_str("no instances\n");
+    }
+    for r in rows {
+        if let Some(e) = &r.workers_error {
+            let _ = writeln!(
+                s,
+                "{}: pm2 workers unknown: {e}",
+                super::instance_label(&r.app, r.instance, &r.host)
+            );
+        }
     }
     for f in faults {
         let what = if f.scope == "consul" {
@@ -505,8 +638,13 @@ pub fn unix_seconds(t: &str) -> Option<i64> {
         .map(|d| d.as_secs() as i64)
 }
 
-/// Inspect and stats of one container, concurrently.
-async fn read_container(docker: &bollard::Docker, c: ObservedContainer) -> ContainerReading {
+/// Inspect and stats of one container, concurrently; then, for a running pm2 container (the
+/// app's `pm2` setting, else its main process), its workers.
+async fn read_container(
+    docker: &bollard::Docker,
+    c: ObservedContainer,
+    pm2: Option<bool>,
+) -> ContainerReading {
     let running = c.state == ContainerState::Running;
     let inspect = docker.inspect_container(&c.id, None::<InspectContainerOptions>);
     let stats = async {
@@ -527,6 +665,20 @@ async fn read_container(docker: &bollard::Docker, c: ObservedContainer) -> Conta
     };
     let (inspect, stats) = tokio::join!(inspect, stats);
     let inspect = inspect.ok();
+    // After the stats: `pm2 jlist` is a Node process in the container, which the CPU samples
+    // would count.
+    let workers = match inspect
+        .as_ref()
+        .filter(|_| running)
+        .and_then(|i| pm2::jlist_command(i, pm2))
+    {
+        Some(cmd) => Some(
+            pm2::read_workers(docker, &c.id, &cmd)
+                .await
+                .map_err(|e| e.to_string()),
+        ),
+        None => None,
+    };
     let state = inspect.as_ref().and_then(|i| i.state.as_ref());
     let (memory_bytes, memory_limit_bytes) = stats.as_ref().map_or((None, None), memory);
     ContainerReading {
@@ -538,6 +690,7 @@ async fn read_container(docker: &bollard::Docker, c: ObservedContainer) -> Conta
         cpu_percent: stats.as_ref().and_then(cpu_percent),
         memory_bytes,
         memory_limit_bytes,
+        workers,
         container: c,
     }
 }
@@ -556,8 +709,15 @@ pub async fn read_host(cx: &Connected, s: &HostSession, sel: &Selector) -> HostR
             .filter(|c| sel.matches(c.app.as_deref(), c.instance, &t.name))
             .collect();
         Ok::<_, String>(
-            futures_util::future::join_all(wanted.into_iter().map(|c| read_container(&docker, c)))
-                .await,
+            futures_util::future::join_all(wanted.into_iter().map(|c| {
+                let pm2 = d
+                    .apps
+                    .iter()
+                    .find(|a| Some(a.name.as_str()) == c.app.as_deref())
+                    .and_then(|a| a.pm2);
+                read_container(&docker, c, pm2)
+            }))
+            .await,
         )
     };
     let consul = async {
@@ -665,7 +825,44 @@ mod tests {
             cpu_percent: Some(1.25),
             memory_bytes: Some(12 * 1024 * 1024 + 300 * 1024),
             memory_limit_bytes: Some(256 * 1024 * 1024),
+            workers: None,
         }
+    }
+
+    fn worker(pm_id: u32, status: &str, restarts: u64) -> Worker {
+        let online = status == "online";
+        Worker {
+            name: "web".into(),
+            pm_id,
+            pid: online.then_some(40 + pm_id),
+            status: status.into(),
+            restarts,
+            started_at_ms: online.then_some(1_040_500),
+            cpu: online.then_some(0.5),
+            memory: online.then_some(60 * 1024 * 1024),
+        }
+    }
+
+    /// `busy()` where web#1@h1 runs pm2 with a worker that restarted and one pm2 gave up on,
+    /// the restarting web#2@h1 is a pm2 container too (not running: no workers), and a running
+    /// container the manifest no longer wants runs a pm2 whose `pm2 jlist` fails.
+    fn busy_with_pm2() -> (DesiredState, Vec<HostReading>) {
+        let (d, mut r) = busy();
+        let first = &mut r[0].containers[0];
+        first.workers = Some(Ok(vec![
+            worker(0, "online", 0),
+            worker(1, "online", 2),
+            worker(2, "errored", 15),
+        ]));
+        r[0].containers[1].workers = Some(Ok(vec![worker(0, "online", 0)]));
+        let mut legacy = reading(&d, 0, "legacy", 1, "v0", ContainerState::Running);
+        legacy.workers = Some(Err(pm2::Pm2Error::Exit {
+            code: 127,
+            output: "exec: \"pm2\": executable file not found in $PATH".into(),
+        }
+        .to_string()));
+        r[0].containers.push(legacy);
+        (d, r)
     }
 
     fn service(d: &DesiredState, host: usize, app: &str, n: u32, s: CheckStatus) -> ServiceReading {
@@ -772,6 +969,67 @@ mod tests {
     }
 
     #[test]
+    fn pm2_workers_under_their_container() {
+        let (d, r) = busy_with_pm2();
+        let rows = rows(&d, &r, &Selector::default(), 1_100);
+        let web1 = &rows[0];
+        let Workers::Listed(w) = &web1.workers else {
+            panic!("{:?}", web1.workers)
+        };
+        assert_eq!(w.len(), 3);
+        assert_eq!(
+            (w[1].pid, w[1].restarts, w[1].uptime_s, w[1].memory),
+            (Some(41), 2, Some(60), Some(60 << 20))
+        );
+        assert_eq!((w[2].pid, w[2].uptime_s, w[2].cpu), (None, None, None));
+        let restarting = rows.iter().find(|x| x.state == "restarting").unwrap();
+        assert_eq!(restarting.workers, Workers::Absent, "not running: not read");
+        let legacy = rows.iter().find(|x| x.app == "legacy").unwrap();
+        assert_eq!(legacy.workers, Workers::Unknown);
+        assert!(
+            legacy
+                .workers_error
+                .as_deref()
+                .unwrap()
+                .contains("code 127"),
+            "{legacy:?}"
+        );
+        insta::assert_snapshot!(table(&rows, &faults(&r)));
+    }
+
+    /// `workers` is left out for a container without pm2, `null` with `workers_error` when the
+    /// read failed, the list otherwise; each parses back.
+    #[test]
+    fn workers_in_the_json_are_absent_null_or_a_list() {
+        let (d, r) = busy_with_pm2();
+        let rows = rows(&d, &r, &Selector::default(), 1_100);
+        let doc = StatusDoc::new(&d, &r, rows, 1_100);
+        let v = serde_json::to_value(&doc).unwrap();
+        let row = |app: &str, state: &str| {
+            v["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["app"] == app && x["state"] == state)
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let web1 = row("web", "running");
+        assert_eq!(web1["workers"].as_array().unwrap().len(), 3);
+        assert!(!web1.contains_key("workers_error"));
+        insta::assert_json_snapshot!(web1["workers"][1]);
+        let plain = row("web", "restarting");
+        assert!(!plain.contains_key("workers") && !plain.contains_key("workers_error"));
+        let legacy = row("legacy", "running");
+        assert!(legacy["workers"].is_null(), "{legacy:?}");
+        assert!(legacy["workers_error"].is_string());
+        let back: StatusDoc = serde_json::from_value(v).unwrap();
+        assert_eq!(back, doc);
+    }
+
+    #[test]
     fn table_snapshot() {
         let (d, r) = busy();
         let rows = rows(&d, &r, &Selector::default(), 1_100);
@@ -809,11 +1067,20 @@ mod tests {
         let end = start + doc[start..].find("```").unwrap();
         let parsed: StatusDoc = serde_json::from_str(&doc[start..end]).expect("example parses");
         assert_eq!(parsed.format_version, JSON_FORMAT_VERSION);
-        let (d, r) = busy();
+        let (d, r) = busy_with_pm2();
         let rows = rows(&d, &r, &Selector::default(), 1_100);
         let v = serde_json::to_value(StatusDoc::new(&d, &r, rows, 1)).unwrap();
         let mut fields: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-        fields.extend(v["instances"][0].as_object().unwrap().keys().cloned());
+        for row in v["instances"].as_array().unwrap() {
+            fields.extend(row.as_object().unwrap().keys().cloned());
+        }
+        fields.extend(
+            v["instances"][0]["workers"][0]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned(),
+        );
         fields.extend(v["faults"][0].as_object().unwrap().keys().cloned());
         for f in fields {
             assert!(doc.contains(&format!("| `{f}`")), "{f} is not documented");

@@ -140,6 +140,8 @@ pub fn desired() -> DesiredState {
         config_order: Default::default(),
         batch: 1,
         health_deadline: Duration::from_secs(30),
+        min_healthy: Duration::from_secs(3),
+        pm2: None,
     };
     DesiredState {
         project: "shop".into(),

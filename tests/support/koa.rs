@@ -163,16 +163,19 @@ pub fn container(tb: &Testbed, host: &str, project: &str, app: &str) -> String {
     )
 }
 
-/// `fleet status --json`'s row for `app` on `host`.
-pub fn status_row(k: &Koa, tb: &Testbed, app: &str, host: &str) -> Value {
+/// `fleet status production APP --json`'s rows (`instances`).
+pub fn status_rows(k: &Koa, tb: &Testbed, app: &str) -> Vec<Value> {
     let o = k.run(tb, &["status", "production", app, "--json"]);
     assert!(o.status.success(), "status failed:\n{}", text(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
+    v["instances"].as_array().unwrap().clone()
+}
+
+/// `fleet status --json`'s row for `app` on `host`.
+pub fn status_row(k: &Koa, tb: &Testbed, app: &str, host: &str) -> Value {
+    let rows = status_rows(k, tb, app);
+    rows.iter()
         .find(|i| i["host"] == host)
         .cloned()
-        .unwrap_or_else(|| panic!("no {app} on {host} in {v}"))
+        .unwrap_or_else(|| panic!("no {app} on {host} in {rows:?}"))
 }

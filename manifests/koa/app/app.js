@@ -17,6 +17,14 @@ let greeting = 'Hello Koa@2';
 
 console.error('fake error'); // what the original app logs to stderr at start
 
+// A worker that dies at start, for the tests of fleet's pm2 gate: with CRASH_WORKER=N the
+// worker whose pm2 instance number (NODE_APP_INSTANCE) is N exits at once, so pm2 restarts it
+// until it gives up (`errored`), while the other workers serve. Unset: nothing changes.
+if (process.env.CRASH_WORKER !== undefined && process.env.CRASH_WORKER === process.env.NODE_APP_INSTANCE) {
+  console.error(`worker ${process.env.NODE_APP_INSTANCE} exits at start (CRASH_WORKER)`);
+  process.exit(1);
+}
+
 // GET <agent>/v1/kv/<prefix>greeting?index=N&wait=5m: returns when the key changes.
 function watchGreeting(index) {
   const base = consul.includes('://') ? consul : `http://${consul}`;
