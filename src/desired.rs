@@ -32,6 +32,75 @@ pub struct DesiredState {
     /// Commands run on the machine fleet runs on, before and after a deploy.
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
+    /// The edge proxy and the public routes, when an app is public (docs/edge.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<DesiredEdge>,
+    /// The Consul agent of each host (`[consul.agent]`), for `fleet setup`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentSpec>,
+}
+
+/// The edge: which hosts run the proxy, how, and this environment's routes on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredEdge {
+    /// Host names (manifest order) that run the proxy.
+    pub hosts: Vec<String>,
+    pub image: String,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub tls: EdgeTls,
+    /// Most specific first (longer paths before shorter ones).
+    pub routes: Vec<Route>,
+}
+
+/// How the edge gets certificates for the route hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "mode")]
+pub enum EdgeTls {
+    /// Caddy's automatic HTTPS: ACME for public names, its internal CA for localhost and IPs.
+    Auto { email: Option<String> },
+    /// ACME (Let's Encrypt) only.
+    Acme { email: Option<String> },
+    /// The proxy's own CA.
+    Internal,
+    /// A given certificate and key.
+    Files { cert: SecretRef, key: SecretRef },
+    /// HTTP only.
+    Off,
+}
+
+impl EdgeTls {
+    pub fn on(&self) -> bool {
+        !matches!(self, EdgeTls::Off)
+    }
+}
+
+/// One app's public route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub app: String,
+    /// The Consul service whose passing instances are the upstreams.
+    pub service: String,
+    pub hosts: Vec<String>,
+    /// `/` or a prefix (`/api`).
+    pub path: String,
+    /// The app's HTTP health path, checked by the proxy too (`None` for a TCP check).
+    pub health_path: Option<String>,
+    #[serde(with = "humantime_serde_compat")]
+    pub health_interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub health_timeout: Duration,
+    /// How long the proxy waits for the response headers (`public.timeout`). A GET with none
+    /// by then is tried on another instance (one on a lost host never answers).
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+impl Route {
+    /// `koa.localhost/`, `a.example.com,b.example.com/api`.
+    pub fn label(&self) -> String {
+        format!("{}{}", self.hosts.join(","), self.path)
+    }
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -113,8 +182,12 @@ pub struct DesiredApp {
     pub pm2: Option<bool>,
 }
 
+/// How long every pm2 worker of a new container must stay online without a restart (the
+/// manifest's `health.min_healthy` default; also what a spec recorded without it means).
+pub const DEFAULT_MIN_HEALTHY: Duration = Duration::from_secs(3);
+
 fn default_min_healthy() -> Duration {
-    crate::manifest::model::DEFAULT_MIN_HEALTHY
+    DEFAULT_MIN_HEALTHY
 }
 
 /// When a deploy writes an app's `config` (docs/deploy.md, "Config and containers").
@@ -156,23 +229,6 @@ pub struct InstanceSpec {
     pub container: ContainerSpec,
     /// The Consul service to register for this instance, if the app has one.
     pub service: Option<ServiceSpec>,
-}
-
-impl InstanceSpec {
-    /// The container name, `<project>.<env>.<app>.<instance>.<version>`: carries the version so
-    /// old and new can run side by side. `.` cannot occur in project, environment or app names
-    /// (manifest validation), and the instance is a number, so two slots never share a name
-    /// (`shop` / `eu-prod` and `shop-eu` / `prod` differ). Names are not state: fleet finds its
-    /// containers by their labels, so containers named otherwise (by older versions) are still
-    /// found and are not replaced for their name.
-    pub fn container_name(&self, project: &str, env: &str) -> String {
-        container_name(project, env, &self.app, self.instance, &self.version)
-    }
-}
-
-/// See [`InstanceSpec::container_name`].
-pub fn container_name(project: &str, env: &str, app: &str, instance: u32, version: &str) -> String {
-    format!("{project}.{env}.{app}.{instance}.{version}")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -341,6 +397,55 @@ pub struct ConsulTarget {
     /// user sets it; else `manifest::resolve::container_consul_address` derives it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_address: Option<String>,
+    /// `[consul.agent]`: the agents `fleet setup` runs (docs/setup.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentDef>,
+}
+
+/// `[consul.agent]` as written (after the environment's overlay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentDef {
+    pub image: String,
+    /// The hosts that run Consul servers, by name.
+    pub servers: Vec<String>,
+    /// Where each server is named, for errors.
+    #[serde(skip)]
+    pub server_spans: Vec<std::ops::Range<usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacenter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypt: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+/// The Consul agent of one host, as `fleet setup` runs it: a container on the host's network
+/// (label `fleet.kind = agent`), its data on a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    pub host: String,
+    pub server: bool,
+    pub image: String,
+    /// The image's tag.
+    pub version: String,
+    pub container: String,
+    pub volume: String,
+    pub node: String,
+    /// `-bind` and `-advertise`.
+    pub bind: String,
+    /// `-bootstrap-expect` (servers: the number of servers; clients 0).
+    pub bootstrap_expect: u32,
+    /// `-retry-join`: the other servers.
+    pub retry_join: Vec<String>,
+    pub datacenter: String,
+    pub encrypt: Option<SecretRef>,
+    pub token: Option<SecretRef>,
+    /// More flags, as written.
+    pub args: Vec<String>,
+    /// The spec hash (`fleet.spec`): a change is a (rolling) replace.
+    pub spec: String,
 }
 
 /// Durations as humantime strings (`5s`, `1m 30s`) in JSON, so `fleet show --json` reads well.
@@ -401,33 +506,3 @@ pub struct BuildTarget {
 /// The version (image tag) of each built app, from `build::content_tag`; apps with a
 /// prebuilt `image` take the tag of that reference and do not appear here.
 pub type Versions = BTreeMap<String, String>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn container_names_of_different_slots_never_collide() {
-        // Each (project, env, app, instance, version) that splits a dashed string differently.
-        let slots = [
-            ("shop", "eu-prod", "redis", 1, "7"),
-            ("shop-eu", "prod", "redis", 1, "7"),
-            ("shop", "eu", "prod-redis", 1, "7"),
-            ("shop", "eu-prod-redis", "x", 1, "7"),
-            ("a", "b", "web", 1, "1-v2"),
-            ("a", "b", "web-1", 1, "v2"),
-            ("a", "b", "web", 11, "v2"),
-        ];
-        let mut seen = std::collections::BTreeMap::new();
-        for (p, e, a, n, v) in slots {
-            let name = container_name(p, e, a, n, v);
-            if let Some(other) = seen.insert(name.clone(), (p, e, a, n, v)) {
-                panic!("{other:?} and {:?} are both named {name}", (p, e, a, n, v));
-            }
-        }
-        assert_eq!(
-            container_name("shop", "eu-prod", "redis", 1, "7"),
-            "shop.eu-prod.redis.1.7"
-        );
-    }
-}

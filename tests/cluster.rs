@@ -270,7 +270,7 @@ async fn a_lock_of_a_process_gone_from_this_machine_is_taken_over_with_a_line() 
     );
     // The lock as a SIGKILLed deploy leaves it: its session still alive, its process gone.
     let desired = ops::resolve(&m.path, "test");
-    let store = fleet::apply::lock::Store::open(
+    let store = fleet::release::lock::Store::open(
         &desired,
         &fleet::host::ConnectOptions {
             ssh_config: Some(tb.ssh_config()),
@@ -282,10 +282,10 @@ async fn a_lock_of_a_process_gone_from_this_machine_is_taken_over_with_a_line() 
     .unwrap();
     let mut gone = Command::new("true").spawn().unwrap();
     gone.wait().unwrap();
-    let ghost = fleet::apply::lock::Holder {
+    let ghost = fleet::release::lock::Holder {
         user: "ghost".into(),
         pid: gone.id(),
-        ..fleet::apply::lock::Holder::current()
+        ..fleet::release::lock::Holder::current()
     };
     let held = store.acquire(ghost, "deploy: 1 create").await.unwrap();
     let o = m.run(&["destroy", "test", "--yes"]);

@@ -9,10 +9,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet::apply::ledger::{self, Release, ReleaseOutcome};
-use fleet::apply::lock::{self, DeployLock, Holder, LockError};
 use fleet::consul::ConsulClient;
 use fleet::host::{ConnectOptions, HostSession};
+use fleet::release::ledger::{self, Release, ReleaseOutcome};
+use fleet::release::lock::{self, DeployLock, Holder, LockError};
 
 async fn standin() -> (consul_standin::Handle, ConsulClient) {
     let mut config = consul_standin::Config::default().fast_reaper();

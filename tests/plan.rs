@@ -386,6 +386,8 @@ fn hello_desired(tb: &Tb, project: &str, version: &str) -> fleet::desired::Desir
         registry: None,
         canary: 0,
         hooks: Default::default(),
+        edge: None,
+        agents: vec![],
     }
 }
 

@@ -11,7 +11,6 @@ use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use serde::Serialize;
 
-use super::fault::Phase;
 use super::pull_auth::PullAuth;
 use crate::consul::ConsulClient;
 use crate::desired::{DesiredApp, DesiredHost, DesiredState, HealthSpec};
@@ -188,10 +187,7 @@ pub(super) struct Undo {
     pub(super) new_version: String,
 }
 
-/// The registration ID of one container of an instance.
-pub fn registration_id(base: &str, container_id: &str) -> String {
-    format!("{base}-{}", crate::observe::short_id(container_id))
-}
+pub use crate::identity::names::registration_id;
 
 pub(super) struct Host<'a> {
     pub(super) index: usize,
@@ -221,6 +217,9 @@ pub(super) struct Ctx<'a> {
     pub(super) phases: Mutex<HashMap<(usize, String), Phase>>,
     /// Hosts whose SSH connection was lost (no rollback is tried there).
     pub(super) lost: Mutex<HashSet<usize>>,
+    /// The edges' upstreams, when the environment has public routes (set up before the
+    /// rollout).
+    pub(super) edge: tokio::sync::OnceCell<crate::edge::sync::EdgeSync>,
 }
 
 impl Ctx<'_> {
@@ -253,6 +252,47 @@ impl Launch {
     /// `app#n`, as progress lines and reports name an instance.
     pub(super) fn tag(&self) -> String {
         format!("{}#{}", self.app, self.instance)
+    }
+}
+
+/// What an instance's rollout was doing, for a report of a fault in the middle of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Pulling `image` before anything changes on the host.
+    Pulling { image: String },
+    /// Creating and starting the new container, registering it, waiting for its health gate.
+    Starting,
+    /// The new container passed; the old one is deregistered and drained.
+    Draining,
+    /// Stopping and removing the old container.
+    StoppingOld,
+}
+
+impl Phase {
+    /// `while …` for `tag` (`hello#1`): `starting hello#1`.
+    pub(super) fn doing(&self, tag: &str) -> String {
+        match self {
+            Phase::Pulling { image } => format!("pulling {image} for {tag}"),
+            Phase::Starting => format!("starting {tag}"),
+            Phase::Draining => format!("draining the old container of {tag}"),
+            Phase::StoppingOld => format!("stopping the old container of {tag}"),
+        }
+    }
+
+    /// What may be on `host` after a fault in this phase (crash-safe order: `deploy.rs`).
+    pub(super) fn left(&self, host: &str, tag: &str) -> String {
+        match self {
+            Phase::Pulling { .. } => format!("nothing of {tag} was changed on {host}"),
+            Phase::Starting => format!(
+                "{host} may run a new container for {tag} beside the old one, which was not \
+                 touched and keeps serving; the next deploy health-checks the new one before \
+                 it removes either"
+            ),
+            Phase::Draining | Phase::StoppingOld => format!(
+                "the new container of {tag} on {host} passed its health check and serves; the \
+                 old one may still run, deregistered, until the next deploy removes it"
+            ),
+        }
     }
 }
 

@@ -39,9 +39,9 @@ use crate::consul::ConsulClient;
 use crate::desired::{ConfigOrder, DesiredHost, DesiredState, InstanceSpec};
 use crate::errors::chain;
 use crate::host::HostSession;
-use crate::labels;
+use crate::identity::fields::{FIELDS_LABEL, label_value};
+use crate::identity::labels;
 use crate::observe::{ContainerState, ObservedHost, ObservedService, ObservedState, short_id};
-use crate::plan::fields::{FIELDS_LABEL, label_value};
 use crate::plan::{Action, ContainerRef, HostPlan, InstanceChange, Plan, ServiceAction};
 
 /// What an apply did.
@@ -59,6 +59,9 @@ pub struct Report {
     pub kv: super::kv::KvOutcome,
     pub images_removed: usize,
     pub seconds: f64,
+    /// Time spent waiting for the edges to let go of retired instances (drain evidence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_drain_seconds: Option<f64>,
 }
 
 impl Report {
@@ -121,6 +124,7 @@ pub async fn apply(
         images_removed: Mutex::new(0),
         phases: Mutex::new(HashMap::new()),
         lost: Mutex::new(HashSet::new()),
+        edge: tokio::sync::OnceCell::new(),
     };
 
     // Connect each host's engine and agent.
@@ -186,6 +190,15 @@ pub async fn apply(
             failures: std::mem::take(&mut *ctx.failures.lock().unwrap()),
             seconds: t0.elapsed().as_secs_f64(),
             ..Default::default()
+        });
+    }
+
+    // The edge: its container on each edge host, this environment's routes (upstreams: the
+    // instances passing now), before any instance changes.
+    if let Err(e) = setup_edge(&ctx, &hosts, observed).await {
+        return Err(ApplyError::Host {
+            host: "edge".into(),
+            cause: e,
         });
     }
 
@@ -319,10 +332,61 @@ pub async fn apply(
         report.rolled_back = done;
         report.rollback_errors.extend(errors);
     }
+    if let Some(sync) = ctx.edge.get() {
+        // Every route to what passes now (new instances in, nothing retired).
+        for p in sync.push(None).await {
+            ctx.emit("edge", &p);
+        }
+        report.edge_drain_seconds = Some(sync.drained.lock().unwrap().as_secs_f64());
+    }
     report.steps = std::mem::take(&mut *ctx.steps.lock().unwrap());
     report.images_removed = *ctx.images_removed.lock().unwrap();
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The edge of the environment (`crate::edge::setup`), or, with no public app left, this
+/// environment's routes taken off every edge that has them.
+async fn setup_edge(
+    ctx: &Ctx<'_>,
+    hosts: &[Host<'_>],
+    observed: &ObservedState,
+) -> Result<(), String> {
+    let d = ctx.desired;
+    let Some(edge) = &d.edge else {
+        let prefix = crate::edge::caddy::owner_prefix(&d.project, &d.environment);
+        for h in hosts {
+            let owned = observed
+                .hosts
+                .iter()
+                .find(|o| o.name == h.desired.target.name)
+                .and_then(|o| o.edge.as_ref())
+                .and_then(|e| e.config.as_ref())
+                .is_some_and(|c| !crate::edge::caddy::owned_ids(c, &prefix).is_empty());
+            if owned {
+                let a = crate::edge::Admin::connect(h.session).await?;
+                let n = crate::edge::remove_owned(&a, &d.project, &d.environment).await?;
+                ctx.emit(
+                    &h.desired.target.name,
+                    &format!("edge: {n} route(s) removed"),
+                );
+            }
+        }
+        return Ok(());
+    };
+    let consul = hosts
+        .iter()
+        .find_map(|h| h.consul.clone())
+        .ok_or("public routes need [consul]")?;
+    let auth = ctx.pull_auth.for_image(&edge.image)?;
+    let sessions: Vec<&HostSession> = hosts.iter().map(|h| h.session).collect();
+    let (sync, changes) =
+        crate::edge::setup(&d.project, &d.environment, edge, &sessions, consul, auth).await?;
+    for (host, c) in changes {
+        ctx.emit(&host, &format!("edge: {c}"));
+    }
+    let _ = ctx.edge.set(sync);
+    Ok(())
 }
 
 /// Pulls, on each host (up to `parallel` at once), every image it lacks for the instances it
@@ -409,8 +473,8 @@ fn launch_for(d: &DesiredState, host: &DesiredHost, spec: &InstanceSpec) -> Resu
     spec.container
         .labels
         .insert(FIELDS_LABEL.to_string(), label_value(&spec.container));
-    let body =
-        create_body(&spec, &|r| crate::observe::read_secret(r).ok()).map_err(|e| e.to_string())?;
+    let body = create_body(&spec, &|r| crate::manifest::secret::read(r).ok())
+        .map_err(|e| e.to_string())?;
     let app = d.apps.iter().find(|a| a.name == spec.app);
     Ok(Launch {
         app: spec.app.clone(),
@@ -438,7 +502,7 @@ fn launch_for(d: &DesiredState, host: &DesiredHost, spec: &InstanceSpec) -> Resu
         pm2: app.and_then(|a| a.pm2),
         min_healthy: app
             .map(|a| a.min_healthy)
-            .unwrap_or(crate::manifest::model::DEFAULT_MIN_HEALTHY),
+            .unwrap_or(crate::desired::DEFAULT_MIN_HEALTHY),
         stop_timeout: spec.container.stop_timeout,
     })
 }

@@ -9,47 +9,7 @@
 use std::time::Duration;
 
 use super::context::Host;
-
-/// What an instance's rollout was doing, for a report of a fault in the middle of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Phase {
-    /// Pulling `image` before anything changes on the host.
-    Pulling { image: String },
-    /// Creating and starting the new container, registering it, waiting for its health gate.
-    Starting,
-    /// The new container passed; the old one is deregistered and drained.
-    Draining,
-    /// Stopping and removing the old container.
-    StoppingOld,
-}
-
-impl Phase {
-    /// `while …` for `tag` (`hello#1`): `starting hello#1`.
-    pub(super) fn doing(&self, tag: &str) -> String {
-        match self {
-            Phase::Pulling { image } => format!("pulling {image} for {tag}"),
-            Phase::Starting => format!("starting {tag}"),
-            Phase::Draining => format!("draining the old container of {tag}"),
-            Phase::StoppingOld => format!("stopping the old container of {tag}"),
-        }
-    }
-
-    /// What may be on `host` after a fault in this phase (crash-safe order: `deploy.rs`).
-    pub(super) fn left(&self, host: &str, tag: &str) -> String {
-        match self {
-            Phase::Pulling { .. } => format!("nothing of {tag} was changed on {host}"),
-            Phase::Starting => format!(
-                "{host} may run a new container for {tag} beside the old one, which was not \
-                 touched and keeps serving; the next deploy health-checks the new one before \
-                 it removes either"
-            ),
-            Phase::Draining | Phase::StoppingOld => format!(
-                "the new container of {tag} on {host} passed its health check and serves; the \
-                 old one may still run, deregistered, until the next deploy removes it"
-            ),
-        }
-    }
-}
+pub(super) use super::context::Phase;
 
 /// A fault of the host itself, found after a step failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,12 +13,12 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::context::{Ctx, Host, Launch, Started, Undo, registration_id};
+use super::context::{Ctx, Host, Launch, Started, Undo};
 use super::fault::Phase;
 use super::health::{self, Unhealthy};
-use crate::consul::ServiceRegistration;
 use crate::errors::chain;
-use crate::labels;
+use crate::identity::checks::{Service, registration};
+use crate::identity::labels;
 use crate::observe::short_id;
 
 /// Replace `old` by `launch`. Records how to undo it.
@@ -46,6 +46,7 @@ pub(super) async fn replace(
     let started = if fixed {
         // The port is taken by the old container: deregister, drain, stop it first.
         ctx.set_phase(h, &tag, Phase::Draining);
+        edge_off(ctx, h, old_regs).await;
         deregister_all(h, old_regs).await;
         if !old_regs.is_empty() {
             tokio::time::sleep(ctx.opts.drain).await;
@@ -155,6 +156,7 @@ pub(super) async fn retire(
     regs: &[String],
     stop_timeout: Duration,
 ) {
+    edge_off(ctx, h, regs).await;
     deregister_all(h, regs).await;
     if !regs.is_empty() && h.consul.is_some() {
         tokio::time::sleep(ctx.opts.drain).await;
@@ -162,6 +164,61 @@ pub(super) async fn retire(
     for c in containers {
         let _ = stop(h, c, stop_timeout).await;
         let _ = force_remove(&h.docker, c).await;
+    }
+}
+
+/// Take the instances registered as `regs` out of every edge (for the apps that have a
+/// route) and wait for the evidence that none of them gets requests any more; says so when
+/// it never comes.
+pub(super) async fn edge_off(ctx: &Ctx<'_>, h: &Host<'_>, regs: &[String]) {
+    let (Some(sync), Some(consul)) = (ctx.edge.get(), &h.consul) else {
+        return;
+    };
+    if regs.is_empty() {
+        return;
+    }
+    let Ok(services) = consul.agent_services().await else {
+        return;
+    };
+    let app_key = labels::meta_key(labels::APP);
+    let mut by_app: HashMap<String, Vec<String>> = HashMap::new();
+    for r in regs {
+        if let Some(s) = services.get(r)
+            && let Some(app) = s.meta.get(&app_key)
+        {
+            let addr = if s.address.is_empty() {
+                h.desired.target.address.clone()
+            } else {
+                s.address.clone()
+            };
+            by_app
+                .entry(app.clone())
+                .or_default()
+                .push(crate::edge::caddy::dial(&addr, s.port));
+        }
+    }
+    for (app, dials) in by_app {
+        if !sync.routes(&app) {
+            continue;
+        }
+        match sync.retire(&app, &dials).await {
+            Ok(d) => ctx.emit(
+                &h.desired.target.name,
+                &format!(
+                    "{app}: edges drained {} in {}ms",
+                    dials.join(", "),
+                    d.as_millis()
+                ),
+            ),
+            Err(e) => ctx.emit(
+                &h.desired.target.name,
+                &format!(
+                    "{app}: no drain evidence from the edges within {}s for {}: {e}",
+                    crate::edge::sync::DRAIN_EVIDENCE.as_secs(),
+                    dials.join(", ")
+                ),
+            ),
+        }
     }
 }
 
@@ -293,7 +350,14 @@ pub(super) async fn launch_new(
         }
     };
     match register_and_wait(ctx, h, l, &id).await {
-        Ok(s) => Ok(s),
+        Ok(s) => {
+            // A new container that passed may have the address of one retired earlier in this
+            // command (a rollback's, on a freed port): it is routed to again.
+            if let (Some(sync), Some(port), Some(svc)) = (ctx.edge.get(), s.port, &l.service) {
+                sync.include(&l.app, &[crate::edge::caddy::dial(&svc.address, port)]);
+            }
+            Ok(s)
+        }
         Err((reason, reg)) => {
             let logs = cleanup(reg).await;
             Err((reason, logs))
@@ -437,20 +501,15 @@ pub(super) async fn register_and_wait(
         None => None,
     };
     if let (Some(consul), Some(svc), Some(port)) = (&h.consul, &l.service, port) {
-        let reg_id = registration_id(&svc.base_id, id);
-        let reg = ServiceRegistration {
-            id: Some(reg_id.clone()),
-            name: svc.name.clone(),
-            tags: svc.tags.clone(),
-            address: Some(svc.address.clone()),
-            port: Some(port),
-            meta: svc.meta.clone(),
-            check: l
-                .health
-                .as_ref()
-                .map(|hs| health::check_definition(hs, &reg_id, &svc.address, port)),
-            ..Default::default()
+        let service = Service {
+            base_id: &svc.base_id,
+            name: &svc.name,
+            tags: &svc.tags,
+            meta: &svc.meta,
+            address: &svc.address,
         };
+        let reg = registration(service, id, port, l.health.as_ref());
+        let reg_id = reg.id.clone().unwrap_or_default();
         consul
             .register_service(&reg)
             .await

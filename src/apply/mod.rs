@@ -1,31 +1,28 @@
-//! Apply: execute a plan on the hosts. Rollout order, health gate, rollback, lock.
+//! Apply: execute a plan on the hosts. Rollout order, health gate, rollback.
 //!
 //! - `deploy`: the engine (`apply(desired, observed, plan, sessions, opts) -> Report`): rollout
 //!   order per host, failure, rollback; `instance`: the steps on one instance's containers
 //!   (pull, launch, register + health wait, replace, retire); `prune`: old images after a
 //!   rollout; `pull_auth`: which registry credentials go with which pull.
 //!   `context`: the types those three share (`Ctx`, `Host`, `Launch`, `Started`, `Undo`,
-//!   `ApplyOptions`, `Step`, `Failure`), so they import it and never each other.
+//!   `ApplyOptions`, `Step`, `Failure`), so imports point one way: deploy -> instance ->
+//!   context, fault -> context (`cargo xtask arch` checks it).
 //! - `fault`: after a failed step, was it the host (SSH lost, engine or agent down)? What the
 //!   instance was doing (`Phase`) and what that leaves on the host.
 //! - `container`: `InstanceSpec` -> Docker create body.
 //! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
 //! - `kv`: KV config with check-and-set.
-//! - `lock`, `ledger`, `hooks`: the deploy lock (in Consul, `lock/consul.rs`, or a file on the
-//!   first host, `lock/host_file.rs`), the release records, pre/post deploy hooks (`lock::Store`
-//!   opens the lock and ledger of an environment; `crate::pipeline::Deployment` wires them
-//!   around `apply`).
+//!
+//! The deploy lock, the release ledger and the hooks that run around a deploy are not apply's:
+//! they are in `crate::release`, which `crate::pipeline::Deployment` wires around `apply`.
 
 pub mod container;
 mod context;
 pub mod deploy;
 mod fault;
 pub mod health;
-pub mod hooks;
 mod instance;
 pub mod kv;
-pub mod ledger;
-pub mod lock;
 mod prune;
 mod pull_auth;
 

@@ -24,8 +24,9 @@ use bollard::query_parameters::{ListContainersOptions, RemoveImageOptions};
 use serde::{Deserialize, Serialize};
 
 use super::context::{Ctx, Host};
-use super::lock::{HOST_DIR, run, sh_quote};
 use crate::host::HostSession;
+use crate::host::sh_quote;
+use crate::identity::names::{STATE_DIR, images_file};
 
 /// One environment's record on one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,11 +44,6 @@ struct Entry {
     reference: String,
     /// The image ID the reference had when it was recorded.
     id: String,
-}
-
-/// The record file of an environment on each of its hosts.
-pub fn images_file(project: &str, env: &str) -> String {
-    format!("{HOST_DIR}/{project}.{env}.images")
 }
 
 /// This deploy's entries first (an entry already there moves up), then the earlier ones;
@@ -146,14 +142,12 @@ pub async fn forget_images(
 
 /// Every environment's record on the host.
 async fn read_records(session: &HostSession) -> Result<Vec<Record>, String> {
-    let out = run(
-        session,
-        &format!(
-            "for f in {HOST_DIR}/*.images; do [ -f \"$f\" ] && {{ cat \"$f\"; echo; }}; done; true"
-        ),
-    )
-    .await
-    .map_err(|e| format!("no images pruned: cannot read what environments keep here: {e}"))?;
+    let out = session
+        .run_ok(&format!(
+            "for f in {STATE_DIR}/*.images; do [ -f \"$f\" ] && {{ cat \"$f\"; echo; }}; done; true"
+        ))
+        .await
+        .map_err(|e| format!("no images pruned: cannot read what environments keep here: {e}"))?;
     Ok(out
         .lines()
         .filter_map(|l| serde_json::from_str::<Record>(l).ok())
@@ -242,11 +236,12 @@ async fn prune(
         };
         let line = serde_json::to_string(&record).expect("plain data serializes");
         format!(
-            "set -e\nmkdir -p {HOST_DIR}\nf={file}\nprintf '%s\\n' {} > \"$f.$$\"\nmv \"$f.$$\" \"$f\"",
+            "set -e\nmkdir -p {STATE_DIR}\nf={file}\nprintf '%s\\n' {} > \"$f.$$\"\nmv \"$f.$$\" \"$f\"",
             sh_quote(&line)
         )
     };
-    run(session, &script)
+    session
+        .run_ok(&script)
         .await
         .map_err(|e| format!("cannot record the images kept here: {e}"))?;
     Ok(removed)

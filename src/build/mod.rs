@@ -282,7 +282,7 @@ async fn run_one(
             .await?;
         emit(Event::Building);
         let mut labels = HashMap::new();
-        labels.insert(crate::labels::APP.to_string(), t.app.clone());
+        labels.insert(crate::identity::labels::APP.to_string(), t.app.clone());
         let ctx: PathBuf = t.build.context.clone();
         if let Some(c) = tokio::task::spawn_blocking(move || git_commit(&ctx))
             .await

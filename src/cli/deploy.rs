@@ -5,7 +5,7 @@
 //! its options, asks for confirmation and renders its events and report. `converge` is shared
 //! with `fleet rollback`, which only picks other versions.
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ use crate::host::DEFAULT_PARALLEL;
 use crate::manifest::Loaded;
 use crate::pipeline::{Answer, Deployment, Event, Finished, Options, Outcome, PipelineError, Sink};
 use crate::plan::{Plan, render};
+use crate::ui;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -142,7 +143,7 @@ pub fn line(who: &str, msg: &str) {
 fn renderer(json: bool, t0: Instant) -> Sink {
     let bars = crate::ui::interactive().then(Bars::default);
     Arc::new(move |e: Event<'_>| match e {
-        Event::TookOver { env, from } => super::lock::took_over(env, from),
+        Event::TookOver { env, from } => took_over(env, from),
         Event::Unreadable(plan) => print!("{}", render::human(plan, false)),
         Event::Planned(plan) => {
             let human = render::human(plan, crate::ui::interactive());
@@ -169,7 +170,7 @@ fn renderer(json: bool, t0: Instant) -> Sink {
             }
         }
         Event::Applied(report) => print_report(report, json, t0),
-        Event::LockNotReleased(e) => super::lock::not_released(&e),
+        Event::LockNotReleased(e) => not_released(&e),
     })
 }
 
@@ -214,22 +215,28 @@ impl Bars {
 /// Asks on the terminal whether to apply the plan (`--yes`: without asking).
 fn confirm(env: &str, yes: bool) -> impl FnOnce(&Plan) -> std::io::Result<Answer> {
     move |_| {
-        if yes {
-            return Ok(Answer::Apply);
-        }
-        if !std::io::stdin().is_terminal() {
-            return Ok(Answer::NoTerminal);
-        }
-        eprint!("Apply this plan to {env}? [y/N] ");
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        Ok(if matches!(answer.trim(), "y" | "Y" | "yes") {
-            Answer::Apply
-        } else {
-            eprintln!("Nothing was changed.");
-            Answer::Decline
+        let question = format!("Apply this plan to {env}?");
+        Ok(match ui::confirm(yes, &question, ui::Expect::Yes)? {
+            ui::Confirmation::Given => Answer::Apply,
+            ui::Confirmation::NoTerminal => Answer::NoTerminal,
+            ui::Confirmation::Refused => {
+                eprintln!("Nothing was changed.");
+                Answer::Decline
+            }
         })
     }
+}
+
+/// The line saying the lock was taken over from a dead holder.
+pub(crate) fn took_over(env: &str, from: &crate::release::lock::Holder) {
+    eprintln!(
+        "Took over the deploy lock of {env} from {from}: that process no longer runs on this machine."
+    );
+}
+
+/// The warning for a lock that could not be released.
+pub(crate) fn not_released(e: &dyn std::fmt::Display) {
+    eprintln!("warning: could not release the deploy lock ({e}); it expires by itself");
 }
 
 /// A pipeline error as a diagnostic, with the help a user needs.

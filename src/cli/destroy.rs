@@ -1,12 +1,13 @@
 //! `fleet destroy ENV [--yes]`: remove every container, registration and KV key of an
 //! environment, after showing them.
-use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use super::Global;
-use super::lock::Locked;
+use super::lock::with_lock;
 use super::reach::{Reach, Versions, connect};
+use crate::operate::Connected;
 use crate::operate::destroy::{inventory, remove};
+use crate::ui::Confirmation;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,50 +23,43 @@ pub struct Args {
 
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let cx = connect(&args.env, &args.reach, g, Versions::NotNeeded).await?;
-    // Held from the listing to the last removal: no deploy starts in between.
-    let lock = match Locked::take(&cx.desired, "fleet destroy").await {
-        Ok(l) => l,
-        Err(e) => {
-            cx.close().await;
-            return Err(e);
-        }
-    };
-    let inv = inventory(&cx).await;
+    // Held from the listing to the last removal: no deploy starts in between. Releasing the
+    // lock also removes its key: nothing of the environment is left in KV.
+    let result = with_lock(&cx.desired, "fleet destroy", async || {
+        destroy(&cx, &args).await
+    })
+    .await;
+    cx.close().await;
+    result
+}
+
+async fn destroy(cx: &Connected, args: &Args) -> miette::Result<ExitCode> {
+    let inv = inventory(cx).await;
     print!("{}", inv.render());
     if inv.is_empty() {
         println!("Nothing to remove.");
-        lock.release().await;
-        cx.close().await;
         return Ok(ExitCode::from(u8::from(!inv.problems.is_empty())));
     }
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            lock.release().await;
-            cx.close().await;
+    let question = format!(
+        "Type the environment name ({}) to remove all of this:",
+        args.env
+    );
+    match crate::ui::confirm(args.yes, &question, crate::ui::Expect::Typed(&args.env)) {
+        Ok(Confirmation::Given) => {}
+        Ok(Confirmation::NoTerminal) => {
             return Err(miette::miette!(
                 help = "run it again with --yes to confirm without a terminal",
                 "refusing to destroy {} without confirmation: stdin is not a terminal",
                 args.env
             ));
         }
-        print!(
-            "Type the environment name ({}) to remove all of this: ",
-            args.env
-        );
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if answer.trim() != args.env {
+        Ok(Confirmation::Refused) => {
             println!("Not confirmed; nothing removed.");
-            lock.release().await;
-            cx.close().await;
             return Ok(ExitCode::FAILURE);
         }
+        Err(e) => return Err(miette::miette!("cannot read the confirmation: {e}")),
     }
-    // Releasing the lock also removes its key: nothing of the environment is left in KV.
-    let (errors, images) = remove(&cx, &inv).await;
-    lock.release().await;
-    cx.close().await;
+    let (errors, images) = remove(cx, &inv).await;
     for e in &errors {
         eprintln!("error: {e}");
     }

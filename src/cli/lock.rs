@@ -1,14 +1,14 @@
 //! `fleet lock status ENV`, `fleet lock release ENV [--yes]`: the deploy lock (see
-//! `apply::lock` and docs/lock.md).
+//! `release::lock` and docs/lock.md).
 use std::process::ExitCode;
 use std::time::Duration;
 
 use miette::{IntoDiagnostic, miette};
 
 use super::Global;
-use crate::apply::lock::{Holder, Store, ago};
 use crate::desired::DesiredState;
 use crate::host::ConnectOptions;
+use crate::release::lock::{Holder, Store, ago};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -97,21 +97,20 @@ async fn release(store: &Store, env: &str, yes: bool) -> miette::Result<ExitCode
         println!("The deploy lock of {env} is free; nothing to release.");
         return Ok(ExitCode::SUCCESS);
     };
-    if !yes {
-        if !crate::ui::interactive() {
+    let question = format!(
+        "The deploy lock of {env} is {}\nRelease it? A deploy still running loses its lock.",
+        describe(&h)
+    );
+    match crate::ui::confirm(yes, &question, crate::ui::Expect::Yes).into_diagnostic()? {
+        crate::ui::Confirmation::Given => {}
+        crate::ui::Confirmation::NoTerminal => {
             return Err(miette!(
                 help = format!("run `fleet lock release {env} --yes` to release it without asking"),
                 "the deploy lock of {env} is {}; not releasing it without --yes (no terminal to ask on)",
                 describe(&h)
             ));
         }
-        eprint!(
-            "The deploy lock of {env} is {}\nRelease it? A deploy still running loses its lock. [y/N] ",
-            describe(&h)
-        );
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer).into_diagnostic()?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        crate::ui::Confirmation::Refused => {
             println!("Left the lock alone.");
             return Ok(ExitCode::FAILURE);
         }
@@ -135,26 +134,27 @@ impl Locked {
             .await
             .map_err(super::deploy::diagnostic)?;
         if let Some(dead) = locked.lock.took_over() {
-            took_over(&desired.environment, dead);
+            super::deploy::took_over(&desired.environment, dead);
         }
         Ok(Locked(locked))
     }
 
     pub(crate) async fn release(self) {
         if let Err(e) = self.0.release().await {
-            not_released(&e);
+            super::deploy::not_released(&e);
         }
     }
 }
 
-/// The line saying the lock was taken over from a dead holder.
-pub(crate) fn took_over(env: &str, from: &Holder) {
-    eprintln!(
-        "Took over the deploy lock of {env} from {from}: that process no longer runs on this machine."
-    );
-}
-
-/// The warning for a lock that could not be released.
-pub(crate) fn not_released(e: &dyn std::fmt::Display) {
-    eprintln!("warning: could not release the deploy lock ({e}); it expires by itself");
+/// Runs `f` with the deploy lock of `desired`'s environment held for `what`, and releases it on
+/// every path `f` takes (as Kamal's `with_lock`); `f` cannot leave it held.
+pub(crate) async fn with_lock<T>(
+    desired: &DesiredState,
+    what: &str,
+    f: impl AsyncFnOnce() -> miette::Result<T>,
+) -> miette::Result<T> {
+    let lock = Locked::take(desired, what).await?;
+    let out = f().await;
+    lock.release().await;
+    out
 }

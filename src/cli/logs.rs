@@ -27,6 +27,9 @@ pub struct Args {
     /// Print the engine's timestamp in front of each line.
     #[arg(short = 't', long)]
     pub timestamps: bool,
+    /// The edges' access logs (Caddy's, one JSON line per request) instead of the apps'.
+    #[arg(long)]
+    pub edge: bool,
     #[command(flatten)]
     pub reach: Reach,
 }
@@ -66,6 +69,41 @@ pub fn follow_shorthand(
 
 pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     let cx = connect(&args.which.env, &args.reach, g, Versions::NotNeeded).await?;
+    if args.edge {
+        let hosts: Vec<String> = cx
+            .desired
+            .edge
+            .as_ref()
+            .map(|e| e.hosts.clone())
+            .unwrap_or_default();
+        if hosts.is_empty() {
+            cx.close().await;
+            return Err(miette::miette!(
+                "environment {} has no edge (no app is `public`)",
+                args.which.env
+            ));
+        }
+        let print = |h: &str, l: &str| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "edge@{h} | {l}");
+        };
+        let results = futures_util::future::join_all(
+            cx.hosts()
+                .filter(|(t, _)| hosts.contains(&t.name))
+                .filter_map(|(_, s)| s.as_ref().ok())
+                .map(|s| crate::edge::logs(s, args.tail, args.since, args.follow, &print)),
+        )
+        .await;
+        let mut failed = false;
+        for r in results {
+            if let Err(e) = r {
+                failed = true;
+                eprintln!("error: {e}");
+            }
+        }
+        cx.close().await;
+        return Ok(ExitCode::from(u8::from(failed)));
+    }
     let sel = args.which.selector();
     let o = LogOptions {
         stream: match args.stream.as_deref() {

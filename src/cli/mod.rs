@@ -24,6 +24,7 @@ pub mod releases;
 pub mod restart;
 pub mod rollback;
 pub mod schema;
+pub mod setup;
 pub mod show;
 pub mod status;
 pub mod validate;
@@ -59,6 +60,8 @@ pub enum Command {
     Build(build::Args),
     /// Show what a deploy would change on the hosts of an environment.
     Plan(plan::Args),
+    /// Run the Consul agent of every host (`[consul.agent]`) as a container: plan, then apply.
+    Setup(setup::Args),
     /// Build, push and converge every host of an environment, health-gated.
     Deploy(deploy::Args),
     /// Return an environment to its previous good release (or --to VERSION), health-gated.
@@ -153,6 +156,7 @@ async fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Show(a) => show::run(a, g).await,
         Command::Build(a) => build::run(a, g).await,
         Command::Plan(a) => plan::run(a, g).await,
+        Command::Setup(a) => setup::run(a, g).await,
         Command::Deploy(a) => deploy::run(a, g).await,
         Command::Rollback(a) => rollback::run(a, g).await,
         Command::Status(a) => status::run(a, g).await,

@@ -6,8 +6,8 @@ use comfy_table::Table;
 use miette::IntoDiagnostic;
 
 use super::Global;
-use crate::apply::hooks::versions_text;
-use crate::apply::ledger::Release;
+use crate::release::hooks::versions_text;
+use crate::release::ledger::Release;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -71,7 +71,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::apply::ledger::{ReleaseConfig, ReleaseOutcome};
+    use crate::release::ledger::{ReleaseConfig, ReleaseOutcome};
 
     #[test]
     fn table_lists_id_when_who_outcome_versions() {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use super::Global;
-use super::lock::Locked;
+use super::lock::with_lock;
 use super::reach::{Reach, Versions, Which, connect};
 use crate::operate::lifecycle::{Action, run as lifecycle};
 
@@ -18,16 +18,13 @@ pub struct Args {
 pub async fn run(args: Args, g: &Global, action: Action) -> miette::Result<ExitCode> {
     let cx = connect(&args.which.env, &args.reach, g, Versions::Hashed).await?;
     let sel = args.which.selector();
-    let lock = match Locked::take(&cx.desired, &format!("fleet {}", action.verb())).await {
-        Ok(l) => l,
-        Err(e) => {
-            cx.close().await;
-            return Err(e);
-        }
-    };
-    let (outcomes, errors) = lifecycle(&cx, &sel, action).await;
-    lock.release().await;
+    let what = format!("fleet {}", action.verb());
+    let done = with_lock(&cx.desired, &what, async || {
+        Ok(lifecycle(&cx, &sel, action).await)
+    })
+    .await;
     cx.close().await;
+    let (outcomes, errors) = done?;
     let mut failed = !errors.is_empty();
     for o in &outcomes {
         match &o.result {

@@ -11,10 +11,10 @@ use super::deploy::{Converge, converge_locked, resolve};
 use super::lock::Locked;
 use std::collections::BTreeMap;
 
-use crate::apply::ledger::{Release, ReleaseConfig, ReleaseOutcome, newest_good};
 use crate::desired::{DesiredState, Versions};
 use crate::host::DEFAULT_PARALLEL;
 use crate::pipeline::Options;
+use crate::release::ledger::{Release, ReleaseConfig, ReleaseOutcome, newest_good};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -59,11 +59,23 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         let rows = rows(&cx.desired, &readings, &sel, now);
         let faults = faults(&readings);
         code = u8::from(!faults.is_empty());
+        let routes = match &cx.desired.edge {
+            Some(e) => {
+                let sessions = cx
+                    .hosts()
+                    .filter_map(|(t, s)| s.as_ref().ok().map(|s| (t.name.as_str(), s)))
+                    .collect();
+                crate::edge::route_status(&cx.desired.project, &cx.desired.environment, e, sessions)
+                    .await
+            }
+            None => Vec::new(),
+        };
         let out = if args.json {
-            let doc = StatusDoc::new(&cx.desired, &readings, rows, now);
+            let mut doc = StatusDoc::new(&cx.desired, &readings, rows, now);
+            doc.routes = routes;
             serde_json::to_string_pretty(&doc).into_diagnostic()? + "\n"
         } else {
-            table(&rows, &faults)
+            table(&rows, &faults) + &crate::edge::status_lines(&routes)
         };
         if args.watch && tty && !args.json {
             // Home, clear screen, then the table: refreshes in place.

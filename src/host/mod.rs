@@ -22,6 +22,11 @@
 //!   `FLEET_SSH_PERSIST`); a command's own forwards are closed when it ends either way;
 //! - `bollard` does not negotiate the API version by itself: `docker()` does, and refuses
 //!   engines older than API 1.41.
+//!
+//! Files: this one the session (connect, forwards, engine, scripts, close); `error.rs` the
+//! typed errors and what ssh printed turned into one; `destination.rs` the address and user
+//! checks; `runtime.rs` the private socket directory; `engine.rs` the API version from
+//! `/_ping`; `reuse.rs` kept masters.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -36,114 +41,29 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::desired::HostTarget;
 use crate::errors::chain;
 
+mod destination;
+mod engine;
+mod error;
 mod reuse;
+mod runtime;
+
+pub use destination::{check_destination, destination_problem};
+use engine::ping_api;
+use error::classify;
+pub use error::{HostError, ScriptError};
+use runtime::{RUNTIME_SEQ, make_dir, remove_session_dir, runtime_base, short_name};
+pub(crate) use runtime::{make_private_dir, unguessable};
 
 /// The oldest Docker Engine API fleet talks to.
 pub const MIN_API: (usize, usize) = (1, 41);
 
+/// Single-quotes `s` for sh.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// Default bound on hosts connected (and read) at once.
 pub const DEFAULT_PARALLEL: usize = 32;
-
-/// Why a host could not be used. Every variant names the host and its address.
-#[derive(Debug, thiserror::Error)]
-pub enum HostError {
-    #[error(
-        "{host} ({address}): host key unknown: the host is not in known_hosts and strict checking is on ({detail})"
-    )]
-    UnknownHostKey {
-        host: String,
-        address: String,
-        detail: String,
-    },
-    #[error(
-        "{host} ({address}): HOST KEY CHANGED: the key differs from known_hosts; refusing to connect ({detail})"
-    )]
-    ChangedHostKey {
-        host: String,
-        address: String,
-        detail: String,
-    },
-    #[error("{host} ({address}): SSH authentication refused for user {user} ({detail})")]
-    AuthRefused {
-        host: String,
-        address: String,
-        user: String,
-        detail: String,
-    },
-    #[error("{host} ({address}): unreachable: {cause}")]
-    Unreachable {
-        host: String,
-        address: String,
-        cause: String,
-    },
-    #[error("{host} ({address}): SSH failed: {cause}")]
-    Ssh {
-        host: String,
-        address: String,
-        cause: String,
-    },
-    #[error("{host} ({address}): the Docker engine at {socket} does not answer: {cause}")]
-    EngineDown {
-        host: String,
-        address: String,
-        socket: String,
-        cause: String,
-    },
-    #[error(
-        "{host} ({address}): the Docker engine speaks API {api}; fleet needs {}.{} or newer (Docker 20.10+)",
-        MIN_API.0, MIN_API.1
-    )]
-    EngineTooOld {
-        host: String,
-        address: String,
-        api: String,
-    },
-    #[error("{host} ({address}): cannot forward {what}: {cause}")]
-    Forward {
-        host: String,
-        address: String,
-        what: String,
-        cause: String,
-    },
-    #[error("cannot create the local runtime directory {path}: {source}")]
-    RuntimeDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-impl HostError {
-    /// A stable word for reports and JSON (`observe::Fault::kind`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            HostError::UnknownHostKey { .. } => "unknown-host-key",
-            HostError::ChangedHostKey { .. } => "changed-host-key",
-            HostError::AuthRefused { .. } => "auth-refused",
-            HostError::Unreachable { .. } => "unreachable",
-            HostError::Ssh { .. } => "ssh",
-            HostError::EngineDown { .. } => "engine-down",
-            HostError::EngineTooOld { .. } => "engine-too-old",
-            HostError::Forward { .. } => "forward",
-            HostError::RuntimeDir { .. } => "local",
-        }
-    }
-
-    /// The message without the `host (address): ` prefix (and without the kind word, which
-    /// reports print apart), e.g. `connect to host 10.0.0.9 port 22: Connection refused`.
-    pub fn cause(&self) -> String {
-        match self {
-            HostError::Unreachable { cause, .. } | HostError::Ssh { cause, .. } => cause.clone(),
-            HostError::RuntimeDir { .. } => self.to_string(),
-            _ => {
-                let s = self.to_string();
-                match s.split_once("): ") {
-                    Some((_, rest)) => rest.to_string(),
-                    None => s,
-                }
-            }
-        }
-    }
-}
 
 /// How to connect. `Default` reads `FLEET_SSH_CONFIG` and `FLEET_SSH_ACCEPT_NEW`.
 #[derive(Debug, Clone)]
@@ -194,7 +114,6 @@ fn parse_keepalive(v: Option<&str>) -> Duration {
     }
 }
 
-static RUNTIME_SEQ: AtomicUsize = AtomicUsize::new(0);
 static SESSION_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Default for ConnectOptions {
@@ -235,210 +154,6 @@ pub struct HostSession {
     docker_timeout_secs: u64,
     docker: OnceCell<Docker>,
     forwards: Mutex<Vec<(u16, String, u16)>>,
-}
-
-/// Where runtime directories go: `$XDG_RUNTIME_DIR` (private to the user by definition) when
-/// it is set, absolute and short enough for socket paths; else `/tmp`.
-fn runtime_base() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|d| d.is_absolute() && d.as_os_str().len() <= 32)
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-}
-
-/// 64 bits nobody else can predict: std's hasher keys come from the OS's random source.
-pub(crate) fn unguessable() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
-/// Makes `path` a directory of ours alone: `mkdir` with mode 0700, which fails if anything of
-/// that name exists; an existing one is accepted only if [`check_private`] says it is ours.
-pub(crate) fn make_private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => check_private(path),
-        other => other,
-    }
-}
-
-/// `path` is a directory (not a symlink) owned by this user, with no access for group or
-/// others.
-pub(crate) fn check_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path)?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    let why = if !meta.is_dir() {
-        "it is not a directory (or is a symlink)".to_string()
-    } else if meta.uid() != uid {
-        format!("it belongs to uid {}, not to this user ({uid})", meta.uid())
-    } else if meta.mode() & 0o077 != 0 {
-        format!("its mode is {:04o}, not 0700", meta.mode() & 0o7777)
-    } else {
-        return Ok(());
-    };
-    Err(std::io::Error::new(
-        std::io::ErrorKind::PermissionDenied,
-        format!("refusing a directory that is not ours alone: {why}"),
-    ))
-}
-
-/// Makes the runtime directory (if this process has none yet) and `dir` in it, both private.
-fn make_dir(runtime: &Path, dir: &Path) -> Result<(), HostError> {
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| HostError::RuntimeDir { path, source }
-    };
-    // Another session's close may remove the (then empty) runtime directory between the two
-    // steps: make it again.
-    let mut tries = 0;
-    loop {
-        make_private_dir(runtime).map_err(err(runtime))?;
-        match make_private_dir(dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 => tries += 1,
-            other => return other.map_err(err(dir)),
-        }
-    }
-}
-
-/// Why `value` (a host's `address` or `user`) cannot be given to ssh, if it cannot: ssh would
-/// read a leading `-` as an option (`-oProxyCommand=...`), and whitespace, control and shell
-/// characters have no place in a host name or user (ssh expands both into `ProxyCommand`s
-/// through `%h` / `%r`). For an address, the host part of `ssh://[user@]host[:port]` and of
-/// `user@host` is checked too.
-pub fn destination_problem(value: &str, what: &str) -> Option<String> {
-    if value.is_empty() {
-        return Some(format!("the {what} is empty"));
-    }
-    let rest = value.strip_prefix("ssh://").unwrap_or(value);
-    let parts = match rest.rsplit_once('@') {
-        Some((user, host)) => vec![value, rest, user, host],
-        None => vec![value, rest],
-    };
-    if parts.iter().any(|p| p.starts_with('-')) {
-        return Some(format!(
-            "the {what} starts with `-`: ssh would read it as an option"
-        ));
-    }
-    if let Some(c) = value
-        .chars()
-        .find(|c| c.is_whitespace() || c.is_control() || "'\"`$;&|<>(){}\\*?!#~".contains(*c))
-    {
-        return Some(format!(
-            "the {what} contains {c:?}: no whitespace, control or shell characters"
-        ));
-    }
-    None
-}
-
-/// Refuses a target whose address or user ssh could misread ([`destination_problem`]). The
-/// manifest already refuses them with a diagnostic; this holds for targets made in code too,
-/// since the openssh crate puts the destination on ssh's command line without `--`.
-pub fn check_destination(target: &HostTarget) -> Result<(), HostError> {
-    let problem = destination_problem(&target.address, "address").or_else(|| {
-        target
-            .user
-            .as_deref()
-            .and_then(|u| destination_problem(u, "user"))
-    });
-    match problem {
-        None => Ok(()),
-        Some(cause) => Err(HostError::Ssh {
-            host: target.name.clone(),
-            address: target.address.clone(),
-            cause,
-        }),
-    }
-}
-
-/// Turn what `ssh` printed into a typed error.
-fn classify(target: &HostTarget, text: &str) -> HostError {
-    let host = target.name.clone();
-    let address = target.address.clone();
-    let text = text
-        .replace("failed to connect to the remote host: ", "")
-        .replace("the master connection failed: ", "");
-    let detail: String = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("@@@") && !l.starts_with('@'))
-        .collect::<Vec<_>>()
-        .join(" / ");
-    let t = text.to_ascii_lowercase();
-    if t.contains("remote host identification has changed")
-        || t.contains("host key for") && t.contains("has changed")
-    {
-        HostError::ChangedHostKey {
-            host,
-            address,
-            detail,
-        }
-    } else if t.contains("host key verification failed") || t.contains("host key is known") {
-        HostError::UnknownHostKey {
-            host,
-            address,
-            detail,
-        }
-    } else if t.contains("permission denied") || t.contains("too many authentication failures") {
-        HostError::AuthRefused {
-            host,
-            address,
-            user: target
-                .user
-                .clone()
-                .unwrap_or_else(|| "(from ssh config)".into()),
-            detail,
-        }
-    } else if [
-        "connection refused",
-        "timed out",
-        "no route to host",
-        "network is unreachable",
-        "could not resolve",
-        "connection closed",
-        "connection reset",
-    ]
-    .iter()
-    .any(|p| t.contains(p))
-    {
-        HostError::Unreachable {
-            host,
-            address,
-            cause: detail,
-        }
-    } else {
-        HostError::Ssh {
-            host,
-            address,
-            cause: detail,
-        }
-    }
-}
-
-/// 64-bit FNV-1a: short, stable names for socket files and directories.
-fn fnv64(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
-/// A short, stable directory name for a host's sockets.
-fn short_name(name: &str) -> String {
-    format!("{:08x}", fnv64(name) as u32)
-}
-
-/// Removes a session's directory, and the runtime directory with its last session.
-fn remove_session_dir(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
-    if let Some(parent) = dir.parent() {
-        let _ = std::fs::remove_dir(parent);
-    }
 }
 
 /// A master of this command's own (no reuse): closed with the session, and gone two minutes
@@ -750,6 +465,22 @@ impl HostSession {
         })
     }
 
+    /// [`run_sh`](Self::run_sh), an error unless the script exits 0; returns its stdout.
+    pub async fn run_ok(&self, script: &str) -> Result<String, ScriptError> {
+        let out = self.run_sh(script).await?;
+        if out.code != Some(0) {
+            return Err(ScriptError::Failed {
+                host: self.target.name.clone(),
+                code: out
+                    .code
+                    .map(|c| format!("exit code {c}"))
+                    .unwrap_or_else(|| "killed".into()),
+                stderr: out.stderr.trim().to_string(),
+            });
+        }
+        Ok(out.stdout)
+    }
+
     /// Close the SSH master (which ends every forward), or for a kept master the forwards
     /// this session opened; then remove this host's sockets.
     pub async fn close(self) {
@@ -788,50 +519,6 @@ impl HostSession {
         }
         remove_session_dir(&self.dir);
     }
-}
-
-/// The engine's API version from `GET /_ping`'s `Api-Version` header, as the docker CLI
-/// negotiates. Not `/version`: that one makes the engine run `runc --version` and
-/// `docker-init --version` for its component list, on every call.
-async fn ping_api(socket: &Path) -> Result<(usize, usize), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    s.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    // Read the head only: waiting for the engine's close would wait on the SSH channel's
-    // teardown too.
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    parse_ping(&String::from_utf8_lossy(&head))
-}
-
-fn parse_ping(response: &str) -> Result<(usize, usize), String> {
-    let mut lines = response.lines();
-    let status = lines.next().unwrap_or_default();
-    if !status.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP answer: {status:?}"));
-    }
-    let version = lines
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("api-version"))
-        .map(|(_, v)| v.trim().to_string())
-        .ok_or_else(|| format!("no Api-Version header in the answer to /_ping ({status})"))?;
-    let (major, minor) = version
-        .split_once('.')
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .ok_or_else(|| format!("unreadable Api-Version {version:?}"))?;
-    Ok((major, minor))
 }
 
 /// What a script run by [`HostSession::run_sh`] left.
@@ -1073,17 +760,6 @@ pub(super) mod tests {
         assert_eq!(mode & 0o777, 0o700);
         close_all(vec![Ok(one), Ok(two)], &opts).await;
         assert!(!opts.runtime_dir.exists());
-    }
-
-    #[test]
-    fn reads_the_api_version_from_ping() {
-        let ok = "HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nDocker-Experimental: false\r\n\r\nOK";
-        assert_eq!(parse_ping(ok), Ok((1, 41)));
-        let lower = "HTTP/1.1 200 OK\r\napi-version:1.45\r\n\r\nOK";
-        assert_eq!(parse_ping(lower), Ok((1, 45)));
-        assert!(parse_ping("HTTP/1.1 200 OK\r\n\r\nApi-Version: 1.41").is_err());
-        assert!(parse_ping("SSH-2.0-OpenSSH").is_err());
-        assert!(parse_ping("HTTP/1.1 200 OK\r\nApi-Version: one\r\n\r\n").is_err());
     }
 
     #[test]

@@ -101,6 +101,19 @@ impl Field {
 }
 
 /// App keys an environment cannot override (docs/manifest.md, "Merge rules").
+/// The engine's socket on a host, unless the manifest says otherwise.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
+/// The most instances of one app on one host. Far more than one host runs well, and low
+/// enough that validating, resolving and planning stay fast (each instance is a container
+/// spec, a Consul service and a host port to check).
+pub const MAX_INSTANCES: u32 = 1000;
+/// The official image fleet runs when `[consul.agent] image` is not given: a pinned version.
+pub const DEFAULT_AGENT_IMAGE: &str = "hashicorp/consul:1.20.1";
+/// The edge proxy's image in production: Caddy 2's official image.
+pub const DEFAULT_EDGE_IMAGE: &str = "caddy:2";
+/// The largest `canary` (hosts converged first) an environment may ask for.
+pub const MAX_CANARY: i64 = 1000;
+
 pub const NOT_IN_OVERLAY: &[&str] = &["build"];
 
 const PORT: Ty = Ty::Int(1, 65535);
@@ -117,6 +130,7 @@ pub const TOP_KEYS: &Keys = &Keys { section: "The fleet manifest", fields: &[
     Field::new("apps", Ty::Map(&Ty::Table(APP_KEYS)), "The apps, by name.").required(),
     Field::new("environments", Ty::Map(&Ty::Table(ENV_KEYS)), "The environments, by name: hosts and overrides of the apps."),
     Field::new("builder", Ty::Table(BUILDER_KEYS), "The host whose Docker engine builds and pushes the images."),
+    Field::new("edge", Ty::Table(EDGE_KEYS), "The edge proxy (Caddy 2) that serves the apps' `public` routes on fixed ports."),
     Field::new("$schema", Ty::Str, "The JSON Schema of this file, for editors; fleet ignores it."),
 ]};
 
@@ -146,6 +160,17 @@ pub const CONSUL_KEYS: &Keys = &Keys { section: "[consul] (optional)", fields: &
     Field::new("token", Ty::Secret, "ACL token."),
     Field::new("datacenter", Ty::Str, "The Consul datacenter."),
     Field::new("container_address", Ty::Url, "The agent as seen *from the host's containers*, given to them as `CONSUL_HTTP_ADDR`."),
+    Field::new("agent", Ty::Table(CONSUL_AGENT_KEYS), "The Consul agent `fleet setup` runs on every host, as a container."),
+]};
+
+#[rustfmt::skip]
+pub const CONSUL_AGENT_KEYS: &Keys = &Keys { section: "[consul.agent] (optional)", fields: &[
+    Field::new("image", Ty::Str, "The agent's image; `fleet setup` runs it with `consul agent` flags.").or(Lit::Str(DEFAULT_AGENT_IMAGE)),
+    Field::new("servers", Ty::List, "The hosts that run Consul servers (`-server -bootstrap-expect` their count); every agent joins them.").required(),
+    Field::new("datacenter", Ty::Str, "The agents' datacenter (default: `[consul] datacenter`, else `dc1`)."),
+    Field::new("encrypt", Ty::Secret, "The gossip encryption key (`-encrypt`), a secret reference."),
+    Field::new("token", Ty::Secret, "The agent's ACL token (`acl.tokens.agent`), a secret reference."),
+    Field::new("args", Ty::List, "More `consul agent` flags, e.g. `[\"-ui\"]`."),
 ]};
 
 #[rustfmt::skip]
@@ -154,7 +179,7 @@ pub const HOST_KEYS: &Keys = &Keys { section: "[hosts.NAME]", fields: &[
     Field::new("user", Ty::Str, "SSH user (default: ssh's)."),
     Field::new("port", PORT, "SSH port (default: ssh's)."),
     Field::new("identity_file", Ty::Str, "SSH private key (default: ssh's)."),
-    Field::new("docker_socket", Ty::Str, "The engine's socket on the host.").or(Lit::Str(super::model::DEFAULT_DOCKER_SOCKET)),
+    Field::new("docker_socket", Ty::Str, "The engine's socket on the host.").or(Lit::Str(DEFAULT_DOCKER_SOCKET)),
     Field::new("roles", Ty::List, "What the host is for; apps choose hosts by role."),
 ]};
 
@@ -164,7 +189,7 @@ pub const APP_KEYS: &Keys = &Keys { section: "[apps.NAME]", fields: &[
     Field::new("image", Ty::Str, "A prebuilt image, `name:tag` (no tag means `latest`). Its tag is the version. Exactly one of `build` / `image`."),
     Field::new("roles", Ty::List, "Run on every host (of the environment) that has one of these roles (default: every host)."),
     Field::new("hosts", Ty::List, "Run on these hosts (by name). Not together with `roles`."),
-    Field::new("instances", Ty::Int(0, super::model::MAX_INSTANCES as i64), "Containers **per host**, like pm2's `instances`. `0` leaves the app out.").or(Lit::Int(1)),
+    Field::new("instances", Ty::Int(0, MAX_INSTANCES as i64), "Containers **per host**, like pm2's `instances`. `0` leaves the app out.").or(Lit::Int(1)),
     Field::new("port", PORT, "The port the app listens on inside the container."),
     Field::new("published", Ty::AnyOf(&[Ty::Word(&["auto"]), PORT, Ty::Exactly(false)]), "Host port: Docker-picked (`\"auto\"`), fixed (a port), or none (`false`).").or(Lit::Str("auto")),
     Field::new("command", COMMANDS, "Replaces the image's `CMD` (a string is split on spaces)."),
@@ -185,6 +210,30 @@ pub const APP_KEYS: &Keys = &Keys { section: "[apps.NAME]", fields: &[
     Field::new("batch", Ty::Int(1, u32::MAX as i64), "How many instances a rollout replaces at once.").or(Lit::Int(1)),
     Field::new("dns", Ty::Word(&["consul"]), "The containers resolve names through their host's Consul agent. Needs `[consul]`."),
     Field::new("pm2", Ty::Bool, "Whether the containers run pm2 (default: detected from the main process, `pm2-runtime`)."),
+    Field::new("public", Ty::Table(PUBLIC_KEYS), "A route from the edge proxy to the app: `{ host, path }`. Needs `service`, `health` and a published port."),
+]};
+
+#[rustfmt::skip]
+pub const PUBLIC_KEYS: &Keys = &Keys { section: "Public routes", fields: &[
+    Field::new("host", Ty::AnyOf(&[Ty::Str, Ty::List]), "The host name(s) the route answers (the request's `Host`).").required(),
+    Field::new("path", Ty::Pattern("^/"), "A path prefix: `/api` routes `/api` and `/api/...`.").or(Lit::Str("/")),
+    Field::new("timeout", Ty::Duration, "How long the edge waits for the app's response headers; a GET or HEAD with none by then is tried on another instance.").or(Lit::Str("30s")),
+]};
+
+#[rustfmt::skip]
+pub const EDGE_KEYS: &Keys = &Keys { section: "[edge] (optional)", fields: &[
+    Field::new("roles", Ty::List, "The hosts that run the edge proxy (default: every host of the environment that runs a public app)."),
+    Field::new("image", Ty::Str, "The proxy's image: Caddy 2 (its binary at /usr/bin/caddy).").or(Lit::Str(DEFAULT_EDGE_IMAGE)),
+    Field::new("http", PORT, "The HTTP port of the edge on each host.").or(Lit::Int(80)),
+    Field::new("https", PORT, "The HTTPS port of the edge on each host.").or(Lit::Int(443)),
+    Field::new("tls", Ty::AnyOf(&[Ty::Word(&["auto", "acme", "internal", "off"]), Ty::Table(EDGE_TLS_KEYS)]), "Certificates: `auto` (ACME, the internal CA for localhost and IPs), `acme`, `internal` (the proxy's own CA), `off` (HTTP only), or `{ cert, key }`.").or(Lit::Str("auto")),
+    Field::new("email", Ty::Str, "The ACME account's e-mail (Let's Encrypt)."),
+]};
+
+#[rustfmt::skip]
+pub const EDGE_TLS_KEYS: &Keys = &Keys { section: "[edge] (optional)", fields: &[
+    Field::new("cert", Ty::Secret, "The certificate chain (PEM), `{ file = \"..\" }`.").required(),
+    Field::new("key", Ty::Secret, "Its private key (PEM), `{ file = \"..\" }`.").required(),
 ]};
 
 #[rustfmt::skip]
@@ -231,9 +280,10 @@ pub const ENV_KEYS: &Keys = &Keys { section: "[environments.NAME]", fields: &[
     Field::new("env", ENV_VALUES, "Variables for every app of the environment."),
     Field::new("apps", Ty::Map(&Ty::Overlay(APP_KEYS)), "Overrides of any app key except `build`, by app name."),
     Field::new("consul", Ty::Overlay(CONSUL_KEYS), "Overrides of `[consul]`, merged key by key."),
+    Field::new("edge", Ty::Overlay(EDGE_KEYS), "Overrides of `[edge]`, merged key by key."),
     Field::new("pre_deploy", COMMANDS, "Replaces the project's `pre_deploy` for this environment (`[]` turns it off)."),
     Field::new("post_deploy", COMMANDS, "Replaces the project's `post_deploy` for this environment (`[]` turns it off)."),
-    Field::new("canary", Ty::Int(0, super::model::MAX_CANARY), "Hosts a deploy converges first; the others start only after all of them pass.").or(Lit::Int(0)),
+    Field::new("canary", Ty::Int(0, MAX_CANARY), "Hosts a deploy converges first; the others start only after all of them pass.").or(Lit::Int(0)),
 ]};
 
 impl Keys {
@@ -356,6 +406,7 @@ mod tests {
             ("registry", REGISTRY_KEYS),
             ("builder", BUILDER_KEYS),
             ("consul", CONSUL_KEYS),
+            ("consul.agent", CONSUL_AGENT_KEYS),
             ("host", HOST_KEYS),
             ("app", APP_KEYS),
             ("build", BUILD_KEYS),
@@ -364,6 +415,9 @@ mod tests {
             ("service", SERVICE_KEYS),
             ("secret", SECRET_KEYS),
             ("environment", ENV_KEYS),
+            ("public", PUBLIC_KEYS),
+            ("edge", EDGE_KEYS),
+            ("edge tls", EDGE_TLS_KEYS),
         ]
     }
 

@@ -24,7 +24,7 @@ use crate::desired::{
     ConsulTarget, ContainerSpec, DesiredApp, DesiredHost, DesiredState, EnvValue, HOST_GATEWAY,
     Hooks, InstanceSpec, PortSpec, RestartPolicy, ServiceSpec, Versions,
 };
-use crate::labels;
+use crate::identity::labels;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
@@ -75,7 +75,16 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
                     .ok_or_else(|| ResolveError::NoVersion(a.name.clone()))?;
                 (repository(m, &a.name), v.clone(), Some(b.clone()))
             }
-            Source::Image { reference, tag } => (reference.clone(), tag.clone(), None),
+            // A rollback asks for a recorded version (tag) of a prebuilt image too.
+            Source::Image { reference, tag } => match versions.get(&a.name) {
+                Some(v) if v != tag && !reference.contains('@') => {
+                    let repo = reference
+                        .strip_suffix(&format!(":{tag}"))
+                        .unwrap_or(reference);
+                    (format!("{repo}:{v}"), v.clone(), None)
+                }
+                _ => (reference.clone(), tag.clone(), None),
+            },
         };
         if !tag_ok(&version) {
             return Err(ResolveError::BadVersion {
@@ -153,7 +162,24 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
         });
     }
 
+    let edge = desired_edge(m, e);
+    let agents = match e
+        .consul
+        .as_ref()
+        .and_then(|c| c.agent.as_ref().map(|a| (c, a)))
+    {
+        Some((c, a)) => {
+            let targets: Vec<&crate::desired::HostTarget> = hosts
+                .iter()
+                .map(|h: &crate::desired::DesiredHost| &h.target)
+                .collect();
+            super::setup::resolve_agents(&m.project, env, a, c.datacenter.as_deref(), &targets)
+        }
+        None => Vec::new(),
+    };
     Ok(DesiredState {
+        agents,
+        edge,
         project: m.project.clone(),
         environment: env.into(),
         hosts,
@@ -171,6 +197,67 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
                 .clone()
                 .unwrap_or_else(|| m.hooks.post_deploy.clone()),
         },
+    })
+}
+
+/// The edge of environment `e`: its public apps' routes and the hosts of the proxy (the
+/// `[edge]` roles, else every host that runs a public app). `None` without a public app.
+fn desired_edge(m: &Manifest, e: &super::model::EnvDef) -> Option<crate::desired::DesiredEdge> {
+    use crate::desired::{HealthCheck, Route};
+    let public: Vec<&AppDef> = e
+        .apps
+        .iter()
+        .filter(|a| a.public.is_some() && a.instances > 0 && a.service.is_some())
+        .collect();
+    if public.is_empty() {
+        return None;
+    }
+    let mut routes: Vec<Route> = public
+        .iter()
+        .map(|a| {
+            let p = a.public.as_ref().expect("filtered");
+            let h = a.health.as_ref();
+            Route {
+                app: a.name.clone(),
+                service: a
+                    .service
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+                hosts: p.hosts.clone(),
+                path: p.path.clone(),
+                health_path: h.and_then(|h| match &h.check {
+                    HealthCheck::Http(p) => Some(p.clone()),
+                    HealthCheck::Tcp => None,
+                }),
+                health_interval: h.map_or(super::model::DEFAULT_HEALTH_INTERVAL, |h| h.interval),
+                health_timeout: h.map_or(super::model::DEFAULT_HEALTH_TIMEOUT, |h| h.timeout),
+                timeout: p.timeout,
+            }
+        })
+        .collect();
+    // Longer prefixes first: Caddy tries routes in order.
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+    let hosts = m
+        .hosts
+        .iter()
+        .filter(|h| e.hosts.contains(&h.target.name))
+        .filter(|h| {
+            if e.edge.roles.is_empty() {
+                public.iter().any(|a| runs_on(a, &h.target))
+            } else {
+                e.edge.roles.iter().any(|r| h.target.roles.contains(r))
+            }
+        })
+        .map(|h| h.target.name.clone())
+        .collect();
+    Some(crate::desired::DesiredEdge {
+        hosts,
+        image: e.edge.image.clone(),
+        http_port: e.edge.http,
+        https_port: e.edge.https,
+        tls: e.edge.tls.clone(),
+        routes,
     })
 }
 
@@ -740,6 +827,7 @@ dns = "consul"
                 token: None,
                 datacenter: None,
                 container_address: container.map(str::to_string),
+                agent: None,
             })
         };
         assert_eq!(

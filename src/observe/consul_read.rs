@@ -32,8 +32,8 @@ fn select_services(
     project: &str,
     env: &str,
 ) -> Vec<ObservedService> {
-    let kp = crate::labels::meta_key(crate::labels::PROJECT);
-    let ke = crate::labels::meta_key(crate::labels::ENV);
+    let kp = crate::identity::labels::meta_key(crate::identity::labels::PROJECT);
+    let ke = crate::identity::labels::meta_key(crate::identity::labels::ENV);
     let mut out: Vec<ObservedService> = services
         .into_values()
         .filter_map(|s| {

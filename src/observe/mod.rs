@@ -19,12 +19,8 @@ pub mod consul_read;
 pub mod pm2;
 pub mod read;
 
-pub use read::{ObserveOptions, observe_all, observe_host, read_secret};
-
-/// The 12-character form of a container ID, as `docker ps` shows it.
-pub fn short_id(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
+pub use crate::identity::names::short_id;
+pub use read::{ObserveOptions, observe_all, observe_host};
 
 /// Everything observed for one environment of one project.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -53,6 +49,9 @@ pub struct ObservedHost {
     pub fault: Option<Fault>,
     /// The host's Consul agent could not be read (containers still are).
     pub consul_fault: Option<Fault>,
+    /// The edge on this host (any project's), when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<crate::edge::ObservedEdge>,
 }
 
 /// A failure to read a host, named by host and address, as the plan reports it.
@@ -77,7 +76,7 @@ pub struct ObservedContainer {
     pub version: Option<String>,
     pub spec_hash: Option<String>,
     /// Per-field digests from the `fleet.fields` label (see `plan::fields`), when present.
-    pub fields: Option<crate::plan::fields::FieldDigests>,
+    pub fields: Option<crate::identity::fields::FieldDigests>,
     /// The image reference the container was created from.
     pub image: String,
     pub state: ContainerState,
@@ -173,18 +172,18 @@ pub struct ObservedService {
 impl ObservedService {
     fn meta(&self, label: &str) -> Option<&str> {
         self.meta
-            .get(&crate::labels::meta_key(label))
+            .get(&crate::identity::labels::meta_key(label))
             .map(String::as_str)
     }
     pub fn app(&self) -> Option<&str> {
-        self.meta(crate::labels::APP)
+        self.meta(crate::identity::labels::APP)
     }
     pub fn instance(&self) -> Option<u32> {
-        self.meta(crate::labels::INSTANCE)
+        self.meta(crate::identity::labels::INSTANCE)
             .and_then(|s| s.parse().ok())
     }
     pub fn version(&self) -> Option<&str> {
-        self.meta(crate::labels::VERSION)
+        self.meta(crate::identity::labels::VERSION)
     }
 
     /// Whether this registration belongs to container `c`: same app and instance, and the same

@@ -12,10 +12,10 @@ use super::{
     ContainerState, Fault, Health, ObservedContainer, ObservedHost, ObservedKv, ObservedState,
 };
 use crate::consul::{ConsulClient, ConsulError};
-use crate::desired::{ConsulTarget, DesiredState, HostTarget, SecretRef};
+use crate::desired::{ConsulTarget, DesiredState, HostTarget};
 use crate::host::{HostError, HostSession};
-use crate::labels;
-use crate::plan::fields::{FIELDS_LABEL, FieldDigests};
+use crate::identity::fields::{FIELDS_LABEL, FieldDigests};
+use crate::identity::labels;
 
 /// What observe needs besides the sessions.
 #[derive(Clone)]
@@ -23,7 +23,7 @@ pub struct ObserveOptions {
     pub project: String,
     pub environment: String,
     pub consul: Option<ConsulTarget>,
-    /// The ACL token's value (read from `ConsulTarget::token` with `read_secret`).
+    /// The ACL token's value (read from `ConsulTarget::token` with `manifest::secret::read`).
     pub consul_token: Option<String>,
     pub parallel: usize,
 }
@@ -31,7 +31,7 @@ pub struct ObserveOptions {
 impl ObserveOptions {
     pub fn for_desired(d: &DesiredState, parallel: usize) -> Result<Self, String> {
         let consul_token = match d.consul.as_ref().and_then(|c| c.token.as_ref()) {
-            Some(r) => Some(read_secret(r)?),
+            Some(r) => Some(crate::manifest::secret::read(r).map_err(|e| e.to_string())?),
             None => None,
         };
         Ok(ObserveOptions {
@@ -56,11 +56,6 @@ impl ObserveOptions {
                 .with_target(format!("{} (agent {address})", host.name)),
         )
     }
-}
-
-/// A secret's value, from its reference. Never logged; errors name the reference only.
-pub fn read_secret(r: &SecretRef) -> Result<String, String> {
-    crate::manifest::secret::read(r).map_err(|e| e.to_string())
 }
 
 fn fault(t: &HostTarget, kind: &str, message: impl Into<String>) -> Fault {
@@ -111,6 +106,12 @@ pub async fn list_containers(
         .map_err(|e| fault(t, "docker", format!("listing containers: {e}")))?;
     let mut out: Vec<ObservedContainer> = list
         .into_iter()
+        // Agents and accessories are not app instances: no app plan or command touches them.
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .is_none_or(|l| !l.contains_key(labels::KIND))
+        })
         .map(|c| {
             let l = c.labels.unwrap_or_default();
             let get = |k: &str| l.get(k).cloned();
@@ -172,8 +173,11 @@ pub async fn observe_host(
             ),
         }
     };
-    let (containers, (services, consul_fault, agent)) =
-        tokio::join!(list_containers(s, &o.project, &o.environment), consul);
+    let (containers, (services, consul_fault, agent), edge) = tokio::join!(
+        list_containers(s, &o.project, &o.environment),
+        consul,
+        crate::edge::observe(s)
+    );
     let host = match containers {
         Ok(containers) => ObservedHost {
             name: t.name.clone(),
@@ -182,6 +186,7 @@ pub async fn observe_host(
             services,
             fault: None,
             consul_fault,
+            edge,
         },
         // Without the engine nothing about the host can be planned.
         Err(f) => ObservedHost {

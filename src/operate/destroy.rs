@@ -60,6 +60,9 @@ pub struct Inventory {
     pub kv_via: Option<String>,
     /// Hosts or agents that could not be read: what they hold is not in the lists.
     pub problems: Vec<String>,
+    /// This environment's ids on each host's edge (routes, TLS policy, certificate): only its
+    /// own, so another project's routes on the same edge keep serving.
+    pub edge: Vec<(String, String)>,
 }
 
 impl Inventory {
@@ -68,6 +71,7 @@ impl Inventory {
             && self.services.is_empty()
             && self.kv_keys.is_empty()
             && self.images.is_empty()
+            && self.edge.is_empty()
     }
 
     /// The list shown before asking.
@@ -110,6 +114,12 @@ impl Inventory {
             );
             for i in &self.images {
                 let _ = writeln!(s, "    - {} on {}", i.reference, i.host);
+            }
+        }
+        if !self.edge.is_empty() {
+            let _ = writeln!(s, "  edge routes and settings ({}):", self.edge.len());
+            for (h, id) in &self.edge {
+                let _ = writeln!(s, "    - {id} on {h}");
             }
         }
         for p in &self.problems {
@@ -199,6 +209,17 @@ pub async fn inventory(cx: &Connected) -> Inventory {
     }
     inv.services
         .sort_by(|a, b| (&a.host, &a.id).cmp(&(&b.host, &b.id)));
+    let prefix = crate::edge::caddy::owner_prefix(&d.project, &d.environment);
+    for (t, s) in cx.hosts() {
+        let Ok(s) = s else { continue };
+        if let Some(e) = crate::edge::observe(s).await
+            && let Some(c) = &e.config
+        {
+            for id in crate::edge::caddy::owned_ids(c, &prefix) {
+                inv.edge.push((t.name.clone(), id));
+            }
+        }
+    }
     if let Some((via, client)) = kv_client {
         match client
             .kv_keys(&inv.kv_prefix, None, QueryOptions::default())
@@ -206,7 +227,7 @@ pub async fn inventory(cx: &Connected) -> Inventory {
         {
             Ok(k) => {
                 // The deploy lock (held by this destroy) goes when it is released.
-                let lock = crate::apply::lock::lock_key(&d.project, &d.environment);
+                let lock = crate::release::lock::lock_key(&d.project, &d.environment);
                 inv.kv_keys = k.value.into_iter().filter(|k| *k != lock).collect();
                 inv.kv_keys.sort();
                 inv.kv_via = Some(via);
@@ -233,6 +254,25 @@ pub async fn remove(cx: &Connected, inv: &Inventory) -> (Vec<String>, usize) {
         let Ok(s) = s else {
             return errors;
         };
+        // Off the edges first: no request goes to a container about to be removed.
+        let ids: Vec<&String> = inv
+            .edge
+            .iter()
+            .filter(|(h, _)| *h == t.name)
+            .map(|(_, id)| id)
+            .collect();
+        if !ids.is_empty() {
+            match crate::edge::Admin::connect(s).await {
+                Ok(a) => {
+                    for id in ids {
+                        if let Err(e) = a.delete_id(id).await {
+                            errors.push(e);
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!("edge {}: {e}", t.name)),
+            }
+        }
         if let Some(c) = cx.consul(s).await {
             match c {
                 Ok(c) => {
@@ -325,6 +365,7 @@ mod tests {
             kv_keys: vec!["shop/prod/api/greeting".into()],
             kv_via: Some("h1".into()),
             problems: vec!["h2 (10.0.0.2): unreachable".into()],
+            edge: Vec::new(),
         };
         assert!(!inv.is_empty());
         insta::assert_snapshot!(inv.render());

@@ -47,12 +47,14 @@ pub struct Outcome {
 /// Run `action` on every managed container matching `sel`. Returns one outcome per container
 /// and one error per host that could not be used.
 pub async fn run(cx: &Connected, sel: &Selector, action: Action) -> (Vec<Outcome>, Vec<String>) {
+    let edge = edge_sync(cx).await;
+    let edge = &edge;
     let per_host = futures_util::future::join_all(cx.hosts().map(|(t, s)| async move {
         if sel.host.as_deref().is_some_and(|h| h != t.name) {
             return Ok(Vec::new());
         }
         let s = s.as_ref().map_err(|e| e.to_string())?;
-        on_host(cx, s, sel, action).await
+        on_host(cx, s, sel, action, edge).await
     }))
     .await;
     let mut outcomes = Vec::new();
@@ -66,11 +68,70 @@ pub async fn run(cx: &Connected, sel: &Selector, action: Action) -> (Vec<Outcome
     (outcomes, errors)
 }
 
+/// The edges of the environment, when it has public routes: a routed instance is taken out
+/// of every edge (with drain evidence) before it stops, and put back once it passes again;
+/// one routed instance at a time across all hosts, so a route never loses every upstream.
+struct EdgeCx {
+    sync: crate::edge::sync::EdgeSync,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+async fn edge_sync(cx: &Connected) -> Option<EdgeCx> {
+    let edge = cx.desired.edge.clone()?;
+    let mut admins = Vec::new();
+    let mut consul = None;
+    for (t, s) in cx.hosts() {
+        let Ok(s) = s else { continue };
+        if consul.is_none()
+            && let Some(Ok(c)) = cx.consul(s).await
+        {
+            consul = Some(c);
+        }
+        if edge.hosts.contains(&t.name)
+            && let Ok(a) = crate::edge::Admin::connect(s).await
+        {
+            admins.push(a);
+        }
+    }
+    Some(EdgeCx {
+        sync: crate::edge::sync::EdgeSync::new(
+            &cx.desired.project,
+            &cx.desired.environment,
+            edge,
+            admins,
+            consul?,
+        ),
+        one_at_a_time: tokio::sync::Mutex::new(()),
+    })
+}
+
+/// Wait (up to `within`) until registration `id` of `service` passes in the cluster.
+async fn wait_passing(
+    consul: &ConsulClient,
+    service: &str,
+    id: &str,
+    within: std::time::Duration,
+) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < within {
+        if let Ok(e) = consul
+            .health_service(service, true, crate::consul::QueryOptions::default())
+            .await
+            && e.value.iter().any(|e| e.service.id == id)
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    false
+}
+
 async fn on_host(
     cx: &Connected,
     s: &HostSession,
     sel: &Selector,
     action: Action,
+    edge: &Option<EdgeCx>,
 ) -> Result<Vec<Outcome>, String> {
     let host = s.target().name.clone();
     let d = &cx.desired;
@@ -89,6 +150,13 @@ async fn on_host(
         .filter(|c| sel.matches(c.app.as_deref(), c.instance, &host))
     {
         let label = instance_label(c.app.as_deref().unwrap_or("?"), c.instance, &host);
+        let routed = edge
+            .as_ref()
+            .filter(|e| c.app.as_deref().is_some_and(|a| e.sync.routes(a)));
+        let _turn = match routed {
+            Some(e) => Some(e.one_at_a_time.lock().await),
+            None => None,
+        };
         let result = async {
             let mut done = Vec::new();
             if matches!(action, Action::Stop | Action::Restart)
@@ -97,6 +165,17 @@ async fn on_host(
                 let services = managed_services(consul, &d.project, &d.environment)
                     .await
                     .map_err(|e| e.to_string())?;
+                if let (Some(e), Some(app)) = (routed, c.app.as_deref()) {
+                    let dials: Vec<String> = services
+                        .iter()
+                        .filter(|svc| svc.belongs_to(c))
+                        .map(|svc| crate::edge::caddy::dial(&svc.address, svc.port))
+                        .collect();
+                    match e.sync.retire(app, &dials).await {
+                        Ok(t) => done.push(format!("edges drained in {}ms", t.as_millis())),
+                        Err(why) => done.push(format!("no drain evidence from the edges: {why}")),
+                    }
+                }
                 for svc in services.iter().filter(|svc| svc.belongs_to(c)) {
                     consul
                         .deregister_service(&svc.id)
@@ -161,7 +240,29 @@ async fn on_host(
                         .register_service(&reg)
                         .await
                         .map_err(|e| e.to_string())?;
-                    done.push(format!("registered {}", reg.id.unwrap_or_default()));
+                    let id = reg.id.clone().unwrap_or_default();
+                    done.push(format!("registered {id}"));
+                    if let Some(e) = routed {
+                        let deadline = cx
+                            .desired
+                            .apps
+                            .iter()
+                            .find(|a| a.name == app)
+                            .map_or(std::time::Duration::from_secs(60), |a| a.health_deadline);
+                        if wait_passing(consul, &reg.name, &id, deadline).await {
+                            let addr = reg
+                                .address
+                                .clone()
+                                .unwrap_or_else(|| s.target().address.clone());
+                            let dial = crate::edge::caddy::dial(&addr, port);
+                            for p in e.sync.admit(app, &[dial]).await {
+                                done.push(p);
+                            }
+                            done.push("back on the edges".into());
+                        } else {
+                            done.push("not passing: left off the edges".into());
+                        }
+                    }
                 }
             }
             Ok::<_, String>(done.join(", "))

@@ -14,7 +14,6 @@
 use crate::consul::{ConsulClient, ConsulError};
 use crate::desired::{DesiredState, HostTarget, InstanceSpec};
 use crate::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
-use crate::observe::read_secret;
 
 pub mod destroy;
 pub mod exec;
@@ -28,7 +27,7 @@ pub mod status;
 #[derive(Debug, thiserror::Error)]
 pub enum OperateError {
     #[error("cannot read the Consul ACL token: {0}")]
-    ConsulToken(String),
+    ConsulToken(#[source] crate::manifest::secret::SecretError),
     #[error(transparent)]
     Host(#[from] HostError),
     #[error("{host}: Docker: {message}")]
@@ -110,7 +109,7 @@ impl Connected {
         parallel: usize,
     ) -> Result<Self, OperateError> {
         let consul_token = match desired.consul.as_ref().and_then(|c| c.token.as_ref()) {
-            Some(r) => Some(read_secret(r).map_err(OperateError::ConsulToken)?),
+            Some(r) => Some(crate::manifest::secret::read(r).map_err(OperateError::ConsulToken)?),
             None => None,
         };
         let targets: Vec<HostTarget> = desired.hosts.iter().map(|h| h.target.clone()).collect();

@@ -3,17 +3,16 @@
 //!
 //! Built from the desired `InstanceSpec` plus what the container really is: its published port
 //! (Docker may have picked it) and its own version and spec labels (a container may run an older
-//! version than the manifest now says). The ID and the check are `apply`'s own
-//! (`apply::deploy::registration_id`, `apply::health::check_definition`), so a restarted
-//! instance is registered exactly as a deploy registers it: `<service id>-<container short id>`.
+//! version than the manifest now says). The registration is built by the same function as a
+//! deploy's (`identity::checks::registration`), so a restarted instance is registered exactly
+//! as a deploy registers it: `<service id>-<container short id>`.
 
 use std::collections::BTreeMap;
 
-use crate::apply::deploy::registration_id;
-use crate::apply::health::check_definition;
 use crate::consul::ServiceRegistration;
 use crate::desired::InstanceSpec;
-use crate::labels;
+use crate::identity::checks::{Service, registration};
+use crate::identity::labels;
 
 /// The registration for `spec` running in container `container_id` whose labels are
 /// `container_labels` and whose service port is published on `host_port`. `None` when the app
@@ -38,21 +37,19 @@ pub fn for_instance(
     } else {
         s.address.clone()
     };
-    let id = registration_id(&s.id, container_id);
-    Some(ServiceRegistration {
-        name: s.name.clone(),
-        tags: s.tags.clone(),
-        port: Some(host_port),
-        meta,
-        check: spec
-            .container
-            .health
-            .as_ref()
-            .map(|h| check_definition(h, &id, &address, host_port)),
-        address: Some(address),
-        id: Some(id),
-        ..Default::default()
-    })
+    let service = Service {
+        base_id: &s.id,
+        name: &s.name,
+        tags: &s.tags,
+        meta: &meta,
+        address: &address,
+    };
+    Some(registration(
+        service,
+        container_id,
+        host_port,
+        spec.container.health.as_ref(),
+    ))
 }
 
 /// The host port Docker published for `container_port/tcp`, from an inspect's port map.

@@ -210,6 +210,9 @@ pub struct StatusDoc {
     pub observed_at: i64,
     pub instances: Vec<StatusRow>,
     pub faults: Vec<StatusFault>,
+    /// Each public route and how many upstreams each edge sends it to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::edge::RouteStatus>,
 }
 
 impl StatusDoc {
@@ -221,6 +224,7 @@ impl StatusDoc {
             observed_at: now,
             instances: rows,
             faults: faults(readings),
+            routes: Vec::new(),
         }
     }
 }

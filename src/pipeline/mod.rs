@@ -13,14 +13,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::apply::deploy::{ApplyError, ApplyOptions, Report};
-use crate::apply::hooks::{self, HookError, HookKind};
-use crate::apply::ledger::{Release, ReleaseConfig, ReleaseOutcome};
-use crate::apply::lock::{DeployLock, Holder, LockError, Store};
 use crate::desired::DesiredState;
 use crate::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
 use crate::observe::{ObserveOptions, observe_all};
 use crate::plan::saved::{SavedPlan, SavedPlanError};
 use crate::plan::{Action, KvAction, Plan, ServiceAction, diff};
+use crate::release::hooks::{self, HookError, HookKind};
+use crate::release::ledger::{Release, ReleaseConfig, ReleaseOutcome};
+use crate::release::lock::{DeployLock, Holder, LockError, Store};
 
 /// How a deployment runs (deploy and rollback).
 #[derive(Clone, Debug)]

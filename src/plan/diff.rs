@@ -28,14 +28,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::desired::{DesiredState, InstanceSpec, ServiceSpec};
-use crate::labels;
+use crate::identity::labels;
 use crate::observe::{Fault, ObservedContainer, ObservedHost, ObservedService, ObservedState};
 
-use super::fields::{FieldDigests, differences};
 use super::{
     Action, ContainerRef, DesiredRef, HostPlan, InstanceChange, KvAction, KvChange, Plan, Reason,
     ServiceAction, ServiceChange,
 };
+use crate::identity::fields::{FieldDigests, differences};
 
 /// Compare what should run with what runs.
 pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Plan {
@@ -88,6 +88,7 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Plan {
         Vec::new()
     };
     Plan {
+        edge: super::edge::diff(desired, observed),
         project: desired.project.clone(),
         environment: desired.environment.clone(),
         hosts,
@@ -475,7 +476,7 @@ fn check_reasons(w: &InstanceSpec, svc: &ServiceSpec, have: &ObservedService) ->
         &svc.address
     };
     let port = if svc.port == 0 { have.port } else { svc.port };
-    let want = crate::apply::health::check_definition(h, &have.id, address, port);
+    let want = crate::identity::checks::check_definition(h, &have.id, address, port);
     match &want.check_id {
         Some(id) if have.checks.iter().any(|c| &c.id == id) => Vec::new(),
         _ if have.checks.is_empty() => vec![Reason::new("check", "not registered")],

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::desired::*;
-use crate::labels;
+use crate::identity::fields::FieldDigests;
+use crate::identity::labels;
 use crate::observe::*;
-use crate::plan::fields::FieldDigests;
 
 fn target(name: &str, n: u8) -> HostTarget {
     HostTarget {
@@ -144,6 +144,8 @@ pub fn desired() -> DesiredState {
         pm2: None,
     };
     DesiredState {
+        edge: None,
+        agents: Vec::new(),
         project: "shop".into(),
         environment: "prod".into(),
         hosts,
@@ -156,6 +158,7 @@ pub fn desired() -> DesiredState {
             token: None,
             datacenter: None,
             container_address: None,
+            agent: None,
         }),
         registry: None,
         canary: 0,
@@ -203,7 +206,7 @@ pub fn registered(i: &InstanceSpec, id: &str, port: u16) -> ObservedService {
             .health
             .iter()
             .map(|h| ObservedCheck {
-                id: crate::apply::health::check_definition(h, id, &s.address, port)
+                id: crate::identity::checks::check_definition(h, id, &s.address, port)
                     .check_id
                     .expect("fleet's checks have IDs"),
                 status: "passing".into(),
@@ -219,6 +222,7 @@ pub fn deployed(d: &DesiredState) -> ObservedState {
         .hosts
         .iter()
         .map(|h| ObservedHost {
+            edge: None,
             name: h.target.name.clone(),
             address: h.target.address.clone(),
             containers: h

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::observe::Fault;
 
 pub mod diff;
-pub mod fields;
+mod edge;
 pub mod live;
 pub mod markdown;
 pub mod render;
@@ -25,6 +25,28 @@ pub struct Plan {
     pub kv: Vec<KvChange>,
     /// Every host (or agent) that could not be read; their part of the plan is unknown.
     pub faults: Vec<Fault>,
+    /// Changes of the edge: proxy containers, shared config, this environment's routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edge: Vec<EdgeChange>,
+}
+
+/// One change of the edge (docs/edge.md, *Plan*).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeChange {
+    /// `create`, `update` or `remove`.
+    pub action: String,
+    /// `container`, `config` or `route`.
+    pub kind: String,
+    /// The edge hosts it happens on.
+    pub hosts: Vec<String>,
+    /// The route (`koa.localhost/`) or the image.
+    pub subject: String,
+    /// The app a route goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// What differs, when it is an update.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +206,13 @@ pub struct Summary {
     pub deregister: usize,
     pub kv_put: usize,
     pub kv_delete: usize,
+    /// Edge changes (containers, config, routes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub edge: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Summary {
@@ -197,6 +226,7 @@ impl Summary {
             + self.deregister
             + self.kv_put
             + self.kv_delete
+            + self.edge
     }
 }
 
@@ -222,6 +252,7 @@ impl Plan {
                 }
             }
         }
+        s.edge = self.edge.len();
         for k in &self.kv {
             match k.action {
                 KvAction::Put => s.kv_put += 1,

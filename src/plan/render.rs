@@ -235,6 +235,13 @@ pub(super) fn summary_lines(s: &Summary) -> Vec<String> {
             s.kv_put, s.kv_delete
         ));
     }
+    if s.edge > 0 {
+        more.push(format!(
+            "Edge: {} change{}.",
+            s.edge,
+            if s.edge == 1 { "" } else { "s" }
+        ));
+    }
     if !more.is_empty() {
         lines.push(more.join(" "));
     }
@@ -332,6 +339,13 @@ pub fn human(plan: &Plan, color: bool) -> String {
                 k.key,
                 k.reason
             );
+        }
+        let _ = writeln!(out);
+    }
+    if !plan.edge.is_empty() {
+        let _ = writeln!(out, "{}", p.bold("Edge"));
+        for c in &plan.edge {
+            let _ = writeln!(out, "    {}", super::edge::line(c));
         }
         let _ = writeln!(out);
     }

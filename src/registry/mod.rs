@@ -4,8 +4,8 @@
 //! and OCI manifest and index types; a `401` carries a `WWW-Authenticate` challenge, answered
 //! with Basic credentials or with a Bearer token fetched from the challenge's realm.
 //!
-//! Plain HTTP only for now (registries are given as `host:port`, like the testbed's
-//! insecure registry); TLS needs a reqwest TLS feature and is not wired yet.
+//! HTTPS as Docker reaches a registry (verified against the system's roots and an extra CA:
+//! [`Transport`]); an insecure or loopback registry without verification, else plain HTTP.
 //!
 //! The password lives only inside [`Credentials`], whose `Debug` is redacted, and is never put
 //! in an error or a log line.
@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 
-use crate::desired::{RegistryTarget, SecretRef};
+use crate::desired::RegistryTarget;
 
 pub mod docker_config;
 
@@ -118,8 +118,11 @@ pub enum RegistryError {
     Unreachable { registry: String, reason: String },
     #[error("registry answered {status}: {body}")]
     Unexpected { status: u16, body: String },
-    #[error("registry password {reference}: {reason}")]
-    Secret { reference: String, reason: String },
+    #[error("registry password {reference}: {source}")]
+    Secret {
+        reference: String,
+        source: crate::manifest::secret::SecretError,
+    },
     #[error("credential helper docker-credential-{helper} for {registry}: {reason}")]
     CredentialHelper {
         helper: String,
@@ -541,20 +544,16 @@ fn truncate(s: &str) -> String {
     }
 }
 
-/// Read a secret's value now (see `manifest::secret::read`).
-pub fn read_secret(r: &SecretRef) -> Result<String, RegistryError> {
-    crate::manifest::secret::read(r).map_err(|e| RegistryError::Secret {
-        reference: r.to_string(),
-        reason: e.to_string(),
-    })
-}
-
 /// The credentials for a registry: the manifest's (user + secret reference), else what the
 /// user's Docker config has for that server (`docker login`: a credential helper or `auths`),
 /// else none.
 pub fn credentials(target: &RegistryTarget) -> Result<Option<Credentials>, RegistryError> {
     if let Some(pw) = &target.password {
-        let password = read_secret(pw)?;
+        let password =
+            crate::manifest::secret::read(pw).map_err(|source| RegistryError::Secret {
+                reference: pw.to_string(),
+                source,
+            })?;
         let username = target.username.clone().unwrap_or_default();
         return Ok(Some(Credentials::new(username, password)));
     }

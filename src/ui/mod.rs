@@ -2,6 +2,9 @@
 
 use std::io::IsTerminal;
 
+mod confirm;
+pub use confirm::{Confirmation, Expect, confirm};
+
 /// Decide once whether to colour output: `always`, `never`, or `auto`
 /// (stdout is a TTY and `NO_COLOR` is unset).
 pub fn init_color(choice: &str) {

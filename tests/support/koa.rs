@@ -65,6 +65,10 @@ impl Koa {
                     &format!("service = {{ name = \"client{id}\" }}"),
                 )
                 .replace(
+                    "public = { host = \"koa.localhost\" }",
+                    &format!("public = {{ host = \"{}.localhost\" }}", k.project),
+                )
+                .replace(
                     "UPSTREAM = \"app.service.consul\"",
                     &format!("UPSTREAM = \"{}.service.consul\"", k.service),
                 )

@@ -92,7 +92,7 @@ pub async fn start_instances(tb: &Testbed, desired: &DesiredState, entrypoint: &
                     p.host = 0;
                 }
                 let mut body = fleet::apply::container::create_body(&spec, &|r| {
-                    fleet::observe::read_secret(r).ok()
+                    fleet::manifest::secret::read(r).ok()
                 })
                 .expect("every secret of the test manifest is set");
                 if let Some((_, ep)) = entrypoint.iter().find(|(a, _)| *a == spec.app) {

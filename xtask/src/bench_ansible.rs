@@ -29,14 +29,14 @@ struct Sample {
 
 /// Runs `cmd`, failing with its output unless it succeeds; returns the sample and the output.
 fn timed(cmd: &mut Command, what: &str) -> Result<(Sample, String)> {
-    let (t, c) = (Instant::now(), crate::bench::children_cpu());
+    let (t, c) = (Instant::now(), crate::cpu::children_cpu());
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("cannot run {what}"))?;
     let s = Sample {
         wall: t.elapsed(),
-        cpu: crate::bench::children_cpu().saturating_sub(c),
+        cpu: crate::cpu::children_cpu().saturating_sub(c),
     };
     let text = format!(
         "{}{}",

@@ -81,11 +81,32 @@ pub fn demo(l: &Layout) -> Result<()> {
     };
     let (app, client) = (port("app", 3000)?, port("client", 3001)?);
     let d = l.d();
+    println!("\n== through the edge: https://koa.localhost/ on h1 and h2 (Caddy, verified TLS)");
+    let ca = edge_ca(l)?;
+    for addr in ["10.200.1.2", "10.200.2.2"] {
+        let curl = format!(
+            "curl -sS --cacert {} --resolve koa.localhost:443:{addr} https://koa.localhost/",
+            ca.display()
+        );
+        println!("$ {curl}");
+        let out = Command::new("sh").arg("-c").arg(&curl).output()?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            bail!(
+                "the edge of {addr} did not answer: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        println!();
+    }
+    let ca = ca.display();
     println!(
         r#"
 koa runs on h1..h3: `app` (Koa under pm2-runtime, 2 cluster workers per container, its greeting
 from Consul KV) and `client` (finds `app` by name through Consul DNS). Ports are fleet's pick from the ephemeral range, kept across restarts.
 
+  curl --cacert {ca} --resolve koa.localhost:443:10.200.1.2 https://koa.localhost/
+                                                # the public route, through h1's edge (any host's)
   curl http://10.200.1.2:{app}/                  # the greeting, from KV koa/production/app/greeting
   curl http://10.200.1.2:{client}/upstream       # the same, through app.service.consul
 
@@ -101,6 +122,23 @@ A config change on the fly: edit `config.greeting` in manifests/koa/fleet.toml, 
 "#
     );
     Ok(())
+}
+
+/// The root certificates of h1's and h2's edges (each edge has its own Caddy internal CA),
+/// written to DIR/edge-ca.pem: what `curl --cacert` trusts.
+fn edge_ca(l: &Layout) -> Result<PathBuf> {
+    let mut pems = String::new();
+    for n in [1, 2] {
+        let json = testbed::ssh_out(l, n, "curl -sf http://localhost:2019/pki/ca/local")?;
+        let v: serde_json::Value = serde_json::from_str(&json)?;
+        match v["root_certificate"].as_str() {
+            Some(pem) => pems.push_str(pem),
+            None => bail!("h{n}'s edge has no internal CA: {json}"),
+        }
+    }
+    let path = l.path("edge-ca.pem");
+    std::fs::write(&path, pems)?;
+    Ok(path)
 }
 
 /// A manifest for the first `n` hosts of the testbed, one app from a copy of manifests/hello:
@@ -168,26 +206,21 @@ fn floor(l: &Layout, image_ref: &str, n: u32) -> Result<(Duration, f64)> {
         "docker rm -f fbench-floor-old fbench-floor-new >/dev/null 2>&1; \
          docker run -d --name fbench-floor-old -p 8080 {image_ref} >/dev/null"
     ))?;
-    let (t, cpu) = (Instant::now(), crate::bench::cpu_ticks());
+    let (t, cpu) = (Instant::now(), crate::cpu::cpu_ticks());
     on_all(&format!(
         "docker run -d --name fbench-floor-new -p 8080 {image_ref} >/dev/null && \
          p=$(docker port fbench-floor-new 8080/tcp | head -1 | sed 's/.*://') && \
          until curl -sf http://HOST:$p/health >/dev/null; do sleep 0.05; done && \
          docker stop -t 2 fbench-floor-old >/dev/null && docker rm fbench-floor-old >/dev/null"
     ))?;
-    let (d, busy) = (t.elapsed(), crate::bench::busy_since(cpu));
+    let (d, busy) = (t.elapsed(), crate::cpu::busy_since(cpu));
     on_all("docker rm -f fbench-floor-new >/dev/null 2>&1; true")?;
     Ok((d, busy))
 }
 
 /// The longest health-check wait in a `deploy --json` report (`steps[].health_seconds`).
 fn health_wait(report: &str) -> Duration {
-    let start = report.find('{').unwrap_or(0);
-    // The JSON report comes first (stdout), then the progress lines (stderr).
-    let secs = serde_json::Deserializer::from_str(&report[start..])
-        .into_iter::<serde_json::Value>()
-        .next()
-        .and_then(Result::ok)
+    let secs = report_json(report)
         .and_then(|v| {
             v["steps"].as_array().map(|steps| {
                 steps
@@ -198,6 +231,41 @@ fn health_wait(report: &str) -> Duration {
         })
         .unwrap_or(0.0);
     Duration::from_secs_f64(secs)
+}
+
+/// The JSON report of a `--json` command's output: it comes first (stdout), then the progress
+/// lines (stderr).
+pub fn report_json(output: &str) -> Option<serde_json::Value> {
+    let start = output.find('{').unwrap_or(0);
+    serde_json::Deserializer::from_str(&output[start..])
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(Result::ok)
+}
+
+/// The deploy a benchmark times: the image already pushed, no drain sleep, the JSON report.
+pub const TIMED_DEPLOY: &[&str] = &[
+    "deploy",
+    "bench",
+    "--yes",
+    "--no-build",
+    "--drain",
+    "0s",
+    "--json",
+];
+
+/// A one-file change of a bench project's app (`tag` in app/VERSION), built and pushed.
+pub fn new_version(
+    dir: &Path,
+    tag: &str,
+    run: &dyn Fn(&[&str]) -> Result<(bool, String)>,
+) -> Result<()> {
+    std::fs::write(dir.join("app/VERSION"), format!("{tag}\n"))?;
+    let (ok, text) = run(&["build", "--push"])?;
+    if !ok {
+        bail!("build failed:\n{text}");
+    }
+    Ok(())
 }
 
 /// Remove a bench project's containers and Consul registrations from hosts 1..=n.
@@ -297,14 +365,8 @@ pub fn bench(l: &Layout, sizes: &[u32]) -> Result<()> {
         }
         let timed = |warm: bool| -> Result<(Duration, Duration)> {
             // A one-file change, built and pushed (untimed).
-            std::fs::write(
-                dir.join("app/VERSION"),
-                format!("bench-{n}-{warm}-{}\n", std::process::id()),
-            )?;
-            let (ok, text) = run(&["build", "--push"])?;
-            if !ok {
-                bail!("build failed:\n{text}");
-            }
+            let tag = format!("bench-{n}-{warm}-{}", std::process::id());
+            new_version(&dir, &tag, &run)?;
             if warm {
                 // The command before (here a plan) leaves its masters for the deploy.
                 run(&["plan", "bench"])?;
@@ -312,15 +374,7 @@ pub fn bench(l: &Layout, sizes: &[u32]) -> Result<()> {
                 masters.clear();
             }
             let t = Instant::now();
-            let (ok, text) = run(&[
-                "deploy",
-                "bench",
-                "--yes",
-                "--no-build",
-                "--drain",
-                "0s",
-                "--json",
-            ])?;
+            let (ok, text) = run(TIMED_DEPLOY)?;
             let d = t.elapsed();
             if !ok {
                 bail!("timed deploy to {n} hosts failed:\n{text}");
@@ -352,6 +406,7 @@ pub fn bench(l: &Layout, sizes: &[u32]) -> Result<()> {
     if image_ref.is_empty() {
         return Ok(());
     }
+
     println!(
         "\nbench deploy: a one-app change, release binary, Consul check interval 1s; floor = the same docker ops by hand on the same hosts at once"
     );

@@ -1,7 +1,10 @@
-//! `cargo xtask`: the project's own tasks (testbed, demo, ci, bench, man).
+//! `cargo xtask`: the project's own tasks (testbed, demo, ci, bench, man, arch).
+mod arch;
 mod bench;
 mod bench_ansible;
+mod bench_edge;
 mod ci;
+mod cpu;
 mod deploy;
 mod man;
 mod procs;
@@ -27,15 +30,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TestbedCmd,
     },
-    /// Testbed up + images, `fleet deploy` manifests/koa to it (then again: no changes), show how
-    /// to see logs, status and a config change.
+    /// Testbed up + images, `fleet deploy` manifests/koa to it (then again: no changes), curl it
+    /// through the edge, show how to see logs, status and a config change.
     Demo(DirArg),
     /// Benchmarks, each printing ratios against a baseline of the same run: manifest (load +
     /// resolve 500 apps x 200 hosts), build (hashing, no-change push), plan and deploy (1..20 hosts),
-    /// ansible (the same converge through an Ansible playbook and through fleet).
+    /// ansible (the same converge through an Ansible playbook and through fleet), edge (a
+    /// one-version change on 3 hosts with and without the edge; `deploy` ends with it too).
     Bench {
         /// What to measure.
-        #[arg(value_parser = ["manifest", "build", "plan", "deploy", "ansible"])]
+        #[arg(value_parser = ["manifest", "build", "plan", "deploy", "ansible", "edge"])]
         what: String,
         /// Host counts to measure (those above the testbed's size are skipped).
         #[arg(long, value_delimiter = ',', default_value = "1,5,10,20")]
@@ -54,6 +58,9 @@ enum Cmd {
     /// Man pages, one per command and subcommand, into target/man; checks that every command got
     /// one and that groff renders each without a warning.
     Man,
+    /// The import graph of src/ and xtask/src/: fails on a cycle between top-level modules or
+    /// between the files of a folder (imports point one way).
+    Arch,
 }
 
 #[derive(Subcommand)]
@@ -62,13 +69,23 @@ enum TestbedCmd {
     Up {
         #[arg(long, default_value_t = 3)]
         hosts: u32,
+        /// Add N bare hosts b1..bN (sshd + dockerd, no Consul agent) to the testbed that is up,
+        /// and nothing else.
+        #[arg(long, value_name = "N")]
+        bare: Option<u32>,
         #[command(flatten)]
         dir: DirArg,
     },
     /// Show each host's sshd, engine and Consul agent, and whether ssh reaches it.
     Status(DirArg),
     /// Stop everything the testbed started (by pid file), remove namespaces, veths and mounts.
-    Down(DirArg),
+    Down {
+        /// Remove only the bare hosts b1..bN (and their Consul store).
+        #[arg(long)]
+        bare: bool,
+        #[command(flatten)]
+        dir: DirArg,
+    },
     /// Build and push the test images (hello v1, v2; the node:20 base image, cached) and install
     /// manifests/koa's npm packages (cached).
     Image(DirArg),
@@ -111,9 +128,22 @@ fn run() -> Result<()> {
     let ws = workspace();
     match cli.cmd {
         Cmd::Testbed { cmd } => match cmd {
-            TestbedCmd::Up { hosts, dir } => testbed::up(&Layout::new(&dir.path(), &ws)?, hosts),
+            TestbedCmd::Up {
+                bare: Some(n), dir, ..
+            } => {
+                let l = Layout::new(&dir.path(), &ws)?;
+                testbed::ensure_root()?;
+                let bin = testbed::consul_standin(&l).map_err(|e| anyhow::anyhow!(e))?;
+                testbed::bare::up(&l, n, &bin)
+            }
+            TestbedCmd::Up { hosts, dir, .. } => {
+                testbed::up(&Layout::new(&dir.path(), &ws)?, hosts)
+            }
             TestbedCmd::Status(dir) => testbed::status(&Layout::existing(&dir.path(), &ws)),
-            TestbedCmd::Down(dir) => testbed::down(&Layout::existing(&dir.path(), &ws)),
+            TestbedCmd::Down { bare: true, dir } => {
+                testbed::bare::down(&Layout::existing(&dir.path(), &ws))
+            }
+            TestbedCmd::Down { dir, .. } => testbed::down(&Layout::existing(&dir.path(), &ws)),
             TestbedCmd::Image(dir) => testbed::image::image(&Layout::existing(&dir.path(), &ws)),
         },
         Cmd::Demo(dir) => deploy::demo(&Layout::new(&dir.path(), &ws)?),
@@ -125,5 +155,6 @@ fn run() -> Result<()> {
             std::process::exit(code)
         }
         Cmd::Man => man::man(&ws),
+        Cmd::Arch => arch::arch(&ws),
     }
 }

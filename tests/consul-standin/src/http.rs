@@ -57,6 +57,9 @@ pub fn agent_router(shared: Arc<Shared>) -> Router {
 pub fn server_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/status/leader", get(status_leader))
+        .route("/v1/status/peers", get(status_peers))
+        .route("/v1/agent/members", get(agent_members))
+        .route(crate::members::MEMBER_PATH, put(member_beat))
         .route(crate::sync::SYNC_PATH, put(node_sync))
         .route("/v1/health/service/{name}", get(health_service))
         .route("/v1/catalog/services", get(catalog_services))
@@ -276,7 +279,31 @@ async fn agent_self(AxState(shared): S, axum::Extension(token): Tok) -> Response
 }
 
 async fn status_leader(AxState(shared): S) -> Response {
+    let mut members = shared.members.lock().unwrap();
+    if members.used() {
+        return axum::Json(json!(members.leader_address())).into_response();
+    }
     axum::Json(json!(format!("{}:8300", shared.node_address))).into_response()
+}
+
+async fn status_peers(AxState(shared): S) -> Response {
+    let members = shared.members.lock().unwrap();
+    if members.used() {
+        return axum::Json(json!(members.peers())).into_response();
+    }
+    axum::Json(json!([format!("{}:8300", shared.node_address)])).into_response()
+}
+
+async fn agent_members(AxState(shared): S) -> Response {
+    axum::Json(shared.members.lock().unwrap().list()).into_response()
+}
+
+async fn member_beat(
+    AxState(shared): S,
+    axum::Json(beat): axum::Json<crate::members::Beat>,
+) -> Response {
+    shared.members.lock().unwrap().beat(beat);
+    StatusCode::OK.into_response()
 }
 
 /// Pushes a registration change to the catalog before answering, as the agent endpoints do

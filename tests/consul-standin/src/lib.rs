@@ -23,9 +23,11 @@
 
 pub mod acl;
 mod checks;
+pub mod consul_cli;
 pub mod dns;
 pub mod duration;
 mod http;
+pub mod members;
 mod proxy;
 pub mod state;
 mod sync;
@@ -75,6 +77,9 @@ pub struct Config {
     pub min_check_interval: Duration,
     /// Log every request to stderr.
     pub log_requests: bool,
+    /// Join the cluster's membership as this (`consul agent` mode: `-server`,
+    /// `-bootstrap-expect`); `None`: not a member (the testbed's h1..hN agents, dev mode).
+    pub member: Option<members::MemberRole>,
 }
 
 /// The default delay between a check's status change on its agent and the catalog.
@@ -98,6 +103,7 @@ impl Config {
             deregister_critical_min: Duration::from_secs(60),
             min_check_interval: Duration::from_secs(1),
             log_requests: false,
+            member: None,
         }
     }
 
@@ -159,6 +165,8 @@ pub(crate) struct Shared {
     pub node_id: String,
     pub node_address: String,
     pub state_file: Option<PathBuf>,
+    /// On a server: the members that joined (see `members`).
+    pub members: Mutex<members::Members>,
 }
 
 impl Shared {
@@ -229,6 +237,11 @@ impl Handle {
             Role::Agent { server, .. } => Some(server.clone()),
             Role::Server => None,
         }
+    }
+
+    /// Leaves the cluster's membership gracefully (a member agent; else nothing).
+    pub async fn leave(&self) {
+        members::leave(&self.shared).await
     }
 
     /// Stops serving and waits until the listeners are closed.
@@ -349,6 +362,7 @@ pub async fn start_server(config: ServerConfig) -> anyhow::Result<Handle> {
         runners: Mutex::new(Default::default()),
         node_address: addr.ip().to_string(),
         state_file,
+        members: Mutex::new(Default::default()),
     });
     let (stop, _) = watch::channel(false);
     let mut tasks = serve(listeners, http::server_router(shared.clone()), &stop);
@@ -447,6 +461,7 @@ pub async fn start_agent(mut config: Config) -> anyhow::Result<Handle> {
         runners: Mutex::new(Default::default()),
         node_address,
         state_file,
+        members: Mutex::new(Default::default()),
     });
     for id in check_ids {
         checks::spawn_runner(&shared, &id);
@@ -459,6 +474,7 @@ pub async fn start_agent(mut config: Config) -> anyhow::Result<Handle> {
     let mut tasks = serve(listeners, http::agent_router(shared.clone()), &stop);
     tasks.push(spawn_ticker(&shared, &stop));
     tasks.push(sync::spawn_loop(&shared, &stop));
+    tasks.extend(members::spawn_heartbeat(&shared, &stop));
     let mut dns = Vec::new();
     for addr in shared.config.dns_listen.clone() {
         let (bound, dns_tasks) = dns::serve(shared.clone(), addr, &stop).await?;

@@ -140,8 +140,51 @@ async fn until_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Run as `consul` (the image's entrypoint is this binary named `consul`): `consul agent FLAGS`
+/// with Consul's own flags (`consul_standin::consul_cli`).
+async fn as_consul(args: Vec<String>) -> anyhow::Result<()> {
+    let rest = match args.get(1).map(String::as_str) {
+        Some("agent") => &args[2..],
+        Some("version") => {
+            println!(
+                "Consul v1.20.1 (consul-standin {})",
+                env!("CARGO_PKG_VERSION")
+            );
+            return Ok(());
+        }
+        other => anyhow::bail!("consul (stand-in): only `consul agent` is modelled, not {other:?}"),
+    };
+    let store = std::env::var("CONSUL_STANDIN_STORE")
+        .unwrap_or_else(|_| consul_standin::consul_cli::DEFAULT_STORE.into());
+    let mut config = consul_standin::consul_cli::parse(rest, &store, &host_name())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.log_requests = false;
+    if let Some(dir) = &config.data_dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let node = config.node.clone();
+    let handle = consul_standin::start_agent(config).await?;
+    eprintln!(
+        "consul-standin: consul agent {node} on {:?}, store {store}",
+        handle.addrs()
+    );
+    until_signal().await?;
+    // Consul leaves on SIGTERM for clients (leave_on_terminate); servers here too, so that a
+    // replaced server is `left` at once. Exit without waiting for open blocking queries.
+    handle.leave().await;
+    std::process::exit(0);
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "consul")
+    {
+        return as_consul(args).await;
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Server(args)) => {

@@ -65,6 +65,7 @@ pub fn image(l: &Layout) -> Result<()> {
     login(l, &user, &pass)?;
     hello_images(l)?;
     node_image(l, &user, &pass)?;
+    caddy_image(l, &user, &pass)?;
     prepare_koa(l)?;
     Ok(())
 }
@@ -220,6 +221,82 @@ pub fn node_image(l: &Layout, user: &str, pass: &str) -> Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )?;
     std::fs::write(ctx.join("Dockerfile"), NODE_DOCKERFILE)?;
+    docker(
+        l,
+        &format!("build -q -t {image} {}", q(ctx.display().to_string())),
+    )
+    .with_context(|| format!("building {image}"))?;
+    docker(l, &format!("push -q {image}")).with_context(|| format!("pushing {image}"))?;
+    std::fs::remove_dir_all(&ctx)?;
+    std::fs::write(&key_file, key)?;
+    println!("pushed {image}");
+    Ok(())
+}
+
+/// The edge proxy's test image, `FROM scratch` with Debian's Caddy 2 (/usr/bin/caddy) and the
+/// libraries `ldd` names: the equivalent of the official `caddy:2` image, which cannot be
+/// pulled here.
+pub const CADDY_REPO: &str = "fleet-test/caddy";
+pub const CADDY_TAG: &str = "2";
+
+const CADDY_DOCKERFILE: &str = "\
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/bin:/bin XDG_DATA_HOME=/data XDG_CONFIG_HOME=/config
+CMD [\"caddy\", \"run\", \"--resume\"]
+";
+
+/// Build and push 10.200.1.1:5000/fleet-test/caddy:2 unless the registry has the one made
+/// from the same files (DIR/image/caddy.key).
+pub fn caddy_image(l: &Layout, user: &str, pass: &str) -> Result<()> {
+    let image = format!("{REGISTRY}/{CADDY_REPO}:{CADDY_TAG}");
+    let caddy = "/usr/bin/caddy";
+    let ldd = sh::output(&format!("ldd {caddy}"))
+        .context("`ldd /usr/bin/caddy`: is Caddy installed (apt-get install caddy)?")?;
+    let mut files = vec![(caddy.to_string(), PathBuf::from(caddy))];
+    for line in ldd.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push((p.to_string(), PathBuf::from(p)));
+        }
+    }
+    let mut key = String::from(CADDY_DOCKERFILE);
+    {
+        use std::os::unix::fs::MetadataExt;
+        for (dest, src) in &files {
+            let m = std::fs::metadata(src).with_context(|| format!("{}", src.display()))?;
+            key.push_str(&format!("{dest} {} {}\n", m.len(), m.mtime()));
+        }
+    }
+    let key_file = l.path("image/caddy.key");
+    if std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str())
+        && registry_has(user, pass, CADDY_REPO, CADDY_TAG)
+    {
+        println!("{image}: up to date (cached)");
+        return Ok(());
+    }
+    let ctx = l.path("image/caddy");
+    if ctx.exists() {
+        std::fs::remove_dir_all(&ctx)?;
+    }
+    let root = ctx.join("rootfs");
+    for (dest, src) in &files {
+        let to = root.join(dest.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("an absolute path has a parent"))?;
+        std::fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
+    }
+    for d in ["tmp", "data", "config", "etc"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::set_permissions(
+        root.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )?;
+    std::fs::write(root.join("etc/nsswitch.conf"), "hosts: files dns\n")?;
+    std::fs::write(ctx.join("Dockerfile"), CADDY_DOCKERFILE)?;
     docker(
         l,
         &format!("build -q -t {image} {}", q(ctx.display().to_string())),

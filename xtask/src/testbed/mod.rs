@@ -1,7 +1,9 @@
 //! `cargo xtask testbed up|status|down|image`: N test hosts on this machine, each a network +
 //! mount + UTS namespace with its own address (10.200.N.2), sshd and Docker engine; one registry
 //! with htpasswd auth; a local engine for `fleet build`; a Consul agent slot per host.
-//! The recipe is the verified one in TESTBED-NOTES.md.
+//! The recipe is the verified one in the shared TESTBED-NOTES.md (beside this repository, in
+//! `../shared/`); docs/ci.md says what the CI run starts.
+pub mod bare;
 pub mod files;
 pub mod image;
 pub mod layout;
@@ -408,7 +410,7 @@ fn start_sshd(l: &Layout, n: u32) -> Result<()> {
 }
 
 /// The Consul stand-in binary, if it exists and takes the agent flags; `Err` says why not.
-fn consul_standin(l: &Layout) -> std::result::Result<PathBuf, String> {
+pub fn consul_standin(l: &Layout) -> std::result::Result<PathBuf, String> {
     let bin = match std::env::var_os("FLEET_CONSUL_STANDIN") {
         Some(p) => PathBuf::from(p),
         None => {
@@ -624,6 +626,7 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 
 pub fn down(l: &Layout) -> Result<()> {
     ensure_root()?;
+    bare::down(l)?;
     let _ = std::fs::remove_file(l.path("READY"));
     let _ = std::fs::remove_file(l.path("hosts"));
     let mut hosts: BTreeSet<u32> = l.known_hosts_numbers().into_iter().collect();

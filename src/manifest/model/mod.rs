@@ -4,6 +4,8 @@
 //! `node::overlay` and docs/manifest.md "Environments"), then decoding the merged tree like any
 //! app, so an overlay gets exactly the same checks, at its own spans.
 
+pub mod setup;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,26 +14,25 @@ use indexmap::IndexMap;
 
 use super::diag::{Cx, did_you_mean};
 use super::keys::{
-    APP_KEYS, BUILD_KEYS, BUILDER_KEYS, CONSUL_KEYS, ENV_KEYS, HEALTH_KEYS, HOST_KEYS, LIMIT_KEYS,
-    NOT_IN_OVERLAY, PROJECT_KEYS, REGISTRY_KEYS, SECRET_KEYS, SERVICE_KEYS, TOP_KEYS,
+    APP_KEYS, BUILD_KEYS, BUILDER_KEYS, CONSUL_KEYS, EDGE_KEYS, EDGE_TLS_KEYS, ENV_KEYS,
+    HEALTH_KEYS, HOST_KEYS, LIMIT_KEYS, NOT_IN_OVERLAY, PROJECT_KEYS, PUBLIC_KEYS, REGISTRY_KEYS,
+    SECRET_KEYS, SERVICE_KEYS, TOP_KEYS,
 };
 use super::node::{Key, Node, Span, Table, Value};
 use crate::desired::{
-    BuildSpec, ConfigOrder, ConsulTarget, EnvValue, FileRef, HealthCheck, HealthSpec, Hooks,
-    HostTarget, RegistryTarget, RestartPolicy, SecretRef,
+    BuildSpec, ConfigOrder, ConsulTarget, EdgeTls, EnvValue, FileRef, HealthCheck, HealthSpec,
+    Hooks, HostTarget, RegistryTarget, RestartPolicy, SecretRef,
 };
 
-/// The largest `canary` (hosts converged first) an environment may ask for.
-pub const MAX_CANARY: i64 = 1000;
-
-/// Defaults, documented in docs/manifest.md.
-pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker.sock";
+/// Defaults, documented in docs/manifest.md (those the key table shows are in `keys`).
+pub use super::keys::{DEFAULT_DOCKER_SOCKET, DEFAULT_EDGE_IMAGE, MAX_CANARY, MAX_INSTANCES};
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// `public.timeout`: how long the edge waits for an app's response headers.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);
-/// How long every pm2 worker of a new container must stay online without a restart.
-pub const DEFAULT_MIN_HEALTHY: Duration = Duration::from_secs(3);
+pub use crate::desired::DEFAULT_MIN_HEALTHY;
 /// Consul refuses anything shorter for DeregisterCriticalServiceAfter.
 pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 
@@ -76,6 +77,42 @@ pub struct EnvDef {
     pub post_deploy: Option<Vec<String>>,
     /// Hosts a deploy converges first; the others start only after they all pass (0: none).
     pub canary: u32,
+    /// The edge proxy: `[edge]` with this environment's `edge` merged in.
+    pub edge: EdgeDef,
+}
+
+/// `[edge]`: the proxy of the apps' `public` routes (docs/edge.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeDef {
+    /// Hosts with one of these roles run it; empty: every host that runs a public app.
+    pub roles: Vec<String>,
+    pub image: String,
+    pub http: u16,
+    pub https: u16,
+    pub tls: EdgeTls,
+}
+
+impl Default for EdgeDef {
+    fn default() -> Self {
+        EdgeDef {
+            roles: Vec::new(),
+            image: DEFAULT_EDGE_IMAGE.into(),
+            http: 80,
+            https: 443,
+            tls: EdgeTls::Auto { email: None },
+        }
+    }
+}
+
+/// An app's `public = { host, path }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublicDef {
+    pub hosts: Vec<String>,
+    /// `/` or a prefix without a trailing `/` (`/api`).
+    pub path: String,
+    /// `timeout`: how long the edge waits for the response headers.
+    pub timeout: Duration,
+    pub span: Span,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +183,8 @@ pub struct AppDef {
     /// `dns = "consul"`: the containers resolve names through their host's Consul agent
     /// (where it is written, to point at it when the environment has no `[consul]`).
     pub dns_consul: Option<Span>,
+    /// `public`: the edge routes requests for these hosts and path to the app.
+    pub public: Option<PublicDef>,
 }
 
 impl AppDef {
@@ -199,7 +238,7 @@ fn check_name(cx: &mut Cx, what: &str, name: &str, span: &Span, extra: &[char]) 
 /// A `{ env = ".." }` / `{ file = ".." }` reference, or `None` (with a problem) if malformed.
 /// A relative file is relative to the manifest's directory `dir` (as build contexts are), not
 /// to wherever fleet runs: the reference holds the absolute path.
-fn secret_ref(cx: &mut Cx, node: &Node, dir: &Path) -> Option<SecretRef> {
+pub(super) fn secret_ref(cx: &mut Cx, node: &Node, dir: &Path) -> Option<SecretRef> {
     let t = cx.table(node, "a secret reference", SECRET_KEYS)?;
     if t.entries.len() != 1 {
         cx.err(
@@ -389,7 +428,16 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
         && let Some(t) = cx.map(n, "[environments]")
     {
         for (k, v) in &t.entries {
-            if let Some(e) = decode_env(cx, k, v, &app_nodes, base_consul, &hosts, dir) {
+            if let Some(e) = decode_env(
+                cx,
+                k,
+                v,
+                &app_nodes,
+                base_consul,
+                get(top, "edge"),
+                &hosts,
+                dir,
+            ) {
                 environments.push(e);
             }
         }
@@ -537,7 +585,7 @@ fn decode_consul(
     cx: &mut Cx,
     n: &Node,
     dir: &Path,
-) -> Option<(ConsulTarget, Option<(SecretRef, Span)>)> {
+) -> Option<(ConsulTarget, Vec<(SecretRef, Span)>)> {
     let t = cx.table(n, "[consul]", CONSUL_KEYS)?;
     let address = match get(t, "address") {
         Some(a) => {
@@ -558,6 +606,8 @@ fn decode_consul(
         }
     };
     let token = get(t, "token").and_then(|p| Some((secret_ref(cx, p, dir)?, p.span.clone())));
+    let mut agent_secrets = Vec::new();
+    let agent = get(t, "agent").and_then(|a| setup::decode_agent(cx, a, dir, &mut agent_secrets));
     let container_address = get(t, "container_address").and_then(|a| {
         let s = cx.text(a)?;
         if !(s.starts_with("http://") || s.starts_with("https://")) {
@@ -571,8 +621,9 @@ fn decode_consul(
             token: token.as_ref().map(|(r, _)| r.clone()),
             datacenter: get(t, "datacenter").and_then(|d| cx.text(d)),
             container_address,
+            agent,
         },
-        token,
+        token.into_iter().chain(agent_secrets).collect(),
     ))
 }
 
@@ -583,19 +634,21 @@ impl HostDef {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decode_env(
     cx: &mut Cx,
     k: &Key,
     v: &Node,
     app_nodes: &[(Key, Node)],
     base_consul: Option<&Node>,
+    base_edge: Option<&Node>,
     hosts: &[HostDef],
     dir: &Path,
 ) -> Option<EnvDef> {
     check_name(cx, "environment", &k.name, &k.span, &['_']);
     let t = cx.table(v, &format!("environment `{}`", k.name), ENV_KEYS)?;
     let host_names: Vec<&str> = hosts.iter().map(|h| h.target.name.as_str()).collect();
-    let env_hosts = match get(t, "hosts").and_then(|h| cx.str_list(h)) {
+    let env_hosts: Vec<String> = match get(t, "hosts").and_then(|h| cx.str_list(h)) {
         Some(list) => {
             for (h, span) in &list {
                 unknown_ref(cx, "host", h, span, &host_names);
@@ -679,7 +732,50 @@ fn decode_env(
             secrets.extend(tok);
             c
         });
+    let edge_node = match (base_edge, get(t, "edge")) {
+        (Some(b), Some(o)) => Some(super::node::overlay(b, o)),
+        (b, o) => b.or(o).cloned(),
+    };
+    let edge = match &edge_node {
+        Some(n) => {
+            let (e, s) = decode_edge(cx, n, dir);
+            secrets.extend(s);
+            e
+        }
+        None => EdgeDef::default(),
+    };
+    let role_names: Vec<&str> = hosts
+        .iter()
+        .flat_map(|h| h.target.roles.iter().map(String::as_str))
+        .collect();
+    if let Some(Value::Table(et)) = edge_node.as_ref().map(|n| &n.value)
+        && let Some(r) = get(et, "roles")
+        && let Some(list) = cx.str_list(r)
+    {
+        for (role, span) in &list {
+            unknown_ref(cx, "role", role, span, &role_names);
+        }
+    }
+    if let Some(agent) = consul.as_ref().and_then(|c| c.agent.as_ref()) {
+        setup::check_servers(cx, agent, &k.name, &env_hosts);
+    }
     if consul_node.is_none() {
+        for a in &apps {
+            if let Some(p) = &a.public {
+                cx.err(
+                    &p.span,
+                    format!(
+                        "app `{}` is public, but environment `{}` has no [consul]",
+                        a.name, k.name
+                    ),
+                    "no upstreams",
+                    Some(
+                        "the edge routes to the instances Consul lists as passing: add `[consul]`"
+                            .into(),
+                    ),
+                );
+            }
+        }
         for a in &apps {
             if let Some(span) = &a.dns_consul {
                 cx.err(span, format!("app `{}` resolves names through Consul, but environment `{}` has no [consul]", a.name, k.name), "no Consul agent", Some("add `[consul]` with the agent's `address`, or remove `dns`".into()));
@@ -698,6 +794,7 @@ fn decode_env(
         canary: get(t, "canary")
             .and_then(|n| cx.int(n, 0, MAX_CANARY))
             .map_or(0, |n| n as u32),
+        edge,
     })
 }
 
@@ -1025,7 +1122,132 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         workdir: get(t, "workdir").and_then(|n| cx.text(n)),
         batch,
         dns_consul,
+        public: get(t, "public").and_then(|p| decode_public(cx, p)),
     })
+}
+
+fn decode_public(cx: &mut Cx, p: &Node) -> Option<PublicDef> {
+    let t = cx.table(p, "public", PUBLIC_KEYS)?;
+    let Some(h) = get(t, "host") else {
+        cx.err(
+            &p.span,
+            "a public route needs `host`",
+            "no host name",
+            Some("add `host = \"app.example.com\"` (or a list of names)".into()),
+        );
+        return None;
+    };
+    let hosts: Vec<String> = match &h.value {
+        Value::Array(_) => cx.str_list(h)?.into_iter().map(|(s, _)| s).collect(),
+        _ => vec![cx.text(h)?],
+    };
+    for name in &hosts {
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*'));
+        if !ok {
+            cx.err(
+                &h.span,
+                format!("`{name}` is not a host name"),
+                "not a host name",
+                Some("write a DNS name, e.g. `app.example.com` (no scheme, port or path)".into()),
+            );
+        }
+    }
+    let path = match get(t, "path") {
+        Some(n) => {
+            let s = cx.text(n)?;
+            if !s.starts_with('/') || s.contains('*') || s.contains('?') {
+                cx.err(
+                    &n.span,
+                    format!("`{s}` is not a path prefix"),
+                    "not a path",
+                    Some("write a prefix that starts with `/`, e.g. `/api`".into()),
+                );
+            }
+            let trimmed = s.trim_end_matches('/');
+            if trimmed.is_empty() {
+                "/".to_string()
+            } else {
+                trimmed.to_string()
+            }
+        }
+        None => "/".into(),
+    };
+    let timeout = get(t, "timeout")
+        .and_then(|d| cx.duration(d))
+        .unwrap_or(DEFAULT_ROUTE_TIMEOUT);
+    Some(PublicDef {
+        hosts: hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+        path,
+        timeout,
+        span: p.span.clone(),
+    })
+}
+
+fn decode_edge(cx: &mut Cx, n: &Node, dir: &Path) -> (EdgeDef, Vec<(SecretRef, Span)>) {
+    let mut e = EdgeDef::default();
+    let mut secrets = Vec::new();
+    let Some(t) = cx.table(n, "[edge]", EDGE_KEYS) else {
+        return (e, secrets);
+    };
+    if let Some(r) = get(t, "roles").and_then(|r| cx.str_list(r)) {
+        e.roles = r.into_iter().map(|(s, _)| s).collect();
+    }
+    if let Some(i) = get(t, "image").and_then(|i| cx.text(i)) {
+        e.image = i;
+    }
+    if let Some(p) = get(t, "http").and_then(|p| cx.u16(p, 1)) {
+        e.http = p;
+    }
+    if let Some(p) = get(t, "https").and_then(|p| cx.u16(p, 1)) {
+        e.https = p;
+    }
+    let email = get(t, "email").and_then(|m| cx.text(m));
+    e.tls = match get(t, "tls") {
+        None => EdgeTls::Auto { email },
+        Some(tn) => match &tn.value {
+            Value::Table(_) => {
+                let mut files = None;
+                if let Some(ft) = cx.table(tn, "tls", EDGE_TLS_KEYS) {
+                    let cert = get(ft, "cert")
+                        .and_then(|c| secret_ref(cx, c, dir).map(|r| (r, c.span.clone())));
+                    let key = get(ft, "key")
+                        .and_then(|c| secret_ref(cx, c, dir).map(|r| (r, c.span.clone())));
+                    if cert.is_none() || key.is_none() {
+                        cx.err(&tn.span, "`tls` as a table needs `cert` and `key`", "incomplete", Some("write `tls = { cert = { file = \"site.crt\" }, key = { file = \"site.key\" } }`".into()));
+                    }
+                    if let (Some(c), Some(k)) = (cert, key) {
+                        secrets.push(c.clone());
+                        secrets.push(k.clone());
+                        files = Some(EdgeTls::Files {
+                            cert: c.0,
+                            key: k.0,
+                        });
+                    }
+                }
+                files.unwrap_or(EdgeTls::Off)
+            }
+            _ => match cx.str(tn).as_deref() {
+                Some("auto") | None => EdgeTls::Auto { email },
+                Some("acme") => EdgeTls::Acme { email },
+                Some("internal") => EdgeTls::Internal,
+                Some("off") => EdgeTls::Off,
+                Some(other) => {
+                    cx.err(
+                        &tn.span,
+                        format!("`tls = \"{other}\"` is not known"),
+                        "unknown TLS mode",
+                        Some("`auto`, `acme`, `internal`, `off`, or `{ cert, key }`".into()),
+                    );
+                    EdgeTls::Auto { email }
+                }
+            },
+        },
+    };
+    (e, secrets)
 }
 
 fn decode_build(cx: &mut Cx, b: &Node, dir: &Path) -> Option<BuildSpec> {
@@ -1212,7 +1434,27 @@ fn check_placement(
     let remote = env_hosts.iter().any(|h| !h.target.is_local());
     // (host, port) -> (app, instance)
     let mut taken: BTreeMap<(&str, u16), (&str, u32)> = BTreeMap::new();
+    // (route host, path) -> app
+    let mut routes: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    let in_env = env.map_or(String::new(), |e| format!(" in environment `{e}`"));
     for app in apps {
+        if let Some(p) = app.public.as_ref().filter(|_| app.instances > 0) {
+            if app.service.is_none() {
+                cx.err(&p.span, format!("app `{}` is public but has no `service`", app.name), "no upstreams", Some("the edge sends requests to the instances Consul lists as passing: add `service = true`".into()));
+            }
+            if app.health.is_none() {
+                cx.err(&p.span, format!("app `{}` is public but has no health check", app.name), "no health check", Some("the edge routes only to instances that pass their check: add `health = { http = \"/health\" }`".into()));
+            }
+            if app.port.is_none() || app.published == Published::No {
+                cx.err(&p.span, format!("app `{}` is public but publishes no port", app.name), "nothing to route to", Some("add `port = ...` and leave `published` at \"auto\" (the edge reaches each instance at its published host port)".into()));
+            }
+            for h in &p.hosts {
+                if let Some(other) = routes.insert((h.as_str(), p.path.as_str()), app.name.as_str())
+                {
+                    cx.err(&p.span, format!("route {h}{} is claimed twice{in_env}", p.path), format!("also claimed by app `{other}`"), Some("each host name and path prefix goes to one app: change `host` or `path`".into()));
+                }
+            }
+        }
         for (r, span) in &app.roles {
             unknown_ref(cx, "role", r, span, &role_names);
         }
@@ -1241,7 +1483,6 @@ fn check_placement(
                 if let Some((other, oi)) =
                     taken.insert((h.target.name.as_str(), port), (app.name.as_str(), i))
                 {
-                    let in_env = env.map_or(String::new(), |e| format!(" in environment `{e}`"));
                     cx.err(&app.port_span, format!("host port {port} is published twice on host `{}`{in_env}", h.target.name), format!("instance {i} of `{}` and instance {oi} of `{other}`", app.name), Some("a fixed `published` port allows one instance per host and one app per port: use `published = \"auto\"` (Docker picks a free port, registered in Consul) or another port".into()));
                     break;
                 }
@@ -1252,11 +1493,6 @@ fn check_placement(
 
 /// The least memory Docker gives a container (`limits.memory`).
 pub const MIN_MEMORY: u64 = 6 * 1024 * 1024;
-
-/// The most instances of one app on one host. Far more than one host runs well, and low
-/// enough that validating, resolving and planning stay fast (each instance is a container
-/// spec, a Consul service and a host port to check).
-pub const MAX_INSTANCES: u32 = 1000;
 
 /// Whether an app runs on a host: by `hosts`, else by `roles`, else everywhere.
 pub fn runs_on(app: &AppDef, host: &HostTarget) -> bool {

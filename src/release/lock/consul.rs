@@ -16,10 +16,7 @@ pub const CONSUL_TTL: Duration = Duration::from_secs(15);
 /// After a session ends, nobody may take its keys for this long (Consul's default is 15s).
 pub const LOCK_DELAY: Duration = Duration::from_secs(1);
 
-/// The KV key of an environment's lock.
-pub fn lock_key(project: &str, env: &str) -> String {
-    format!("{project}/{env}/_fleet/lock")
-}
+pub use crate::identity::names::lock_key;
 
 /// A Consul lock held: the key, and the session holding it.
 pub(super) struct Held {

@@ -7,8 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use super::{Backend, DeployLock, HOST_DIR, Holder, LockError, died_here, run, sh_quote};
+use super::{Backend, DeployLock, Holder, LockError, died_here, run};
 use crate::host::HostSession;
+use crate::host::sh_quote;
+use crate::identity::names::STATE_DIR;
 
 /// Expiry of a host lock file: longer than Consul's, as each renewal is an SSH round trip.
 pub const FILE_TTL: Duration = Duration::from_secs(30);
@@ -16,10 +18,7 @@ pub const FILE_TTL: Duration = Duration::from_secs(30);
 /// How often a holder of a host lock file looks that it still holds it (renewing at TTL / 2).
 const FILE_CHECK: Duration = Duration::from_secs(2);
 
-/// The lock file of an environment on its first host (when there is no Consul).
-pub fn lock_file(project: &str, env: &str) -> String {
-    format!("{HOST_DIR}/{project}.{env}.lock")
-}
+pub use crate::identity::names::lock_file;
 
 /// A host lock file held: its host and path, and the token that says it is ours.
 pub(super) struct Held {
@@ -222,7 +221,7 @@ pub async fn force_release_on_host(
 /// The shell prelude of every lock file script: `$f` is the file, and the guard is held.
 fn guard_prelude(path: &str) -> String {
     format!(
-        "set -e\nf={}\nmkdir -p {HOST_DIR}\nexec 9>>{HOST_DIR}/.guard\nflock -x -w 20 9",
+        "set -e\nf={}\nmkdir -p {STATE_DIR}\nexec 9>>{STATE_DIR}/.guard\nflock -x -w 20 9",
         sh_quote(path)
     )
 }

@@ -20,9 +20,12 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::lock::{HOST_DIR, Holder, LockError, Store, run, sh_quote};
+use super::lock::{Holder, LockError, Store, run};
 use crate::consul::{ConsulClient, ConsulError, KvDelete, KvPut, QueryOptions};
 use crate::host::HostSession;
+use crate::host::sh_quote;
+use crate::identity::names::STATE_DIR;
+pub use crate::identity::names::{ledger_file, ledger_prefix as prefix};
 
 /// How many releases the ledger keeps.
 pub const KEEP: usize = 50;
@@ -165,11 +168,6 @@ pub enum LedgerError {
     Contended(u32),
 }
 
-/// The KV prefix of an environment's ledger (with the trailing `/`).
-pub fn prefix(project: &str, env: &str) -> String {
-    format!("{project}/{env}/_fleet/releases/")
-}
-
 fn key(project: &str, env: &str, id: u64) -> String {
     format!("{}{id:010}", prefix(project, env))
 }
@@ -299,14 +297,9 @@ pub fn newest_good<'a>(
 
 // ---- without Consul: a JSON-lines file on the first host -------------------------------------
 
-/// The ledger file of an environment on its first host.
-pub fn ledger_file(project: &str, env: &str) -> String {
-    format!("{HOST_DIR}/{project}.{env}.releases.jsonl")
-}
-
 fn host_script(project: &str, env: &str, body: &str) -> String {
     format!(
-        "set -e\nf={}\nmkdir -p {HOST_DIR}\nexec 9>>{HOST_DIR}/.guard\nflock -x -w 20 9\ntouch \"$f\"\n{body}",
+        "set -e\nf={}\nmkdir -p {STATE_DIR}\nexec 9>>{STATE_DIR}/.guard\nflock -x -w 20 9\ntouch \"$f\"\n{body}",
         sh_quote(&ledger_file(project, env))
     )
 }
@@ -517,7 +510,7 @@ mod tests {
             ledger_file("shop", "eu-prod"),
             "/var/lib/fleet/shop.eu-prod.releases.jsonl"
         );
-        use crate::apply::lock::lock_file;
+        use crate::release::lock::lock_file;
         assert_ne!(lock_file("shop", "eu-prod"), lock_file("shop-eu", "prod"));
         // A line of `shop-eu` / `prod` in `shop` / `eu-prod`'s file (say, copied there by hand,
         // or written by a fleet that shared the file) is not one of its releases.

@@ -37,10 +37,7 @@ pub use self::consul::{CONSUL_TTL, LOCK_DELAY, force_release, lock_key, status};
 pub use self::host_file::{FILE_TTL, force_release_on_host, lock_file, status_on_host};
 use crate::consul::{ConsulClient, ConsulError};
 use crate::desired::DesiredState;
-use crate::host::{ConnectOptions, HostError, HostSession};
-
-/// Where host lock files and ledgers live.
-pub const HOST_DIR: &str = "/var/lib/fleet";
+use crate::host::{ConnectOptions, HostError, HostSession, ScriptError};
 
 /// Who holds (or wants) the lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,23 +332,10 @@ impl Drop for DeployLock {
 
 /// Runs a script on a host; an error unless it exits 0. Returns stdout.
 pub(crate) async fn run(host: &HostSession, script: &str) -> Result<String, LockError> {
-    let out = host.run_sh(script).await?;
-    if out.code != Some(0) {
-        return Err(LockError::Script {
-            host: host.target().name.clone(),
-            code: out
-                .code
-                .map(|c| format!("exit code {c}"))
-                .unwrap_or_else(|| "killed".into()),
-            stderr: out.stderr.trim().to_string(),
-        });
-    }
-    Ok(out.stdout)
-}
-
-/// Single-quotes `s` for sh.
-pub(crate) fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+    host.run_ok(script).await.map_err(|e| match e {
+        ScriptError::Host(e) => LockError::Host(e),
+        ScriptError::Failed { host, code, stderr } => LockError::Script { host, code, stderr },
+    })
 }
 
 /// Where an environment keeps its lock and ledger: its Consul (reached through its first host)

@@ -9,6 +9,9 @@ pub const APP: &str = "fleet.app";
 pub const INSTANCE: &str = "fleet.instance";
 pub const VERSION: &str = "fleet.version";
 pub const SPEC: &str = "fleet.spec";
+/// What a container is when it is not an app instance: `agent` (the Consul agent `fleet setup`
+/// runs), `accessory`, `edge`. Observe reads only containers without it as app instances.
+pub const KIND: &str = "fleet.kind";
 
 /// Every label fleet sets on a managed container, in a stable order.
 pub const ALL: [&str; 6] = [PROJECT, ENV, APP, INSTANCE, VERSION, SPEC];
