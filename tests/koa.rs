@@ -27,8 +27,7 @@ fn koa_stack() {
     let k = Koa::new();
 
     // 1. Health-gated deploy, one Consul service instance per fleet instance (one per host).
-    let o = k.run(&tb, &["deploy", "production", "--yes"]);
-    assert!(o.status.success(), "deploy failed:\n{}", text(&o));
+    k.deploy(&tb, "the first deploy");
     let mut ports = Vec::new();
     for h in HOSTS {
         let regs = registered(&tb, h, &k.service);

@@ -69,8 +69,11 @@ fn pm2_workers_in_status_and_in_the_health_gate() {
     });
 
     // 1. Deploy the app (not the client: not needed here); every container lists 2 workers.
-    let o = k.run(&tb, &["deploy", "production", "--yes", "--app", "app"]);
-    assert!(o.status.success(), "deploy failed:\n{}", text(&o));
+    k.deploy_with(
+        &tb,
+        &["deploy", "production", "--yes", "--app", "app"],
+        "the first deploy",
+    );
     let rows = rows_by_host(&k, &tb);
     let mut old = BTreeMap::new();
     for h in HOSTS {

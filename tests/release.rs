@@ -118,8 +118,7 @@ fn config_goes_back_with_the_release() {
     };
 
     // 1. Greeting `one`.
-    let o = k.run(&tb, &["deploy", "production", "--yes"]);
-    assert!(o.status.success(), "deploy failed:\n{}", text(&o));
+    k.deploy(&tb, "the deploy of `one`");
     wait_greeting(&k, &tb, "one");
     let v1 = versions(&k, &tb);
     let releases = ledger(&k, &tb);
@@ -165,8 +164,7 @@ fn config_goes_back_with_the_release() {
         .replacen("deadline = \"8s\"", "deadline = \"60s\"", 1)
     });
     set_version_line(&k, true);
-    let o = k.run(&tb, &["deploy", "production", "--yes"]);
-    assert!(o.status.success(), "deploy failed:\n{}", text(&o));
+    k.deploy(&tb, "the good deploy of `two`");
     wait_greeting(&k, &tb, "two");
     let v2 = versions(&k, &tb);
     assert_ne!(v2, v1);
@@ -248,8 +246,7 @@ fn config_goes_back_with_the_release() {
         "after the kill {n} of {KEYS} keys changed"
     );
     // The next deploy takes the dead deploy's lock over and converges.
-    let o = k.run(&tb, &["deploy", "production", "--yes"]);
-    assert!(o.status.success(), "deploy failed:\n{}", text(&o));
+    k.deploy(&tb, "the deploy after the kill");
     let o = k.run(&tb, &["plan", "production", "--detailed-exitcode"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }

@@ -9,6 +9,13 @@
 //! `node_modules/.bin/pm2-runtime`), else `pm2` on the image's `PATH`. The exec inherits the
 //! container's environment, so pm2 finds the daemon of `pm2-runtime` under the same `HOME`
 //! (`PM2_HOME`).
+//!
+//! `pm2 jlist` must never run before that daemon listens: the `pm2` CLI starts a daemon of its
+//! own when it finds none (pm2's `Client.start`: `pingDaemon`, then `launchDaemon`), and when
+//! it wins the race for `$PM2_HOME/rpc.sock`, `pm2-runtime` hangs after `Launching in no daemon
+//! mode` and never starts a worker (seen on the testbed, about one start in a few hundred). So
+//! the exec is `node -e NO_DAEMON_GUARD pm2 jlist` (`guarded`): node, which every pm2 image
+//! has, runs `pm2 jlist` only when the socket is there, and else exits with `NO_DAEMON_EXIT`.
 
 use std::time::Duration;
 
@@ -69,6 +76,33 @@ pub enum Pm2Error {
     Exit { code: i64, output: String },
     #[error("pm2 jlist printed no process list: {0}")]
     Parse(String),
+    #[error("pm2 has not started its daemon yet: {0}")]
+    NoDaemon(String),
+}
+
+/// The exit code of `NO_DAEMON_GUARD` when pm2's daemon socket is not there.
+const NO_DAEMON_EXIT: i64 = 3;
+
+/// A Node script: run the command in its arguments (`pm2 jlist`) if pm2's RPC socket exists
+/// under the home pm2 uses (`PM2_HOME`, else `$HOME/.pm2`), else exit `NO_DAEMON_EXIT`.
+const NO_DAEMON_GUARD: &str = r#"const fs = require('fs'), path = require('path');
+const home = process.env.PM2_HOME || path.join(process.env.HOME || '/root', '.pm2');
+const sock = path.join(home, 'rpc.sock');
+let up = false;
+try { up = fs.statSync(sock).isSocket(); } catch (e) {}
+if (!up) { console.error('no ' + sock); process.exit(3); }
+const r = require('child_process').spawnSync(process.argv[1], process.argv.slice(2), { stdio: 'inherit' });
+if (r.error) { console.error(String(r.error.message || r.error)); process.exit(127); }
+process.exit(r.status === null ? 1 : r.status);
+"#;
+
+/// `cmd` (from `jlist_command`) run by `NO_DAEMON_GUARD`.
+fn guarded(cmd: &[String]) -> Vec<String> {
+    ["node", "-e", NO_DAEMON_GUARD]
+        .into_iter()
+        .map(String::from)
+        .chain(cmd.iter().cloned())
+        .collect()
 }
 
 // What fleet reads of `pm2 jlist`'s answer; pm2 writes much more (the whole environment of
@@ -176,7 +210,8 @@ pub fn jlist_command(i: &ContainerInspectResponse, setting: Option<bool>) -> Opt
     Some(vec![pm2, "jlist".into()])
 }
 
-/// Run `cmd` (from `jlist_command`) in running container `id` and parse what it prints.
+/// Run `cmd` (from `jlist_command`, `guarded`) in running container `id` and parse what it
+/// prints.
 pub async fn read_workers(
     docker: &Docker,
     id: &str,
@@ -188,7 +223,7 @@ pub async fn read_workers(
             .create_exec(
                 id,
                 CreateExecOptions {
-                    cmd: Some(cmd.to_vec()),
+                    cmd: Some(guarded(cmd)),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()
@@ -229,9 +264,11 @@ pub async fn read_workers(
         let out = String::from_utf8_lossy(&out);
         if code != 0 {
             let errs = String::from_utf8_lossy(&errs);
-            return Err(Pm2Error::Exit {
-                code,
-                output: one_line(if errs.trim().is_empty() { &out } else { &errs }),
+            let output = one_line(if errs.trim().is_empty() { &out } else { &errs });
+            return Err(if code == NO_DAEMON_EXIT {
+                Pm2Error::NoDaemon(output)
+            } else {
+                Pm2Error::Exit { code, output }
             });
         }
         parse_jlist(&out)
@@ -323,6 +360,32 @@ mod tests {
             ..Default::default()
         });
         i
+    }
+
+    /// The guard as the container's node runs it (this machine's node: CI installs it for
+    /// manifests/koa): no socket, no `pm2` run; a listening socket, the command runs.
+    #[test]
+    fn the_guard_runs_pm2_only_once_its_daemon_listens() {
+        use std::process::Command;
+        let home = std::env::temp_dir().join(format!("fleet-pm2-guard-{}", std::process::id()));
+        std::fs::create_dir_all(&home).unwrap();
+        let run = || {
+            let cmd = guarded(&["echo".into(), "jlist".into()]);
+            Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .env("PM2_HOME", &home)
+                .output()
+                .expect("node on PATH")
+        };
+        let o = run();
+        assert_eq!(o.status.code(), Some(NO_DAEMON_EXIT as i32));
+        assert!(o.stdout.is_empty());
+        let sock = std::os::unix::net::UnixListener::bind(home.join("rpc.sock")).unwrap();
+        let o = run();
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "jlist\n");
+        drop(sock);
+        std::fs::remove_dir_all(&home).unwrap();
     }
 
     #[test]

@@ -90,6 +90,18 @@ impl Koa {
         std::fs::write(&path, new).unwrap();
     }
 
+    /// `fleet deploy production --yes`, which must succeed (`what` names it in the failure).
+    pub fn deploy(&self, tb: &Testbed, what: &str) -> Output {
+        self.deploy_with(tb, &["deploy", "production", "--yes"], what)
+    }
+
+    /// [`Koa::deploy`] with these arguments.
+    pub fn deploy_with(&self, tb: &Testbed, args: &[&str], what: &str) -> Output {
+        let o = self.run(tb, args);
+        assert!(o.status.success(), "{what} failed:\n{}", text(&o));
+        o
+    }
+
     pub fn run(&self, tb: &Testbed, args: &[&str]) -> Output {
         tb.fleet()
             .arg("-f")
