@@ -180,6 +180,10 @@ pub struct DesiredApp {
     /// process (`pm2-runtime`), `Some(false)` never reads workers. Not in the spec hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pm2: Option<bool>,
+    /// An `[accessories.NAME]`: its old container is stopped before the new one starts (the
+    /// plan says so), and `fleet rollback` leaves it as the manifest says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accessory: bool,
 }
 
 /// How long every pm2 worker of a new container must stay online without a restart (the

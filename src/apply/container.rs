@@ -11,6 +11,7 @@ use bollard::models::{
 };
 
 use crate::desired::{EnvValue, HOST_GATEWAY, InstanceSpec, RestartPolicy, SecretRef};
+use crate::identity::labels;
 
 /// A secret that the manifest references but that cannot be read right now.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -177,6 +178,60 @@ pub fn fill_host_gateway(body: &mut ContainerCreateBody, gateway: &str) {
     }
 }
 
+/// The named volumes a create body mounts (`name:/path` binds; not `/host/path:/path`).
+pub fn named_volumes(body: &ContainerCreateBody) -> Vec<String> {
+    body.host_config
+        .as_ref()
+        .and_then(|h| h.binds.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.split(':').next())
+        .filter(|src| !src.is_empty() && !src.starts_with('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The labels fleet gives a named volume it creates: the project, environment and app of the
+/// container that first mounts it (what `fleet destroy --volumes` looks for).
+pub fn volume_labels(body: &ContainerCreateBody) -> HashMap<String, String> {
+    let labels = body.labels.clone().unwrap_or_default();
+    [labels::PROJECT, labels::ENV, labels::APP]
+        .into_iter()
+        .filter_map(|k| Some((k.to_string(), labels.get(k)?.clone())))
+        .collect()
+}
+
+/// Create each named volume of `body` that does not exist yet, with `volume_labels`. One that
+/// exists is used as it is (and so, without fleet's labels, never removed by fleet).
+pub async fn ensure_volumes(
+    docker: &bollard::Docker,
+    body: &ContainerCreateBody,
+) -> Result<(), String> {
+    for name in named_volumes(body) {
+        match docker.inspect_volume(&name).await {
+            Ok(_) => continue,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => {
+                return Err(format!(
+                    "reading volume {name}: {}",
+                    crate::errors::chain(&e)
+                ));
+            }
+        }
+        docker
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(name.clone()),
+                labels: Some(volume_labels(body)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("creating volume {name}: {}", crate::errors::chain(&e)))?;
+    }
+    Ok(())
+}
+
 /// The host's Docker bridge gateway (`docker network inspect bridge`), for `dns = "consul"`.
 pub async fn host_gateway(docker: &bollard::Docker) -> Result<String, String> {
     let net = docker
@@ -330,6 +385,30 @@ mod tests {
         assert_eq!(auto.as_deref(), Some(""), "port 0 means Docker picks one");
         let fixed = ports["9090/tcp"].as_ref().unwrap()[0].host_port.clone();
         assert_eq!(fixed.as_deref(), Some("19090"));
+    }
+
+    #[test]
+    fn named_volumes_are_the_binds_that_are_not_paths_and_get_the_containers_owner() {
+        let mut s = spec();
+        s.container.volumes = vec![
+            "data:/data".into(),
+            "/etc/app:/etc/app:ro".into(),
+            "logs:/logs:rw".into(),
+        ];
+        s.container
+            .labels
+            .insert(labels::PROJECT.into(), "shop".into());
+        s.container.labels.insert(labels::ENV.into(), "prod".into());
+        s.container.labels.insert(labels::APP.into(), "db".into());
+        s.container
+            .labels
+            .insert(labels::VERSION.into(), "7".into());
+        let body = create_body(&s, &|_| Some("x".into())).unwrap();
+        assert_eq!(named_volumes(&body), ["data", "logs"]);
+        let l = volume_labels(&body);
+        assert_eq!(l.len(), 3, "{l:?}");
+        assert_eq!(l[labels::APP], "db");
+        assert_eq!(l[labels::ENV], "prod");
     }
 
     #[test]

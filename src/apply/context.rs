@@ -155,6 +155,9 @@ pub(super) struct Launch {
     pub(super) pm2: Option<bool>,
     /// How long every pm2 worker must stay online without a restart.
     pub(super) min_healthy: Duration,
+    /// Stop the old container before this one starts (a fixed host port, or an accessory,
+    /// whose volume two containers must not share).
+    pub(super) stop_first: bool,
 }
 
 /// A Consul registration without its per-container ID and port.

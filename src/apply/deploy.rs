@@ -504,6 +504,8 @@ fn launch_for(d: &DesiredState, host: &DesiredHost, spec: &InstanceSpec) -> Resu
             .map(|a| a.min_healthy)
             .unwrap_or(crate::desired::DEFAULT_MIN_HEALTHY),
         stop_timeout: spec.container.stop_timeout,
+        stop_first: spec.container.ports.first().is_some_and(|p| p.host != 0)
+            || app.is_some_and(|a| a.accessory),
     })
 }
 

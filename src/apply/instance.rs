@@ -41,10 +41,9 @@ pub(super) async fn replace(
             None
         }
     };
-    let fixed = matches!(launch.port, Some((_, p)) if p != 0);
     let tag = launch.tag();
-    let started = if fixed {
-        // The port is taken by the old container: deregister, drain, stop it first.
+    let started = if launch.stop_first {
+        // The port (or the volume) is the old container's: deregister, drain, stop it first.
         ctx.set_phase(h, &tag, Phase::Draining);
         edge_off(ctx, h, old_regs).await;
         deregister_all(h, old_regs).await;
@@ -309,6 +308,9 @@ pub(super) async fn launch_new(
     let tag = l.tag();
     ctx.set_phase(h, &tag, Phase::Starting);
     pull(ctx, h, &l.image, &tag).await.map_err(plain)?;
+    super::container::ensure_volumes(&h.docker, &l.body)
+        .await
+        .map_err(plain)?;
     let mut body = l.body.clone();
     if super::container::needs_host_gateway(&body) {
         let gateway = h

@@ -17,6 +17,9 @@ pub struct Args {
     /// Do not ask; required when stdin is not a terminal.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Also remove the named volumes fleet created for the environment (accessories' data).
+    #[arg(long)]
+    pub volumes: bool,
     #[command(flatten)]
     pub reach: Reach,
 }
@@ -34,7 +37,8 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
 }
 
 async fn destroy(cx: &Connected, args: &Args) -> miette::Result<ExitCode> {
-    let inv = inventory(cx).await;
+    let mut inv = inventory(cx).await;
+    inv.remove_volumes = args.volumes;
     print!("{}", inv.render());
     if inv.is_empty() {
         println!("Nothing to remove.");
@@ -64,10 +68,15 @@ async fn destroy(cx: &Connected, args: &Args) -> miette::Result<ExitCode> {
         eprintln!("error: {e}");
     }
     println!(
-        "Removed {} containers, {} services, {} KV keys, {images} images{}.",
+        "Removed {} containers, {} services, {} KV keys, {images} images{}{}.",
         inv.containers.len(),
         inv.services.len(),
         inv.kv_keys.len(),
+        if inv.remove_volumes {
+            format!(", {} volumes", inv.volumes.len())
+        } else {
+            String::new()
+        },
         if errors.is_empty() {
             ""
         } else {

@@ -128,6 +128,7 @@ pub const TOP_KEYS: &Keys = &Keys { section: "The fleet manifest", fields: &[
     Field::new("consul", Ty::Table(CONSUL_KEYS), "The Consul agent of each host."),
     Field::new("hosts", Ty::Map(&Ty::Table(HOST_KEYS)), "The hosts, by name.").required(),
     Field::new("apps", Ty::Map(&Ty::Table(APP_KEYS)), "The apps, by name.").required(),
+    Field::new("accessories", Ty::Map(&Ty::Table(ACCESSORY_KEYS)), "Services the apps use (a database, a cache), by name: one container per host, replaced only when their own spec changes."),
     Field::new("environments", Ty::Map(&Ty::Table(ENV_KEYS)), "The environments, by name: hosts and overrides of the apps."),
     Field::new("builder", Ty::Table(BUILDER_KEYS), "The host whose Docker engine builds and pushes the images."),
     Field::new("edge", Ty::Table(EDGE_KEYS), "The edge proxy (Caddy 2) that serves the apps' `public` routes on fixed ports."),
@@ -211,6 +212,29 @@ pub const APP_KEYS: &Keys = &Keys { section: "[apps.NAME]", fields: &[
     Field::new("dns", Ty::Word(&["consul"]), "The containers resolve names through their host's Consul agent. Needs `[consul]`."),
     Field::new("pm2", Ty::Bool, "Whether the containers run pm2 (default: detected from the main process, `pm2-runtime`)."),
     Field::new("public", Ty::Table(PUBLIC_KEYS), "A route from the edge proxy to the app: `{ host, path }`. Needs `service`, `health` and a published port."),
+]};
+
+#[rustfmt::skip]
+pub const ACCESSORY_KEYS: &Keys = &Keys { section: "[accessories.NAME]", fields: &[
+    Field::new("image", Ty::Str, "The image, `name:tag` (no tag means `latest`): accessories are never built.").required(),
+    Field::new("hosts", Ty::List, "Run on these hosts (by name). Exactly one of `hosts` / `roles`."),
+    Field::new("roles", Ty::List, "Run on every host (of the environment) that has one of these roles."),
+    Field::new("port", PORT, "The port it listens on inside the container."),
+    Field::new("published", Ty::AnyOf(&[Ty::Word(&["auto"]), PORT, Ty::Exactly(false)]), "Host port: the same as `port` unless given; `\"auto\"` or `false` as for apps."),
+    Field::new("command", COMMANDS, "Replaces the image's `CMD` (a string is split on spaces)."),
+    Field::new("args", Ty::List, "Appended to `command` (or, alone, the `CMD`)."),
+    Field::new("env", ENV_VALUES, "Environment variables: strings or secret references (`{ env }`, `{ file }`)."),
+    Field::new("health", Ty::Table(HEALTH_KEYS), "Its health check. Needs `port`."),
+    Field::new("restart", Ty::AnyOf(&[Ty::Word(&["no", "always", "unless-stopped", "on-failure"]), Ty::Pattern("^on-failure:[0-9]+$")]), "`no`, `always`, `unless-stopped`, `on-failure`, `on-failure:N`.").or(Lit::Str("unless-stopped")),
+    Field::new("limits", Ty::Table(LIMIT_KEYS), "Memory and CPU limits of its container."),
+    Field::new("stop_timeout", Ty::Duration, "Time between SIGTERM and SIGKILL.").or(Lit::Str("10s")),
+    Field::new("service", Ty::AnyOf(&[Ty::Bool, Ty::Table(SERVICE_KEYS)]), "Its Consul service, `{ name, tags, meta }` or `true`: apps find it as `<name>.service.consul`. Needs `port`."),
+    Field::new("volumes", Ty::List, "`name:/path` (a named volume, kept by `fleet destroy` unless `--volumes`) or `/host/path:/path[:ro]`."),
+    Field::new("labels", VALUES, "Docker labels (`fleet.*` reserved)."),
+    Field::new("network", Ty::Str, "Network to attach to (default: Docker's)."),
+    Field::new("user", Ty::Str, "`user` or `uid:gid` (default: the image's)."),
+    Field::new("workdir", Ty::Str, "Working directory (default: the image's)."),
+    Field::new("dns", Ty::Word(&["consul"]), "The container resolves names through its host's Consul agent. Needs `[consul]`."),
 ]};
 
 #[rustfmt::skip]
@@ -409,6 +433,7 @@ mod tests {
             ("consul.agent", CONSUL_AGENT_KEYS),
             ("host", HOST_KEYS),
             ("app", APP_KEYS),
+            ("accessory", ACCESSORY_KEYS),
             ("build", BUILD_KEYS),
             ("health", HEALTH_KEYS),
             ("limits", LIMIT_KEYS),

@@ -28,7 +28,7 @@ pub mod node;
 pub mod pm2;
 pub mod resolve;
 pub mod secret;
-pub use model::setup;
+pub use model::{Kind, setup};
 pub mod show;
 
 pub use diag::Problem;

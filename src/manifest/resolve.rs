@@ -117,6 +117,7 @@ pub fn resolve(m: &Manifest, env: &str, versions: &Versions) -> Result<DesiredSt
             health_deadline: a.health_deadline,
             min_healthy: a.min_healthy,
             pm2: a.pm2,
+            accessory: a.kind == crate::manifest::Kind::Accessory,
         });
     }
 

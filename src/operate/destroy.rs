@@ -43,6 +43,13 @@ pub struct FoundImage {
     pub reference: String,
 }
 
+/// A named volume fleet created for this environment (labels `fleet.project`, `fleet.env`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundVolume {
+    pub host: String,
+    pub name: String,
+}
+
 /// Everything `destroy` would remove, and what could not be looked at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
@@ -63,11 +70,16 @@ pub struct Inventory {
     /// This environment's ids on each host's edge (routes, TLS policy, certificate): only its
     /// own, so another project's routes on the same edge keep serving.
     pub edge: Vec<(String, String)>,
+    /// The named volumes fleet created for the environment's containers (accessories' data):
+    /// removed only when `remove_volumes` (`fleet destroy --volumes`), else listed as kept.
+    pub volumes: Vec<FoundVolume>,
+    pub remove_volumes: bool,
 }
 
 impl Inventory {
     pub fn is_empty(&self) -> bool {
         self.containers.is_empty()
+            && (self.volumes.is_empty() || !self.remove_volumes)
             && self.services.is_empty()
             && self.kv_keys.is_empty()
             && self.images.is_empty()
@@ -122,10 +134,28 @@ impl Inventory {
                 let _ = writeln!(s, "    - {id} on {h}");
             }
         }
+        if !self.volumes.is_empty() && self.remove_volumes {
+            let _ = writeln!(s, "  volumes, with their data ({}):", self.volumes.len());
+            for v in &self.volumes {
+                let _ = writeln!(s, "    - {} on {}", v.name, v.host);
+            }
+        }
         for p in &self.problems {
             let _ = writeln!(
                 s,
                 "  cannot read {p}: what it holds is not listed and stays"
+            );
+        }
+        if !self.volumes.is_empty() && !self.remove_volumes {
+            let names: Vec<String> = self
+                .volumes
+                .iter()
+                .map(|v| format!("{} on {}", v.name, v.host))
+                .collect();
+            let _ = writeln!(
+                s,
+                "kept: volumes {} (their data stays; `--volumes` removes them too)",
+                names.join(", ")
             );
         }
         s
@@ -145,12 +175,13 @@ pub async fn inventory(cx: &Connected) -> Inventory {
     let per_host = futures_util::future::join_all(cx.hosts().map(|(t, s)| async move {
         let s = match s {
             Ok(s) => s,
-            Err(e) => return (Err(e.to_string()), None),
+            Err(e) => return (Err(e.to_string()), None, None),
         };
         let containers = list_containers(s, &d.project, &d.environment)
             .await
             .map_err(|f| format!("{} ({}): {}", f.host, f.address, f.message))
             .map(|c| (c, s));
+        let volumes = owned_volumes(s, &d.project, &d.environment).await;
         let services = match cx.consul(s).await {
             None => None,
             Some(Err(e)) => Some(Err(e.to_string())),
@@ -161,11 +192,19 @@ pub async fn inventory(cx: &Connected) -> Inventory {
                     .map_err(|e| format!("{}: {e}", t.name)),
             ),
         };
-        (containers, services)
+        (containers, services, volumes)
     }))
     .await;
     let mut kv_client = None;
-    for ((t, _), (containers, services)) in cx.hosts().zip(per_host) {
+    for ((t, _), (containers, services, volumes)) in cx.hosts().zip(per_host) {
+        match volumes {
+            Some(Ok(v)) => inv.volumes.extend(v.into_iter().map(|name| FoundVolume {
+                host: t.name.clone(),
+                name,
+            })),
+            Some(Err(e)) => inv.problems.push(format!("volumes on {}: {e}", t.name)),
+            None => {}
+        }
         match containers {
             Ok((cs, session)) => {
                 inv.containers
@@ -241,6 +280,41 @@ pub async fn inventory(cx: &Connected) -> Inventory {
     inv
 }
 
+/// The named volumes on a host that carry this environment's labels (fleet created them).
+async fn owned_volumes(
+    s: &crate::host::HostSession,
+    project: &str,
+    env: &str,
+) -> Option<Result<Vec<String>, String>> {
+    let docker = s.docker().await.ok()?;
+    let filters = std::collections::HashMap::from([(
+        "label",
+        vec![
+            format!("{}={project}", crate::identity::labels::PROJECT),
+            format!("{}={env}", crate::identity::labels::ENV),
+        ],
+    )]);
+    let opts = bollard::query_parameters::ListVolumesOptionsBuilder::new()
+        .filters(&filters)
+        .build();
+    Some(
+        docker
+            .list_volumes(Some(opts))
+            .await
+            .map(|r| {
+                let mut v: Vec<String> = r
+                    .volumes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|v| v.name)
+                    .collect();
+                v.sort();
+                v
+            })
+            .map_err(|e| crate::errors::chain(&e)),
+    )
+}
+
 /// Remove what `inv` lists: registrations first (so nothing is routed to a container being
 /// removed), then containers (forced: running ones are killed) and the images the environment
 /// keeps (`apply::forget_images`), then the KV prefix. Returns one message per thing that could
@@ -299,6 +373,20 @@ pub async fn remove(cx: &Connected, inv: &Inventory) -> (Vec<String>, usize) {
                         .await
                     {
                         errors.push(format!("remove {} ({}): {e}", c.instance, c.name));
+                    }
+                }
+                // After the containers that mount them.
+                if inv.remove_volumes {
+                    for v in inv.volumes.iter().filter(|v| v.host == t.name) {
+                        if let Err(e) = docker
+                            .remove_volume(
+                                &v.name,
+                                None::<bollard::query_parameters::RemoveVolumeOptions>,
+                            )
+                            .await
+                        {
+                            errors.push(format!("remove volume {} on {}: {e}", v.name, t.name));
+                        }
                     }
                 }
                 if inv.images.iter().any(|i| i.host == t.name) {

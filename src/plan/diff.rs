@@ -194,7 +194,11 @@ fn diff_instances(
                 )
             }
         } else {
-            (Action::Replace, replace_reasons(c, w))
+            let mut reasons = replace_reasons(c, w);
+            if d.apps.iter().any(|a| a.name == w.app && a.accessory) {
+                reasons.push(Reason::new("gap", accessory_gap(w)));
+            }
+            (Action::Replace, reasons)
         };
         out.push(InstanceChange {
             app: w.app.clone(),
@@ -274,6 +278,26 @@ fn repository(image: &str) -> &str {
         Some(i) if !image[i..].contains('/') => &image[..i],
         _ => image,
     }
+}
+
+/// What the replace of an accessory costs: it is stopped before its new container starts.
+fn accessory_gap(w: &InstanceSpec) -> String {
+    let named: Vec<&str> = w
+        .container
+        .volumes
+        .iter()
+        .filter(|v| !v.starts_with('/'))
+        .filter_map(|v| v.split(':').next())
+        .collect();
+    let data = if named.is_empty() {
+        String::new()
+    } else {
+        format!("; the data in volume {} stays", named.join(", "))
+    };
+    format!(
+        "an accessory is stopped before its new container starts: {} is down meanwhile{data}",
+        w.app
+    )
 }
 
 fn replace_reasons(c: &ObservedContainer, w: &InstanceSpec) -> Vec<Reason> {

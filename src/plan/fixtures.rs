@@ -142,6 +142,7 @@ pub fn desired() -> DesiredState {
         health_deadline: Duration::from_secs(30),
         min_healthy: Duration::from_secs(3),
         pm2: None,
+        accessory: false,
     };
     DesiredState {
         edge: None,

@@ -14,9 +14,9 @@ use indexmap::IndexMap;
 
 use super::diag::{Cx, did_you_mean};
 use super::keys::{
-    APP_KEYS, BUILD_KEYS, BUILDER_KEYS, CONSUL_KEYS, EDGE_KEYS, EDGE_TLS_KEYS, ENV_KEYS,
-    HEALTH_KEYS, HOST_KEYS, LIMIT_KEYS, NOT_IN_OVERLAY, PROJECT_KEYS, PUBLIC_KEYS, REGISTRY_KEYS,
-    SECRET_KEYS, SERVICE_KEYS, TOP_KEYS,
+    ACCESSORY_KEYS, APP_KEYS, BUILD_KEYS, BUILDER_KEYS, CONSUL_KEYS, EDGE_KEYS, EDGE_TLS_KEYS,
+    ENV_KEYS, HEALTH_KEYS, HOST_KEYS, LIMIT_KEYS, NOT_IN_OVERLAY, PROJECT_KEYS, PUBLIC_KEYS,
+    REGISTRY_KEYS, SECRET_KEYS, SERVICE_KEYS, TOP_KEYS,
 };
 use super::node::{Key, Node, Span, Table, Value};
 use crate::desired::{
@@ -142,10 +142,33 @@ pub struct ServiceDef {
     pub meta: BTreeMap<String, String>,
 }
 
+/// What a `[apps.NAME]` or `[accessories.NAME]` table describes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// One of the project's apps: built or prebuilt, rolled out with a health gate.
+    #[default]
+    App,
+    /// A service the apps use (database, cache): a prebuilt image, one container per host,
+    /// stopped before its replacement starts (its volume and fixed port are not shared), and
+    /// converged before the apps.
+    Accessory,
+}
+
+impl Kind {
+    /// "app" or "accessory", for messages.
+    pub fn word(self) -> &'static str {
+        match self {
+            Kind::App => "app",
+            Kind::Accessory => "accessory",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AppDef {
     pub name: String,
     pub span: Span,
+    pub kind: Kind,
     pub source: Option<Source>,
     /// Where the build context is named (`build.context`, else `build`), for errors about it.
     pub build_span: Option<Span>,
@@ -416,9 +439,29 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
             Vec::new()
         }
     };
+    let accessory_nodes: Vec<(Key, Node)> = get(top, "accessories")
+        .and_then(|n| cx.map(n, "[accessories]"))
+        .map(|t| t.entries.clone())
+        .unwrap_or_default();
+    for (k, _) in &accessory_nodes {
+        if app_nodes.iter().any(|(a, _)| a.name == k.name) {
+            cx.err(
+                &k.span,
+                format!("`{}` is both an app and an accessory", k.name),
+                "name taken by an app",
+                Some("apps and accessories share one namespace (containers, `fleet logs ENV NAME`): rename one".into()),
+            );
+        }
+    }
+    // Accessories first: they are converged before the apps that use them.
     let mut apps = Vec::new();
+    for (k, v) in &accessory_nodes {
+        if let Some(a) = decode_app(cx, k, v, dir, Kind::Accessory) {
+            apps.push(a);
+        }
+    }
     for (k, v) in &app_nodes {
-        if let Some(a) = decode_app(cx, k, v, dir) {
+        if let Some(a) = decode_app(cx, k, v, dir, Kind::App) {
             apps.push(a);
         }
     }
@@ -433,6 +476,7 @@ pub fn decode(cx: &mut Cx, root: &Node, dir: &Path) -> Option<Manifest> {
                 k,
                 v,
                 &app_nodes,
+                &accessory_nodes,
                 base_consul,
                 get(top, "edge"),
                 &hosts,
@@ -640,6 +684,7 @@ fn decode_env(
     k: &Key,
     v: &Node,
     app_nodes: &[(Key, Node)],
+    accessory_nodes: &[(Key, Node)],
     base_consul: Option<&Node>,
     base_edge: Option<&Node>,
     hosts: &[HostDef],
@@ -685,6 +730,13 @@ fn decode_env(
 
     let mut apps = Vec::new();
     let mut secrets = Vec::new();
+    // Accessories as written: an environment's `env` and `apps` overrides are the apps'.
+    for (ak, an) in accessory_nodes {
+        if let Some(a) = decode_app(cx, ak, an, dir, Kind::Accessory) {
+            secrets.extend(a.secrets.iter().cloned());
+            apps.push(a);
+        }
+    }
     for (ak, an) in app_nodes {
         let mut merged = an.clone();
         if let Some(env_wide) = get(t, "env") {
@@ -715,7 +767,7 @@ fn decode_env(
             }
             merged = super::node::overlay(&merged, &ov);
         }
-        if let Some(a) = decode_app(cx, ak, &merged, dir) {
+        if let Some(a) = decode_app(cx, ak, &merged, dir, Kind::App) {
             secrets.extend(a.secrets.iter().cloned());
             apps.push(a);
         }
@@ -816,10 +868,14 @@ fn unknown_ref(cx: &mut Cx, what: &str, name: &str, span: &Span, known: &[&str])
     false
 }
 
-fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
-    check_name(cx, "app", &k.name, &k.span, &[]);
-    let what = format!("app `{}`", k.name);
-    let t = cx.table(v, &what, APP_KEYS)?;
+fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path, kind: Kind) -> Option<AppDef> {
+    check_name(cx, kind.word(), &k.name, &k.span, &[]);
+    let what = format!("{} `{}`", kind.word(), k.name);
+    let keys = match kind {
+        Kind::App => APP_KEYS,
+        Kind::Accessory => ACCESSORY_KEYS,
+    };
+    let t = cx.table(v, &what, keys)?;
     let mut secrets = Vec::new();
 
     let build = get(t, "build").and_then(|b| decode_build(cx, b, dir));
@@ -832,6 +888,10 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         Some(parse_image(&s))
     });
     let source = match (get(t, "build"), get(t, "image")) {
+        (None, None) if kind == Kind::Accessory => {
+            cx.err(&k.span, format!("accessory `{}` has no `image`", k.name), "no image", Some("add `image = \"name:tag\"`: accessories run a prebuilt image (`redis:7`, `mariadb:11`)".into()));
+            None
+        }
         (None, None) => {
             cx.err(&k.span, format!("app `{}` has neither `build` nor `image`", k.name), "no image source", Some("add `build = { context = \"app\" }` to build it here, or `image = \"name:tag\"` for a prebuilt image".into()));
             None
@@ -867,6 +927,8 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         .map_or(1, |n| n as u32);
     let port = get(t, "port").and_then(|p| cx.u16(p, 1));
     let published = match get(t, "published") {
+        // An accessory is found at its own port (`db.service.consul:3306`).
+        None if kind == Kind::Accessory => port.map_or(Published::Auto, Published::Fixed),
         None => Published::Auto,
         Some(n) => match &n.value {
             Value::Str(s) if s == "auto" => Published::Auto,
@@ -1090,9 +1152,14 @@ fn decode_app(cx: &mut Cx, k: &Key, v: &Node, dir: &Path) -> Option<AppDef> {
         Some(d.span.clone())
     });
 
+    if kind == Kind::Accessory && get(t, "hosts").is_none() && get(t, "roles").is_none() {
+        cx.err(&k.span, format!("accessory `{}` has neither `hosts` nor `roles`", k.name), "runs nowhere", Some("say where it runs: `hosts = [\"db1\"]`, or `roles = [\"db\"]` (one container on each such host)".into()));
+    }
+
     Some(AppDef {
         name: k.name.clone(),
         span: k.span.clone(),
+        kind,
         source,
         build_span,
         roles,

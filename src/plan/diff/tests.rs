@@ -109,6 +109,22 @@ fn instance_level_table() {
             vec![c("h1", "web", Some(1), Action::Replace, &["env"])],
         ),
         (
+            "an accessory's replace says it has a gap",
+            |d, _| {
+                d.apps[1].accessory = true;
+                let i = &mut d.hosts[0].instances[2];
+                i.container.volumes = vec!["data:/data".into(), "/etc/x:/x:ro".into()];
+                rehash(i);
+            },
+            vec![c(
+                "h1",
+                "worker",
+                Some(1),
+                Action::Replace,
+                &["volumes", "gap"],
+            )],
+        ),
+        (
             "ports, memory and restart",
             |d, _| {
                 let i = &mut d.hosts[1].instances[1];

@@ -66,6 +66,7 @@ pub fn image(l: &Layout) -> Result<()> {
     hello_images(l)?;
     node_image(l, &user, &pass)?;
     caddy_image(l, &user, &pass)?;
+    redis_image(l, &user, &pass)?;
     prepare_koa(l)?;
     Ok(())
 }
@@ -246,14 +247,69 @@ ENV PATH=/usr/bin:/bin XDG_DATA_HOME=/data XDG_CONFIG_HOME=/config
 CMD [\"caddy\", \"run\", \"--resume\"]
 ";
 
+/// Redis for the accessories' tests, `FROM scratch` with Debian's redis-server and the
+/// libraries `ldd` names: the equivalent of the official `redis:7` image.
+pub const REDIS_REPO: &str = "fleet-test/redis";
+pub const REDIS_TAG: &str = "7";
+
+const REDIS_DOCKERFILE: &str = "\
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/bin:/bin
+WORKDIR /data
+EXPOSE 6379
+CMD [\"redis-server\", \"--protected-mode\", \"no\", \"--dir\", \"/data\"]
+";
+
+/// A test image made of one Debian binary, its libraries and empty directories.
+struct BinaryImage {
+    repo: &'static str,
+    tag: &'static str,
+    binary: &'static str,
+    package: &'static str,
+    dockerfile: &'static str,
+    dirs: &'static [&'static str],
+}
+
+const CADDY: BinaryImage = BinaryImage {
+    repo: CADDY_REPO,
+    tag: CADDY_TAG,
+    binary: "/usr/bin/caddy",
+    package: "caddy",
+    dockerfile: CADDY_DOCKERFILE,
+    dirs: &["tmp", "data", "config", "etc"],
+};
+
+const REDIS: BinaryImage = BinaryImage {
+    repo: REDIS_REPO,
+    tag: REDIS_TAG,
+    binary: "/usr/bin/redis-server",
+    package: "redis-server",
+    dockerfile: REDIS_DOCKERFILE,
+    dirs: &["tmp", "data", "etc"],
+};
+
 /// Build and push 10.200.1.1:5000/fleet-test/caddy:2 unless the registry has the one made
 /// from the same files (DIR/image/caddy.key).
 pub fn caddy_image(l: &Layout, user: &str, pass: &str) -> Result<()> {
-    let image = format!("{REGISTRY}/{CADDY_REPO}:{CADDY_TAG}");
-    let caddy = "/usr/bin/caddy";
-    let ldd = sh::output(&format!("ldd {caddy}"))
-        .context("`ldd /usr/bin/caddy`: is Caddy installed (apt-get install caddy)?")?;
-    let mut files = vec![(caddy.to_string(), PathBuf::from(caddy))];
+    binary_image(l, user, pass, &CADDY)
+}
+
+/// Build and push 10.200.1.1:5000/fleet-test/redis:7 (DIR/image/redis.key).
+pub fn redis_image(l: &Layout, user: &str, pass: &str) -> Result<()> {
+    binary_image(l, user, pass, &REDIS)
+}
+
+fn binary_image(l: &Layout, user: &str, pass: &str, b: &BinaryImage) -> Result<()> {
+    let image = format!("{REGISTRY}/{}:{}", b.repo, b.tag);
+    let short = b.repo.rsplit('/').next().unwrap_or(b.repo);
+    let ldd = sh::output(&format!("ldd {}", b.binary)).with_context(|| {
+        format!(
+            "`ldd {}`: is it installed (apt-get install {})?",
+            b.binary, b.package
+        )
+    })?;
+    let mut files = vec![(b.binary.to_string(), PathBuf::from(b.binary))];
     for line in ldd.lines() {
         let path = match line.split_once("=>") {
             Some((_, right)) => right.split_whitespace().next(),
@@ -263,7 +319,7 @@ pub fn caddy_image(l: &Layout, user: &str, pass: &str) -> Result<()> {
             files.push((p.to_string(), PathBuf::from(p)));
         }
     }
-    let mut key = String::from(CADDY_DOCKERFILE);
+    let mut key = String::from(b.dockerfile);
     {
         use std::os::unix::fs::MetadataExt;
         for (dest, src) in &files {
@@ -271,14 +327,14 @@ pub fn caddy_image(l: &Layout, user: &str, pass: &str) -> Result<()> {
             key.push_str(&format!("{dest} {} {}\n", m.len(), m.mtime()));
         }
     }
-    let key_file = l.path("image/caddy.key");
+    let key_file = l.path(&format!("image/{short}.key"));
     if std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str())
-        && registry_has(user, pass, CADDY_REPO, CADDY_TAG)
+        && registry_has(user, pass, b.repo, b.tag)
     {
         println!("{image}: up to date (cached)");
         return Ok(());
     }
-    let ctx = l.path("image/caddy");
+    let ctx = l.path(&format!("image/{short}"));
     if ctx.exists() {
         std::fs::remove_dir_all(&ctx)?;
     }
@@ -288,7 +344,7 @@ pub fn caddy_image(l: &Layout, user: &str, pass: &str) -> Result<()> {
         std::fs::create_dir_all(to.parent().expect("an absolute path has a parent"))?;
         std::fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
     }
-    for d in ["tmp", "data", "config", "etc"] {
+    for d in b.dirs {
         std::fs::create_dir_all(root.join(d))?;
     }
     std::fs::set_permissions(
@@ -296,7 +352,7 @@ pub fn caddy_image(l: &Layout, user: &str, pass: &str) -> Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )?;
     std::fs::write(root.join("etc/nsswitch.conf"), "hosts: files dns\n")?;
-    std::fs::write(ctx.join("Dockerfile"), CADDY_DOCKERFILE)?;
+    std::fs::write(ctx.join("Dockerfile"), b.dockerfile)?;
     docker(
         l,
         &format!("build -q -t {image} {}", q(ctx.display().to_string())),
