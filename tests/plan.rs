@@ -381,6 +381,7 @@ fn hello_desired(tb: &Tb, project: &str, version: &str) -> fleet::desired::Desir
             health_deadline: Duration::from_secs(10),
             min_healthy: Duration::from_secs(3),
             pm2: None,
+            accessory: false,
         }],
         consul: None,
         registry: None,

@@ -454,9 +454,24 @@ mod tests {
             kv_via: Some("h1".into()),
             problems: vec!["h2 (10.0.0.2): unreachable".into()],
             edge: Vec::new(),
+            volumes: vec![FoundVolume {
+                host: "h1".into(),
+                name: "shop-prod-db-data".into(),
+            }],
+            remove_volumes: false,
         };
         assert!(!inv.is_empty());
         insta::assert_snapshot!(inv.render());
+        let with_volumes = Inventory {
+            remove_volumes: true,
+            ..inv.clone()
+        }
+        .render();
+        assert!(
+            with_volumes.contains("volumes, with their data (1):\n    - shop-prod-db-data on h1")
+                && !with_volumes.contains("kept: volumes"),
+            "--volumes lists them among what goes: {with_volumes}"
+        );
         assert!(Inventory::default().is_empty());
         let only_images = Inventory {
             images: inv.images.clone(),

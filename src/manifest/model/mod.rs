@@ -1626,6 +1626,41 @@ mod tests {
         assert_eq!(state.hosts[0].instances.len(), MAX_INSTANCES as usize);
     }
 
+    const WITH_DB: &str = "[project]\nname = \"p\"\n[hosts.h1]\naddress = \"local\"\n[apps.web]\nimage = \"nginx:1.27\"\n[accessories.db]\nimage = \"redis:7\"\nhosts = [\"h1\"]\nport = 6379\nvolumes = [\"db:/data\"]\n[environments.production]\n";
+
+    /// An accessory: first among the apps, its own port on the host, marked in the desired
+    /// state; refused without an image, without a place, with `build`, or with an app's name.
+    #[test]
+    fn accessories_are_decoded_first_on_their_own_port_and_checked() {
+        let m = load(WITH_DB).unwrap_or_else(|e| panic!("{}", super::super::render_plain(&e)));
+        let d = m.resolve("production", &m.placeholder_versions()).unwrap();
+        assert_eq!(d.apps[0].name, "db");
+        assert!(d.apps[0].accessory && !d.apps[1].accessory);
+        let db = &d.hosts[0].instances[0];
+        assert_eq!((db.app.as_str(), db.container.ports[0].host), ("db", 6379));
+        let refused = |src: String, says: &str| {
+            let e = load(&src).expect_err(&src);
+            let text = super::super::render_plain(&e);
+            assert!(text.contains(says), "{says:?} not in:\n{text}");
+        };
+        refused(
+            WITH_DB.replace("image = \"redis:7\"\n", ""),
+            "accessory `db` has no `image`",
+        );
+        refused(
+            WITH_DB.replace("hosts = [\"h1\"]\n", ""),
+            "has neither `hosts` nor `roles`",
+        );
+        refused(
+            WITH_DB.replace("port = 6379\n", "port = 6379\nbuild = \".\"\n"),
+            "build",
+        );
+        refused(
+            WITH_DB.replace("[accessories.db]", "[accessories.web]"),
+            "both an app and an accessory",
+        );
+    }
+
     /// `pm2` and `health.min_healthy` reach the desired state, are checked, and replace no
     /// container (not in the spec hash).
     #[test]
