@@ -44,6 +44,23 @@ fn koa_stack() {
     let passing: Value = serde_json::from_str(&passing).unwrap();
     assert_eq!(passing.as_array().unwrap().len(), 3, "{passing}");
 
+    // The accessory (issue 21): `app` on every host counts its visits in `redis` (on h1),
+    // found by its Consul name; one counter for all.
+    let redis = container(&tb, "h1", &k.project, "redis");
+    assert!(!redis.is_empty(), "the accessory runs on h1");
+    let visits = |addr: &str, port: u16| -> u64 {
+        let (code, body) = get(&format!("http://{addr}:{port}/visits"));
+        assert_eq!(code, 200, "{addr}:{port}/visits: {body}");
+        body.parse()
+            .unwrap_or_else(|_| panic!("{addr}:{port}/visits: {body}"))
+    };
+    let counts: Vec<u64> = ports.iter().map(|(a, p)| visits(a, *p)).collect();
+    assert_eq!(
+        counts,
+        vec![1, 2, 3],
+        "one counter, reached from every host"
+    );
+
     // 2. Requests, then `fleet logs`: the workers' stderr at start, stdout per request.
     for (addr, port) in &ports {
         let (code, body) = get(&format!("http://{addr}:{port}/"));
@@ -205,8 +222,8 @@ fn koa_stack() {
     // once the link is back, one deploy converges.
     k.edit(|t| {
         t.replacen(
-            "env = { NODE_ENV = \"production\" }",
-            "env = { NODE_ENV = \"production\", RELEASE = \"2\" }",
+            "env = { NODE_ENV = \"production\", REDIS",
+            "env = { NODE_ENV = \"production\", RELEASE = \"2\", REDIS",
             1,
         )
     });
@@ -267,4 +284,25 @@ fn koa_stack() {
     }
     let o = k.run(&tb, &["plan", "production", "--detailed-exitcode"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // 7. The accessory's data survived the config deploy and the replace of every app
+    // container above (it was never replaced), and survives `fleet restart` of it.
+    assert_eq!(container(&tb, "h1", &k.project, "redis"), redis);
+    let port_now = |h: &str| registered(&tb, h, &k.service)[0].1;
+    let a2 = tb.host("h2").address.clone();
+    assert_eq!(visits(&a2, port_now("h2")), 4, "the count goes on");
+    let o = k.run(&tb, &["restart", "production", "redis"]);
+    assert!(
+        o.status.success(),
+        "restart of the accessory:\n{}",
+        text(&o)
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the count after the restart",
+        || {
+            let (code, body) = get(&format!("http://{a2}:{}/visits", port_now("h2")));
+            (code == 200).then(|| assert_eq!(body, "5", "the count survives a restart"))
+        },
+    );
 }

@@ -108,8 +108,8 @@ fn pm2_workers_in_status_and_in_the_health_gate() {
     // the deploy and every host keeps its old container.
     k.edit(|t| {
         t.replacen(
-            "env = { NODE_ENV = \"production\" }",
-            "env = { NODE_ENV = \"production\", CRASH_WORKER = \"1\" }",
+            "env = { NODE_ENV = \"production\", REDIS",
+            "env = { NODE_ENV = \"production\", CRASH_WORKER = \"1\", REDIS",
             1,
         )
     });

@@ -8,6 +8,9 @@
 
 mod support;
 
+#[path = "support/koa.rs"]
+mod koa;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
@@ -325,5 +328,118 @@ fn a_host_whose_engine_is_down_gets_the_fix_and_the_others_go_on() {
     // Two of three servers: a quorum, so a leader.
     assert!(t.contains("has a leader"), "{t}");
     assert!(restore.status.success(), "restoring b3: {}", text(&restore));
+    b.clear();
+}
+
+/// The passing instances of `service` in the bare hosts' catalog: (node, address, port).
+fn passing(service: &str) -> Vec<(String, String, u16)> {
+    let v: serde_json::Value = serde_json::from_str(&curl(&format!(
+        "{STORE}/v1/health/service/{service}?passing"
+    )))
+    .unwrap_or(serde_json::Value::Null);
+    let mut out: Vec<(String, String, u16)> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["Node"]["Node"].as_str().unwrap_or("").to_string(),
+                e["Service"]["Address"].as_str().unwrap_or("").to_string(),
+                e["Service"]["Port"].as_u64().unwrap_or(0) as u16,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// manifests/koa from bare hosts (issue 21, item 4): `fleet setup` runs the Consul agents and
+/// the `redis` accessory, a second run changes nothing, and `fleet deploy` then passes koa's
+/// checks: the greeting from KV, changed on the fly; `client` finds `app` by name; `app` on
+/// every host counts visits in `redis`, found by name.
+#[test]
+fn koa_from_bare_hosts_setup_then_deploy() {
+    let _one = BARE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(b) = bare("koa_from_bare_hosts") else {
+        return;
+    };
+    let mut k = koa::Koa::new();
+    k.ssh_config = Some(b.dir.join("ssh_config"));
+    k.edit(|t| {
+        let mut t = t.to_string();
+        for n in 1..=3 {
+            t = t.replace(
+                &format!("address = \"10.200.{n}.2\""),
+                &format!("address = \"10.201.{n}.2\""),
+            );
+        }
+        t + "\n[consul.agent]\nimage = \"fleet-test/consul:standin\"\nservers = [\"h1\", \"h2\", \"h3\"]\n"
+    });
+    let plan = k.run(&b.tb, &["setup", "production", "--plan"]);
+    assert_eq!(plan.status.code(), Some(2), "{}", koa::text(&plan));
+    assert!(
+        koa::text(&plan).contains("Accessories (redis): planned once the agents run"),
+        "{}",
+        koa::text(&plan)
+    );
+    let first = k.run(&b.tb, &["setup", "production", "--yes"]);
+    let t = koa::text(&first);
+    assert!(first.status.success(), "{t}");
+    assert!(t.contains("has a leader"), "{t}");
+    let redis = format!("redis{}", std::process::id());
+    assert_eq!(passing(&redis).len(), 1, "setup started the accessory: {t}");
+    assert_eq!(passing(&redis)[0].0, "h1", "{t}");
+
+    let second = k.run(&b.tb, &["setup", "production", "--yes"]);
+    let t = koa::text(&second);
+    assert!(second.status.success(), "{t}");
+    assert_eq!(
+        t.matches("No changes.").count(),
+        2,
+        "the agents and the accessories: {t}"
+    );
+
+    k.deploy(&b.tb, "the deploy after setup");
+    let apps = passing(&k.service);
+    assert_eq!(apps.len(), 3, "{apps:?}");
+    for (_, addr, port) in &apps {
+        koa::wait_for(Duration::from_secs(5), "the greeting from KV", || {
+            (koa::get(&format!("http://{addr}:{port}/")).1 == "Hello Koa@2, from Consul KV")
+                .then_some(())
+        });
+    }
+    let visits: Vec<String> = apps
+        .iter()
+        .map(|(_, a, p)| koa::get(&format!("http://{a}:{p}/visits")).1)
+        .collect();
+    assert_eq!(
+        visits,
+        ["1", "2", "3"],
+        "one counter, found by name from every host"
+    );
+
+    let greeting = format!("Hola {}", support::unique());
+    k.edit(|t| t.replace("Hello Koa@2, from Consul KV", &greeting));
+    k.deploy(&b.tb, "the config deploy");
+    let t0 = Instant::now();
+    for (_, addr, port) in &apps {
+        koa::wait_for(
+            Duration::from_secs(2).saturating_sub(t0.elapsed()),
+            "the new greeting",
+            || (koa::get(&format!("http://{addr}:{port}/")).1 == greeting).then_some(()),
+        );
+    }
+    let client = passing(&format!("client{}", std::process::id()));
+    assert_eq!(client.len(), 3, "{client:?}");
+    for (node, addr, port) in &client {
+        let (code, body) = koa::get(&format!("http://{addr}:{port}/upstream"));
+        assert_eq!(
+            (code, body.as_str()),
+            (200, greeting.as_str()),
+            "the client on {node} finds `app` by name"
+        );
+    }
+    let o = k.run(&b.tb, &["destroy", "production", "--yes", "--volumes"]);
+    assert!(o.status.success(), "{}", koa::text(&o));
     b.clear();
 }

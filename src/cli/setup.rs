@@ -1,12 +1,17 @@
-//! `fleet setup ENV [--yes] [--json] [--timeout 2m]`: the Consul agent of every host
-//! (`[consul.agent]`), planned first, then applied (docs/setup.md).
+//! `fleet setup ENV [--yes] [--json] [--plan] [--timeout 2m]`: the Consul agent of every host
+//! (`[consul.agent]`), planned first, then applied; then the environment's accessories, as
+//! `fleet deploy ENV --app NAME...` converges them (docs/setup.md).
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use miette::miette;
+use miette::{IntoDiagnostic, miette};
 
 use super::Global;
+use super::deploy::Converge;
 use super::reach::{Reach, Versions, connect};
+use crate::host::DEFAULT_PARALLEL;
+use crate::pipeline::Options;
+use crate::plan::{live, render};
 use crate::setup::{self, Action, Reached};
 use crate::ui;
 
@@ -18,13 +23,18 @@ pub struct Args {
     /// Do not ask for confirmation (required without a TTY, e.g. in CI).
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// Print the plan and the outcome as JSON on stdout.
+    /// Print the plan and the outcome as JSON on stdout (with accessories, their deploy report
+    /// follows as a second document).
     #[arg(long)]
     pub json: bool,
     /// Only show the plan (exit 0 when there is nothing to do, 2 when there are changes, 1 on an
     /// error, as `fleet plan --detailed-exitcode`).
     #[arg(long)]
     pub plan: bool,
+    /// On a host whose Docker engine does not answer, install the distribution's engine
+    /// (`docker.io`; Debian and Ubuntu) and start it, after confirmation (`--yes`).
+    #[arg(long)]
+    pub install_docker: bool,
     /// How long to wait for a leader and every agent alive, after each step.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -32,19 +42,154 @@ pub struct Args {
     pub reach: Reach,
 }
 
-pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
-    let cx = connect(&args.env, &args.reach, g, Versions::NotNeeded).await?;
-    let result = run_connected(&cx, &args).await;
-    cx.close().await;
-    result
+/// What the agents' part left to do after it.
+enum Agents {
+    /// Applied, or nothing to do: the accessories may follow.
+    Ready,
+    /// Only planned: `changes` is whether the agents have any.
+    Planned { changes: bool },
+    /// Stop with this exit code (an error, a refusal).
+    Stop(u8),
 }
 
-async fn run_connected(cx: &crate::operate::Connected, args: &Args) -> miette::Result<ExitCode> {
+pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
+    let t0 = Instant::now();
+    let cx = connect(&args.env, &args.reach, g, Versions::NotNeeded).await?;
+    let accessories: Vec<String> = cx
+        .desired
+        .apps
+        .iter()
+        .filter(|a| a.accessory)
+        .map(|a| a.name.clone())
+        .collect();
+    let result = if cx.desired.agents.is_empty() && !accessories.is_empty() {
+        Ok(Agents::Ready)
+    } else {
+        run_connected(&cx, &args).await
+    };
+    cx.close().await;
+    match result? {
+        Agents::Stop(code) => Ok(ExitCode::from(code)),
+        Agents::Planned { changes } if accessories.is_empty() => {
+            Ok(ExitCode::from(if changes { 2 } else { 0 }))
+        }
+        Agents::Ready if accessories.is_empty() => Ok(ExitCode::SUCCESS),
+        Agents::Planned { changes: true } => {
+            println!(
+                "\nAccessories ({}): planned once the agents run; `fleet setup {}` starts them after the agents.",
+                accessories.join(", "),
+                args.env
+            );
+            Ok(ExitCode::from(2))
+        }
+        Agents::Planned { changes: false } => plan_accessories(&args, g, &accessories).await,
+        Agents::Ready => start_accessories(&args, g, accessories, t0).await,
+    }
+}
+
+/// The host's engine; with `--install-docker` (not with `--plan`), one that does not answer is
+/// installed first, after confirmation. The error says what to do on the host.
+async fn engine_of(
+    s: &crate::host::HostSession,
+    host: &str,
+    args: &Args,
+) -> Result<bollard::Docker, String> {
+    let down = match setup::engine(s).await {
+        Ok(d) => return Ok(d),
+        Err(e) => e,
+    };
+    if !args.install_docker || args.plan {
+        return Err(format!("{} ({down})", setup::engine_fix(host)));
+    }
+    let os = s
+        .run_ok("cat /etc/os-release")
+        .await
+        .map_err(|e| format!("cannot read /etc/os-release on {host}: {e}"))?;
+    let root = s.run_ok("id -u").await.is_ok_and(|u| u.trim() == "0");
+    let script = setup::install::script(host, &os, root).map_err(|e| e.to_string())?;
+    let question =
+        format!("The Docker engine on {host} does not answer ({down}). Install docker.io there?");
+    match ui::confirm(args.yes, &question, ui::Expect::Yes) {
+        Ok(ui::Confirmation::Given) => {}
+        _ => {
+            return Err(format!(
+                "{} (not installed: no confirmation)",
+                setup::engine_fix(host)
+            ));
+        }
+    }
+    eprintln!("{host}: installing docker.io (apt-get), then starting it");
+    s.run_ok(&script)
+        .await
+        .map_err(|e| format!("installing docker.io on {host} failed: {e}"))?;
+    setup::engine(s).await.map_err(|e| {
+        format!("docker.io is installed on {host} but its engine does not answer ({e}); on {host} run `systemctl status docker`")
+    })
+}
+
+/// `--plan` once the agents run: the accessories' part of `fleet plan ENV`.
+async fn plan_accessories(
+    args: &Args,
+    g: &Global,
+    accessories: &[String],
+) -> miette::Result<ExitCode> {
+    let loaded = crate::manifest::load(g.file.as_deref())?;
+    let (targets, _) = loaded.build_targets();
+    let desired = loaded.resolve(&args.env, &super::versions(&loaded, &targets)?)?;
+    let (mut plan, _, _) = live::plan_live(&desired, &Default::default(), DEFAULT_PARALLEL)
+        .await
+        .into_diagnostic()?;
+    crate::pipeline::restrict(&mut plan, &desired, accessories);
+    if args.json {
+        let doc = render::json(&plan);
+        println!("{}", serde_json::to_string_pretty(&doc).into_diagnostic()?);
+    } else {
+        print!(
+            "\nAccessories: {}\n{}",
+            accessories.join(", "),
+            render::human(&plan, false)
+        );
+    }
+    Ok(ExitCode::from(plan.detailed_exit_code()))
+}
+
+/// The accessories converged as `fleet deploy ENV --app A --app B` does (no build: they are
+/// images), with the same confirmation, report and exit code.
+async fn start_accessories(
+    args: &Args,
+    g: &Global,
+    accessories: Vec<String>,
+    t0: Instant,
+) -> miette::Result<ExitCode> {
+    if !args.json {
+        println!("\nAccessories: {}", accessories.join(", "));
+    }
+    let loaded = crate::manifest::load(g.file.as_deref())?;
+    let (targets, _) = loaded.build_targets();
+    let versions = super::versions(&loaded, &targets)?;
+    let c = Converge {
+        env: args.env.clone(),
+        yes: args.yes,
+        json: args.json,
+        options: Options {
+            apps: accessories,
+            saved_plan: None,
+            rollback: true,
+            parallel: DEFAULT_PARALLEL,
+            drain: Duration::from_secs(2),
+            canary: None,
+            verb: "setup",
+        },
+    };
+    super::deploy::converge(&loaded, &versions, &c, t0).await
+}
+
+async fn run_connected(cx: &crate::operate::Connected, args: &Args) -> miette::Result<Agents> {
     let d = &cx.desired;
     if d.agents.is_empty() {
         return Err(miette!(
-            help = "add `[consul.agent]` with `servers = [\"host1\", \"host2\", \"host3\"]` (docs/setup.md)",
-            "environment `{}` has no [consul.agent]: nothing for `fleet setup` to run",
+            help = "add `[consul.agent]` with `servers = [\"host1\", \"host2\", \"host3\"]`, or `[accessories.NAME]` (docs/setup.md)",
+            "environment `{}` has no [consul.agent] and no accessories: nothing for `fleet setup` to run",
             d.environment
         ));
     }
@@ -62,14 +207,14 @@ async fn run_connected(cx: &crate::operate::Connected, args: &Args) -> miette::R
         };
         let docker = match session {
             Err(e) => Err(format!("cannot reach {}: {}", target.name, e.cause())),
-            Ok(s) => match setup::engine(s).await {
+            Ok(s) => match engine_of(s, &target.name, args).await {
                 Ok(docker) => {
                     if let Ok(url) = s.consul_url(&consul_address).await {
                         agents.push((target.name.clone(), url));
                     }
                     Ok(docker)
                 }
-                Err(e) => Err(format!("{} ({e})", setup::engine_fix(&target.name))),
+                Err(e) => Err(e),
             },
         };
         reached.push(Reached { spec, docker });
@@ -98,17 +243,24 @@ async fn run_connected(cx: &crate::operate::Connected, args: &Args) -> miette::R
         } else {
             0
         };
-        return Ok(ExitCode::from(code));
+        return Ok(match code {
+            1 => Agents::Stop(1),
+            _ => Agents::Planned { changes: code == 2 },
+        });
     }
     if plan.changes() == 0 {
-        return Ok(ExitCode::from(if plan.errors() > 0 { 1 } else { 0 }));
+        return Ok(if plan.errors() > 0 {
+            Agents::Stop(1)
+        } else {
+            Agents::Ready
+        });
     }
     let question = format!("Apply this setup to {}?", d.environment);
     match ui::confirm(args.yes, &question, ui::Expect::Yes).map_err(|e| miette!("{e}"))? {
         ui::Confirmation::Given => {}
         ui::Confirmation::Refused => {
             eprintln!("Nothing was changed.");
-            return Ok(ExitCode::from(1));
+            return Ok(Agents::Stop(1));
         }
         ui::Confirmation::NoTerminal => {
             return Err(miette!(
@@ -162,5 +314,9 @@ async fn run_connected(cx: &crate::operate::Connected, args: &Args) -> miette::R
             outcome.leader.as_deref().unwrap_or("?")
         );
     }
-    Ok(ExitCode::from(if outcome.ok() { 0 } else { 1 }))
+    Ok(if outcome.ok() {
+        Agents::Ready
+    } else {
+        Agents::Stop(1)
+    })
 }

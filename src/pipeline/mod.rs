@@ -466,7 +466,7 @@ impl Deployment<'_> {
 }
 
 /// Keep only the changes of `apps` in the plan (`--app`).
-fn restrict(plan: &mut Plan, d: &DesiredState, apps: &[String]) {
+pub fn restrict(plan: &mut Plan, d: &DesiredState, apps: &[String]) {
     if apps.is_empty() {
         return;
     }

@@ -20,6 +20,8 @@ use crate::errors::chain;
 use crate::host::HostSession;
 use crate::identity::labels;
 
+pub mod install;
+
 /// The `fleet.kind` of an agent's container.
 pub const KIND_AGENT: &str = "agent";
 
@@ -119,7 +121,8 @@ impl SetupPlan {
 pub fn engine_fix(host: &str) -> String {
     format!(
         "the Docker engine on {host} does not answer; on {host} run `systemctl start docker` \
-         (or install it: `apt-get install docker.io` on Debian and Ubuntu)"
+         (or install it: `apt-get install docker.io` on Debian and Ubuntu, which \
+         `fleet setup --install-docker` does)"
     )
 }
 

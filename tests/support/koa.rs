@@ -21,6 +21,8 @@ pub struct Koa {
     pub project: String,
     /// The Consul service of the app (`app` in manifests/koa).
     pub service: String,
+    /// Another `FLEET_SSH_CONFIG` than the testbed's (the bare hosts').
+    pub ssh_config: Option<PathBuf>,
 }
 
 impl Koa {
@@ -50,6 +52,7 @@ impl Koa {
             root,
             project,
             service,
+            ssh_config: None,
         };
         k.edit(|t| {
             t.replacen("name = \"koa\"", &format!("name = \"{}\"", k.project), 1)
@@ -67,6 +70,18 @@ impl Koa {
                 .replace(
                     "public = { host = \"koa.localhost\" }",
                     &format!("public = {{ host = \"{}.localhost\" }}", k.project),
+                )
+                .replace(
+                    "REDIS = \"redis.service.consul\"",
+                    &format!("REDIS = \"redis{id}.service.consul\""),
+                )
+                .replace(
+                    "service = { name = \"redis\" }",
+                    &format!("service = {{ name = \"redis{id}\" }}"),
+                )
+                .replace(
+                    "\"koa-redis:/data\"",
+                    &format!("\"{}-redis:/data\"", k.project),
                 )
                 .replace(
                     "UPSTREAM = \"app.service.consul\"",
@@ -103,8 +118,11 @@ impl Koa {
     }
 
     pub fn run(&self, tb: &Testbed, args: &[&str]) -> Output {
-        tb.fleet()
-            .arg("-f")
+        let mut c = tb.fleet();
+        if let Some(cfg) = &self.ssh_config {
+            c.env("FLEET_SSH_CONFIG", cfg);
+        }
+        c.arg("-f")
             .arg(self.manifest())
             .args(args)
             .stdin(Stdio::null())

@@ -99,16 +99,31 @@ pub fn demo(l: &Layout) -> Result<()> {
         }
         println!();
     }
+    println!("== visits, counted in the `redis` accessory on h1, which `app` finds by name");
+    for _ in 0..2 {
+        let curl = format!("curl -sS http://10.200.1.2:{app}/visits");
+        println!("$ {curl}");
+        let out = Command::new("sh").arg("-c").arg(&curl).output()?;
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            bail!(
+                "/visits did not answer: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
     let ca = ca.display();
     println!(
         r#"
 koa runs on h1..h3: `app` (Koa under pm2-runtime, 2 cluster workers per container, its greeting
-from Consul KV) and `client` (finds `app` by name through Consul DNS). Ports are fleet's pick from the ephemeral range, kept across restarts.
+from Consul KV, its visits counted in the `redis` accessory on h1) and `client` (finds `app` by
+name through Consul DNS). Ports are fleet's pick from the ephemeral range, kept across restarts.
 
   curl --cacert {ca} --resolve koa.localhost:443:10.200.1.2 https://koa.localhost/
                                                 # the public route, through h1's edge (any host's)
   curl http://10.200.1.2:{app}/                  # the greeting, from KV koa/production/app/greeting
   curl http://10.200.1.2:{client}/upstream       # the same, through app.service.consul
+  curl http://10.200.1.2:{app}/visits            # INCR in redis, found as redis.service.consul
 
   export FLEET_SSH_CONFIG={d}/ssh_config; set -a; . {d}/registry.env; set +a
   F="target/debug/fleet -f manifests/koa/fleet.toml"

@@ -8,6 +8,7 @@
 // value as soon as Consul wakes the query up. Without Consul: "Hello Koa@2".
 const http = require('http');
 const fs = require('fs');
+const net = require('net');
 const Koa = require('koa');
 
 const port = Number(process.env.PORT || 3000);
@@ -50,6 +51,33 @@ function watchGreeting(index) {
 }
 if (consul) watchGreeting(0);
 
+// A visit counter in the `redis` accessory, found by name as `client` finds `app`: REDIS names
+// its Consul service (`redis.service.consul`); with `dns = "consul"` the SRV record gives the
+// port (the accessory publishes an ephemeral one) and its target's A record the host. GET
+// /visits sends `INCR visits` (Redis's wire protocol, RESP, is one line here) and answers the
+// count; the count lives on the accessory's volume, so it survives redeploys of this app.
+const redis = process.env.REDIS;
+const resolver = new (require('dns').promises.Resolver)(); // /etc/resolv.conf: the agent
+
+async function incr(key) {
+  const [s] = await resolver.resolveSrv(redis);
+  const [host] = await resolver.resolve4(s.name);
+  return new Promise((resolve, reject) => {
+    const sock = net.createConnection({ host, port: s.port });
+    let reply = '';
+    sock.setTimeout(2000, () => sock.destroy(new Error('redis: timeout')));
+    sock.on('connect', () => sock.write(`*2\r\n$4\r\nINCR\r\n$${Buffer.byteLength(key)}\r\n${key}\r\n`));
+    sock.on('data', (d) => {
+      reply += d;
+      if (!reply.endsWith('\r\n')) return;
+      sock.end();
+      if (reply.startsWith(':')) resolve(Number(reply.slice(1, -2)));
+      else reject(new Error(`redis: ${reply.trim()}`));
+    });
+    sock.on('error', reject);
+  });
+}
+
 const app = new Koa();
 app.use(async (ctx) => {
   if (ctx.path === '/health') {
@@ -63,6 +91,20 @@ app.use(async (ctx) => {
     console.error(`worker ${process.pid} crashing`);
     setTimeout(() => process.exit(1), 10);
     ctx.body = 'bye';
+    return;
+  }
+  if (ctx.path === '/visits') {
+    if (!redis) {
+      ctx.status = 404;
+      ctx.body = 'no REDIS service';
+      return;
+    }
+    try {
+      ctx.body = String(await incr('visits'));
+    } catch (e) {
+      ctx.status = 503;
+      ctx.body = `${e.message}`;
+    }
     return;
   }
   ctx.body = greeting;
