@@ -1,6 +1,7 @@
 //! What the apply steps share: the options, the records of what was done (`Step`, `Failure`),
 //! what a container launch needs (`Launch`, `Started`, `Undo`), and the per-apply and per-host
-//! context (`Ctx`, `Host`) that `deploy`, `instance` and `prune` all work through.
+//! context (`Ctx`, `Host`) that `deploy`, `instance` and `prune` all work through; progress
+//! goes to `ApplyOptions::events` as `ApplyEvent`s (event.rs).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
@@ -11,6 +12,7 @@ use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use serde::Serialize;
 
+use super::event::ApplyEvent;
 use super::pull_auth::PullAuth;
 use crate::consul::ConsulClient;
 use crate::desired::{DesiredApp, DesiredHost, DesiredState, HealthSpec};
@@ -18,8 +20,8 @@ use crate::host::HostSession;
 use crate::observe::ObservedHost;
 use crate::plan::{Action, HostPlan};
 
-/// Progress lines: (host, message).
-pub type Events = Arc<dyn Fn(&str, &str) + Send + Sync>;
+/// Where apply's progress goes, one [`ApplyEvent`] at a time.
+pub type Events = Arc<dyn Fn(&ApplyEvent) + Send + Sync>;
 
 /// Asked before each batch of instances: `Some(reason)` stops the rollout there (the deploy
 /// lock was lost: another deploy may be about to start).
@@ -226,9 +228,9 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub(super) fn emit(&self, host: &str, msg: &str) {
+    pub(super) fn emit(&self, event: ApplyEvent) {
         if let Some(e) = &self.opts.events {
-            e(host, msg);
+            e(&event);
         }
     }
     pub(super) fn app(&self, name: &str) -> Option<&DesiredApp> {

@@ -29,6 +29,7 @@ use serde::Serialize;
 use super::container::create_body;
 pub use super::context::{ApplyOptions, Cancel, Events, Failure, Step, registration_id};
 use super::context::{Ctx, Host, Launch, ServiceTemplate, Started, Undo};
+use super::event::ApplyEvent;
 use super::fault::{HostFault, Phase, diagnose};
 use super::instance::{
     converge_registration, deregister_all, launch_new, old_launch, pull, replace, retire, tail_logs,
@@ -216,12 +217,17 @@ pub async fn apply(
                 Ok(w) => written = w,
                 Err((e, not_restored)) => {
                     for r in not_restored {
-                        ctx.emit("kv", &r.to_string());
+                        ctx.emit(ApplyEvent::KvNotRestored {
+                            error: r.to_string(),
+                        });
                     }
                     return Err(e.into());
                 }
             }
-            ctx.emit("kv", &format!("{} put, {} deleted", kv.put, kv.deleted));
+            ctx.emit(ApplyEvent::KvWritten {
+                put: kv.put,
+                deleted: kv.deleted,
+            });
         }
     }
 
@@ -231,35 +237,28 @@ pub async fn apply(
     let rest: Vec<&Host> = rest.into_iter().map(|i| &hosts[i]).collect();
     let mut not_started = Vec::new();
     if !canary.is_empty() {
-        let names: Vec<&str> = canary
+        let names: Vec<String> = canary
             .iter()
-            .map(|h| h.desired.target.name.as_str())
+            .map(|h| h.desired.target.name.clone())
             .collect();
-        ctx.emit("canary", &format!("{} first", names.join(", ")));
+        ctx.emit(ApplyEvent::CanaryFirst {
+            hosts: names.clone(),
+        });
         run_wave(&ctx, &canary, opts.parallel).await;
         if ctx.stop.load(Ordering::SeqCst) {
             not_started = rest.iter().map(|h| h.desired.target.name.clone()).collect();
             if !not_started.is_empty() {
                 // A lost lock stops the canary wave too; that is no verdict on the version.
-                let why = if ctx.cancelled.load(Ordering::SeqCst) {
-                    "stopped (the deploy lock was lost)"
-                } else {
-                    "failed"
-                };
-                ctx.emit(
-                    "canary",
-                    &format!("{why}: {} not started", not_started.join(", ")),
-                );
+                ctx.emit(ApplyEvent::CanaryNotStarted {
+                    lock_lost: ctx.cancelled.load(Ordering::SeqCst),
+                    not_started: not_started.clone(),
+                });
             }
         } else if !rest.is_empty() {
-            ctx.emit(
-                "canary",
-                &format!(
-                    "passed on {}; {} more host(s)",
-                    names.join(", "),
-                    rest.len()
-                ),
-            );
+            ctx.emit(ApplyEvent::CanaryPassed {
+                hosts: names,
+                more: rest.len(),
+            });
         }
     }
     if not_started.is_empty() {
@@ -279,7 +278,10 @@ pub async fn apply(
             match super::kv::write_all(c, &last, &mut kv).await {
                 Ok(w) => {
                     written.extend(w);
-                    ctx.emit("kv", &format!("{} put, {} deleted", kv.put, kv.deleted));
+                    ctx.emit(ApplyEvent::KvWritten {
+                        put: kv.put,
+                        deleted: kv.deleted,
+                    });
                 }
                 Err((e, not_restored)) => {
                     let app = e.app().to_string();
@@ -321,7 +323,7 @@ pub async fn apply(
             let (restored, errors) = super::kv::restore_all(c, &written).await;
             report.kv.restored = restored;
             if restored > 0 {
-                ctx.emit("kv", &format!("{restored} written back"));
+                ctx.emit(ApplyEvent::KvRestored { keys: restored });
             }
             report
                 .rollback_errors
@@ -335,7 +337,7 @@ pub async fn apply(
     if let Some(sync) = ctx.edge.get() {
         // Every route to what passes now (new instances in, nothing retired).
         for p in sync.push(None).await {
-            ctx.emit("edge", &p);
+            ctx.emit(ApplyEvent::EdgeProblem { problem: p });
         }
         report.edge_drain_seconds = Some(sync.drained.lock().unwrap().as_secs_f64());
     }
@@ -366,10 +368,10 @@ async fn setup_edge(
             if owned {
                 let a = crate::edge::Admin::connect(h.session).await?;
                 let n = crate::edge::remove_owned(&a, &d.project, &d.environment).await?;
-                ctx.emit(
-                    &h.desired.target.name,
-                    &format!("edge: {n} route(s) removed"),
-                );
+                ctx.emit(ApplyEvent::EdgeRoutesRemoved {
+                    host: h.desired.target.name.clone(),
+                    routes: n,
+                });
             }
         }
         return Ok(());
@@ -383,7 +385,7 @@ async fn setup_edge(
     let (sync, changes) =
         crate::edge::setup(&d.project, &d.environment, edge, &sessions, consul, auth).await?;
     for (host, c) in changes {
-        ctx.emit(&host, &format!("edge: {c}"));
+        ctx.emit(ApplyEvent::EdgeChange { host, change: c });
     }
     let _ = ctx.edge.set(sync);
     Ok(())
@@ -546,11 +548,14 @@ async fn run_host(ctx: &Ctx<'_>, h: &Host<'_>) {
                     });
                 }
                 ctx.stop.store(true, Ordering::SeqCst);
-                ctx.emit(host, &format!("stopping: {reason}"));
+                ctx.emit(ApplyEvent::Cancelled {
+                    host: host.clone(),
+                    reason,
+                });
                 return;
             }
             if ctx.stop.load(Ordering::SeqCst) {
-                ctx.emit(host, "stopping: another instance failed");
+                ctx.emit(ApplyEvent::Halted { host: host.clone() });
                 return;
             }
             let results = futures_util::future::join_all(
@@ -589,7 +594,10 @@ async fn run_host(ctx: &Ctx<'_>, h: &Host<'_>) {
         let ids: Vec<String> = gone.iter().map(|g| g.0.clone()).collect();
         retire(ctx, h, &ids, &regs, Duration::from_secs(10)).await;
         for (id, app, instance) in gone {
-            ctx.emit(host, &format!("{app}#{} removed", instance.unwrap_or(0)));
+            ctx.emit(ApplyEvent::Removed {
+                host: host.clone(),
+                tag: format!("{app}#{}", instance.unwrap_or(0)),
+            });
             ctx.steps.lock().unwrap().push(Step {
                 host: host.clone(),
                 app,
@@ -657,7 +665,11 @@ async fn run_instance(
 
     let result: Result<Started, (String, Vec<String>)> = match c.action {
         Action::Create => {
-            ctx.emit(host, &format!("{tag} create {}", spec.version));
+            ctx.emit(ApplyEvent::Create {
+                host: host.clone(),
+                tag: tag.clone(),
+                version: spec.version.clone(),
+            });
             launch_new(ctx, h, &launch, &[]).await
         }
         Action::Replace => {
@@ -665,21 +677,22 @@ async fn run_instance(
                 .current
                 .as_ref()
                 .expect("a replace has a current container");
-            ctx.emit(
-                host,
-                &format!(
-                    "{tag} replace {} -> {}",
-                    old.version.as_deref().unwrap_or("?"),
-                    spec.version
-                ),
-            );
+            ctx.emit(ApplyEvent::Replace {
+                host: host.clone(),
+                tag: tag.clone(),
+                from: old.version.clone(),
+                to: spec.version.clone(),
+            });
             replace(ctx, h, &launch, &old.id, &slot_regs, &spec.version).await
         }
         Action::Start | Action::Unchanged => {
             let cur = c.current.as_ref().expect("start/unchanged has a container");
             ctx.set_phase(h, &tag, Phase::Starting);
             if c.action == Action::Start {
-                ctx.emit(host, &format!("{tag} start"));
+                ctx.emit(ApplyEvent::Start {
+                    host: host.clone(),
+                    tag: tag.clone(),
+                });
                 if let Err(e) = h.docker.start_container(&cur.id, None).await {
                     let logs = tail_logs(&h.docker, &cur.id).await;
                     fail_spec(ctx, h, spec, format!("starting: {}", chain(&e)), logs).await;
@@ -720,26 +733,20 @@ async fn run_instance(
                     .cloned()
                     .collect();
                 retire(ctx, h, &dups, &regs, launch.stop_timeout).await;
-                ctx.emit(host, &format!("{tag} removed {} duplicate(s)", dups.len()));
+                ctx.emit(ApplyEvent::DuplicatesRemoved {
+                    host: host.clone(),
+                    tag: tag.clone(),
+                    count: dups.len(),
+                });
             }
             if c.action != Action::Unchanged || !dups.is_empty() {
-                ctx.emit(
-                    host,
-                    &format!(
-                        "{tag} {} ({:.1}s{})",
-                        match c.action {
-                            Action::Create => "created",
-                            Action::Replace => "replaced",
-                            Action::Start => "started",
-                            _ => "converged",
-                        },
-                        t.elapsed().as_secs_f64(),
-                        started
-                            .healthy_after
-                            .map(|d| format!(", healthy after {:.1}s", d.as_secs_f64()))
-                            .unwrap_or_default()
-                    ),
-                );
+                ctx.emit(ApplyEvent::Converged {
+                    host: host.clone(),
+                    tag: tag.clone(),
+                    action: c.action,
+                    took: t.elapsed(),
+                    healthy_after: started.healthy_after,
+                });
             }
             ctx.steps.lock().unwrap().push(Step {
                 host: host.clone(),
@@ -860,9 +867,17 @@ async fn fail(
         if matches!(fault, HostFault::Lost(_)) {
             ctx.lost.lock().unwrap().insert(h.index);
         }
-        ctx.emit(host, &format!("FAILED: {}", f.reason));
+        ctx.emit(ApplyEvent::Failed {
+            host: host.clone(),
+            tag: None,
+            reason: f.reason.clone(),
+        });
     } else {
-        ctx.emit(host, &format!("{tag} FAILED: {}", f.reason));
+        ctx.emit(ApplyEvent::Failed {
+            host: host.clone(),
+            tag: Some(tag),
+            reason: f.reason.clone(),
+        });
     }
     ctx.failures.lock().unwrap().push(f);
 }
@@ -890,7 +905,11 @@ async fn roll_back(ctx: &Ctx<'_>, hosts: &[Host<'_>], undo: Vec<Undo>) -> (Vec<S
                     ));
                     continue;
                 }
-                ctx.emit(host, &format!("{tag} roll back to {}", u.launch.version));
+                ctx.emit(ApplyEvent::RollBack {
+                    host: host.clone(),
+                    tag: tag.clone(),
+                    version: u.launch.version.clone(),
+                });
                 let t = Instant::now();
                 let regs: Vec<String> = u.new.registration.iter().cloned().collect();
                 match replace(ctx, h, &u.launch, &u.new.id, &regs, &u.launch.version).await {

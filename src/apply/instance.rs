@@ -14,6 +14,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::context::{Ctx, Host, Launch, Started, Undo};
+use super::event::ApplyEvent;
 use super::fault::Phase;
 use super::health::{self, Unhealthy};
 use crate::errors::chain;
@@ -34,10 +35,10 @@ pub(super) async fn replace(
     let undo_launch = match old_launch(h, launch, old).await {
         Ok(l) => Some(l),
         Err(e) => {
-            ctx.emit(
-                &h.desired.target.name,
-                &format!("cannot record the old container for rollback: {e}"),
-            );
+            ctx.emit(ApplyEvent::UndoNotRecorded {
+                host: h.desired.target.name.clone(),
+                error: e,
+            });
             None
         }
     };
@@ -71,13 +72,11 @@ pub(super) async fn replace(
             .collect();
         ctx.set_phase(h, &tag, Phase::Draining);
         if !regs.is_empty() && h.consul.is_some() {
-            ctx.emit(
-                &h.desired.target.name,
-                &format!(
-                    "{tag} healthy; draining the old container ({})",
-                    humantime::format_duration(ctx.opts.drain)
-                ),
-            );
+            ctx.emit(ApplyEvent::Draining {
+                host: h.desired.target.name.clone(),
+                tag: tag.clone(),
+                drain: ctx.opts.drain,
+            });
         }
         retire(ctx, h, &[], &regs, launch.stop_timeout).await;
         ctx.set_phase(h, &tag, Phase::StoppingOld);
@@ -201,22 +200,19 @@ pub(super) async fn edge_off(ctx: &Ctx<'_>, h: &Host<'_>, regs: &[String]) {
             continue;
         }
         match sync.retire(&app, &dials).await {
-            Ok(d) => ctx.emit(
-                &h.desired.target.name,
-                &format!(
-                    "{app}: edges drained {} in {}ms",
-                    dials.join(", "),
-                    d.as_millis()
-                ),
-            ),
-            Err(e) => ctx.emit(
-                &h.desired.target.name,
-                &format!(
-                    "{app}: no drain evidence from the edges within {}s for {}: {e}",
-                    crate::edge::sync::DRAIN_EVIDENCE.as_secs(),
-                    dials.join(", ")
-                ),
-            ),
+            Ok(took) => ctx.emit(ApplyEvent::EdgesDrained {
+                host: h.desired.target.name.clone(),
+                app,
+                dials,
+                took,
+            }),
+            Err(error) => ctx.emit(ApplyEvent::NoDrainEvidence {
+                host: h.desired.target.name.clone(),
+                app,
+                dials,
+                within: crate::edge::sync::DRAIN_EVIDENCE,
+                error,
+            }),
         }
     }
 }
@@ -275,7 +271,10 @@ pub(super) async fn pull(
             image: image.to_string(),
         },
     );
-    ctx.emit(&h.desired.target.name, &format!("pull {image}"));
+    ctx.emit(ApplyEvent::Pull {
+        host: h.desired.target.name.clone(),
+        image: image.to_string(),
+    });
     let creds = ctx
         .pull_auth
         .for_image(image)

@@ -7,6 +7,8 @@
 //!   `context`: the types those three share (`Ctx`, `Host`, `Launch`, `Started`, `Undo`,
 //!   `ApplyOptions`, `Step`, `Failure`), so imports point one way: deploy -> instance ->
 //!   context, fault -> context (`cargo xtask arch` checks it).
+//! - `event`: `ApplyEvent`, what apply reports while it runs (one per progress line: who,
+//!   `Display` the text, `is_failure`), to `ApplyOptions::events`.
 //! - `fault`: after a failed step, was it the host (SSH lost, engine or agent down)? What the
 //!   instance was doing (`Phase`) and what that leaves on the host.
 //! - `container`: `InstanceSpec` -> Docker create body.
@@ -19,6 +21,7 @@
 pub mod container;
 mod context;
 pub mod deploy;
+pub mod event;
 mod fault;
 pub mod health;
 mod instance;
@@ -27,4 +30,5 @@ mod prune;
 mod pull_auth;
 
 pub use deploy::{ApplyOptions, Failure, Report, Step, apply};
+pub use event::ApplyEvent;
 pub use prune::{forget_images, recorded_images};

@@ -24,6 +24,7 @@ use bollard::query_parameters::{ListContainersOptions, RemoveImageOptions};
 use serde::{Deserialize, Serialize};
 
 use super::context::{Ctx, Host};
+use super::event::ApplyEvent;
 use crate::host::HostSession;
 use crate::host::sh_quote;
 use crate::identity::names::{STATE_DIR, images_file};
@@ -107,7 +108,10 @@ pub(super) async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
     match prune(h.session, &h.docker, env, now, keep).await {
         Ok(n) => n,
         Err(e) => {
-            ctx.emit(&h.desired.target.name, &e);
+            ctx.emit(ApplyEvent::PruneProblem {
+                host: h.desired.target.name.clone(),
+                problem: e,
+            });
             0
         }
     }

@@ -16,6 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use miette::miette;
 
 use super::Global;
+use crate::apply::ApplyEvent;
 use crate::apply::deploy::Report;
 use crate::desired::{DesiredState, Versions};
 use crate::host::DEFAULT_PARALLEL;
@@ -160,9 +161,9 @@ fn renderer(json: bool, t0: Instant) -> Sink {
                 b.start();
             }
         }
-        Event::Host { host, msg } => match &bars {
-            Some(b) => b.show(host, msg),
-            None => line(host, msg),
+        Event::Apply(e) => match &bars {
+            Some(b) => b.show(e),
+            None => line(e.host(), &e.to_string()),
         },
         Event::ApplyFinished => {
             if let Some(b) = &bars {
@@ -183,10 +184,11 @@ impl Bars {
         *self.0.lock().unwrap() = Some((MultiProgress::new(), HashMap::new()));
     }
 
-    fn show(&self, host: &str, msg: &str) {
+    fn show(&self, e: &ApplyEvent) {
+        let (host, msg) = (e.host(), e.to_string());
         let mut state = self.0.lock().unwrap();
         let Some((m, bars)) = state.as_mut() else {
-            return line(host, msg);
+            return line(host, &msg);
         };
         let bar = bars.entry(host.to_string()).or_insert_with(|| {
             let b = m.add(ProgressBar::new_spinner());
@@ -198,8 +200,8 @@ impl Bars {
             b.enable_steady_tick(Duration::from_millis(120));
             b
         });
-        bar.set_message(msg.to_string());
-        if msg.contains("FAILED") {
+        bar.set_message(msg.clone());
+        if e.is_failure() {
             // Keep failures visible above the bars.
             let _ = m.println(format!("{host}: {msg}"));
         }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::apply::ApplyEvent;
 use crate::apply::deploy::{ApplyError, ApplyOptions, Report};
 use crate::desired::DesiredState;
 use crate::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
@@ -54,8 +55,8 @@ pub enum Event<'a> {
     Ledger(String),
     /// The rollout starts: per-host progress follows.
     ApplyStarted,
-    /// Progress on one host.
-    Host { host: &'a str, msg: &'a str },
+    /// Progress of the rollout (on a host, or `kv`, `edge`, `canary`: `ApplyEvent::host`).
+    Apply(&'a ApplyEvent),
     /// The rollout ended (before the report).
     ApplyFinished,
     /// The rollout's report, before the `post_deploy` hooks run.
@@ -371,9 +372,7 @@ impl Deployment<'_> {
             drain: o.drain,
             canary: o.canary.unwrap_or(desired.canary),
             consul_token: oo.consul_token.clone(),
-            events: Some(Arc::new(move |host: &str, msg: &str| {
-                sink(Event::Host { host, msg })
-            })),
+            events: Some(Arc::new(move |e: &ApplyEvent| sink(Event::Apply(e)))),
             cancel: Some(Arc::new(move || {
                 lost.load(Ordering::SeqCst).then(|| {
                     "the deploy lock was lost (released with `fleet lock release`, or not renewed \
