@@ -353,8 +353,8 @@ fn passing(service: &str) -> Vec<(String, String, u16)> {
     out
 }
 
-/// manifests/koa from bare hosts (issue 21, item 4): `fleet setup` runs the Consul agents and
-/// the `redis` accessory, a second run changes nothing, and `fleet deploy` then passes koa's
+/// manifests/koa's `bare` environment (issue 21, item 4: b1..b3, `[consul.agent]` with the
+/// stand-in image): `fleet setup` runs the Consul agents and the `redis` accessory, a second run changes nothing, and `fleet deploy` then passes koa's
 /// checks: the greeting from KV, changed on the fly; `client` finds `app` by name; `app` on
 /// every host counts visits in `redis`, found by name.
 #[test]
@@ -365,32 +365,22 @@ fn koa_from_bare_hosts_setup_then_deploy() {
     };
     let mut k = koa::Koa::new();
     k.ssh_config = Some(b.dir.join("ssh_config"));
-    k.edit(|t| {
-        let mut t = t.to_string();
-        for n in 1..=3 {
-            t = t.replace(
-                &format!("address = \"10.200.{n}.2\""),
-                &format!("address = \"10.201.{n}.2\""),
-            );
-        }
-        t + "\n[consul.agent]\nimage = \"fleet-test/consul:standin\"\nservers = [\"h1\", \"h2\", \"h3\"]\n"
-    });
-    let plan = k.run(&b.tb, &["setup", "production", "--plan"]);
+    let plan = k.run(&b.tb, &["setup", "bare", "--plan"]);
     assert_eq!(plan.status.code(), Some(2), "{}", koa::text(&plan));
     assert!(
         koa::text(&plan).contains("Accessories (redis): planned once the agents run"),
         "{}",
         koa::text(&plan)
     );
-    let first = k.run(&b.tb, &["setup", "production", "--yes"]);
+    let first = k.run(&b.tb, &["setup", "bare", "--yes"]);
     let t = koa::text(&first);
     assert!(first.status.success(), "{t}");
     assert!(t.contains("has a leader"), "{t}");
     let redis = format!("redis{}", std::process::id());
     assert_eq!(passing(&redis).len(), 1, "setup started the accessory: {t}");
-    assert_eq!(passing(&redis)[0].0, "h1", "{t}");
+    assert_eq!(passing(&redis)[0].0, "b1", "on the host with role db: {t}");
 
-    let second = k.run(&b.tb, &["setup", "production", "--yes"]);
+    let second = k.run(&b.tb, &["setup", "bare", "--yes"]);
     let t = koa::text(&second);
     assert!(second.status.success(), "{t}");
     assert_eq!(
@@ -399,7 +389,11 @@ fn koa_from_bare_hosts_setup_then_deploy() {
         "the agents and the accessories: {t}"
     );
 
-    k.deploy(&b.tb, "the deploy after setup");
+    k.deploy_with(
+        &b.tb,
+        &["deploy", "bare", "--yes"],
+        "the deploy after setup",
+    );
     let apps = passing(&k.service);
     assert_eq!(apps.len(), 3, "{apps:?}");
     for (_, addr, port) in &apps {
@@ -420,7 +414,7 @@ fn koa_from_bare_hosts_setup_then_deploy() {
 
     let greeting = format!("Hola {}", support::unique());
     k.edit(|t| t.replace("Hello Koa@2, from Consul KV", &greeting));
-    k.deploy(&b.tb, "the config deploy");
+    k.deploy_with(&b.tb, &["deploy", "bare", "--yes"], "the config deploy");
     let t0 = Instant::now();
     for (_, addr, port) in &apps {
         koa::wait_for(
@@ -439,7 +433,7 @@ fn koa_from_bare_hosts_setup_then_deploy() {
             "the client on {node} finds `app` by name"
         );
     }
-    let o = k.run(&b.tb, &["destroy", "production", "--yes", "--volumes"]);
+    let o = k.run(&b.tb, &["destroy", "bare", "--yes", "--volumes"]);
     assert!(o.status.success(), "{}", koa::text(&o));
     b.clear();
 }

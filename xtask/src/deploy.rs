@@ -20,11 +20,6 @@ pub fn fleet_bin(l: &Layout, release: bool) -> Result<PathBuf> {
     Ok(l.workspace.join("target").join(profile).join("fleet"))
 }
 
-/// `fleet ARGS` with the testbed's ssh config and registry credentials.
-fn fleet(l: &Layout, bin: &Path, manifest: &Path, args: &[&str]) -> Result<(bool, String)> {
-    fleet_env(l, bin, manifest, args, &[])
-}
-
 /// `fleet ARGS` with more environment (e.g. `FLEET_SSH_PERSIST`).
 pub fn fleet_env(
     l: &Layout,
@@ -47,6 +42,10 @@ pub fn fleet_env(
     Ok((out.status.success(), text))
 }
 
+/// `cargo xtask demo`: manifests/koa's `bare` environment from nothing to serving on the bare
+/// hosts b1..b3 (sshd and dockerd only): `fleet setup bare` (Consul agents, then the redis
+/// accessory), `fleet deploy bare`, a second deploy that changes nothing, then requests through
+/// the edge and to the apps.
 pub fn demo(l: &Layout) -> Result<()> {
     let hosts = std::fs::read_to_string(l.path("hosts"))
         .ok()
@@ -54,101 +53,133 @@ pub fn demo(l: &Layout) -> Result<()> {
         .unwrap_or(3);
     testbed::up(l, hosts)?;
     // The node:20 base image and manifests/koa's node_modules (both cached: a second run
-    // costs nothing), and the hello images the tests use.
+    // costs nothing), the images the tests use, and the bare hosts with the stand-in image.
     image::image(l)?;
+    let standin = testbed::consul_standin(l).map_err(|e| anyhow::anyhow!(e))?;
+    testbed::bare::up(l, 3, &standin)?;
     let bin = fleet_bin(l, false)?;
     let manifest = l.workspace.join("manifests/koa/fleet.toml");
-    println!("== fleet deploy production (build, push, plan, apply; health-gated)");
-    let (ok, text) = fleet(l, &bin, &manifest, &["deploy", "production", "--yes"])?;
-    print!("{text}");
-    if !ok {
-        bail!("the deploy failed");
-    }
-    println!("\n== fleet deploy production again: nothing to do");
-    let (ok, text) = fleet(l, &bin, &manifest, &["deploy", "production", "--yes"])?;
-    print!("{text}");
-    if !ok || !text.contains("No changes") {
-        bail!("the second deploy was expected to say No changes");
-    }
-    let port = |app: &str, inner: u16| {
-        testbed::ssh_out(
-            l,
-            1,
-            &format!(
-                "docker ps --filter label=fleet.project=koa --filter label=fleet.app={app} --format '{{{{.Ports}}}}' | sed -n 's/.*0\\.0\\.0\\.0:\\([0-9]*\\)->{inner}.*/\\1/p' | head -1"
-            ),
-        )
+    let ssh_config = testbed::bare::dir(l).join("ssh_config");
+    let env: [(&str, &Path); 1] = [("FLEET_SSH_CONFIG", &ssh_config)];
+    let step = |title: &str, args: &[&str], expect: Option<&str>| -> Result<()> {
+        println!("== fleet {}  ({title})", args.join(" "));
+        let (ok, text) = fleet_env(l, &bin, &manifest, args, &env)?;
+        print!("{text}");
+        if !ok {
+            bail!("`fleet {}` failed", args.join(" "));
+        }
+        if let Some(e) = expect
+            && !text.contains(e)
+        {
+            bail!("`fleet {}` was expected to say {e}", args.join(" "));
+        }
+        println!();
+        Ok(())
+    };
+    step(
+        "bare hosts: Consul agents as containers, then the redis accessory",
+        &["setup", "bare", "--yes"],
+        None,
+    )?;
+    step(
+        "build, push, plan, apply; health-gated",
+        &["deploy", "bare", "--yes"],
+        None,
+    )?;
+    step(
+        "again: nothing to do",
+        &["deploy", "bare", "--yes"],
+        Some("No changes"),
+    )?;
+    let port = |app: &str, inner: u16| -> Result<String> {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker -H unix://{} ps --filter label=fleet.project=koa --filter label=fleet.env=bare --filter label=fleet.app={app} --format '{{{{.Ports}}}}' | sed -n 's/.*0\\.0\\.0\\.0:\\([0-9]*\\)->{inner}.*/\\1/p' | head -1",
+                testbed::bare::docker_sock(l, 1).display()
+            ))
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     let (app, client) = (port("app", 3000)?, port("client", 3001)?);
-    let d = l.d();
-    println!("\n== through the edge: https://koa.localhost/ on h1 and h2 (Caddy, verified TLS)");
+    println!("== through the edge: https://koa.localhost/ on b1 and b2 (Caddy, verified TLS)");
     let ca = edge_ca(l)?;
-    for addr in ["10.200.1.2", "10.200.2.2"] {
+    for addr in ["10.201.1.2", "10.201.2.2"] {
         let curl = format!(
             "curl -sS --cacert {} --resolve koa.localhost:443:{addr} https://koa.localhost/",
             ca.display()
         );
-        println!("$ {curl}");
-        let out = Command::new("sh").arg("-c").arg(&curl).output()?;
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            bail!(
-                "the edge of {addr} did not answer: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        println!();
+        show(&curl, &format!("the edge of {addr}"))?;
     }
-    println!("== visits, counted in the `redis` accessory on h1, which `app` finds by name");
+    println!("== visits, counted in the `redis` accessory on b1, which `app` finds by name");
     for _ in 0..2 {
-        let curl = format!("curl -sS http://10.200.1.2:{app}/visits");
-        println!("$ {curl}");
-        let out = Command::new("sh").arg("-c").arg(&curl).output()?;
-        println!("{}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            bail!(
-                "/visits did not answer: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        show(
+            &format!("curl -sS http://10.201.1.2:{app}/visits"),
+            "/visits",
+        )?;
     }
-    let ca = ca.display();
+    let (ca, b) = (ca.display(), testbed::bare::dir(l).display().to_string());
+    let d = l.d();
     println!(
         r#"
-koa runs on h1..h3: `app` (Koa under pm2-runtime, 2 cluster workers per container, its greeting
-from Consul KV, its visits counted in the `redis` accessory on h1) and `client` (finds `app` by
-name through Consul DNS). Ports are fleet's pick from the ephemeral range, kept across restarts.
+koa runs on b1..b3, which had only sshd and dockerd: `fleet setup bare` started a Consul server
+agent on each (the cluster elected a leader) and the `redis` accessory on b1; `fleet deploy bare`
+built and pushed `app` (Koa under pm2-runtime, 2 cluster workers per container, its greeting
+from Consul KV, its visits counted in redis) and `client` (finds `app` by name through Consul
+DNS). Ports are fleet's pick from the ephemeral range, kept across restarts.
 
-  curl --cacert {ca} --resolve koa.localhost:443:10.200.1.2 https://koa.localhost/
-                                                # the public route, through h1's edge (any host's)
-  curl http://10.200.1.2:{app}/                  # the greeting, from KV koa/production/app/greeting
-  curl http://10.200.1.2:{client}/upstream       # the same, through app.service.consul
-  curl http://10.200.1.2:{app}/visits            # INCR in redis, found as redis.service.consul
+  curl --cacert {ca} --resolve koa.localhost:443:10.201.1.2 https://koa.localhost/
+                                                # the public route, through b1's edge (any host's)
+  curl http://10.201.1.2:{app}/                  # the greeting, from KV koa/bare/app/greeting
+  curl http://10.201.1.2:{client}/upstream       # the same, through app.service.consul
+  curl http://10.201.1.2:{app}/visits            # INCR in redis, found as redis.service.consul
 
-  export FLEET_SSH_CONFIG={d}/ssh_config; set -a; . {d}/registry.env; set +a
+  export FLEET_SSH_CONFIG={b}/ssh_config; set -a; . {d}/registry.env; set +a
   F="target/debug/fleet -f manifests/koa/fleet.toml"
-  $F logs production app --tail 20              # app#1@h1 (err): fake error ... (out): send response
-  $F status production                          # restarts, CPU, memory per container
-  $F logs production app --follow               # Ctrl-C to stop
+  $F setup bare --plan                          # No changes.
+  $F logs bare app --tail 20                    # app#1@b1 (err): fake error ... (out): send response
+  $F status bare                                # restarts, CPU, memory per container, pm2 workers
+  $F logs bare app --follow                     # Ctrl-C to stop
 
 A config change on the fly: edit `config.greeting` in manifests/koa/fleet.toml, then
-  $F plan production                            # Plan: 0 to create, 0 to replace ... KV: 1 to put
-  $F deploy production --yes                    # the workers answer with it within a second
+  $F plan bare                                  # Plan: 0 to create, 0 to replace ... KV: 1 to put
+  $F deploy bare --yes                          # the workers answer with it within a second
+
+`production` is the same project on h1..h3, whose agents the testbed runs (the tests use it).
 "#
     );
     Ok(())
 }
 
-/// The root certificates of h1's and h2's edges (each edge has its own Caddy internal CA),
+/// Runs `curl` (a shell line) and prints it and its answer; `what` names it in the error.
+fn show(curl: &str, what: &str) -> Result<()> {
+    println!("$ {curl}");
+    let out = Command::new("sh").arg("-c").arg(curl).output()?;
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!(
+            "{what} did not answer: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The root certificates of b1's and b2's edges (each edge has its own Caddy internal CA),
 /// written to DIR/edge-ca.pem: what `curl --cacert` trusts.
 fn edge_ca(l: &Layout) -> Result<PathBuf> {
     let mut pems = String::new();
     for n in [1, 2] {
-        let json = testbed::ssh_out(l, n, "curl -sf http://localhost:2019/pki/ca/local")?;
-        let v: serde_json::Value = serde_json::from_str(&json)?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("b{n}")])
+            .args(["curl", "-sf", "http://localhost:2019/pki/ca/local"])
+            .output()?;
+        let json = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&json)
+            .with_context(|| format!("b{n}'s edge admin API: {json}"))?;
         match v["root_certificate"].as_str() {
             Some(pem) => pems.push_str(pem),
-            None => bail!("h{n}'s edge has no internal CA: {json}"),
+            None => bail!("b{n}'s edge has no internal CA: {json}"),
         }
     }
     let path = l.path("edge-ca.pem");

@@ -31,6 +31,9 @@ const PACKAGES: &[(&str, &str)] = &[
     // Building fleet itself: TLS to registries through the system's OpenSSL.
     ("libssl-dev", "/usr/include/openssl/ssl.h"),
     ("pkg-config", "/usr/bin/pkg-config"),
+    // The edge's and the accessory's test images are made from Debian's binaries.
+    ("caddy", "/usr/bin/caddy"),
+    ("redis-server", "/usr/bin/redis-server"),
 ];
 
 pub fn ensure_root() -> Result<()> {
@@ -53,6 +56,11 @@ pub fn ensure_packages() -> Result<()> {
     let mut missing = missing;
     if !sh::ok("command -v docker") && !missing.contains(&"docker.io") {
         missing.push("docker.io");
+    }
+    // manifests/koa's packages are installed with npm (the node base image is this machine's
+    // node): Debian's where the machine has none.
+    if !sh::ok("command -v npm") {
+        missing.extend(["nodejs", "npm"]);
     }
     if missing.is_empty() {
         return Ok(());
