@@ -204,6 +204,17 @@ fn an_accessory_is_found_by_name_kept_across_deploys_and_its_volume_outlives_des
         status.contains("\"db\""),
         "status lists the accessory: {status}"
     );
+    // `logs` and `exec` take its name like an app's.
+    let logs = p.ok(&tb, &["logs", "test", "db"]);
+    assert!(
+        logs.contains("db#1@h1 (out):") && logs.contains("Ready to accept connections"),
+        "the accessory's own log: {logs}"
+    );
+    let version = p.ok(&tb, &["exec", "test", "db", "--", "redis-server", "--version"]);
+    assert!(
+        version.contains("Redis server v="),
+        "exec runs in the accessory's container: {version}"
+    );
 
     // 2. A new app version: the accessory is not touched.
     p.write(&tb, "v2", "");
