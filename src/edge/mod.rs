@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+    CreateContainerOptions, CreateImageOptions, RemoveContainerOptions,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -221,14 +221,7 @@ fn command() -> Vec<&'static str> {
 
 /// The edge container on a host (`fleet.kind=edge`), if any.
 pub async fn find_container(docker: &Docker) -> Result<Option<EdgeContainer>, String> {
-    let filters: HashMap<String, Vec<String>> =
-        [("label".to_string(), vec![format!("{KIND_LABEL}={KIND}")])].into();
-    let list = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
+    let list = crate::host::containers_labelled(docker, &[format!("{KIND_LABEL}={KIND}")])
         .await
         .map_err(|e| format!("listing containers: {}", chain(&e)))?;
     Ok(list.into_iter().next().map(|c| {

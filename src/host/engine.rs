@@ -1,6 +1,28 @@
-//! The Docker engine's API version, as the docker CLI negotiates it.
+//! The Docker engine's API version, as the docker CLI negotiates it; the engine's containers by
+//! label.
 
+use std::collections::HashMap;
 use std::path::Path;
+
+use bollard::Docker;
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::ListContainersOptions;
+
+/// Every container, running or not, that carries all of `labels` (`key=value` each): how fleet
+/// finds what is its own, never by name.
+pub async fn containers_labelled(
+    docker: &Docker,
+    labels: &[String],
+) -> Result<Vec<ContainerSummary>, bollard::errors::Error> {
+    let filters: HashMap<String, Vec<String>> = [("label".to_string(), labels.to_vec())].into();
+    docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+}
 
 /// The engine's API version from `GET /_ping`'s `Api-Version` header, as the docker CLI
 /// negotiates. Not `/version`: that one makes the engine run `runc --version` and

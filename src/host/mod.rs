@@ -48,6 +48,7 @@ mod reuse;
 mod runtime;
 
 pub use destination::{check_destination, destination_problem};
+pub use engine::containers_labelled;
 use engine::ping_api;
 use error::classify;
 pub use error::{HostError, ScriptError};

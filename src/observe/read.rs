@@ -2,9 +2,6 @@
 //! the project uses Consul, the agent's services and checks; the KV once, through the first
 //! host whose agent answered. All hosts at once, bounded.
 
-use std::collections::HashMap;
-
-use bollard::query_parameters::ListContainersOptions;
 use futures_util::StreamExt;
 
 use super::consul_read;
@@ -88,22 +85,15 @@ pub async fn list_containers(
         .docker()
         .await
         .map_err(|e| fault(t, e.kind(), e.cause()))?;
-    let filters: HashMap<String, Vec<String>> = [(
-        "label".to_string(),
-        vec![
+    let list = crate::host::containers_labelled(
+        &docker,
+        &[
             format!("{}={project}", labels::PROJECT),
             format!("{}={env}", labels::ENV),
         ],
-    )]
-    .into();
-    let list = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| fault(t, "docker", format!("listing containers: {e}")))?;
+    )
+    .await
+    .map_err(|e| fault(t, "docker", format!("listing containers: {e}")))?;
     let mut out: Vec<ObservedContainer> = list
         .into_iter()
         // Agents and accessories are not app instances: no app plan or command touches them.

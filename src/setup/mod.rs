@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, RestartPolicy};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -147,23 +146,16 @@ struct Current {
 }
 
 async fn current(docker: &Docker, project: &str, env: &str) -> Result<Option<Current>, String> {
-    let filters: HashMap<String, Vec<String>> = [(
-        "label".to_string(),
-        vec![
+    let list = crate::host::containers_labelled(
+        docker,
+        &[
             format!("{}={project}", labels::PROJECT),
             format!("{}={env}", labels::ENV),
             format!("{}={KIND_AGENT}", labels::KIND),
         ],
-    )]
-    .into();
-    let list = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| format!("listing containers: {}", chain(&e)))?;
+    )
+    .await
+    .map_err(|e| format!("listing containers: {}", chain(&e)))?;
     Ok(list.into_iter().next().map(|c| Current {
         id: c.id.unwrap_or_default(),
         spec: c.labels.as_ref().and_then(|l| l.get(labels::SPEC).cloned()),

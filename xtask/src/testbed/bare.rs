@@ -337,23 +337,8 @@ pub fn images(l: &Layout, bin: &Path, hosts: u32) -> Result<()> {
     let root = ctx.join("rootfs");
     let mut files = vec![("/bin/consul".to_string(), bin.to_path_buf())];
     let ldd = sh::output(&format!("ldd {}", q(bin.display().to_string())))?;
-    for line in ldd.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, right)) => right.split_whitespace().next(),
-            None => line
-                .split_whitespace()
-                .next()
-                .filter(|p| p.starts_with('/')),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            files.push((p.to_string(), PathBuf::from(p)));
-        }
-    }
-    for (dest, src) in &files {
-        let to = root.join(dest.trim_start_matches('/'));
-        std::fs::create_dir_all(to.parent().expect("absolute"))?;
-        std::fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
-    }
+    files.extend(super::image::libraries(&ldd));
+    super::image::copy_rootfs(&root, &files)?;
     std::fs::create_dir_all(root.join("consul/data"))?;
     std::fs::create_dir_all(root.join("tmp"))?;
     let docker = "DOCKER_BUILDKIT=0 docker -H unix:///run/docker.sock";

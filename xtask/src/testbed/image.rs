@@ -126,6 +126,31 @@ ENV PATH=/usr/local/bin:/usr/bin:/bin
 CMD [\"node\"]
 ";
 
+/// The libraries a program needs, from its `ldd` output: (path in the image, source), for
+/// lines such as `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` and the loader's
+/// `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+pub fn libraries(ldd: &str) -> Vec<(String, PathBuf)> {
+    ldd.lines()
+        .filter_map(|line| match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        })
+        .filter(|p| p.starts_with('/'))
+        .map(|p| (p.to_string(), PathBuf::from(p)))
+        .collect()
+}
+
+/// Copies `files` (path in the image, source) under `root`, following symlinks (ld-linux,
+/// libstdc++.so.6 ...): the image gets the real files.
+pub fn copy_rootfs(root: &Path, files: &[(String, PathBuf)]) -> Result<()> {
+    for (dest, src) in files {
+        let to = root.join(dest.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("an absolute path has a parent"))?;
+        std::fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
+    }
+    Ok(())
+}
+
 /// The files of the base image: (path in the image, source on this machine). Node, every
 /// library `ldd` names (with the dynamic loader), busybox and getconf.
 fn node_files() -> Result<Vec<(String, PathBuf)>> {
@@ -141,19 +166,7 @@ fn node_files() -> Result<Vec<(String, PathBuf)>> {
             PathBuf::from("/usr/bin/getconf"),
         ),
     ];
-    for line in ldd.lines() {
-        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`
-        let path = match line.split_once("=>") {
-            Some((_, right)) => right.split_whitespace().next(),
-            None => line
-                .split_whitespace()
-                .next()
-                .filter(|p| p.starts_with('/')),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            files.push((p.to_string(), PathBuf::from(p)));
-        }
-    }
+    files.extend(libraries(&ldd));
     Ok(files)
 }
 
@@ -197,12 +210,7 @@ pub fn node_image(l: &Layout, user: &str, pass: &str) -> Result<()> {
         std::fs::remove_dir_all(&ctx)?;
     }
     let root = ctx.join("rootfs");
-    for (dest, src) in &files {
-        let to = root.join(dest.trim_start_matches('/'));
-        std::fs::create_dir_all(to.parent().expect("an absolute path has a parent"))?;
-        // Follows symlinks (ld-linux, libstdc++.so.6 ...): the image gets the real files.
-        std::fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
-    }
+    copy_rootfs(&root, &files)?;
     let applets = sh::output("/bin/busybox --list")?;
     for a in applets.lines().filter(|a| *a != "busybox") {
         let link = root.join("bin").join(a);
@@ -310,15 +318,7 @@ fn binary_image(l: &Layout, user: &str, pass: &str, b: &BinaryImage) -> Result<(
         )
     })?;
     let mut files = vec![(b.binary.to_string(), PathBuf::from(b.binary))];
-    for line in ldd.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, right)) => right.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            files.push((p.to_string(), PathBuf::from(p)));
-        }
-    }
+    files.extend(libraries(&ldd));
     let mut key = String::from(b.dockerfile);
     {
         use std::os::unix::fs::MetadataExt;
@@ -339,11 +339,7 @@ fn binary_image(l: &Layout, user: &str, pass: &str, b: &BinaryImage) -> Result<(
         std::fs::remove_dir_all(&ctx)?;
     }
     let root = ctx.join("rootfs");
-    for (dest, src) in &files {
-        let to = root.join(dest.trim_start_matches('/'));
-        std::fs::create_dir_all(to.parent().expect("an absolute path has a parent"))?;
-        std::fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
-    }
+    copy_rootfs(&root, &files)?;
     for d in b.dirs {
         std::fs::create_dir_all(root.join(d))?;
     }
@@ -402,4 +398,25 @@ pub fn prepare_koa(l: &Layout) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libraries_are_the_absolute_paths_ldd_names() {
+        let ldd = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f3a)\n\
+                   \tlibgone.so => not found\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f3b)\n";
+        let got: Vec<String> = libraries(ldd).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(
+            got,
+            [
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
 }
