@@ -210,7 +210,10 @@ fn an_accessory_is_found_by_name_kept_across_deploys_and_its_volume_outlives_des
         logs.contains("db#1@h1 (out):") && logs.contains("Ready to accept connections"),
         "the accessory's own log: {logs}"
     );
-    let version = p.ok(&tb, &["exec", "test", "db", "--", "redis-server", "--version"]);
+    let version = p.ok(
+        &tb,
+        &["exec", "test", "db", "--", "redis-server", "--version"],
+    );
     assert!(
         version.contains("Redis server v="),
         "exec runs in the accessory's container: {version}"

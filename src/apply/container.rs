@@ -10,17 +10,10 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 
+use super::error::LaunchError;
+pub use super::error::MissingSecret;
 use crate::desired::{EnvValue, HOST_GATEWAY, InstanceSpec, RestartPolicy, SecretRef};
 use crate::identity::labels;
-
-/// A secret that the manifest references but that cannot be read right now.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("env {name} of app {app}: the secret {secret} cannot be read")]
-pub struct MissingSecret {
-    pub app: String,
-    pub name: String,
-    pub secret: SecretRef,
-}
 
 /// The create body for one instance. `secrets` gives the value of each secret reference.
 pub fn create_body(
@@ -206,7 +199,7 @@ pub fn volume_labels(body: &ContainerCreateBody) -> HashMap<String, String> {
 pub async fn ensure_volumes(
     docker: &bollard::Docker,
     body: &ContainerCreateBody,
-) -> Result<(), String> {
+) -> Result<(), LaunchError> {
     for name in named_volumes(body) {
         match docker.inspect_volume(&name).await {
             Ok(_) => continue,
@@ -214,10 +207,10 @@ pub async fn ensure_volumes(
                 status_code: 404, ..
             }) => {}
             Err(e) => {
-                return Err(format!(
-                    "reading volume {name}: {}",
-                    crate::errors::chain(&e)
-                ));
+                return Err(LaunchError::ReadVolume {
+                    name,
+                    cause: crate::errors::chain(&e),
+                });
             }
         }
         docker
@@ -227,23 +220,26 @@ pub async fn ensure_volumes(
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("creating volume {name}: {}", crate::errors::chain(&e)))?;
+            .map_err(|e| LaunchError::CreateVolume {
+                name: name.clone(),
+                cause: crate::errors::chain(&e),
+            })?;
     }
     Ok(())
 }
 
 /// The host's Docker bridge gateway (`docker network inspect bridge`), for `dns = "consul"`.
-pub async fn host_gateway(docker: &bollard::Docker) -> Result<String, String> {
+pub async fn host_gateway(docker: &bollard::Docker) -> Result<String, LaunchError> {
     let net = docker
         .inspect_network(
             "bridge",
             None::<bollard::query_parameters::InspectNetworkOptions>,
         )
         .await
-        .map_err(|e| format!("reading the Docker bridge network (for `dns`): {e}"))?;
-    bridge_gateway(&net).ok_or_else(|| {
-        "the Docker bridge network has no IPv4 gateway (needed for `dns = \"consul\"`)".to_string()
-    })
+        .map_err(|e| LaunchError::BridgeNetwork {
+            cause: e.to_string(),
+        })?;
+    bridge_gateway(&net).ok_or(LaunchError::NoBridgeGateway)
 }
 
 /// The first IPv4 gateway of a network, as `docker network inspect bridge` shows it.

@@ -29,6 +29,7 @@ use serde::Serialize;
 use super::container::create_body;
 pub use super::context::{ApplyOptions, Cancel, Events, Failure, Step, registration_id};
 use super::context::{Ctx, Host, Launch, ServiceTemplate, Started, Undo};
+use super::error::{AgentError, EdgeError, LaunchError, LaunchFailure, MissingSecret};
 use super::event::ApplyEvent;
 use super::fault::{HostFault, Phase, diagnose};
 use super::instance::{
@@ -87,17 +88,16 @@ pub async fn consul_for(
     session: &HostSession,
     desired: &DesiredState,
     token: Option<String>,
-) -> Result<Option<ConsulClient>, String> {
+) -> Result<Option<ConsulClient>, AgentError> {
     let Some(c) = &desired.consul else {
         return Ok(None);
     };
-    let url = session
-        .consul_url(&c.address)
-        .await
-        .map_err(|e| e.to_string())?;
-    let client = ConsulClient::new(&url, token, c.datacenter.clone())
-        .map_err(|e| e.to_string())?
-        .with_target(format!("{} (agent {})", session.target().name, c.address));
+    let url = session.consul_url(&c.address).await?;
+    let client = ConsulClient::new(&url, token, c.datacenter.clone())?.with_target(format!(
+        "{} (agent {})",
+        session.target().name,
+        c.address
+    ));
     Ok(Some(client))
 }
 
@@ -145,9 +145,9 @@ pub async fn apply(
         })?;
         let consul = consul_for(session, desired, opts.consul_token.clone())
             .await
-            .map_err(|cause| ApplyError::Host {
+            .map_err(|e| ApplyError::Host {
                 host: name.clone(),
-                cause,
+                cause: e.to_string(),
             })?;
         let observed = observed
             .hosts
@@ -199,7 +199,7 @@ pub async fn apply(
     if let Err(e) = setup_edge(&ctx, &hosts, observed).await {
         return Err(ApplyError::Host {
             host: "edge".into(),
-            cause: e,
+            cause: e.to_string(),
         });
     }
 
@@ -353,7 +353,7 @@ async fn setup_edge(
     ctx: &Ctx<'_>,
     hosts: &[Host<'_>],
     observed: &ObservedState,
-) -> Result<(), String> {
+) -> Result<(), EdgeError> {
     let d = ctx.desired;
     let Some(edge) = &d.edge else {
         let prefix = crate::edge::caddy::owner_prefix(&d.project, &d.environment);
@@ -379,7 +379,7 @@ async fn setup_edge(
     let consul = hosts
         .iter()
         .find_map(|h| h.consul.clone())
-        .ok_or("public routes need [consul]")?;
+        .ok_or(EdgeError::NoConsul)?;
     let auth = ctx.pull_auth.for_image(&edge.image)?;
     let sessions: Vec<&HostSession> = hosts.iter().map(|h| h.session).collect();
     let (sync, changes) =
@@ -470,13 +470,16 @@ fn slot_registrations<'a>(
         .collect()
 }
 
-fn launch_for(d: &DesiredState, host: &DesiredHost, spec: &InstanceSpec) -> Result<Launch, String> {
+fn launch_for(
+    d: &DesiredState,
+    host: &DesiredHost,
+    spec: &InstanceSpec,
+) -> Result<Launch, MissingSecret> {
     let mut spec = spec.clone();
     spec.container
         .labels
         .insert(FIELDS_LABEL.to_string(), label_value(&spec.container));
-    let body = create_body(&spec, &|r| crate::manifest::secret::read(r).ok())
-        .map_err(|e| e.to_string())?;
+    let body = create_body(&spec, &|r| crate::manifest::secret::read(r).ok())?;
     let app = d.apps.iter().find(|a| a.name == spec.app);
     Ok(Launch {
         app: spec.app.clone(),
@@ -641,8 +644,8 @@ async fn run_instance(
     let tag = format!("{}#{instance}", c.app);
     let launch = match launch_for(ctx.desired, h.desired, spec) {
         Ok(l) => l,
-        Err(reason) => {
-            fail_spec(ctx, h, spec, reason, Vec::new()).await;
+        Err(e) => {
+            fail_spec(ctx, h, spec, LaunchError::from(e).to_string(), Vec::new()).await;
             return false;
         }
     };
@@ -663,7 +666,7 @@ async fn run_instance(
         .filter(|s| s.app == c.app && s.instance == Some(instance))
         .all(|s| s.action == ServiceAction::Unchanged);
 
-    let result: Result<Started, (String, Vec<String>)> = match c.action {
+    let result: Result<Started, LaunchFailure> = match c.action {
         Action::Create => {
             ctx.emit(ApplyEvent::Create {
                 host: host.clone(),
@@ -695,16 +698,23 @@ async fn run_instance(
                 });
                 if let Err(e) = h.docker.start_container(&cur.id, None).await {
                     let logs = tail_logs(&h.docker, &cur.id).await;
-                    fail_spec(ctx, h, spec, format!("starting: {}", chain(&e)), logs).await;
+                    let error = LaunchError::StartExisting { cause: chain(&e) };
+                    fail_spec(ctx, h, spec, error.to_string(), logs).await;
                     return false;
                 }
             }
             if c.action == Action::Start || !service_unchanged || !dups.is_empty() {
                 match converge_registration(ctx, h, &launch, &cur.id, &slot_regs).await {
                     // A leftover that fails its gate is never promoted over the one that serves.
-                    Err((reason, logs)) if !dups.is_empty() => {
+                    Err(LaunchFailure { error, logs }) if !dups.is_empty() => {
                         let kept = fall_back(ctx, h, &launch, &cur.id, &dup_refs, &slot_regs).await;
-                        Err((format!("{reason}; {kept}"), logs))
+                        Err(LaunchFailure {
+                            error: LaunchError::FellBack {
+                                error: Box::new(error),
+                                kept,
+                            },
+                            logs,
+                        })
                     }
                     other => other,
                 }
@@ -762,8 +772,8 @@ async fn run_instance(
             });
             true
         }
-        Err((reason, logs)) => {
-            fail_spec(ctx, h, spec, reason, logs).await;
+        Err(LaunchFailure { error, logs }) => {
+            fail_spec(ctx, h, spec, error.to_string(), logs).await;
             false
         }
     }
@@ -925,7 +935,7 @@ async fn roll_back(ctx: &Ctx<'_>, hosts: &[Host<'_>], undo: Vec<Undo>) -> (Vec<S
                         seconds: t.elapsed().as_secs_f64(),
                         health_seconds: s.healthy_after.map(|d| d.as_secs_f64()),
                     }),
-                    Err((e, _)) => errors.push(format!("{tag} on {host}: {e}")),
+                    Err(e) => errors.push(format!("{tag} on {host}: {e}")),
                 }
             }
             (done, errors)

@@ -14,6 +14,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::context::{Ctx, Host, Launch, Started, Undo};
+use super::error::{LaunchError, LaunchFailure, OtherOwner};
 use super::event::ApplyEvent;
 use super::fault::Phase;
 use super::health::{self, Unhealthy};
@@ -30,14 +31,14 @@ pub(super) async fn replace(
     old: &str,
     old_regs: &[String],
     new_version: &str,
-) -> Result<Started, (String, Vec<String>)> {
+) -> Result<Started, LaunchFailure> {
     // How to put the old one back, read before anything changes.
     let undo_launch = match old_launch(h, launch, old).await {
         Ok(l) => Some(l),
         Err(e) => {
             ctx.emit(ApplyEvent::UndoNotRecorded {
                 host: h.desired.target.name.clone(),
-                error: e,
+                error: e.to_string(),
             });
             None
         }
@@ -85,12 +86,12 @@ pub(super) async fn replace(
     };
     // Not done until the old container is gone: a host lost while draining or stopping must
     // not be reported as replaced.
-    force_remove(&h.docker, old).await.map_err(|e| {
-        (
-            format!("removing the old container {}: {e}", short_id(old)),
-            Vec::new(),
-        )
-    })?;
+    force_remove(&h.docker, old)
+        .await
+        .map_err(|e| LaunchError::RemoveOld {
+            container: short_id(old).to_string(),
+            cause: chain(&e),
+        })?;
     if let Some(ul) = undo_launch {
         ctx.undo.lock().unwrap().push(Undo {
             host: h.index,
@@ -103,16 +104,21 @@ pub(super) async fn replace(
 }
 
 /// A `Launch` that recreates container `old` as it is (for rollback).
-pub(super) async fn old_launch(h: &Host<'_>, like: &Launch, old: &str) -> Result<Launch, String> {
+pub(super) async fn old_launch(
+    h: &Host<'_>,
+    like: &Launch,
+    old: &str,
+) -> Result<Launch, LaunchError> {
     let i = h
         .docker
         .inspect_container(old, None)
         .await
-        .map_err(|e| chain(&e))?;
-    let config = i.config.ok_or("no config in the inspect")?;
-    let mut body: ContainerCreateBody =
-        serde_json::from_value(serde_json::to_value(&config).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        .map_err(|e| LaunchError::Inspect {
+            container: old.to_string(),
+            cause: chain(&e),
+        })?;
+    let config = i.config.ok_or(LaunchError::NoConfig)?;
+    let mut body: ContainerCreateBody = serde_json::from_value(serde_json::to_value(&config)?)?;
     body.host_config = i.host_config;
     body.hostname = None;
     let l = config.labels.unwrap_or_default();
@@ -217,7 +223,11 @@ pub(super) async fn edge_off(ctx: &Ctx<'_>, h: &Host<'_>, regs: &[String]) {
     }
 }
 
-pub(super) async fn stop(h: &Host<'_>, id: &str, t: Duration) -> Result<(), String> {
+pub(super) async fn stop(
+    h: &Host<'_>,
+    id: &str,
+    t: Duration,
+) -> Result<(), bollard::errors::Error> {
     h.docker
         .stop_container(
             id,
@@ -227,7 +237,6 @@ pub(super) async fn stop(h: &Host<'_>, id: &str, t: Duration) -> Result<(), Stri
             }),
         )
         .await
-        .map_err(|e| chain(&e))
 }
 
 pub(super) async fn tail_logs(docker: &Docker, id: &str) -> Vec<String> {
@@ -255,13 +264,18 @@ pub(super) async fn pull(
     h: &Host<'_>,
     image: &str,
     tag: &str,
-) -> Result<(), String> {
+) -> Result<(), LaunchError> {
     match h.docker.inspect_image(image).await {
         Ok(_) => return Ok(()),
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => {}
-        Err(e) => return Err(format!("looking for {image} on the host: {}", chain(&e))),
+        Err(e) => {
+            return Err(LaunchError::FindImage {
+                image: image.to_string(),
+                cause: chain(&e),
+            });
+        }
     }
     let was = ctx.phase_of(h, tag);
     ctx.set_phase(
@@ -278,7 +292,10 @@ pub(super) async fn pull(
     let creds = ctx
         .pull_auth
         .for_image(image)
-        .map_err(|e| format!("pulling {image}: {e}"))?;
+        .map_err(|e| LaunchError::Pull {
+            image: image.to_string(),
+            cause: e.to_string(),
+        })?;
     let mut s = h.docker.create_image(
         Some(CreateImageOptions {
             from_image: Some(image.to_string()),
@@ -288,7 +305,10 @@ pub(super) async fn pull(
         creds,
     );
     while let Some(item) = s.next().await {
-        item.map_err(|e| format!("pulling {image}: {}", chain(&e)))?;
+        item.map_err(|e| LaunchError::Pull {
+            image: image.to_string(),
+            cause: chain(&e),
+        })?;
     }
     ctx.set_phase(h, tag, was);
     Ok(())
@@ -302,21 +322,17 @@ pub(super) async fn launch_new(
     h: &Host<'_>,
     l: &Launch,
     protect: &[String],
-) -> Result<Started, (String, Vec<String>)> {
-    let plain = |s: String| (s, Vec::new());
+) -> Result<Started, LaunchFailure> {
     let tag = l.tag();
     ctx.set_phase(h, &tag, Phase::Starting);
-    pull(ctx, h, &l.image, &tag).await.map_err(plain)?;
-    super::container::ensure_volumes(&h.docker, &l.body)
-        .await
-        .map_err(plain)?;
+    pull(ctx, h, &l.image, &tag).await?;
+    super::container::ensure_volumes(&h.docker, &l.body).await?;
     let mut body = l.body.clone();
     if super::container::needs_host_gateway(&body) {
         let gateway = h
             .gateway
             .get_or_try_init(|| super::container::host_gateway(&h.docker))
-            .await
-            .map_err(|e| plain(e.clone()))?;
+            .await?;
         super::container::fill_host_gateway(&mut body, gateway);
     }
     // Auto-published ports get a concrete host port, so Docker's restarts keep it (and the
@@ -334,7 +350,10 @@ pub(super) async fn launch_new(
                 let logs = tail_logs(&h.docker, &id).await;
                 let _ = force_remove(&h.docker, &id).await;
                 if !(pinned && super::container::is_port_conflict(&why) && attempt < PORT_TRIES) {
-                    return Err((format!("starting {name}: {why}"), logs));
+                    return Err(LaunchFailure {
+                        error: LaunchError::Start { name, cause: why },
+                        logs,
+                    });
                 }
             }
         }
@@ -359,9 +378,12 @@ pub(super) async fn launch_new(
             }
             Ok(s)
         }
-        Err((reason, reg)) => {
-            let logs = cleanup(reg).await;
-            Err((reason, logs))
+        Err(GateFailure {
+            error,
+            registration,
+        }) => {
+            let logs = cleanup(registration).await;
+            Err(LaunchFailure { error, logs })
         }
     }
 }
@@ -376,8 +398,7 @@ async fn create(
     l: &Launch,
     body: ContainerCreateBody,
     protect: &[String],
-) -> Result<(String, String), (String, Vec<String>)> {
-    let plain = |s: String| (s, Vec::new());
+) -> Result<(String, String), LaunchError> {
     let mut name = l.name.clone();
     let mut tries = 0;
     let id = loop {
@@ -412,19 +433,25 @@ async fn create(
                     .unwrap_or_default();
                 if protect.contains(&eid) {
                     name = format!("{}-{}", l.name, &uuid_ish()[..6]);
-                } else if let Err(why) = same_slot(
+                } else if let Err(owner) = same_slot(
                     l.body.labels.as_ref().unwrap_or(&Default::default()),
                     &theirs,
                 ) {
-                    return Err(plain(format!(
-                        "the container name {name} is taken by container {} that is not this instance's ({why}): fleet leaves it alone; remove or rename it",
-                        short_id(&eid),
-                    )));
+                    return Err(LaunchError::NameTaken {
+                        name,
+                        container: short_id(&eid).to_string(),
+                        owner,
+                    });
                 } else {
                     let _ = force_remove(&h.docker, &name).await;
                 }
             }
-            Err(e) => return Err(plain(format!("creating {name}: {}", chain(&e)))),
+            Err(e) => {
+                return Err(LaunchError::Create {
+                    name,
+                    cause: chain(&e),
+                });
+            }
         }
     };
     Ok((id, name))
@@ -435,7 +462,7 @@ async fn create(
 fn same_slot(
     ours: &HashMap<String, String>,
     theirs: &HashMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), OtherOwner> {
     const SLOT: [&str; 4] = [labels::PROJECT, labels::ENV, labels::APP, labels::INSTANCE];
     let mine = |k: &str| ours.get(k).filter(|v| !v.is_empty());
     if SLOT
@@ -444,15 +471,11 @@ fn same_slot(
     {
         return Ok(());
     }
-    let owner: Vec<String> = SLOT
+    let labels = SLOT
         .iter()
         .filter_map(|k| theirs.get(*k).map(|v| format!("{k}={v}")))
         .collect();
-    Err(if owner.is_empty() {
-        "it has no fleet labels".to_string()
-    } else {
-        format!("its labels say {}", owner.join(", "))
-    })
+    Err(OtherOwner { labels })
 }
 
 pub(super) fn uuid_ish() -> String {
@@ -468,11 +491,14 @@ pub(super) async fn published_port(
     docker: &Docker,
     id: &str,
     container_port: u16,
-) -> Result<u16, String> {
+) -> Result<u16, LaunchError> {
     let i = docker
         .inspect_container(id, None)
         .await
-        .map_err(|e| chain(&e))?;
+        .map_err(|e| LaunchError::Inspect {
+            container: id.to_string(),
+            cause: chain(&e),
+        })?;
     let ports = i.network_settings.and_then(|n| n.ports).unwrap_or_default();
     ports
         .get(&format!("{container_port}/tcp"))
@@ -481,7 +507,24 @@ pub(super) async fn published_port(
         .unwrap_or_default()
         .iter()
         .find_map(|b| b.host_port.as_deref().and_then(|p| p.parse().ok()))
-        .ok_or_else(|| format!("port {container_port}/tcp is not published"))
+        .ok_or(LaunchError::NotPublished {
+            port: container_port,
+        })
+}
+
+/// Why `register_and_wait` failed, and the registration it made (to remove), if any.
+pub(super) struct GateFailure {
+    pub(super) error: LaunchError,
+    pub(super) registration: Option<String>,
+}
+
+impl From<LaunchError> for GateFailure {
+    fn from(error: LaunchError) -> Self {
+        GateFailure {
+            error,
+            registration: None,
+        }
+    }
 }
 
 /// Register a running container (its real port) and wait until its health gate passes.
@@ -491,14 +534,10 @@ pub(super) async fn register_and_wait(
     h: &Host<'_>,
     l: &Launch,
     id: &str,
-) -> Result<Started, (String, Option<String>)> {
+) -> Result<Started, GateFailure> {
     let _ = ctx;
     let port = match l.port {
-        Some((cp, _)) => Some(
-            published_port(&h.docker, id, cp)
-                .await
-                .map_err(|e| (e, None))?,
-        ),
+        Some((cp, _)) => Some(published_port(&h.docker, id, cp).await?),
         None => None,
     };
     if let (Some(consul), Some(svc), Some(port)) = (&h.consul, &l.service, port) {
@@ -514,7 +553,10 @@ pub(super) async fn register_and_wait(
         consul
             .register_service(&reg)
             .await
-            .map_err(|e| (format!("registering {reg_id}: {e}"), None))?;
+            .map_err(|cause| LaunchError::Register {
+                id: reg_id.clone(),
+                cause,
+            })?;
         let gate = async {
             if l.health.is_some() {
                 health::wait_consul(consul, &svc.name, &reg_id, &h.docker, id, l.deadline).await
@@ -524,7 +566,10 @@ pub(super) async fn register_and_wait(
         };
         let waited = with_workers(h, l, id, gate)
             .await
-            .map_err(|e| (describe(e), Some(reg_id.clone())))?;
+            .map_err(|e| GateFailure {
+                error: LaunchError::Unhealthy(e),
+                registration: Some(reg_id.clone()),
+            })?;
         return Ok(Started {
             id: id.to_string(),
             port: Some(port),
@@ -542,7 +587,7 @@ pub(super) async fn register_and_wait(
     );
     let waited = with_workers(h, l, id, gate)
         .await
-        .map_err(|e| (describe(e), None))?;
+        .map_err(LaunchError::Unhealthy)?;
     Ok(Started {
         id: id.to_string(),
         port,
@@ -573,10 +618,6 @@ async fn with_workers(
     Ok(a.max(b))
 }
 
-pub(super) fn describe(e: Unhealthy) -> String {
-    format!("health check failed: {e}")
-}
-
 /// Make the registration of running container `id` right (real port, current Meta), wait
 /// until it passes, then remove the slot's other registrations.
 pub(super) async fn converge_registration(
@@ -585,7 +626,7 @@ pub(super) async fn converge_registration(
     l: &Launch,
     id: &str,
     slot_regs: &[String],
-) -> Result<Started, (String, Vec<String>)> {
+) -> Result<Started, LaunchFailure> {
     match register_and_wait(ctx, h, l, id).await {
         Ok(s) => {
             let others: Vec<String> = slot_regs
@@ -596,15 +637,15 @@ pub(super) async fn converge_registration(
             deregister_all(h, &others).await;
             Ok(s)
         }
-        Err((reason, _)) => {
+        Err(GateFailure { error, .. }) => {
             let logs = tail_logs(&h.docker, id).await;
-            Err((reason, logs))
+            Err(LaunchFailure { error, logs })
         }
     }
 }
 
 /// Remove a container whatever its state; a container already gone is fine (`Ok`).
-async fn force_remove(docker: &Docker, id: &str) -> Result<(), String> {
+async fn force_remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
     match docker
         .remove_container(
             id,
@@ -619,7 +660,7 @@ async fn force_remove(docker: &Docker, id: &str) -> Result<(), String> {
         | Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(()),
-        Err(e) => Err(chain(&e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -652,7 +693,7 @@ mod tests {
         let mut other = ours.clone();
         other.insert(labels::PROJECT.into(), "shop-eu".into());
         other.insert(labels::ENV.into(), "prod".into());
-        let why = same_slot(&ours, &other).unwrap_err();
+        let why = same_slot(&ours, &other).unwrap_err().to_string();
         assert!(
             why.contains("fleet.project=shop-eu") && why.contains("fleet.env=prod"),
             "{why}"
@@ -663,7 +704,7 @@ mod tests {
         assert!(same_slot(&ours, &two).is_err());
         assert_eq!(
             same_slot(&ours, &labels(&[("maintainer", "me")])),
-            Err("it has no fleet labels".into())
+            Err(OtherOwner { labels: vec![] })
         );
         // A slot without labels (never happens) matches nothing, not even itself.
         assert!(same_slot(&HashMap::new(), &HashMap::new()).is_err());

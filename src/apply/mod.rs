@@ -12,6 +12,8 @@
 //! - `fault`: after a failed step, was it the host (SSH lost, engine or agent down)? What the
 //!   instance was doing (`Phase`) and what that leaves on the host.
 //! - `container`: `InstanceSpec` -> Docker create body.
+//! - `error`: why a step failed (`LaunchError`, `LaunchFailure` with the container's last
+//!   lines, `AgentError`, `EdgeError`, `PruneError`); each renders the line reports show.
 //! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
 //! - `kv`: KV config with check-and-set.
 //!
@@ -21,6 +23,7 @@
 pub mod container;
 mod context;
 pub mod deploy;
+pub mod error;
 pub mod event;
 mod fault;
 pub mod health;

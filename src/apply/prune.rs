@@ -24,6 +24,7 @@ use bollard::query_parameters::{ListContainersOptions, RemoveImageOptions};
 use serde::{Deserialize, Serialize};
 
 use super::context::{Ctx, Host};
+use super::error::PruneError;
 use super::event::ApplyEvent;
 use crate::host::HostSession;
 use crate::host::sh_quote;
@@ -110,7 +111,7 @@ pub(super) async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
         Err(e) => {
             ctx.emit(ApplyEvent::PruneProblem {
                 host: h.desired.target.name.clone(),
-                problem: e,
+                problem: e.to_string(),
             });
             0
         }
@@ -122,7 +123,7 @@ pub async fn recorded_images(
     session: &HostSession,
     project: &str,
     env: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, PruneError> {
     let records = read_records(session).await?;
     Ok(records
         .into_iter()
@@ -140,18 +141,18 @@ pub async fn forget_images(
     docker: &Docker,
     project: &str,
     env: &str,
-) -> Result<usize, String> {
+) -> Result<usize, PruneError> {
     prune(session, docker, (project, env), Vec::new(), 0).await
 }
 
 /// Every environment's record on the host.
-async fn read_records(session: &HostSession) -> Result<Vec<Record>, String> {
+async fn read_records(session: &HostSession) -> Result<Vec<Record>, PruneError> {
     let out = session
         .run_ok(&format!(
             "for f in {STATE_DIR}/*.images; do [ -f \"$f\" ] && {{ cat \"$f\"; echo; }}; done; true"
         ))
         .await
-        .map_err(|e| format!("no images pruned: cannot read what environments keep here: {e}"))?;
+        .map_err(PruneError::ReadRecords)?;
     Ok(out
         .lines()
         .filter_map(|l| serde_json::from_str::<Record>(l).ok())
@@ -167,7 +168,7 @@ async fn prune(
     (project, env): (&str, &str),
     now: Vec<Entry>,
     keep: usize,
-) -> Result<usize, String> {
+) -> Result<usize, PruneError> {
     let records = read_records(session).await?;
     let mine = |r: &&Record| r.project == project && r.env == env;
     let earlier: Vec<Entry> = records
@@ -247,7 +248,7 @@ async fn prune(
     session
         .run_ok(&script)
         .await
-        .map_err(|e| format!("cannot record the images kept here: {e}"))?;
+        .map_err(PruneError::WriteRecord)?;
     Ok(removed)
 }
 

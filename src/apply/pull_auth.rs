@@ -47,7 +47,10 @@ impl PullAuth {
     }
 
     /// What to send with a pull of `image`.
-    pub(super) fn for_image(&self, image: &str) -> Result<Option<DockerCredentials>, String> {
+    pub(super) fn for_image(
+        &self,
+        image: &str,
+    ) -> Result<Option<DockerCredentials>, RegistryError> {
         let registry = registry_of(image);
         if let Some((server, creds)) = &self.own
             && server.trim_end_matches('/') == registry
@@ -62,8 +65,7 @@ impl PullAuth {
         if let Some(known) = self.others.lock().unwrap().get(key) {
             return Ok(known.as_ref().map(|c| c.to_docker(key)));
         }
-        let found =
-            docker_config::credentials(key, self.config.clone()).map_err(|e| e.to_string())?;
+        let found = docker_config::credentials(key, self.config.clone())?;
         let out = found.as_ref().map(|c| c.to_docker(key));
         self.others.lock().unwrap().insert(key.to_string(), found);
         Ok(out)

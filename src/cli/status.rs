@@ -1,4 +1,6 @@
 //! `fleet status ENV [APP] [--json] [--watch]`: one row per instance, like `pm2 list`.
+//!
+//! `operate::status` reads the hosts and makes the rows; `render` shows them (table or JSON).
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,7 +10,11 @@ use miette::IntoDiagnostic;
 use super::Global;
 use super::reach::{Reach, Versions, connect, interrupted};
 use crate::operate::Selector;
-use crate::operate::status::{StatusDoc, faults, gather, rows, table};
+use crate::operate::status::{StatusDoc, faults, gather, rows};
+
+pub mod render;
+
+use render::{json, table};
 
 /// Unix seconds now.
 pub(crate) fn now() -> i64 {
@@ -73,7 +79,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         let out = if args.json {
             let mut doc = StatusDoc::new(&cx.desired, &readings, rows, now);
             doc.routes = routes;
-            serde_json::to_string_pretty(&doc).into_diagnostic()? + "\n"
+            json(&doc).into_diagnostic()?
         } else {
             table(&rows, &faults) + &crate::edge::status_lines(&routes)
         };
