@@ -13,6 +13,14 @@
 //! upstream vanished (a host lost) while fleet pushed a new upstream list would fail. The
 //! error route sends it once more, to an upstream the passive health check has not marked
 //! failed. Both proxies are one object: one PATCH (one reload) changes both upstream lists.
+//!
+//! The error route's proxy has an error route of its own: the same proxy a third time, with
+//! passive checks only. Caddy 2.6 counts an active check that a reload cancels as a failed
+//! one, so a push could leave the config that still serves its last requests with no healthy
+//! upstream: a GET answered 503 at once (seen on the testbed, reproduced on a local Caddy
+//! 2.6.2 with a slow health path: docs/edge.md, *Active checks and reloads*). The third proxy
+//! still finds an upstream then; the second keeps the active checks, which know a host that
+//! stopped answering (a cut link) before any request has failed there.
 
 use serde_json::{Value, json};
 
@@ -124,40 +132,53 @@ pub fn route(project: &str, env: &str, r: &Route, upstreams: &[String]) -> Value
             "timeout": humantime::format_duration(r.health_timeout.max(std::time::Duration::from_secs(2))).to_string(),
         });
     }
-    let proxy = json!({
-        "handler": "reverse_proxy",
-        "upstreams": upstream_list(upstreams),
-        "load_balancing": {
-            "selection_policy": { "policy": "round_robin" },
-            // A GET whose upstream gave no headers within `timeout` may be tried again.
-            "try_duration": humantime::format_duration(r.timeout + TRY_AFTER_TIMEOUT).to_string(),
-            "retry_match": [{ "method": ["GET", "HEAD"] }],
-            "try_interval": "100ms",
-        },
-        "health_checks": health,
-        "transport": { "protocol": "http", "dial_timeout": "1s",
-            "response_header_timeout": humantime::format_duration(r.timeout).to_string() },
-    });
+    let proxy = |health: Value| {
+        json!({
+            "handler": "reverse_proxy",
+            "upstreams": upstream_list(upstreams),
+            "load_balancing": {
+                "selection_policy": { "policy": "round_robin" },
+                // A GET whose upstream gave no headers within `timeout` may be tried again.
+                "try_duration": humantime::format_duration(r.timeout + TRY_AFTER_TIMEOUT).to_string(),
+                "retry_match": [{ "method": ["GET", "HEAD"] }],
+                "try_interval": "100ms",
+            },
+            "health_checks": health,
+            "transport": { "protocol": "http", "dial_timeout": "1s",
+                "response_header_timeout": humantime::format_duration(r.timeout).to_string() },
+        })
+    };
+    let passive_only = json!({ "passive": health["passive"].clone() });
     json!({
         "@id": route_id(project, env, &r.app),
         "match": [m],
         "handle": [{
             "handler": "subroute",
-            "routes": [{ "handle": [proxy.clone()] }],
-            // A GET or HEAD that failed, once more (see the module's doc).
+            "routes": [{ "handle": [proxy(health.clone())] }],
+            // A GET or HEAD that failed, once more; and if that fails too, once more without
+            // active checks (the module's doc).
             "errors": { "routes": [{
                 "match": [{ "method": ["GET", "HEAD"] }],
-                "handle": [proxy],
+                "handle": [{
+                    "handler": "subroute",
+                    "routes": [{ "handle": [proxy(health)] }],
+                    "errors": { "routes": [{
+                        "match": [{ "method": ["GET", "HEAD"] }],
+                        "handle": [proxy(passive_only)],
+                    }] },
+                }],
             }] },
         }],
         "terminal": true,
     })
 }
 
-/// Where a route's proxies are: the first, and the one of its error route.
-const PROXIES: [&str; 2] = [
+/// Where a route's proxies are: the first, the one of its error route, and the one of that
+/// one's error route.
+const PROXIES: [&str; 3] = [
     "/handle/0/routes/0/handle/0",
-    "/handle/0/errors/routes/0/handle/0",
+    "/handle/0/errors/routes/0/handle/0/routes/0/handle/0",
+    "/handle/0/errors/routes/0/handle/0/errors/routes/0/handle/0",
 ];
 
 pub fn upstream_list(upstreams: &[String]) -> Value {
@@ -329,7 +350,22 @@ mod tests {
         let r = route("koa", "prod", &e.routes[0], &["10.0.0.1:3000".into()]);
         let errors = &r["handle"][0]["errors"]["routes"][0];
         assert_eq!(errors["match"], json!([{ "method": ["GET", "HEAD"] }]));
-        assert_eq!(r.pointer(PROXIES[1]), r.pointer(PROXIES[0]));
+        let nested = &errors["handle"][0]["errors"]["routes"][0];
+        assert_eq!(nested["match"], json!([{ "method": ["GET", "HEAD"] }]));
+        let [first, again, last] = PROXIES.map(|p| r.pointer(p).unwrap());
+        assert_eq!(again, first, "the second try is the same proxy");
+        assert!(first["health_checks"]["active"].is_object(), "{first}");
+        assert!(last["health_checks"].get("active").is_none(), "{last}");
+        assert_eq!(
+            last["health_checks"]["passive"],
+            first["health_checks"]["passive"]
+        );
+        let mut same = last.clone();
+        same["health_checks"] = first["health_checks"].clone();
+        assert_eq!(
+            &same, first,
+            "the third is the same proxy but for its active checks"
+        );
     }
 
     #[test]
