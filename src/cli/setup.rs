@@ -127,15 +127,25 @@ async fn engine_of(
     })
 }
 
+/// The manifest and the versions of its current sources (the accessories are images; the
+/// apps' versions are needed only to resolve the environment).
+fn manifest_and_versions(
+    g: &Global,
+) -> miette::Result<(crate::manifest::Loaded, crate::desired::Versions)> {
+    let loaded = crate::manifest::load(g.file.as_deref())?;
+    let (targets, _) = loaded.build_targets();
+    let versions = super::versions(&loaded, &targets)?;
+    Ok((loaded, versions))
+}
+
 /// `--plan` once the agents run: the accessories' part of `fleet plan ENV`.
 async fn plan_accessories(
     args: &Args,
     g: &Global,
     accessories: &[String],
 ) -> miette::Result<ExitCode> {
-    let loaded = crate::manifest::load(g.file.as_deref())?;
-    let (targets, _) = loaded.build_targets();
-    let desired = loaded.resolve(&args.env, &super::versions(&loaded, &targets)?)?;
+    let (loaded, versions) = manifest_and_versions(g)?;
+    let desired = loaded.resolve(&args.env, &versions)?;
     let (mut plan, _, _) = live::plan_live(&desired, &Default::default(), DEFAULT_PARALLEL)
         .await
         .into_diagnostic()?;
@@ -164,9 +174,7 @@ async fn start_accessories(
     if !args.json {
         println!("\nAccessories: {}", accessories.join(", "));
     }
-    let loaded = crate::manifest::load(g.file.as_deref())?;
-    let (targets, _) = loaded.build_targets();
-    let versions = super::versions(&loaded, &targets)?;
+    let (loaded, versions) = manifest_and_versions(g)?;
     let c = Converge {
         env: args.env.clone(),
         yes: args.yes,
