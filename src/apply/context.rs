@@ -15,10 +15,10 @@ use serde::Serialize;
 use super::event::ApplyEvent;
 use super::pull_auth::PullAuth;
 use crate::consul::ConsulClient;
-use crate::desired::{DesiredApp, DesiredHost, DesiredState, HealthSpec};
+use crate::desired::HealthSpec;
 use crate::host::HostSession;
-use crate::observe::ObservedHost;
-use crate::plan::{Action, HostPlan};
+use crate::plan::rollout::AppRollout;
+use crate::plan::{Action, HostPlan, Plan};
 
 /// Where apply's progress goes, one [`ApplyEvent`] at a time.
 pub type Events = Arc<dyn Fn(&ApplyEvent) + Send + Sync>;
@@ -199,15 +199,14 @@ pub(super) struct Host<'a> {
     pub(super) session: &'a HostSession,
     pub(super) docker: Docker,
     pub(super) consul: Option<ConsulClient>,
-    pub(super) desired: &'a DesiredHost,
-    pub(super) observed: &'a ObservedHost,
+    /// This host's part of the plan: everything apply does here.
     pub(super) plan: &'a HostPlan,
     /// The Docker bridge gateway, read once per host when a container needs it.
     pub(super) gateway: tokio::sync::OnceCell<String>,
 }
 
 pub(super) struct Ctx<'a> {
-    pub(super) desired: &'a DesiredState,
+    pub(super) plan: &'a Plan,
     pub(super) opts: &'a ApplyOptions,
     /// Which credentials go with which pull.
     pub(super) pull_auth: PullAuth,
@@ -233,8 +232,8 @@ impl Ctx<'_> {
             e(&event);
         }
     }
-    pub(super) fn app(&self, name: &str) -> Option<&DesiredApp> {
-        self.desired.apps.iter().find(|a| a.name == name)
+    pub(super) fn app(&self, name: &str) -> Option<&AppRollout> {
+        self.plan.context.app(name)
     }
     /// Instance `tag` (`app#n`) on `h` is now doing `phase`.
     pub(super) fn set_phase(&self, h: &Host<'_>, tag: &str, phase: Phase) {

@@ -37,7 +37,7 @@ pub(super) async fn replace(
         Ok(l) => Some(l),
         Err(e) => {
             ctx.emit(ApplyEvent::UndoNotRecorded {
-                host: h.desired.target.name.clone(),
+                host: h.plan.name.clone(),
                 error: e.to_string(),
             });
             None
@@ -74,7 +74,7 @@ pub(super) async fn replace(
         ctx.set_phase(h, &tag, Phase::Draining);
         if !regs.is_empty() && h.consul.is_some() {
             ctx.emit(ApplyEvent::Draining {
-                host: h.desired.target.name.clone(),
+                host: h.plan.name.clone(),
                 tag: tag.clone(),
                 drain: ctx.opts.drain,
             });
@@ -191,7 +191,7 @@ pub(super) async fn edge_off(ctx: &Ctx<'_>, h: &Host<'_>, regs: &[String]) {
             && let Some(app) = s.meta.get(&app_key)
         {
             let addr = if s.address.is_empty() {
-                h.desired.target.address.clone()
+                h.plan.address.clone()
             } else {
                 s.address.clone()
             };
@@ -207,13 +207,13 @@ pub(super) async fn edge_off(ctx: &Ctx<'_>, h: &Host<'_>, regs: &[String]) {
         }
         match sync.retire(&app, &dials).await {
             Ok(took) => ctx.emit(ApplyEvent::EdgesDrained {
-                host: h.desired.target.name.clone(),
+                host: h.plan.name.clone(),
                 app,
                 dials,
                 took,
             }),
             Err(error) => ctx.emit(ApplyEvent::NoDrainEvidence {
-                host: h.desired.target.name.clone(),
+                host: h.plan.name.clone(),
                 app,
                 dials,
                 within: crate::edge::sync::DRAIN_EVIDENCE,
@@ -286,7 +286,7 @@ pub(super) async fn pull(
         },
     );
     ctx.emit(ApplyEvent::Pull {
-        host: h.desired.target.name.clone(),
+        host: h.plan.name.clone(),
         image: image.to_string(),
     });
     let creds = ctx

@@ -19,9 +19,8 @@ use std::collections::BTreeMap;
 use crate::consul::{
     ConsulClient, ConsulError, KvPair, QueryOptions, TXN_MAX_BYTES, TXN_MAX_OPS, TxnOp, TxnOutcome,
 };
-use crate::desired::{ConfigOrder, DesiredState};
-use crate::observe::ObservedKv;
-use crate::plan::{KvAction, KvChange};
+use crate::desired::ConfigOrder;
+use crate::plan::{KvAction, Plan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
@@ -167,48 +166,40 @@ impl Written {
 }
 
 /// The plan's KV changes as one write per app (manifest order, then any app no longer in the
-/// manifest), each checked against Consul's transaction limits. Pure: values come from
-/// `desired`, indexes from the plan, old values from what `observe` read.
-pub fn writes(
-    desired: &DesiredState,
-    observed: Option<&ObservedKv>,
-    changes: &[KvChange],
-) -> Result<Vec<AppWrite>, KvError> {
-    let value_of = |key: &str| desired.apps.iter().find_map(|a| a.config.get(key)).cloned();
-    let before = |key: &str| observed.and_then(|o| o.values.get(key)).cloned();
+/// manifest), each checked against Consul's transaction limits. Pure: values, old values and
+/// indexes are the plan's (`KvChange::value`, `before`, `index`).
+pub fn writes(plan: &Plan) -> Result<Vec<AppWrite>, KvError> {
+    let apps = &plan.context.apps;
     let mut by_app: BTreeMap<String, Vec<Change>> = BTreeMap::new();
-    for c in changes {
+    for c in &plan.kv {
         let value = match c.action {
             KvAction::Unchanged => continue,
-            KvAction::Put => match value_of(&c.key) {
-                Some(v) => Some(v),
+            KvAction::Put => match &c.value {
+                Some(v) => Some(v.clone()),
                 None => continue,
             },
             KvAction::Delete => None,
         };
         let app = c
-            .app(&desired.project, &desired.environment)
+            .app(&plan.project, &plan.environment)
             .unwrap_or(&c.key)
             .to_string();
         by_app.entry(app).or_default().push(Change {
             key: c.key.clone(),
             value,
             index: c.index,
-            before: before(&c.key),
+            before: c.before.clone(),
         });
     }
     let order_of = |app: &str| {
-        desired
-            .apps
-            .iter()
+        apps.iter()
             .position(|a| a.name == app)
             .unwrap_or(usize::MAX)
     };
     let mut out: Vec<AppWrite> = by_app
         .into_iter()
         .map(|(app, changes)| AppWrite {
-            order: desired
-                .apps
+            order: apps
                 .iter()
                 .find(|a| a.name == app)
                 .map(|a| a.config_order)
@@ -401,7 +392,9 @@ fn reread(changes: Vec<Change>, now: &[KvPair]) -> Vec<Change> {
 mod tests {
     use super::*;
     use crate::consul::{KvVerb, TxnKvOp};
-    use crate::plan::fixtures;
+    use crate::desired::DesiredState;
+    use crate::observe::ObservedKv;
+    use crate::plan::{KvChange, fixtures};
 
     fn change(key: &str, action: KvAction, index: u64) -> KvChange {
         KvChange {
@@ -409,7 +402,26 @@ mod tests {
             action,
             reason: String::new(),
             index,
+            value: None,
+            before: None,
         }
+    }
+
+    /// The plan of `d` with these KV changes, their values from `d` and what `observed` held
+    /// (as `plan::diff` fills them in).
+    fn plan_with(d: &DesiredState, observed: Option<&ObservedKv>, changes: &[KvChange]) -> Plan {
+        let mut plan = crate::plan::diff(d, &fixtures::deployed(d));
+        plan.kv = changes
+            .iter()
+            .map(|c| KvChange {
+                value: (c.action == KvAction::Put)
+                    .then(|| d.apps.iter().find_map(|a| a.config.get(&c.key).cloned()))
+                    .flatten(),
+                before: observed.and_then(|o| o.values.get(&c.key).cloned()),
+                ..c.clone()
+            })
+            .collect();
+        plan
     }
 
     fn pair(key: &str, value: &str, index: u64) -> KvPair {
@@ -467,7 +479,7 @@ mod tests {
             change(&key(api, "a"), KvAction::Put, 7),
             change(&key(api, "z"), KvAction::Unchanged, 4),
         ];
-        let w = writes(&d, Some(&observed), &changes).unwrap();
+        let w = writes(&plan_with(&d, Some(&observed), &changes)).unwrap();
         let apps: Vec<(&str, ConfigOrder)> = w.iter().map(|w| (w.app.as_str(), w.order)).collect();
         assert_eq!(
             apps,
@@ -502,7 +514,7 @@ mod tests {
             d.apps[0].config.insert(k.clone(), "v".into());
             changes.push(change(&k, KvAction::Put, 0));
         }
-        let e = writes(&d, None, &changes).unwrap_err();
+        let e = writes(&plan_with(&d, None, &changes)).unwrap_err();
         assert!(
             matches!(e, KvError::TooLarge { ops, .. } if ops == TXN_MAX_OPS + 1),
             "{e}"
@@ -511,7 +523,7 @@ mod tests {
         let big = "x".repeat(TXN_MAX_BYTES + 1);
         let k = format!("shop/prod/{app}/big");
         d.apps[0].config = [(k.clone(), big)].into();
-        let e = writes(&d, None, &[change(&k, KvAction::Put, 0)]).unwrap_err();
+        let e = writes(&plan_with(&d, None, &[change(&k, KvAction::Put, 0)])).unwrap_err();
         assert!(e.to_string().contains("nothing was written"), "{e}");
     }
 

@@ -83,34 +83,24 @@ fn is_fleet_tag(reference: &str, project: &str, app: &str) -> bool {
 /// Remove this environment's images of this host beyond the newest `keep_images` per app
 /// (see the module docs). Returns how many references were removed.
 pub(super) async fn prune_images(ctx: &Ctx<'_>, h: &Host<'_>) -> usize {
-    let d = ctx.desired;
-    let built: HashSet<&str> = d
-        .apps
-        .iter()
-        .filter(|a| a.build.is_some())
-        .map(|a| a.name.as_str())
-        .collect();
     let mut now: Vec<Entry> = Vec::new();
-    for i in &h.desired.instances {
-        if !built.contains(i.app.as_str()) || now.iter().any(|e| e.reference == i.container.image) {
-            continue;
-        }
-        let Ok(img) = h.docker.inspect_image(&i.container.image).await else {
+    for (app, image) in &h.plan.images_in_use {
+        let Ok(img) = h.docker.inspect_image(image).await else {
             continue;
         };
         now.push(Entry {
-            app: i.app.clone(),
-            reference: i.container.image.clone(),
+            app: app.clone(),
+            reference: image.clone(),
             id: img.id.unwrap_or_default(),
         });
     }
     let keep = ctx.opts.keep_images.max(1);
-    let env = (d.project.as_str(), d.environment.as_str());
+    let env = (ctx.plan.project.as_str(), ctx.plan.environment.as_str());
     match prune(h.session, &h.docker, env, now, keep).await {
         Ok(n) => n,
         Err(e) => {
             ctx.emit(ApplyEvent::PruneProblem {
-                host: h.desired.target.name.clone(),
+                host: h.plan.name.clone(),
                 problem: e.to_string(),
             });
             0

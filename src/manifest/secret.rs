@@ -1,6 +1,6 @@
 //! Reading secret values, at apply time only. Nothing here is printed or logged.
 
-use crate::desired::SecretRef;
+use crate::desired::{ConsulTarget, SecretRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -30,6 +30,12 @@ pub fn read(r: &SecretRef) -> Result<String, SecretError> {
                 source,
             }),
     }
+}
+
+/// The Consul ACL token's value, when the project has one (every command that talks to the
+/// agents reads it here).
+pub fn consul_token(consul: Option<&ConsulTarget>) -> Result<Option<String>, SecretError> {
+    consul.and_then(|c| c.token.as_ref()).map(read).transpose()
 }
 
 #[cfg(test)]

@@ -20,17 +20,15 @@ pub struct ObserveOptions {
     pub project: String,
     pub environment: String,
     pub consul: Option<ConsulTarget>,
-    /// The ACL token's value (read from `ConsulTarget::token` with `manifest::secret::read`).
+    /// The ACL token's value (`manifest::secret::consul_token`).
     pub consul_token: Option<String>,
     pub parallel: usize,
 }
 
 impl ObserveOptions {
     pub fn for_desired(d: &DesiredState, parallel: usize) -> Result<Self, String> {
-        let consul_token = match d.consul.as_ref().and_then(|c| c.token.as_ref()) {
-            Some(r) => Some(crate::manifest::secret::read(r).map_err(|e| e.to_string())?),
-            None => None,
-        };
+        let consul_token =
+            crate::manifest::secret::consul_token(d.consul.as_ref()).map_err(|e| e.to_string())?;
         Ok(ObserveOptions {
             project: d.project.clone(),
             environment: d.environment.clone(),

@@ -108,10 +108,8 @@ impl Connected {
         options: ConnectOptions,
         parallel: usize,
     ) -> Result<Self, OperateError> {
-        let consul_token = match desired.consul.as_ref().and_then(|c| c.token.as_ref()) {
-            Some(r) => Some(crate::manifest::secret::read(r).map_err(OperateError::ConsulToken)?),
-            None => None,
-        };
+        let consul_token = crate::manifest::secret::consul_token(desired.consul.as_ref())
+            .map_err(OperateError::ConsulToken)?;
         let targets: Vec<HostTarget> = desired.hosts.iter().map(|h| h.target.clone()).collect();
         let sessions = connect_all(&targets, &options, parallel).await;
         Ok(Connected {

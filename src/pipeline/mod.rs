@@ -387,7 +387,7 @@ impl Deployment<'_> {
             self.started.elapsed().as_secs_f64()
         );
         let open: Vec<&HostSession> = sessions.iter().filter_map(|s| s.as_ref().ok()).collect();
-        let report = crate::apply::apply(desired, &observed, &plan, &open, &opts).await;
+        let report = crate::apply::apply(&plan, &open, &opts).await;
         tracing::info!(
             "apply done after {:.3}s",
             self.started.elapsed().as_secs_f64()

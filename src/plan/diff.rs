@@ -67,13 +67,16 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Plan {
             Some(obs) => diff_services(&app_order, &dh.instances, obs, oh),
             None => Vec::new(),
         };
-        hosts.push(HostPlan {
+        let mut hp = HostPlan {
             name: name.clone(),
             address: dh.target.address.clone(),
             observed: true,
             instances,
             services,
-        });
+            images_in_use: Vec::new(),
+        };
+        super::rollout::attach(desired, dh, oh, &mut hp);
+        hosts.push(hp);
     }
     let kv = if desired.consul.is_some() {
         if let Some(f) = &observed.kv_fault {
@@ -94,6 +97,7 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Plan {
         hosts,
         kv,
         faults,
+        context: super::rollout::ApplyContext::of(desired),
     }
 }
 
@@ -104,6 +108,7 @@ fn unknown_host(name: &str, address: &str) -> HostPlan {
         observed: false,
         instances: Vec::new(),
         services: Vec::new(),
+        images_in_use: Vec::new(),
     }
 }
 
@@ -113,8 +118,8 @@ fn container_ref(c: &ObservedContainer) -> ContainerRef {
         name: c.name.clone(),
         version: c.version.clone(),
         spec_hash: c.spec_hash.clone(),
-        state: c.state.as_str().into(),
-        health: format!("{:?}", c.health).to_lowercase(),
+        state: c.state,
+        health: c.health,
     }
 }
 
@@ -163,6 +168,7 @@ fn diff_instances(
                 current: None,
                 desired,
                 reasons: Vec::new(),
+                rollout: Default::default(),
             });
             continue;
         }
@@ -207,6 +213,7 @@ fn diff_instances(
             current: Some(container_ref(c)),
             desired,
             reasons,
+            rollout: Default::default(),
         });
         for (i, extra) in found.iter().enumerate() {
             if i != best {
@@ -268,6 +275,7 @@ fn remove(c: &ObservedContainer, field: &str, why: String) -> InstanceChange {
         current: Some(container_ref(c)),
         desired: None,
         reasons: vec![Reason::new(field, why)],
+        rollout: Default::default(),
     }
 }
 
@@ -670,6 +678,8 @@ fn diff_kv(d: &DesiredState, observed: &crate::observe::ObservedKv) -> Vec<KvCha
             action,
             reason: reason.into(),
             index: index(k),
+            value: (action == KvAction::Put).then(|| (*v).to_string()),
+            before: observed.values.get(*k).cloned(),
         });
     }
     for k in have.keys() {
@@ -684,6 +694,8 @@ fn diff_kv(d: &DesiredState, observed: &crate::observe::ObservedKv) -> Vec<KvCha
             action: KvAction::Delete,
             reason: "no longer in the manifest".into(),
             index: index(k),
+            value: None,
+            before: observed.values.get(k).cloned(),
         });
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));

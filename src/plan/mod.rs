@@ -4,16 +4,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::observe::Fault;
+use crate::observe::{ContainerState, Fault, Health};
 
 pub mod diff;
 mod edge;
 pub mod live;
 pub mod markdown;
 pub mod render;
+pub mod rollout;
 pub mod saved;
 
 pub use diff::diff;
+pub use rollout::{ApplyContext, Rollout, SlotRollout, Strategy};
 
 /// Everything a deploy of one environment would do, host by host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,9 @@ pub struct Plan {
     /// Changes of the edge: proxy containers, shared config, this environment's routes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub edge: Vec<EdgeChange>,
+    /// What apply needs beyond the changes (`rollout`); not shown, not saved.
+    #[serde(skip)]
+    pub context: ApplyContext,
 }
 
 /// One change of the edge (docs/edge.md, *Plan*).
@@ -58,6 +63,10 @@ pub struct HostPlan {
     /// Sorted by app (manifest order, then apps no longer in the manifest), then instance.
     pub instances: Vec<InstanceChange>,
     pub services: Vec<ServiceChange>,
+    /// `(app, image)` that this host's built apps run once the plan is applied (what image
+    /// pruning keeps); not shown, not saved.
+    #[serde(skip)]
+    pub images_in_use: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -95,6 +104,9 @@ pub struct InstanceChange {
     /// What should run (for create, replace, start, unchanged).
     pub desired: Option<DesiredRef>,
     pub reasons: Vec<Reason>,
+    /// How apply carries it out (`rollout`); not shown, not saved.
+    #[serde(skip)]
+    pub rollout: Rollout,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,8 +115,8 @@ pub struct ContainerRef {
     pub name: String,
     pub version: Option<String>,
     pub spec_hash: Option<String>,
-    pub state: String,
-    pub health: String,
+    pub state: ContainerState,
+    pub health: Health,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +194,13 @@ pub struct KvChange {
     /// check-and-set against it, so a key changed since the plan is not overwritten blindly.
     #[serde(default)]
     pub index: u64,
+    /// The value a put writes; not shown, not saved (values are never part of what a plan
+    /// prints).
+    #[serde(skip)]
+    pub value: Option<String>,
+    /// The value the plan read (what a rollback puts back); not shown, not saved.
+    #[serde(skip)]
+    pub before: Option<Vec<u8>>,
 }
 
 impl KvChange {

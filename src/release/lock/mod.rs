@@ -359,15 +359,12 @@ impl Store {
         let consul = match &desired.consul {
             None => None,
             Some(c) => {
-                let token = match &c.token {
-                    Some(r) => match crate::manifest::secret::read(r) {
-                        Ok(t) => Some(t),
-                        Err(e) => {
-                            host.close().await;
-                            return Err(e.into());
-                        }
-                    },
-                    None => None,
+                let token = match crate::manifest::secret::consul_token(Some(c)) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        host.close().await;
+                        return Err(e.into());
+                    }
                 };
                 let url = match host.consul_url(&c.address).await {
                     Ok(u) => u,
