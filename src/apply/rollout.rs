@@ -65,36 +65,34 @@ async fn run_host(ctx: &Ctx<'_>, h: &Host<'_>) {
     // The desired slots app by app in manifest order, `batch` at once (`plan::rollout`).
     for chunk in batches(h.plan, &ctx.plan.context) {
         let app = chunk[0].app.as_str();
-        {
-            if let Some(reason) = ctx.opts.cancel.as_ref().and_then(|c| c()) {
-                if !ctx.cancelled.swap(true, Ordering::SeqCst) {
-                    let c = chunk[0];
-                    ctx.failures.lock().unwrap().push(Failure {
-                        host: host.clone(),
-                        app: app.to_string(),
-                        instance: c.instance,
-                        version: c.desired.as_ref().map(|d| d.version.clone()),
-                        reason: format!("stopped before this instance: {reason}"),
-                        ..Default::default()
-                    });
-                }
-                ctx.stop.store(true, Ordering::SeqCst);
-                ctx.emit(ApplyEvent::Cancelled {
+        if let Some(reason) = ctx.opts.cancel.as_ref().and_then(|c| c()) {
+            if !ctx.cancelled.swap(true, Ordering::SeqCst) {
+                let c = chunk[0];
+                ctx.failures.lock().unwrap().push(Failure {
                     host: host.clone(),
-                    reason,
+                    app: app.to_string(),
+                    instance: c.instance,
+                    version: c.desired.as_ref().map(|d| d.version.clone()),
+                    reason: format!("stopped before this instance: {reason}"),
+                    ..Default::default()
                 });
-                return;
             }
-            if ctx.stop.load(Ordering::SeqCst) {
-                ctx.emit(ApplyEvent::Halted { host: host.clone() });
-                return;
-            }
-            let results =
-                futures_util::future::join_all(chunk.iter().map(|c| run_instance(ctx, h, c))).await;
-            if results.iter().any(|r| !r) {
-                ctx.stop.store(true, Ordering::SeqCst);
-                return;
-            }
+            ctx.stop.store(true, Ordering::SeqCst);
+            ctx.emit(ApplyEvent::Cancelled {
+                host: host.clone(),
+                reason,
+            });
+            return;
+        }
+        if ctx.stop.load(Ordering::SeqCst) {
+            ctx.emit(ApplyEvent::Halted { host: host.clone() });
+            return;
+        }
+        let results =
+            futures_util::future::join_all(chunk.iter().map(|c| run_instance(ctx, h, c))).await;
+        if results.iter().any(|r| !r) {
+            ctx.stop.store(true, Ordering::SeqCst);
+            return;
         }
     }
     // What is no longer desired here: deregister, drain, stop, remove.

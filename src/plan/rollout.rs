@@ -47,6 +47,7 @@ impl Strategy {
             Action::Replace if stop_first => Strategy::RetireThenStart,
             Action::Replace => Strategy::StartThenRetire,
             Action::Start => Strategy::Start,
+            // A desired slot is never `Remove`: that is a leftover's (`Rollout::Retire`).
             Action::Unchanged | Action::Remove if !converged || duplicates => Strategy::Adopt,
             Action::Unchanged | Action::Remove => Strategy::Keep,
         }
@@ -183,17 +184,19 @@ pub(super) fn attach(d: &DesiredState, dh: &DesiredHost, oh: &ObservedHost, hp: 
             pm2: app.and_then(|a| a.pm2),
         }));
     }
-    hp.images_in_use = dh
-        .instances
-        .iter()
-        .filter(|i| d.apps.iter().any(|a| a.name == i.app && a.build.is_some()))
-        .map(|i| (i.app.clone(), i.container.image.clone()))
-        .fold(Vec::new(), |mut v, x| {
-            if !v.iter().any(|(_, img)| *img == x.1) {
-                v.push(x);
-            }
-            v
-        });
+    hp.images_in_use.clear();
+    for i in &dh.instances {
+        let built = d.apps.iter().any(|a| a.name == i.app && a.build.is_some());
+        if built
+            && !hp
+                .images_in_use
+                .iter()
+                .any(|(_, img)| *img == i.container.image)
+        {
+            hp.images_in_use
+                .push((i.app.clone(), i.container.image.clone()));
+        }
+    }
 }
 
 /// The spec as the container is created: the `fleet.fields` label (the digests `plan` reads
