@@ -252,11 +252,21 @@ pub fn tls_policy(project: &str, env: &str, edge: &DesiredEdge) -> Option<Value>
     if subjects.is_empty() {
         return None;
     }
-    Some(json!({
+    let mut policy = json!({
         "@id": tls_id(project, env),
         "subjects": subjects,
         "issuers": [issuer],
-    }))
+    });
+    // Caddy 2.6 (Debian 12, the testbed's edge) makes a new certificate cache on every config
+    // load and fills it in the background; a handshake in between finds no certificate and is
+    // refused with TLS alert 80 (caddyserver/caddy#5589; 2.7 keeps the cache: #5623). With
+    // `on_demand`, a handshake that misses the cache loads the certificate from storage
+    // itself. Internal CA only: no public CA is asked during a handshake, and Caddy allows
+    // on-demand without an `ask` endpoint for a policy with explicit subjects.
+    if edge.tls == EdgeTls::Internal {
+        policy["on_demand"] = json!(true);
+    }
+    Some(policy)
 }
 
 /// The ids under `owner_prefix` found anywhere in a config.
@@ -409,6 +419,10 @@ mod tests {
         assert!(tls_policy("p", "e", &edge(EdgeTls::Auto { email: None })).is_none());
         let p = tls_policy("p", "e", &edge(EdgeTls::Internal)).unwrap();
         assert_eq!(p["issuers"][0]["module"], "internal");
+        // A handshake during a reload loads the certificate itself (Caddy 2.6's new cache).
+        assert_eq!(p["on_demand"], true);
+        let acme = tls_policy("p", "e", &edge(EdgeTls::Acme { email: None })).unwrap();
+        assert!(acme.get("on_demand").is_none());
     }
 
     #[test]
