@@ -8,8 +8,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, LogsOptions, RemoveContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, LogsOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
 
@@ -19,6 +18,7 @@ use super::event::ApplyEvent;
 use super::fault::Phase;
 use super::health::{self, Unhealthy};
 use crate::errors::chain;
+use crate::host::force_remove;
 use crate::identity::checks::{Service, registration};
 use crate::identity::labels;
 use crate::observe::short_id;
@@ -641,26 +641,6 @@ pub(super) async fn converge_registration(
             let logs = tail_logs(&h.docker, id).await;
             Err(LaunchFailure { error, logs })
         }
-    }
-}
-
-/// Remove a container whatever its state; a container already gone is fine (`Ok`).
-async fn force_remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
-    match docker
-        .remove_container(
-            id,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await
-    {
-        Ok(())
-        | Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

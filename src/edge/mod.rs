@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
-use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, RemoveContainerOptions,
-};
+use bollard::query_parameters::{CreateContainerOptions, CreateImageOptions};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -286,14 +284,7 @@ pub async fn ensure_container(
         }
     }
     if let Some(c) = &existing {
-        docker
-            .remove_container(
-                &c.id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
+        crate::host::force_remove(docker, &c.id)
             .await
             .map_err(|e| format!("removing the old edge: {}", chain(&e)))?;
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bollard::Docker;
 use bollard::models::ContainerSummary;
-use bollard::query_parameters::ListContainersOptions;
+use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 
 /// Every container, running or not, that carries all of `labels` (`key=value` each): how fleet
 /// finds what is its own, never by name.
@@ -22,6 +22,26 @@ pub async fn containers_labelled(
             ..Default::default()
         }))
         .await
+}
+
+/// Removes a container whatever its state (`docker rm -f`); one already gone is fine (`Ok`).
+pub async fn force_remove(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
+    match docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+    {
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The engine's API version from `GET /_ping`'s `Api-Version` header, as the docker CLI

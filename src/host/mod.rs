@@ -48,8 +48,8 @@ mod reuse;
 mod runtime;
 
 pub use destination::{check_destination, destination_problem};
-pub use engine::containers_labelled;
 use engine::ping_api;
+pub use engine::{containers_labelled, force_remove};
 use error::classify;
 pub use error::{HostError, ScriptError};
 use runtime::{RUNTIME_SEQ, make_dir, remove_session_dir, runtime_base, short_name};

@@ -10,8 +10,6 @@
 
 use std::fmt::Write;
 
-use bollard::query_parameters::RemoveContainerOptions;
-
 use super::{Connected, instance_label, managed_services, short_id};
 use crate::apply::{forget_images, recorded_images};
 use crate::consul::{KvDelete, QueryOptions};
@@ -362,16 +360,7 @@ pub async fn remove(cx: &Connected, inv: &Inventory) -> (Vec<String>, usize) {
         match s.docker().await {
             Ok(docker) => {
                 for c in inv.containers.iter().filter(|c| c.host == t.name) {
-                    if let Err(e) = docker
-                        .remove_container(
-                            &c.id,
-                            Some(RemoveContainerOptions {
-                                force: true,
-                                ..Default::default()
-                            }),
-                        )
-                        .await
-                    {
+                    if let Err(e) = crate::host::force_remove(&docker, &c.id).await {
                         errors.push(format!("remove {} ({}): {e}", c.instance, c.name));
                     }
                 }

@@ -27,13 +27,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::desired::{DesiredState, InstanceSpec, ServiceSpec};
+use crate::desired::{DesiredHost, DesiredState, InstanceSpec, ServiceSpec};
 use crate::identity::labels;
 use crate::observe::{Fault, ObservedContainer, ObservedHost, ObservedService, ObservedState};
 
 use super::{
     Action, ContainerRef, DesiredRef, HostPlan, InstanceChange, KvAction, KvChange, Plan, Reason,
-    ServiceAction, ServiceChange,
+    Rollout, ServiceAction, ServiceChange,
 };
 use crate::identity::fields::{FieldDigests, differences};
 
@@ -62,21 +62,20 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Plan {
         if let Some(f) = &oh.consul_fault {
             faults.push(f.clone());
         }
-        let instances = diff_instances(desired, &app_order, &dh.instances, oh);
+        // Registrations first: how a slot is rolled out depends on whether its are converged.
         let services = match &oh.services {
             Some(obs) => diff_services(&app_order, &dh.instances, obs, oh),
             None => Vec::new(),
         };
-        let mut hp = HostPlan {
+        let instances = diff_instances(desired, &app_order, dh, oh, &services);
+        hosts.push(HostPlan {
             name: name.clone(),
             address: dh.target.address.clone(),
             observed: true,
             instances,
             services,
-            images_in_use: Vec::new(),
-        };
-        super::rollout::attach(desired, dh, oh, &mut hp);
-        hosts.push(hp);
+            images_in_use: super::rollout::images_in_use(desired, dh),
+        });
     }
     let kv = if desired.consul.is_some() {
         if let Some(f) = &observed.kv_fault {
@@ -143,9 +142,14 @@ fn app_rank<'a>(order: &[&str], app: &'a str) -> (usize, &'a str) {
 fn diff_instances(
     d: &DesiredState,
     app_order: &[&str],
-    want: &[InstanceSpec],
+    dh: &DesiredHost,
     oh: &ObservedHost,
+    services: &[ServiceChange],
 ) -> Vec<InstanceChange> {
+    let want = &dh.instances;
+    let rollout = |w: &InstanceSpec, action, duplicates| {
+        super::rollout::slot(d, dh, oh, services, w, action, duplicates)
+    };
     // Observed containers per (app, instance) slot.
     let mut slots: BTreeMap<(Option<&str>, Option<u32>), Vec<&ObservedContainer>> = BTreeMap::new();
     for c in &oh.containers {
@@ -168,7 +172,7 @@ fn diff_instances(
                 current: None,
                 desired,
                 reasons: Vec::new(),
-                rollout: Default::default(),
+                rollout: rollout(w, Action::Create, Vec::new()),
             });
             continue;
         }
@@ -206,6 +210,13 @@ fn diff_instances(
             }
             (Action::Replace, reasons)
         };
+        let extras: Vec<&ObservedContainer> = found
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != best)
+            .map(|(_, e)| *e)
+            .collect();
+        let duplicates = extras.iter().map(|e| container_ref(e)).collect();
         out.push(InstanceChange {
             app: w.app.clone(),
             instance: Some(w.instance),
@@ -213,16 +224,18 @@ fn diff_instances(
             current: Some(container_ref(c)),
             desired,
             reasons,
-            rollout: Default::default(),
+            rollout: rollout(w, action, duplicates),
         });
-        for (i, extra) in found.iter().enumerate() {
-            if i != best {
-                out.push(remove(
+        for extra in extras {
+            out.push(InstanceChange {
+                // Retired with its slot, after the kept container passes.
+                rollout: Rollout::Duplicate,
+                ..remove(
                     extra,
                     "duplicate",
                     format!("a second container for this instance (kept {})", c.name),
-                ));
-            }
+                )
+            });
         }
     }
     // What is left is not desired on this host.
@@ -275,7 +288,7 @@ fn remove(c: &ObservedContainer, field: &str, why: String) -> InstanceChange {
         current: Some(container_ref(c)),
         desired: None,
         reasons: vec![Reason::new(field, why)],
-        rollout: Default::default(),
+        rollout: Rollout::Retire,
     }
 }
 

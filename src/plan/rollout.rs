@@ -1,6 +1,6 @@
 //! How apply carries a plan out, decided here with the plan (Terraform's rule: the actions of
 //! an apply are described entirely by the plan's changes). `diff` attaches to each instance
-//! change its [`Rollout`] (the full spec with every label, its duplicates, the registrations
+//! change its [`Rollout`] as it makes the change (the full spec with every label, its duplicates, the registrations
 //! of its slot, the order of the replace) and to the plan its [`ApplyContext`] (registry,
 //! agent, edge, per-app settings); apply takes the plan and the host sessions, nothing else.
 //!
@@ -16,7 +16,7 @@ use crate::identity::fields::{FIELDS_LABEL, label_value};
 use crate::identity::labels;
 use crate::observe::ObservedHost;
 
-use super::{Action, ContainerRef, HostPlan, InstanceChange, ServiceAction};
+use super::{Action, ContainerRef, HostPlan, InstanceChange, ServiceAction, ServiceChange};
 
 /// The order of the steps on one desired instance slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,72 +131,49 @@ impl ApplyContext {
     }
 }
 
-/// Fills in the rollout of every change of `hp` (a host that was read) and the images its
-/// built apps run.
-pub(super) fn attach(d: &DesiredState, dh: &DesiredHost, oh: &ObservedHost, hp: &mut HostPlan) {
-    let services = hp.services.clone();
-    let desired_slots: Vec<(String, u32)> = dh
-        .instances
+/// How one desired slot of a host is carried out: `action` is the diff's, `duplicates` the
+/// slot's other containers (retired with it), `services` the host's registration changes.
+pub(super) fn slot(
+    d: &DesiredState,
+    dh: &DesiredHost,
+    oh: &ObservedHost,
+    services: &[ServiceChange],
+    spec: &InstanceSpec,
+    action: Action,
+    duplicates: Vec<ContainerRef>,
+) -> Rollout {
+    let app = d.apps.iter().find(|a| a.name == spec.app);
+    let converged = services
         .iter()
-        .map(|i| (i.app.clone(), i.instance))
-        .collect();
-    let changes = hp.instances.clone();
-    for c in &mut hp.instances {
-        let Some(instance) = c.instance else {
-            c.rollout = Rollout::Retire;
-            continue;
-        };
-        if c.desired.is_none() {
-            let slot = (c.app.clone(), instance);
-            c.rollout = if desired_slots.contains(&slot) {
-                Rollout::Duplicate
-            } else {
-                Rollout::Retire
-            };
-            continue;
-        }
-        let Some(spec) = dh
-            .instances
-            .iter()
-            .find(|i| i.app == c.app && i.instance == instance)
-        else {
-            continue;
-        };
-        let app = d.apps.iter().find(|a| a.name == c.app);
-        let duplicates = duplicates_of(&changes, &c.app, instance);
-        let converged = services
-            .iter()
-            .filter(|s| s.app == c.app && s.instance == Some(instance))
-            .all(|s| s.action == ServiceAction::Unchanged);
-        let stop_first = spec.container.ports.first().is_some_and(|p| p.host != 0)
-            || app.is_some_and(|a| a.accessory);
-        c.rollout = Rollout::Slot(Box::new(SlotRollout {
-            strategy: Strategy::decide(c.action, stop_first, converged, !duplicates.is_empty()),
-            spec: full_spec(spec, &dh.target.address),
-            duplicates,
-            registrations: slot_registrations(oh, &c.app, instance),
-            health_deadline: app
-                .map(|a| a.health_deadline)
-                .unwrap_or(Duration::from_secs(60)),
-            min_healthy: app
-                .map(|a| a.min_healthy)
-                .unwrap_or(crate::desired::DEFAULT_MIN_HEALTHY),
-            pm2: app.and_then(|a| a.pm2),
-        }));
-    }
-    hp.images_in_use.clear();
+        .filter(|s| s.app == spec.app && s.instance == Some(spec.instance))
+        .all(|s| s.action == ServiceAction::Unchanged);
+    let stop_first = spec.container.ports.first().is_some_and(|p| p.host != 0)
+        || app.is_some_and(|a| a.accessory);
+    Rollout::Slot(Box::new(SlotRollout {
+        strategy: Strategy::decide(action, stop_first, converged, !duplicates.is_empty()),
+        spec: full_spec(spec, &dh.target.address),
+        duplicates,
+        registrations: slot_registrations(oh, &spec.app, spec.instance),
+        health_deadline: app
+            .map(|a| a.health_deadline)
+            .unwrap_or(Duration::from_secs(60)),
+        min_healthy: app
+            .map(|a| a.min_healthy)
+            .unwrap_or(crate::desired::DEFAULT_MIN_HEALTHY),
+        pm2: app.and_then(|a| a.pm2),
+    }))
+}
+
+/// The images a host's built apps run, once each: what pruning old images keeps.
+pub(super) fn images_in_use(d: &DesiredState, dh: &DesiredHost) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
     for i in &dh.instances {
         let built = d.apps.iter().any(|a| a.name == i.app && a.build.is_some());
-        if built
-            && !hp
-                .images_in_use
-                .iter()
-                .any(|(_, img)| *img == i.container.image)
-        {
-            hp.images_in_use
-                .push((i.app.clone(), i.container.image.clone()));
+        if built && !out.iter().any(|(_, img)| *img == i.container.image) {
+            out.push((i.app.clone(), i.container.image.clone()));
         }
     }
+    out
 }
 
 /// The spec as the container is created: the `fleet.fields` label (the digests `plan` reads
@@ -212,14 +189,6 @@ fn full_spec(spec: &InstanceSpec, host_address: &str) -> InstanceSpec {
         s.address = host_address.to_string();
     }
     spec
-}
-
-fn duplicates_of(changes: &[InstanceChange], app: &str, instance: u32) -> Vec<ContainerRef> {
-    changes
-        .iter()
-        .filter(|l| l.desired.is_none() && l.app == app && l.instance == Some(instance))
-        .filter_map(|l| l.current.clone())
-        .collect()
 }
 
 /// The IDs of the services fleet has registered on a host for one instance slot.

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, RestartPolicy};
-use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, RemoveContainerOptions, StopContainerOptions,
-};
+use bollard::query_parameters::{CreateContainerOptions, CreateImageOptions, StopContainerOptions};
 use futures_util::StreamExt;
 use serde::Serialize;
 
@@ -279,22 +277,9 @@ async fn remove(docker: &Docker, id: &str) -> Result<(), String> {
             }),
         )
         .await;
-    match docker
-        .remove_container(
-            id,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
+    crate::host::force_remove(docker, id)
         .await
-    {
-        Ok(())
-        | Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        Err(e) => Err(format!("removing the old agent: {}", chain(&e))),
-    }
+        .map_err(|e| format!("removing the old agent: {}", chain(&e)))
 }
 
 /// Starts the agent of one host (replacing `old` first: on the host network, two agents
