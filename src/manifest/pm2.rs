@@ -13,11 +13,11 @@
 //! ecosystem file, every such problem at once. A `null` is taken as a key left out.
 
 use std::collections::HashSet;
-use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use miette::NamedSource;
+use toml_edit::{Array, DocumentMut, InlineTable, Item, value};
 
 use super::diag::{self, Cx, Problem};
 use super::model::{self, MAX_INSTANCES, MIN_MEMORY};
@@ -161,19 +161,27 @@ const UNSUPPORTED: &[(&str, &str)] = &[
 /// One app's env overrides in one environment: (app, [(name, value)]).
 type AppEnv = (String, Vec<(String, String)>);
 
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
+/// A TOML table that is only a parent: `hosts` in `[hosts.local]` (no `[hosts]` header of its
+/// own), or with `dotted`, `apps` in `apps.api.env = { ... }`.
+fn parent_table(dotted: bool) -> toml_edit::Table {
+    let mut t = toml_edit::Table::new();
+    t.set_implicit(true);
+    t.set_dotted(dotted);
+    t
 }
 
-fn toml_key(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        s.to_string()
-    } else {
-        toml_str(s)
-    }
+/// A value followed on its line by `comment` (with the spaces before its `#`).
+fn commented(v: impl Into<toml_edit::Value>, comment: &str) -> Item {
+    let mut v = v.into();
+    v.decor_mut().set_suffix(comment);
+    Item::Value(v)
+}
+
+/// Env variables as an inline table, `{ NAME = "value", ... }` (toml_edit quotes what needs it).
+fn env_table(env: &[(String, String)]) -> Item {
+    value(InlineTable::from_iter(
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ))
 }
 
 /// A string, number or boolean as text (as pm2 passes them to the process).
@@ -190,14 +198,6 @@ fn scalar(n: &Node) -> Option<String> {
 /// The first character of `n` (a label on a whole object would cover the whole file).
 fn head(n: &Node) -> Span {
     n.span.start..(n.span.start + 1).min(n.span.end)
-}
-
-fn inline_env(env: &[(String, String)]) -> String {
-    let parts: Vec<String> = env
-        .iter()
-        .map(|(k, v)| format!("{} = {}", toml_key(k), toml_str(v)))
-        .collect();
-    format!("{{ {} }}", parts.join(", "))
 }
 
 /// A fleet name from a pm2 name: lowercase, `-` for anything else; empty if nothing is left.
@@ -377,10 +377,10 @@ pub fn import(json: &str, name: &str, opts: &Options) -> Result<Import, Pm2Error
 fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
     let (apps, top, apps_span) = apps_of(cx, doc)?;
     let mut warnings = Vec::new();
-    let mut out = String::new();
     // Environments in first-seen order, with per app env overrides.
     let mut envs: Vec<(String, Vec<AppEnv>)> = Vec::new();
-    let mut apps_toml = String::new();
+    // `[apps.<name>]`, one table per app, in the ecosystem file's order.
+    let mut apps_out = parent_table(false);
     let mut taken: HashSet<String> = HashSet::new();
     // The first app's name also names the project.
     let mut project: Option<String> = None;
@@ -410,8 +410,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                 "{at}.name: renamed to `{name}` (app names are lowercase letters, digits and `-`)"
             ));
         }
-        let mut a = String::new();
-        let _ = writeln!(a, "\n[apps.{name}]");
+        let mut a = toml_edit::Table::new();
         let context = match obj.get("cwd") {
             None => Some(".".to_string()),
             Some(
@@ -425,10 +424,13 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                 Some(".".to_string())
             }
         };
-        let _ = writeln!(
-            a,
-            "build = {{ context = {} }}   # a Dockerfile there; `fleet init --template node` writes one",
-            toml_str(context.as_deref().unwrap_or("."))
+        let build = InlineTable::from_iter([("context", context.as_deref().unwrap_or("."))]);
+        a.insert(
+            "build",
+            commented(
+                build,
+                "   # a Dockerfile there; `fleet init --template node` writes one",
+            ),
         );
         let mut handled = vec!["name", "cwd"];
 
@@ -472,8 +474,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                 Some(_) => warnings.push(format!("{at}.args: not a string or an array; left out")),
                 None => {}
             }
-            let parts: Vec<String> = cmd.iter().map(|c| toml_str(c)).collect();
-            let _ = writeln!(a, "command = [{}]", parts.join(", "));
+            a.insert("command", value(Array::from_iter(&cmd)));
         } else {
             warnings.push(format!("{at}: no `script`; the image's own command runs"));
         }
@@ -483,7 +484,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
             && let Some(count) = instances(cx, n, &at, &mut warnings)
             && count != 1
         {
-            let _ = writeln!(a, "instances = {count}");
+            a.insert("instances", value(count));
         }
 
         handled.push("exec_mode");
@@ -501,7 +502,10 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
         if let Some((_, p)) = env.iter().find(|(k, _)| k == "PORT") {
             match p.trim().parse::<u16>() {
                 Ok(port) if port > 0 => {
-                    let _ = writeln!(a, "port = {port}                 # from env.PORT");
+                    a.insert(
+                        "port",
+                        commented(i64::from(port), "                 # from env.PORT"),
+                    );
                 }
                 _ => warnings.push(format!(
                     "{at}.env.PORT: `{p}` is not a port (1-65535); no `port` written"
@@ -509,7 +513,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
             }
         }
         if !env.is_empty() {
-            let _ = writeln!(a, "env = {}", inline_env(&env));
+            a.insert("env", env_table(&env));
         }
         for (k, v) in &obj.entries {
             let Some(raw_env) = k.name.strip_prefix("env_") else {
@@ -546,7 +550,8 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
             let given = scalar(v).unwrap_or_default();
             match memory(&given) {
                 Some((m, bytes)) if bytes >= MIN_MEMORY => {
-                    let _ = writeln!(a, "limits = {{ memory = {} }}", toml_str(&m));
+                    let limits = InlineTable::from_iter([("memory", m.as_str())]);
+                    a.insert("limits", value(limits));
                     warnings.push(format!("{at}.max_memory_restart: became a hard memory limit: Docker stops the container at {m} and the restart policy starts it again"));
                 }
                 Some(_) => cx.err(
@@ -585,10 +590,10 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
         });
         match (autorestart, max_restarts) {
             (false, _) => {
-                let _ = writeln!(a, "restart = \"no\"");
+                a.insert("restart", value("no"));
             }
             (true, Some(n)) => {
-                let _ = writeln!(a, "restart = \"on-failure:{n}\"");
+                a.insert("restart", value(format!("on-failure:{n}")));
             }
             (true, None) => {}
         }
@@ -599,7 +604,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                     let d = Duration::from_millis(ms as u64);
                     let text = humantime::format_duration(d).to_string();
                     if humantime::parse_duration(&text).ok() == Some(d) {
-                        let _ = writeln!(a, "stop_timeout = {}", toml_str(&text));
+                        a.insert("stop_timeout", value(text));
                     } else {
                         cx.err(
                             &n.span,
@@ -616,15 +621,13 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
         }
         handled.extend(["user", "uid"]);
         if let Some(n) = obj.get("user").or(obj.get("uid")) {
-            match &n.value {
-                Value::Int(_) | Value::Float(_) => {
-                    let _ = writeln!(a, "user = {}", toml_str(&scalar(n).unwrap_or_default()));
-                }
-                _ => {
-                    if let Some(u) = cx.text(n) {
-                        let _ = writeln!(a, "user = {}", toml_str(&u));
-                    }
-                }
+            // A numeric uid is written as a string, as `user` takes it.
+            let user = match &n.value {
+                Value::Int(_) | Value::Float(_) => scalar(n),
+                _ => cx.text(n),
+            };
+            if let Some(u) = user {
+                a.insert("user", value(u));
             }
         }
         for (k, _) in &obj.entries {
@@ -639,7 +642,7 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
                 .unwrap_or("no fleet equivalent");
             warnings.push(format!("{at}.{}: not imported: {why}", k.name));
         }
-        apps_toml.push_str(&a);
+        apps_out.insert(&name, Item::Table(a));
     }
     let Some(project) = project else {
         cx.err(
@@ -751,44 +754,70 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
         envs.push(("production".into(), Vec::new()));
     }
 
-    let _ = writeln!(
-        out,
-        "# Imported from a pm2 ecosystem file by `fleet import pm2`. Review the hosts and\n# each app's `build`, then run `fleet validate`.\n"
+    // The document, section by section; toml_edit writes the tables in insertion order, each
+    // header after a blank line, and quotes keys and strings as needed.
+    let mut doc = DocumentMut::new();
+    let mut project_t = toml_edit::Table::new();
+    project_t.decor_mut().set_prefix(
+        "# Imported from a pm2 ecosystem file by `fleet import pm2`. Review the hosts and\n\
+         # each app's `build`, then run `fleet validate`.\n\n",
     );
-    let _ = writeln!(out, "[project]\nname = {}\n", toml_str(&project));
+    project_t.insert("name", value(&project));
+    doc.insert("project", Item::Table(project_t));
     if let Some(r) = &opts.registry {
-        let _ = writeln!(out, "[registry]\nserver = {}\n", toml_str(r));
+        let mut registry = toml_edit::Table::new();
+        registry.insert("server", value(r));
+        doc.insert("registry", Item::Table(registry));
     }
+    let mut hosts_out = parent_table(false);
     if hosts.is_empty() {
         warnings.push("hosts: pm2 names none; a `local` host (this machine) was written: replace it with your servers".into());
-        let _ = writeln!(
-            out,
-            "[hosts.local]\naddress = \"local\"          # this machine; add your servers here"
+        let mut local = toml_edit::Table::new();
+        local.insert(
+            "address",
+            commented("local", "          # this machine; add your servers here"),
         );
+        hosts_out.insert("local", Item::Table(local));
     } else {
         for (n, addr, user) in &hosts {
-            let _ = writeln!(out, "[hosts.{n}]\naddress = {}", toml_str(addr));
+            let mut host = toml_edit::Table::new();
+            host.insert("address", value(addr));
             if let Some(u) = user {
-                let _ = writeln!(out, "user = {}", toml_str(u));
+                host.insert("user", value(u));
             }
-            out.push('\n');
+            hosts_out.insert(n, Item::Table(host));
+        }
+        // The hand-written output had two blank lines between imported hosts and the first
+        // app (one with the `local` host); kept so the text does not change.
+        if let Some((_, Item::Table(first))) = apps_out.iter_mut().next() {
+            first.decor_mut().set_prefix("\n\n");
         }
     }
-    out.push_str(&apps_toml);
+    doc.insert("hosts", Item::Table(hosts_out));
+    doc.insert("apps", Item::Table(apps_out));
+    let mut envs_out = parent_table(false);
     for (env_name, overrides) in &envs {
-        let _ = writeln!(out, "\n[environments.{env_name}]");
+        let mut env = toml_edit::Table::new();
         if let Some((_, hs)) = env_hosts.iter().find(|(n, _)| n == env_name) {
-            let parts: Vec<String> = hs.iter().map(|h| toml_str(h)).collect();
-            let _ = writeln!(out, "hosts = [{}]", parts.join(", "));
+            env.insert("hosts", value(Array::from_iter(hs)));
         }
+        // `apps.<app>.env = { ... }` lines: dotted keys, not `[environments.<env>.apps.<app>]`.
+        let mut apps = parent_table(true);
         for (app, vars) in overrides {
             if !vars.is_empty() {
-                let _ = writeln!(out, "apps.{app}.env = {}", inline_env(vars));
+                let mut app_t = parent_table(true);
+                app_t.insert("env", env_table(vars));
+                apps.insert(app, Item::Table(app_t));
             }
         }
+        if !apps.is_empty() {
+            env.insert("apps", Item::Table(apps));
+        }
+        envs_out.insert(env_name, Item::Table(env));
     }
+    doc.insert("environments", Item::Table(envs_out));
     Some(Import {
-        manifest: out,
+        manifest: doc.to_string(),
         warnings,
     })
 }
@@ -1025,6 +1054,45 @@ mod tests {
             r.manifest
         );
         assert!(!r.manifest.contains("port ="), "{}", r.manifest);
+        validates(&r);
+    }
+
+    /// Names and values that need quoting in TOML come back from the written manifest as they
+    /// were in the ecosystem file.
+    #[test]
+    fn quoted_names_and_values_round_trip() {
+        let odd_name = "a'b\"c\\ d";
+        let odd_value = r#"say "hi" \ 'bye'"#;
+        let json = serde_json::json!({
+            "apps": [{
+                "name": "my.app v2",
+                "script": "run",
+                "interpreter": "none",
+                "cwd": r#"dir "x"\y"#,
+                "args": [odd_value],
+                "env": {"a.b": r#"x"y\z"#, "c d": "1", (odd_name): odd_value},
+                "env_prod": {"a.b": "line\nbreak", (odd_name): "2"},
+            }],
+        })
+        .to_string();
+        let r = imp(&json).unwrap();
+        let doc: toml::Table = r
+            .manifest
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}\n{}", r.manifest));
+        let app = &doc["apps"]["my-app-v2"];
+        assert_eq!(app["build"]["context"].as_str(), Some(r#"dir "x"\y"#));
+        assert_eq!(
+            app["command"],
+            toml::Value::Array(vec!["run".into(), odd_value.into()])
+        );
+        let env = &app["env"];
+        assert_eq!(env["a.b"].as_str(), Some(r#"x"y\z"#), "{}", r.manifest);
+        assert_eq!(env["c d"].as_str(), Some("1"), "{}", r.manifest);
+        assert_eq!(env[odd_name].as_str(), Some(odd_value), "{}", r.manifest);
+        let prod = &doc["environments"]["prod"]["apps"]["my-app-v2"]["env"];
+        assert_eq!(prod["a.b"].as_str(), Some("line\nbreak"), "{}", r.manifest);
+        assert_eq!(prod[odd_name].as_str(), Some("2"), "{}", r.manifest);
         validates(&r);
     }
 }
