@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fleet::desired::HostTarget;
-use fleet::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
+use fleet::host::{ConnectOptions, HostError, HostSession, close_all, connect_all, force_remove};
 use fleet::observe::read::list_containers;
 
 mod support;
@@ -150,7 +150,7 @@ async fn connects_to_every_host_in_parallel_and_reads_each_engine() {
 #[tokio::test(flavor = "multi_thread")]
 async fn finds_managed_containers_by_label_through_the_forwarded_socket() {
     use bollard::models::ContainerCreateBody;
-    use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+    use bollard::query_parameters::CreateContainerOptions;
 
     let Some(tb) = testbed("finds_managed_containers_by_label") else {
         return;
@@ -191,16 +191,7 @@ async fn finds_managed_containers_by_label_through_the_forwarded_socket() {
         .expect("create");
     let found = list_containers(&s, &project, "test").await;
     let other_env = list_containers(&s, &project, "prod").await;
-    docker
-        .remove_container(
-            &created.id,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await
-        .expect("remove");
+    force_remove(&docker, &created.id).await.expect("remove");
     let found = found.expect("list");
     assert_eq!(found.len(), 1);
     let c = &found[0];
@@ -395,7 +386,7 @@ fn hello_desired(tb: &Tb, project: &str, version: &str) -> fleet::desired::Desir
 #[tokio::test(flavor = "multi_thread")]
 async fn plan_live_create_replace_remove_and_a_down_host() {
     use bollard::models::ContainerCreateBody;
-    use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+    use bollard::query_parameters::CreateContainerOptions;
     use fleet::plan::{Action, live::plan_live, render};
 
     let Some(tb) = testbed("plan_live_create_replace_remove") else {
@@ -473,14 +464,7 @@ async fn plan_live_create_replace_remove_and_a_down_host() {
         plan_live(&v2, &opts, 32).await.unwrap()
     };
     for id in &ids {
-        docker
-            .remove_container(
-                id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
+        force_remove(&docker, id)
             .await
             .expect("remove the test's containers");
     }
@@ -654,7 +638,7 @@ async fn e2e_empty_testbed_plans_every_instance_as_create() {
 #[tokio::test(flavor = "multi_thread")]
 async fn e2e_replace_remove_create_and_deregister() {
     use bollard::models::ContainerCreateBody;
-    use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+    use bollard::query_parameters::CreateContainerOptions;
 
     let Some(t) = e2e("e2e_replace_remove") else {
         return;
@@ -718,15 +702,7 @@ async fn e2e_replace_remove_create_and_deregister() {
     let (code, out, err) = t.fleet(&["plan", "production", "--detailed-exitcode"]);
 
     for id in &ids {
-        let _ = docker
-            .remove_container(
-                id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
+        let _ = force_remove(&docker, id).await;
     }
     let _ = http
         .put(format!("{base}/v1/agent/service/deregister/{sid}"))

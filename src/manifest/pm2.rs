@@ -787,11 +787,6 @@ fn convert(cx: &mut Cx, doc: &Node, opts: &Options) -> Option<Import> {
             }
             hosts_out.insert(n, Item::Table(host));
         }
-        // The hand-written output had two blank lines between imported hosts and the first
-        // app (one with the `local` host); kept so the text does not change.
-        if let Some((_, Item::Table(first))) = apps_out.iter_mut().next() {
-            first.decor_mut().set_prefix("\n\n");
-        }
     }
     doc.insert("hosts", Item::Table(hosts_out));
     doc.insert("apps", Item::Table(apps_out));

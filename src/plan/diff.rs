@@ -62,7 +62,7 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Plan {
         if let Some(f) = &oh.consul_fault {
             faults.push(f.clone());
         }
-        // Registrations first: how a slot is rolled out depends on whether its are converged.
+        // Registrations first: a slot's rollout depends on whether its registrations converged.
         let services = match &oh.services {
             Some(obs) => diff_services(&app_order, &dh.instances, obs, oh),
             None => Vec::new(),

@@ -1,8 +1,9 @@
 //! How apply carries a plan out, decided here with the plan (Terraform's rule: the actions of
-//! an apply are described entirely by the plan's changes). `diff` attaches to each instance
-//! change its [`Rollout`] as it makes the change (the full spec with every label, its duplicates, the registrations
-//! of its slot, the order of the replace) and to the plan its [`ApplyContext`] (registry,
-//! agent, edge, per-app settings); apply takes the plan and the host sessions, nothing else.
+//! an apply are described entirely by the plan's changes). `diff` gives each instance change
+//! its [`Rollout`] as it makes the change (the full spec with every label, its duplicates, the
+//! registrations of its slot, the order of the replace) and the plan its [`ApplyContext`]
+//! (registry, agent, edge, per-app settings); apply takes the plan and the host sessions,
+//! nothing else.
 //!
 //! None of it is shown or saved: a saved plan is applied only when the manifest and the hosts
 //! are what it was computed from (`saved.rs`), so `diff` computes the same rollout again.
