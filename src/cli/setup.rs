@@ -87,46 +87,6 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     }
 }
 
-/// The host's engine; with `--install-docker` (not with `--plan`), one that does not answer is
-/// installed first, after confirmation. The error says what to do on the host.
-async fn engine_of(
-    s: &crate::host::HostSession,
-    host: &str,
-    args: &Args,
-) -> Result<bollard::Docker, String> {
-    let down = match setup::engine(s).await {
-        Ok(d) => return Ok(d),
-        Err(e) => e,
-    };
-    if !args.install_docker || args.plan {
-        return Err(format!("{} ({down})", setup::engine_fix(host)));
-    }
-    let os = s
-        .run_ok("cat /etc/os-release")
-        .await
-        .map_err(|e| format!("cannot read /etc/os-release on {host}: {e}"))?;
-    let root = s.run_ok("id -u").await.is_ok_and(|u| u.trim() == "0");
-    let script = setup::install::script(host, &os, root).map_err(|e| e.to_string())?;
-    let question =
-        format!("The Docker engine on {host} does not answer ({down}). Install docker.io there?");
-    match ui::confirm(args.yes, &question, ui::Expect::Yes) {
-        Ok(ui::Confirmation::Given) => {}
-        _ => {
-            return Err(format!(
-                "{} (not installed: no confirmation)",
-                setup::engine_fix(host)
-            ));
-        }
-    }
-    eprintln!("{host}: installing docker.io (apt-get), then starting it");
-    s.run_ok(&script)
-        .await
-        .map_err(|e| format!("installing docker.io on {host} failed: {e}"))?;
-    setup::engine(s).await.map_err(|e| {
-        format!("docker.io is installed on {host} but its engine does not answer ({e}); on {host} run `systemctl status docker`")
-    })
-}
-
 /// The manifest and the versions of its current sources (the accessories are images; the
 /// apps' versions are needed only to resolve the environment).
 fn manifest_and_versions(
@@ -206,6 +166,16 @@ async fn run_connected(cx: &crate::operate::Connected, args: &Args) -> miette::R
         .as_ref()
         .map(|c| c.address.clone())
         .unwrap_or_else(|| "http://127.0.0.1:8500".into());
+    // With `--install-docker` (not with `--plan`), an engine that does not answer is installed
+    // once the operator confirms.
+    let confirm = |question: &str| {
+        matches!(
+            ui::confirm(args.yes, question, ui::Expect::Yes),
+            Ok(ui::Confirmation::Given)
+        )
+    };
+    let install: Option<&dyn Fn(&str) -> bool> =
+        (args.install_docker && !args.plan).then_some(&confirm);
     // Each host: its engine (pinged), and its agent's URL through SSH.
     let mut reached = Vec::new();
     let mut agents = Vec::new();
@@ -215,15 +185,16 @@ async fn run_connected(cx: &crate::operate::Connected, args: &Args) -> miette::R
         };
         let docker = match session {
             Err(e) => Err(format!("cannot reach {}: {}", target.name, e.cause())),
-            Ok(s) => match engine_of(s, &target.name, args).await {
-                Ok(docker) => {
-                    if let Ok(url) = s.consul_url(&consul_address).await {
-                        agents.push((target.name.clone(), url));
-                    }
-                    Ok(docker)
+            Ok(s) => {
+                let docker =
+                    setup::install::engine_or_install(s, install, &|l| eprintln!("{l}")).await;
+                if docker.is_ok()
+                    && let Ok(url) = s.consul_url(&consul_address).await
+                {
+                    agents.push((target.name.clone(), url));
                 }
-                Err(e) => Err(e),
-            },
+                docker
+            }
         };
         reached.push(Reached { spec, docker });
     }

@@ -5,7 +5,7 @@
 //! A new key is one line in its table: `Field::new(key, type, description)`, with `.or(default)`
 //! when it has one and `.required()` when the decoder insists on it. The description is the
 //! one-line meaning docs/manifest.md gives the key. Then `cargo run -q -- schema >
-//! docs/fleet.schema.json` (the test in tests/editors.rs says so when it was forgotten).
+//! docs/fleet.schema.json` (the test in tests/testsuite/editors.rs says so when it was forgotten).
 
 use serde_json::{Map, Value, json};
 

@@ -147,9 +147,13 @@ fn diff_instances(
     services: &[ServiceChange],
 ) -> Vec<InstanceChange> {
     let want = &dh.instances;
-    let rollout = |w: &InstanceSpec, action, duplicates| {
-        super::rollout::slot(d, dh, oh, services, w, action, duplicates)
+    let host = super::rollout::HostRollout {
+        d,
+        dh,
+        oh,
+        services,
     };
+    let rollout = |w: &InstanceSpec, action, duplicates| host.slot(w, action, duplicates);
     // Observed containers per (app, instance) slot.
     let mut slots: BTreeMap<(Option<&str>, Option<u32>), Vec<&ObservedContainer>> = BTreeMap::new();
     for c in &oh.containers {

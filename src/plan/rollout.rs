@@ -132,37 +132,46 @@ impl ApplyContext {
     }
 }
 
-/// How one desired slot of a host is carried out: `action` is the diff's, `duplicates` the
-/// slot's other containers (retired with it), `services` the host's registration changes.
-pub(super) fn slot(
-    d: &DesiredState,
-    dh: &DesiredHost,
-    oh: &ObservedHost,
-    services: &[ServiceChange],
-    spec: &InstanceSpec,
-    action: Action,
-    duplicates: Vec<ContainerRef>,
-) -> Rollout {
-    let app = d.apps.iter().find(|a| a.name == spec.app);
-    let converged = services
-        .iter()
-        .filter(|s| s.app == spec.app && s.instance == Some(spec.instance))
-        .all(|s| s.action == ServiceAction::Unchanged);
-    let stop_first = spec.container.ports.first().is_some_and(|p| p.host != 0)
-        || app.is_some_and(|a| a.accessory);
-    Rollout::Slot(Box::new(SlotRollout {
-        strategy: Strategy::decide(action, stop_first, converged, !duplicates.is_empty()),
-        spec: full_spec(spec, &dh.target.address),
-        duplicates,
-        registrations: slot_registrations(oh, &spec.app, spec.instance),
-        health_deadline: app
-            .map(|a| a.health_deadline)
-            .unwrap_or(Duration::from_secs(60)),
-        min_healthy: app
-            .map(|a| a.min_healthy)
-            .unwrap_or(crate::desired::DEFAULT_MIN_HEALTHY),
-        pm2: app.and_then(|a| a.pm2),
-    }))
+/// What a host's slot rollouts are decided from: the manifest, the host as desired and as
+/// observed, and its registration changes (diffed first).
+pub(super) struct HostRollout<'a> {
+    pub d: &'a DesiredState,
+    pub dh: &'a DesiredHost,
+    pub oh: &'a ObservedHost,
+    pub services: &'a [ServiceChange],
+}
+
+impl HostRollout<'_> {
+    /// How one desired slot of the host is carried out: `action` is the diff's, `duplicates` the
+    /// slot's other containers (retired with it).
+    pub(super) fn slot(
+        &self,
+        spec: &InstanceSpec,
+        action: Action,
+        duplicates: Vec<ContainerRef>,
+    ) -> Rollout {
+        let app = self.d.apps.iter().find(|a| a.name == spec.app);
+        let converged = self
+            .services
+            .iter()
+            .filter(|s| s.app == spec.app && s.instance == Some(spec.instance))
+            .all(|s| s.action == ServiceAction::Unchanged);
+        let stop_first = spec.container.ports.first().is_some_and(|p| p.host != 0)
+            || app.is_some_and(|a| a.accessory);
+        Rollout::Slot(Box::new(SlotRollout {
+            strategy: Strategy::decide(action, stop_first, converged, !duplicates.is_empty()),
+            spec: full_spec(spec, &self.dh.target.address),
+            duplicates,
+            registrations: slot_registrations(self.oh, &spec.app, spec.instance),
+            health_deadline: app
+                .map(|a| a.health_deadline)
+                .unwrap_or(Duration::from_secs(60)),
+            min_healthy: app
+                .map(|a| a.min_healthy)
+                .unwrap_or(crate::desired::DEFAULT_MIN_HEALTHY),
+            pm2: app.and_then(|a| a.pm2),
+        }))
+    }
 }
 
 /// The images a host's built apps run, once each: what pruning old images keeps.

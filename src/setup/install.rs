@@ -1,6 +1,11 @@
 //! `fleet setup ENV --install-docker`: on a host whose Docker engine does not answer, install
 //! the distribution's engine (`docker.io`, Debian and Ubuntu only) and start it. The script is
-//! built here from the host's `/etc/os-release` and user, as plain data; `cli::setup` runs it.
+//! built here from the host's `/etc/os-release` and user, as plain data (`script`);
+//! `engine_or_install` asks, runs it and checks that the engine answers.
+
+use bollard::Docker;
+
+use crate::host::HostSession;
 
 /// Why a host's engine cannot be installed by fleet (the message says what to do instead).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +65,50 @@ pub fn script(host: &str, os_release: &str, root: bool) -> Result<String, Instal
         format!("sh -c '{steps}'")
     } else {
         format!("sudo -n sh -c '{steps}'")
+    })
+}
+
+/// The host's engine. One that does not answer is installed first when `install` is given
+/// and says yes to its question (`cli::setup` asks the operator); else, or when it says no,
+/// the error says what to do on the host. `progress` hears that the install starts.
+pub async fn engine_or_install(
+    s: &HostSession,
+    install: Option<&dyn Fn(&str) -> bool>,
+    progress: &dyn Fn(&str),
+) -> Result<Docker, String> {
+    let host = &s.target().name;
+    let down = match super::engine(s).await {
+        Ok(d) => return Ok(d),
+        Err(e) => e,
+    };
+    let Some(confirm) = install else {
+        return Err(format!("{} ({down})", super::engine_fix(host)));
+    };
+    let os = s
+        .run_ok("cat /etc/os-release")
+        .await
+        .map_err(|e| format!("cannot read /etc/os-release on {host}: {e}"))?;
+    let root = s.run_ok("id -u").await.is_ok_and(|u| u.trim() == "0");
+    let script = script(host, &os, root).map_err(|e| e.to_string())?;
+    if !confirm(&format!(
+        "The Docker engine on {host} does not answer ({down}). Install docker.io there?"
+    )) {
+        return Err(format!(
+            "{} (not installed: no confirmation)",
+            super::engine_fix(host)
+        ));
+    }
+    progress(&format!(
+        "{host}: installing docker.io (apt-get), then starting it"
+    ));
+    s.run_ok(&script)
+        .await
+        .map_err(|e| format!("installing docker.io on {host} failed: {e}"))?;
+    super::engine(s).await.map_err(|e| {
+        format!(
+            "docker.io is installed on {host} but its engine does not answer ({e}); on {host} \
+             run `systemctl status docker`"
+        )
     })
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 /// the testbed is up). Returns the exit code: the tests', or 1 if down left something.
 pub fn ci(l: &Layout, hosts: u32) -> Result<i32> {
     let started = std::time::Instant::now();
-    // Three bare hosts b1..b3 for tests/setup.rs (`fleet setup` from hosts without an agent).
+    // Three bare hosts b1..b3 for tests/testsuite/setup.rs (`fleet setup` from hosts without an agent).
     let bare = || {
         let bin = testbed::consul_standin(l).map_err(|e| anyhow::anyhow!(e))?;
         testbed::bare::up(l, 3, &bin)

@@ -206,7 +206,7 @@ FLEET  hosts.toml lists the hosts as a manifest fragment ([hosts.hN] address/use
        (fleet honours an -F style ssh config from that variable), e.g.
          set -a; . {d}/registry.env; set +a
          FLEET_SSH_CONFIG={d}/ssh_config fleet plan ...
-       Tests find all of this through FLEET_TESTBED={d} (tests/support/mod.rs).
+       Tests find all of this through FLEET_TESTBED={d} (tests/testsuite/support/mod.rs).
 
 IMAGES `cargo xtask testbed image --dir {d}` pushes 10.200.1.1:5000/fleet-test/hello:v1 and :v2
        (busybox httpd on :8080, `/` says the version, `/health` says ok).

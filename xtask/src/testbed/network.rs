@@ -45,7 +45,7 @@ pub(super) fn setup_network(n: u32) -> Result<()> {
 /// The routing table (and rule priority) that carries traffic between test hosts.
 pub(super) const TABLE: u32 = 4200;
 
-/// The iptables chains `FLEET-CUT-hN` with which tests/faults.rs cuts a host's link (each
+/// The iptables chains `FLEET-CUT-hN` with which tests/testsuite/faults.rs cuts a host's link (each
 /// test removes its own; a killed test run leaves one).
 pub(super) fn cut_chains() -> Vec<String> {
     sh::output("iptables -S 2>/dev/null")

@@ -9,7 +9,7 @@ pub(super) const PACKAGES: &[(&str, &str)] = &[
     ("openssh-server", "/usr/sbin/sshd"),
     ("busybox-static", "/bin/busybox"),
     ("iproute2", "/usr/sbin/ip"),
-    // tests/faults.rs cuts a host's link with a DROP chain (docker.io depends on it anyway).
+    // tests/testsuite/faults.rs cuts a host's link with a DROP chain (docker.io depends on it anyway).
     ("iptables", "/usr/sbin/iptables"),
     ("apache2-utils", "/usr/bin/htpasswd"),
     // Building fleet itself: TLS to registries through the system's OpenSSL.
