@@ -29,16 +29,15 @@ use serde::Serialize;
 
 pub use super::context::{ApplyOptions, Cancel, Events, Failure, Step, registration_id};
 use super::context::{Ctx, Host};
-use super::error::{AgentError, EdgeError};
+use super::error::EdgeError;
 use super::event::ApplyEvent;
 use super::failure::fail;
 use super::instance::pull;
 use super::pull_auth::PullAuth;
 use super::rollback::roll_back;
 use super::rollout::run_wave;
-use crate::consul::ConsulClient;
-use crate::desired::{ConfigOrder, ConsulTarget};
-use crate::host::HostSession;
+use crate::desired::ConfigOrder;
+use crate::host::{AgentError, HostSession};
 use crate::plan::rollout::canary_waves;
 use crate::plan::{Action, HostPlan, Plan};
 
@@ -77,24 +76,6 @@ pub enum ApplyError {
     Kv(#[from] super::kv::KvError),
     #[error("registry credentials: {0}")]
     Registry(String),
-}
-
-/// A Consul client for a host's agent, through its session.
-pub async fn consul_for(
-    session: &HostSession,
-    consul: Option<&ConsulTarget>,
-    token: Option<String>,
-) -> Result<Option<ConsulClient>, AgentError> {
-    let Some(c) = consul else {
-        return Ok(None);
-    };
-    let url = session.consul_url(&c.address).await?;
-    let client = ConsulClient::new(&url, token, c.datacenter.clone())?.with_target(format!(
-        "{} (agent {})",
-        session.target().name,
-        c.address
-    ));
-    Ok(Some(client))
 }
 
 /// Apply `plan` through `sessions` (one per host of the plan): the plan says everything that
@@ -142,13 +123,22 @@ pub async fn apply(
             .docker()
             .await
             .map_err(|e| host_error(e.to_string()))?;
-        let consul = consul_for(
-            session,
-            plan.context.consul.as_ref(),
-            opts.consul_token.clone(),
-        )
-        .await
-        .map_err(|e| host_error(e.to_string()))?;
+        let consul = match &plan.context.consul {
+            None => None,
+            Some(c) => Some(
+                session
+                    .consul(c, opts.consul_token.as_deref())
+                    .await
+                    .map_err(|e| {
+                        host_error(match e {
+                            // `host_error` names the host already.
+                            AgentError::Client { source, .. } => source.to_string(),
+                            e => e.to_string(),
+                        })
+                    })?
+                    .clone(),
+            ),
+        };
         hosts.push(Host {
             index,
             session,

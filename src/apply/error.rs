@@ -1,6 +1,6 @@
 //! Why a step of apply failed: on an instance's containers (`LaunchError`, with the container's
-//! last output lines in `LaunchFailure`), reaching a host's agent (`AgentError`), setting up the
-//! edge (`EdgeError`), or pruning images (`PruneError`). Their texts are what reports and
+//! last output lines in `LaunchFailure`), setting up the edge (`EdgeError`), or pruning images
+//! (`PruneError`). Their texts are what reports and
 //! progress lines show (`Failure::reason`, `rollback_errors`, `ApplyEvent`s), so each variant
 //! renders exactly the line it stands for.
 
@@ -9,7 +9,7 @@ use std::fmt;
 use super::health::Unhealthy;
 use crate::consul::ConsulError;
 use crate::desired::SecretRef;
-use crate::host::{HostError, ScriptError};
+use crate::host::ScriptError;
 use crate::registry::RegistryError;
 
 /// A secret that the manifest references but that cannot be read right now.
@@ -112,15 +112,6 @@ impl fmt::Display for OtherOwner {
             write!(f, "its labels say {}", self.labels.join(", "))
         }
     }
-}
-
-/// A host's Consul agent that cannot be reached (`deploy::consul_for`).
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error(transparent)]
-    Forward(#[from] HostError),
-    #[error(transparent)]
-    Client(#[from] ConsulError),
 }
 
 /// The edge could not be set up before the rollout.
@@ -304,7 +295,6 @@ mod tests {
             .to_string(),
             format!("registering web-1-abc: {text}")
         );
-        assert_eq!(AgentError::from(consul).to_string(), text);
     }
 
     #[test]

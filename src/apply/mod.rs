@@ -15,7 +15,8 @@
 //!   instance was doing (`Phase`) and what that leaves on the host.
 //! - `container`: `InstanceSpec` -> Docker create body.
 //! - `error`: why a step failed (`LaunchError`, `LaunchFailure` with the container's last
-//!   lines, `AgentError`, `EdgeError`, `PruneError`); each renders the line reports show.
+//!   lines, `EdgeError`, `PruneError`); each renders the line reports show. A host's agent
+//!   is its session's client (`HostSession::consul`).
 //! - `health`: the health gate (Consul check of the new registration, or fleet's own probe).
 //! - `kv`: KV config with check-and-set.
 //!

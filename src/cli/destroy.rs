@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use super::Global;
 use super::lock::with_lock;
 use super::reach::{Reach, Versions, connect};
-use crate::operate::Connected;
+use crate::observe::Connected;
 use crate::operate::destroy::{inventory, remove};
 use crate::ui::Confirmation;
 

@@ -6,7 +6,8 @@ use miette::IntoDiagnostic;
 
 use super::Global;
 use crate::host::{ConnectOptions, DEFAULT_PARALLEL};
-use crate::operate::{Connected, Selector};
+use crate::observe::Connected;
+use crate::operate::{OperateError, Selector};
 
 /// How to reach the hosts; shared by every operate command.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,6 +75,7 @@ pub(crate) async fn connect(
     };
     Connected::open(desired, connect, reach.parallel)
         .await
+        .map_err(OperateError::ConsulToken)
         .into_diagnostic()
 }
 

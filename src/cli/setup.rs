@@ -152,7 +152,7 @@ async fn start_accessories(
     super::deploy::converge(&loaded, &versions, &c, t0).await
 }
 
-async fn run_connected(cx: &crate::operate::Connected, args: &Args) -> miette::Result<Agents> {
+async fn run_connected(cx: &crate::observe::Connected, args: &Args) -> miette::Result<Agents> {
     let d = &cx.desired;
     if d.agents.is_empty() {
         return Err(miette!(

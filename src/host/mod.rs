@@ -23,8 +23,9 @@
 //! - `bollard` does not negotiate the API version by itself: `docker()` does, and refuses
 //!   engines older than API 1.41.
 //!
-//! Files: this one the session (connect, forwards, engine, scripts, close); `error.rs` the
-//! typed errors and what ssh printed turned into one; `destination.rs` the address and user
+//! Files: this one the session (connect, forwards, engine, scripts, close); `agent.rs` the
+//! session's one Consul client (`consul()`); `error.rs` the typed errors and what ssh printed
+//! turned into one; `destination.rs` the address and user
 //! checks; `runtime.rs` the private socket directory; `engine.rs` the API version from
 //! `/_ping`; `reuse.rs` kept masters.
 
@@ -41,12 +42,14 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::desired::HostTarget;
 use crate::errors::chain;
 
+mod agent;
 mod destination;
 mod engine;
 mod error;
 mod reuse;
 mod runtime;
 
+pub use agent::AgentError;
 pub use destination::{check_destination, destination_problem};
 use engine::ping_api;
 pub use engine::{containers_labelled, force_remove};
@@ -154,6 +157,8 @@ pub struct HostSession {
     dir: PathBuf,
     docker_timeout_secs: u64,
     docker: OnceCell<Docker>,
+    /// The Consul agent's client, made by the first `consul()`.
+    consul: agent::AgentCell,
     forwards: Mutex<Vec<(u16, String, u16)>>,
 }
 
@@ -259,6 +264,7 @@ impl HostSession {
             dir,
             docker_timeout_secs: opts.docker_timeout_secs,
             docker: OnceCell::new(),
+            consul: agent::AgentCell::default(),
             forwards: Mutex::new(Vec::new()),
         })
     }

@@ -3,7 +3,9 @@
 //!
 //! `ObservedState` is plain data so that `plan::diff` stays a pure function that is tested
 //! without hosts. Reading fills it with one round trip per thing per host (container list,
-//! agent services, agent checks, KV), all hosts at once (`read`).
+//! agent services, agent checks, KV), all hosts at once (`read`). `Connected` (connected.rs)
+//! holds an environment's open sessions: plan, deploy and the operate commands open, observe
+//! and close through it.
 //!
 //! Only fleet's own things are read: containers carrying `fleet.project` + `fleet.env`,
 //! services whose Meta carries `fleet-project` + `fleet-env`, KV keys under
@@ -15,11 +17,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod connected;
 pub mod consul_read;
 pub mod pm2;
 pub mod read;
 
 pub use crate::identity::names::short_id;
+pub use connected::Connected;
 pub use read::{ObserveOptions, observe_all, observe_host};
 
 /// Everything observed for one environment of one project.

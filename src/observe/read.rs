@@ -10,7 +10,7 @@ use super::{
 };
 use crate::consul::{ConsulClient, ConsulError};
 use crate::desired::{ConsulTarget, DesiredState, HostTarget};
-use crate::host::{HostError, HostSession};
+use crate::host::{AgentError, HostError, HostSession};
 use crate::identity::fields::{FIELDS_LABEL, FieldDigests};
 use crate::identity::labels;
 
@@ -26,30 +26,16 @@ pub struct ObserveOptions {
 }
 
 impl ObserveOptions {
-    pub fn for_desired(d: &DesiredState, parallel: usize) -> Result<Self, String> {
-        let consul_token =
-            crate::manifest::secret::consul_token(d.consul.as_ref()).map_err(|e| e.to_string())?;
-        Ok(ObserveOptions {
+    /// What observing `d` needs: its project, environment and Consul, with the ACL token's
+    /// value (`manifest::secret::consul_token`, read by the caller once).
+    pub fn new(d: &DesiredState, consul_token: Option<String>, parallel: usize) -> Self {
+        ObserveOptions {
             project: d.project.clone(),
             environment: d.environment.clone(),
             consul: d.consul.clone(),
             consul_token,
             parallel,
-        })
-    }
-
-    /// The typed Consul client for an agent reached at `base`, named after the host for errors.
-    fn agent(&self, base: &str, host: &HostTarget) -> Result<ConsulClient, ConsulError> {
-        let datacenter = self.consul.as_ref().and_then(|c| c.datacenter.clone());
-        let address = self
-            .consul
-            .as_ref()
-            .map(|c| c.address.as_str())
-            .unwrap_or("");
-        Ok(
-            ConsulClient::new(base, self.consul_token.clone(), datacenter)?
-                .with_target(format!("{} (agent {address})", host.name)),
-        )
+        }
     }
 }
 
@@ -129,36 +115,32 @@ pub async fn list_containers(
 }
 
 /// Read one host: containers and (when configured) Consul registrations, concurrently.
-/// Returns the agent it reached, for the KV read.
-pub async fn observe_host(
-    s: &HostSession,
+/// Returns the agent it reached (the session's client), for the KV read.
+pub async fn observe_host<'s>(
+    s: &'s HostSession,
     o: &ObserveOptions,
-) -> (ObservedHost, Option<ConsulClient>) {
+) -> (ObservedHost, Option<&'s ConsulClient>) {
     let t = s.target();
     let consul = async {
         let Some(c) = &o.consul else {
             return (None, None, None);
         };
-        let base = match s.consul_url(&c.address).await {
-            Ok(b) => b,
-            Err(e) => return (None, Some(fault(t, e.kind(), e.cause())), None),
+        let agent_fault = |e: ConsulError| {
+            let kind = consul_read::fault_kind(&e);
+            fault(t, kind, format!("agent {}: {e}", c.address))
         };
-        let read = async {
-            let agent = o.agent(&base, t)?;
-            let services = consul_read::fleet_services(&agent, &o.project, &o.environment).await?;
-            Ok::<_, ConsulError>((services, agent))
+        let agent = match s.consul(c, o.consul_token.as_deref()).await {
+            Ok(agent) => agent,
+            Err(AgentError::Forward(e)) => {
+                return (None, Some(fault(t, e.kind(), e.cause())), None);
+            }
+            Err(AgentError::Client { source, .. }) => {
+                return (None, Some(agent_fault(source)), None);
+            }
         };
-        match read.await {
-            Ok((v, agent)) => (Some(v), None, Some(agent)),
-            Err(e) => (
-                None,
-                Some(fault(
-                    t,
-                    consul_read::fault_kind(&e),
-                    format!("agent {}: {e}", c.address),
-                )),
-                None,
-            ),
+        match consul_read::fleet_services(agent, &o.project, &o.environment).await {
+            Ok(v) => (Some(v), None, Some(agent)),
+            Err(e) => (None, Some(agent_fault(e)), None),
         }
     };
     let (containers, (services, consul_fault, agent), edge) = tokio::join!(
@@ -198,13 +180,13 @@ pub async fn observe_kv(
 }
 
 /// Observe every host (sessions from `host::connect_all`, in desired order), at most
-/// `o.parallel` at once, then the KV once.
+/// `o.parallel` at once, then the KV once. `Connected::observe` calls it.
 pub async fn observe_all(
     targets: &[HostTarget],
     sessions: &[Result<HostSession, HostError>],
     o: &ObserveOptions,
 ) -> ObservedState {
-    let results: Vec<(ObservedHost, Option<ConsulClient>)> =
+    let results: Vec<(ObservedHost, Option<&ConsulClient>)> =
         futures_util::stream::iter(targets.iter().zip(sessions))
             .map(|(t, s)| async move {
                 match s {

@@ -10,9 +10,10 @@
 
 use std::fmt::Write;
 
-use super::{Connected, instance_label, managed_services, short_id};
+use super::{instance_label, managed_services, short_id};
 use crate::apply::{forget_images, recorded_images};
 use crate::consul::{KvDelete, QueryOptions};
+use crate::observe::Connected;
 use crate::observe::read::list_containers;
 
 /// A managed container found on a host.

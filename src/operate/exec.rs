@@ -6,7 +6,8 @@ use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::{Connected, OperateError, Selector, instance_label};
+use super::{OperateError, Selector, instance_label};
+use crate::observe::Connected;
 use crate::observe::read::list_containers;
 
 /// The container chosen for an exec.

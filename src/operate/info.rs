@@ -12,9 +12,10 @@ use std::fmt::Write;
 use bollard::query_parameters::InspectContainerOptions;
 
 use super::status::{WorkerRow, compact_bytes, compact_duration, labels_of, unix_seconds};
-use super::{Connected, Selector, instance_label, managed_services};
+use super::{Selector, instance_label, managed_services};
 use crate::desired::{EnvValue, InstanceSpec};
 use crate::manifest::resolve::spec_hash_with_image;
+use crate::observe::Connected;
 use crate::observe::pm2::{self, Worker};
 use crate::observe::read::list_containers;
 

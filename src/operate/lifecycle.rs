@@ -10,9 +10,10 @@ use bollard::query_parameters::{
 };
 
 use super::status::labels_of;
-use super::{Connected, Selector, instance_label, managed_services, registration};
+use super::{Selector, instance_label, managed_services, registration};
 use crate::consul::ConsulClient;
 use crate::host::HostSession;
+use crate::observe::Connected;
 use crate::observe::ContainerState;
 use crate::observe::read::list_containers;
 

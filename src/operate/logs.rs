@@ -17,8 +17,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{Connected, Selector, instance_label};
+use super::{Selector, instance_label};
 use crate::host::HostSession;
+use crate::observe::Connected;
 use crate::observe::ObservedContainer;
 use crate::observe::read::list_containers;
 

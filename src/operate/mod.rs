@@ -6,14 +6,12 @@
 //! container name and a new service ID, while `fleet-app` / `fleet-instance` / `fleet-version`
 //! stay the way to tell which registration belongs to which container.
 //!
-//! The split is the project's usual one: reading the hosts (`Connected`, `status::gather`,
-//! `logs::collect`) touches the outside world; turning what was read into rows, lines or a list
+//! The split is the project's usual one: reading the hosts (`observe::Connected`,
+//! `status::gather`, `logs::collect`) touches the outside world; turning what was read into rows, lines or a list
 //! of removals (`status::rows`, `logs::merge`, `destroy::Inventory`) is plain data and pure
 //! functions, tested without hosts.
 
-use crate::consul::{ConsulClient, ConsulError};
-use crate::desired::{DesiredState, HostTarget, InstanceSpec};
-use crate::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
+use crate::host::HostError;
 
 pub mod destroy;
 pub mod exec;
@@ -32,12 +30,6 @@ pub enum OperateError {
     Host(#[from] HostError),
     #[error("{host}: Docker: {message}")]
     Docker { host: String, message: String },
-    #[error("{host}: {source}")]
-    Consul {
-        host: String,
-        #[source]
-        source: ConsulError,
-    },
     #[error("no instance matches {0}")]
     NoMatch(String),
     #[error("{0} instances match {1}; choose one with --instance and --host")]
@@ -90,85 +82,6 @@ pub fn instance_label(app: &str, instance: Option<u32>, host: &str) -> String {
 }
 
 pub use crate::observe::short_id;
-
-/// Open sessions to every host of one environment, for the length of one command.
-pub struct Connected {
-    pub desired: DesiredState,
-    pub sessions: Vec<Result<HostSession, HostError>>,
-    pub options: ConnectOptions,
-    /// The Consul ACL token's value, read once from the manifest's reference.
-    pub consul_token: Option<String>,
-}
-
-impl Connected {
-    /// Connect to every host of `desired` (at most `parallel` at once). A host that fails is kept
-    /// as its error: commands report it and go on with the others.
-    pub async fn open(
-        desired: DesiredState,
-        options: ConnectOptions,
-        parallel: usize,
-    ) -> Result<Self, OperateError> {
-        let consul_token = crate::manifest::secret::consul_token(desired.consul.as_ref())
-            .map_err(OperateError::ConsulToken)?;
-        let targets: Vec<HostTarget> = desired.hosts.iter().map(|h| h.target.clone()).collect();
-        let sessions = connect_all(&targets, &options, parallel).await;
-        Ok(Connected {
-            desired,
-            sessions,
-            options,
-            consul_token,
-        })
-    }
-
-    /// Close every session and remove the runtime directory.
-    pub async fn close(self) {
-        close_all(self.sessions, &self.options).await;
-    }
-
-    /// Each host's target with its session (or why there is none), in manifest order.
-    pub fn hosts(&self) -> impl Iterator<Item = (&HostTarget, &Result<HostSession, HostError>)> {
-        self.desired
-            .hosts
-            .iter()
-            .map(|h| &h.target)
-            .zip(self.sessions.iter())
-    }
-
-    /// The session of the host called `name`.
-    pub fn session(&self, name: &str) -> Option<&Result<HostSession, HostError>> {
-        self.hosts().find(|(t, _)| t.name == name).map(|(_, s)| s)
-    }
-
-    /// The desired instance `app#n` on host `host`, if the manifest wants one.
-    pub fn desired_instance(&self, host: &str, app: &str, n: u32) -> Option<&InstanceSpec> {
-        self.desired
-            .hosts
-            .iter()
-            .find(|h| h.target.name == host)?
-            .instances
-            .iter()
-            .find(|i| i.app == app && i.instance == n)
-    }
-
-    /// A Consul client for the agent of the host behind `session`; `None` when the project does
-    /// not use Consul.
-    pub async fn consul(
-        &self,
-        session: &HostSession,
-    ) -> Option<Result<ConsulClient, OperateError>> {
-        let c = self.desired.consul.as_ref()?;
-        let host = session.target().name.clone();
-        Some(
-            async {
-                let url = session.consul_url(&c.address).await?;
-                ConsulClient::new(&url, self.consul_token.clone(), c.datacenter.clone())
-                    .map(|cl| cl.with_target(format!("{host} (agent {})", c.address)))
-                    .map_err(|source| OperateError::Consul { host, source })
-            }
-            .await,
-        )
-    }
-}
 
 /// The services of this project and environment on one agent (by Meta), as observe reads them.
 pub use crate::observe::consul_read::fleet_services as managed_services;

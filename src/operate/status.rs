@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 use bollard::query_parameters::{InspectContainerOptions, StatsOptions};
 use futures_util::StreamExt;
 
-use super::{Connected, Selector, managed_services};
+use super::{Selector, managed_services};
 use crate::host::HostSession;
+use crate::observe::Connected;
 use crate::observe::pm2;
 use crate::observe::read::list_containers;
 use crate::observe::{ContainerState, ObservedContainer};

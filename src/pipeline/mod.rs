@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use crate::apply::ApplyEvent;
 use crate::apply::deploy::{ApplyError, ApplyOptions, Report};
 use crate::desired::DesiredState;
-use crate::host::{ConnectOptions, HostError, HostSession, close_all, connect_all};
-use crate::observe::{ObserveOptions, observe_all};
+use crate::host::ConnectOptions;
+use crate::manifest::secret::SecretError;
+use crate::observe::Connected;
 use crate::plan::saved::{SavedPlan, SavedPlanError};
 use crate::plan::{Action, KvAction, Plan, ServiceAction, diff};
 use crate::release::hooks::{self, HookError, HookKind};
@@ -177,7 +178,8 @@ impl Locked {
     }
 }
 
-type Sessions = Vec<Result<HostSession, HostError>>;
+/// The open sessions of a deployment's hosts.
+type Hosts<'d> = Connected<&'d DesiredState>;
 
 /// One run of the pipeline on a resolved desired state.
 pub struct Deployment<'a> {
@@ -188,17 +190,19 @@ pub struct Deployment<'a> {
     pub started: Instant,
 }
 
-impl Deployment<'_> {
+impl<'a> Deployment<'a> {
     fn emit(&self, e: Event<'_>) {
         (self.events)(e)
     }
 
-    fn targets(&self) -> Vec<crate::desired::HostTarget> {
-        self.desired
-            .hosts
-            .iter()
-            .map(|h| h.target.clone())
-            .collect()
+    /// Connect to every host (the Consul token read first).
+    async fn open(&self) -> Result<Hosts<'a>, SecretError> {
+        Connected::open(
+            self.desired,
+            ConnectOptions::default(),
+            self.options.parallel,
+        )
+        .await
     }
 
     /// The whole pipeline: the lock before anything else touches a host (a second deploy is
@@ -207,13 +211,8 @@ impl Deployment<'_> {
         &self,
         confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
     ) -> Result<Finished, PipelineError> {
-        let connect = ConnectOptions::default();
-        let targets = self.targets();
         let what = format!("{}: planning", self.options.verb);
-        let (locked, sessions) = tokio::join!(
-            Locked::take(self.desired, &what),
-            connect_all(&targets, &connect, self.options.parallel)
-        );
+        let (locked, hosts) = tokio::join!(Locked::take(self.desired, &what), self.open());
         tracing::info!(
             "connected and locked after {:.3}s",
             self.started.elapsed().as_secs_f64()
@@ -221,10 +220,12 @@ impl Deployment<'_> {
         match locked {
             Ok(locked) => {
                 self.took_over(&locked);
-                self.run_with(locked, sessions, &connect, confirm).await
+                self.run_with(locked, hosts, confirm).await
             }
             Err(e) => {
-                close_all(sessions, &connect).await;
+                if let Ok(hosts) = hosts {
+                    hosts.close().await;
+                }
                 Err(e)
             }
         }
@@ -236,9 +237,8 @@ impl Deployment<'_> {
         locked: Locked,
         confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
     ) -> Result<Finished, PipelineError> {
-        let connect = ConnectOptions::default();
-        let sessions = connect_all(&self.targets(), &connect, self.options.parallel).await;
-        self.run_with(locked, sessions, &connect, confirm).await
+        let hosts = self.open().await;
+        self.run_with(locked, hosts, confirm).await
     }
 
     fn took_over(&self, locked: &Locked) {
@@ -250,23 +250,22 @@ impl Deployment<'_> {
         }
     }
 
-    /// With the sessions open; closes them and releases the lock on every path.
+    /// With the sessions open (or the token unreadable); closes them and releases the lock on
+    /// every path.
     async fn run_with(
         &self,
         locked: Locked,
-        sessions: Sessions,
-        connect: &ConnectOptions,
+        hosts: Result<Hosts<'a>, SecretError>,
         confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
     ) -> Result<Finished, PipelineError> {
         let Locked { store, mut lock } = locked;
-        let result = match ObserveOptions::for_desired(self.desired, self.options.parallel) {
-            Ok(oo) => {
-                self.converge(&sessions, &oo, &store, &mut lock, confirm)
-                    .await
-            }
-            Err(e) => Err(PipelineError::Observe(e)),
+        let result = match &hosts {
+            Ok(hosts) => self.converge(hosts, &store, &mut lock, confirm).await,
+            Err(e) => Err(PipelineError::Observe(e.to_string())),
         };
-        close_all(sessions, connect).await;
+        if let Ok(hosts) = hosts {
+            hosts.close().await;
+        }
         if let Err(e) = (Locked { store, lock }).release().await {
             self.emit(Event::LockNotReleased(e.to_string()));
         }
@@ -275,15 +274,14 @@ impl Deployment<'_> {
 
     async fn converge(
         &self,
-        sessions: &[Result<HostSession, HostError>],
-        oo: &ObserveOptions,
+        hosts: &Hosts<'_>,
         store: &Store,
         lock: &mut DeployLock,
         confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
     ) -> Result<Finished, PipelineError> {
         let desired = self.desired;
         let o = self.options;
-        let observed = observe_all(&self.targets(), sessions, oo).await;
+        let observed = hosts.observe().await;
         tracing::info!(
             "observed after {:.3}s",
             self.started.elapsed().as_secs_f64()
@@ -371,7 +369,7 @@ impl Deployment<'_> {
             rollback: o.rollback,
             drain: o.drain,
             canary: o.canary.unwrap_or(desired.canary),
-            consul_token: oo.consul_token.clone(),
+            consul_token: hosts.consul_token.clone(),
             events: Some(Arc::new(move |e: &ApplyEvent| sink(Event::Apply(e)))),
             cancel: Some(Arc::new(move || {
                 lost.load(Ordering::SeqCst).then(|| {
@@ -386,8 +384,7 @@ impl Deployment<'_> {
             "apply starts after {:.3}s",
             self.started.elapsed().as_secs_f64()
         );
-        let open: Vec<&HostSession> = sessions.iter().filter_map(|s| s.as_ref().ok()).collect();
-        let report = crate::apply::apply(&plan, &open, &opts).await;
+        let report = crate::apply::apply(&plan, &hosts.open_sessions(), &opts).await;
         tracing::info!(
             "apply done after {:.3}s",
             self.started.elapsed().as_secs_f64()

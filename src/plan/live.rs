@@ -1,12 +1,12 @@
-//! Plan against the real hosts: connect to all (bounded), observe, diff, close.
-//! The CLI, the benchmark and `deploy --plan` re-checks call this; `deploy` itself keeps the
-//! sessions open and composes `host::connect_all` + `observe::observe_all` directly.
+//! Plan against the real hosts: connect to all (bounded), observe, diff, close, through
+//! `observe::Connected` (as the deploy pipeline does, which keeps the sessions open to apply).
+//! The CLI, the benchmark and `deploy --plan` re-checks call this.
 
 use std::time::{Duration, Instant};
 
-use crate::desired::{DesiredState, HostTarget};
-use crate::host::{ConnectOptions, close_all, connect_all};
-use crate::observe::{ObserveOptions, ObservedState, observe_all};
+use crate::desired::DesiredState;
+use crate::host::ConnectOptions;
+use crate::observe::{Connected, ObservedState};
 
 use super::{Plan, diff};
 
@@ -32,14 +32,14 @@ pub async fn plan_live(
     connect: &ConnectOptions,
     parallel: usize,
 ) -> Result<(Plan, ObservedState, Timings), LiveError> {
-    let oo = ObserveOptions::for_desired(desired, parallel).map_err(LiveError::ConsulToken)?;
-    let targets: Vec<HostTarget> = desired.hosts.iter().map(|h| h.target.clone()).collect();
     let t0 = Instant::now();
-    let sessions = connect_all(&targets, connect, parallel).await;
+    let cx = Connected::open(desired, connect.clone(), parallel)
+        .await
+        .map_err(|e| LiveError::ConsulToken(e.to_string()))?;
     let t1 = Instant::now();
-    let observed = observe_all(&targets, &sessions, &oo).await;
+    let observed = cx.observe().await;
     let t2 = Instant::now();
-    close_all(sessions, connect).await;
+    cx.close().await;
     let t3 = Instant::now();
     let plan = diff(desired, &observed);
     Ok((

@@ -37,7 +37,7 @@ pub use self::consul::{CONSUL_TTL, LOCK_DELAY, force_release, lock_key, status};
 pub use self::host_file::{FILE_TTL, force_release_on_host, lock_file, status_on_host};
 use crate::consul::{ConsulClient, ConsulError};
 use crate::desired::DesiredState;
-use crate::host::{ConnectOptions, HostError, HostSession, ScriptError};
+use crate::host::{AgentError, ConnectOptions, HostError, HostSession, ScriptError};
 
 /// Who holds (or wants) the lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,26 +359,25 @@ impl Store {
         let consul = match &desired.consul {
             None => None,
             Some(c) => {
-                let token = match crate::manifest::secret::consul_token(Some(c)) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        host.close().await;
-                        return Err(e.into());
+                let client = match crate::manifest::secret::consul_token(Some(c)) {
+                    Err(e) => Err(LockError::from(e)),
+                    Ok(token) => {
+                        host.consul(c, token.as_deref())
+                            .await
+                            .cloned()
+                            .map_err(|e| match e {
+                                AgentError::Forward(e) => LockError::Host(e),
+                                AgentError::Client { source, .. } => LockError::Consul(source),
+                            })
                     }
                 };
-                let url = match host.consul_url(&c.address).await {
-                    Ok(u) => u,
+                match client {
+                    Ok(client) => Some(client),
                     Err(e) => {
                         host.close().await;
-                        return Err(e.into());
+                        return Err(e);
                     }
-                };
-                Some(
-                    ConsulClient::new(&url, token, c.datacenter.clone())?.with_target(format!(
-                        "{} (Consul agent {})",
-                        first.target.name, c.address
-                    )),
-                )
+                }
             }
         };
         Ok(Store {
