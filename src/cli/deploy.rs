@@ -307,6 +307,18 @@ pub fn resolve(loaded: &Loaded, versions: &Versions, c: &Converge) -> miette::Re
     Ok(desired)
 }
 
+/// On sessions already open: [`Deployment::run_on`].
+pub(crate) async fn converge_on(
+    desired: &DesiredState,
+    c: &Converge,
+    t0: Instant,
+    hosts: crate::observe::Connected<&DesiredState>,
+) -> miette::Result<ExitCode> {
+    let d = deployment(desired, c, t0);
+    let finished = d.run_on(hosts, confirm(&c.env, c.yes)).await;
+    exit(finished, c, t0)
+}
+
 /// With the deploy lock held: [`Deployment::run_locked`].
 pub(crate) async fn converge_locked(
     desired: &DesiredState,

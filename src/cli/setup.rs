@@ -10,8 +10,9 @@ use super::Global;
 use super::deploy::Converge;
 use super::reach::{Reach, Versions, connect};
 use crate::host::DEFAULT_PARALLEL;
+use crate::observe::Connected;
 use crate::pipeline::Options;
-use crate::plan::{live, render};
+use crate::plan::render;
 use crate::setup::{self, Action, Reached};
 use crate::ui;
 
@@ -62,19 +63,31 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
         .filter(|a| a.accessory)
         .map(|a| a.name.clone())
         .collect();
-    let result = if cx.desired.agents.is_empty() && !accessories.is_empty() {
+    let agents = if cx.desired.agents.is_empty() && !accessories.is_empty() {
         Ok(Agents::Ready)
     } else {
         run_connected(&cx, &args).await
     };
-    cx.close().await;
-    match result? {
-        Agents::Stop(code) => Ok(ExitCode::from(code)),
-        Agents::Planned { changes } if accessories.is_empty() => {
-            Ok(ExitCode::from(if changes { 2 } else { 0 }))
+    let agents = match agents {
+        Ok(a) => a,
+        Err(e) => {
+            cx.close().await;
+            return Err(e);
         }
-        Agents::Ready if accessories.is_empty() => Ok(ExitCode::SUCCESS),
-        Agents::Planned { changes: true } => {
+    };
+    // The accessories' step goes on with the same sessions.
+    match agents {
+        Agents::Planned { changes: false } if !accessories.is_empty() => {
+            return plan_accessories(&args, g, &accessories, cx).await;
+        }
+        Agents::Ready if !accessories.is_empty() => {
+            return start_accessories(&args, g, accessories, t0, cx).await;
+        }
+        _ => cx.close().await,
+    }
+    match agents {
+        Agents::Stop(code) => Ok(ExitCode::from(code)),
+        Agents::Planned { changes: true } if !accessories.is_empty() => {
             println!(
                 "\nAccessories ({}): planned once the agents run; `fleet setup {}` starts them after the agents.",
                 accessories.join(", "),
@@ -82,8 +95,8 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
             );
             Ok(ExitCode::from(2))
         }
-        Agents::Planned { changes: false } => plan_accessories(&args, g, &accessories).await,
-        Agents::Ready => start_accessories(&args, g, accessories, t0).await,
+        Agents::Planned { changes } => Ok(ExitCode::from(if changes { 2 } else { 0 })),
+        Agents::Ready => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -98,17 +111,35 @@ fn manifest_and_versions(
     Ok((loaded, versions))
 }
 
-/// `--plan` once the agents run: the accessories' part of `fleet plan ENV`.
+/// The sessions with `resolved`, or its error once they are closed.
+async fn or_close(
+    cx: Connected,
+    resolved: miette::Result<crate::desired::DesiredState>,
+) -> miette::Result<(Connected, crate::desired::DesiredState)> {
+    match resolved {
+        Ok(d) => Ok((cx, d)),
+        Err(e) => {
+            cx.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// `--plan` once the agents run: the accessories' part of `fleet plan ENV`, read through the
+/// agents' step's sessions.
 async fn plan_accessories(
     args: &Args,
     g: &Global,
     accessories: &[String],
+    cx: Connected,
 ) -> miette::Result<ExitCode> {
-    let (loaded, versions) = manifest_and_versions(g)?;
-    let desired = loaded.resolve(&args.env, &versions)?;
-    let (mut plan, _, _) = live::plan_live(&desired, &Default::default(), DEFAULT_PARALLEL)
-        .await
-        .into_diagnostic()?;
+    let resolved = manifest_and_versions(g)
+        .and_then(|(loaded, versions)| Ok(loaded.resolve(&args.env, &versions)?));
+    let (cx, desired) = or_close(cx, resolved).await?;
+    let hosts = cx.retarget(&desired).await.into_diagnostic()?;
+    let observed = hosts.observe().await;
+    hosts.close().await;
+    let mut plan = crate::plan::diff(&desired, &observed);
     crate::pipeline::restrict(&mut plan, &desired, accessories);
     if args.json {
         let doc = render::json(&plan);
@@ -124,17 +155,17 @@ async fn plan_accessories(
 }
 
 /// The accessories converged as `fleet deploy ENV --app A --app B` does (no build: they are
-/// images), with the same confirmation, report and exit code.
+/// images), with the same confirmation, report and exit code, on the agents' step's sessions.
 async fn start_accessories(
     args: &Args,
     g: &Global,
     accessories: Vec<String>,
     t0: Instant,
+    cx: Connected,
 ) -> miette::Result<ExitCode> {
     if !args.json {
         println!("\nAccessories: {}", accessories.join(", "));
     }
-    let (loaded, versions) = manifest_and_versions(g)?;
     let c = Converge {
         env: args.env.clone(),
         yes: args.yes,
@@ -149,10 +180,14 @@ async fn start_accessories(
             verb: "setup",
         },
     };
-    super::deploy::converge(&loaded, &versions, &c, t0).await
+    let resolved = manifest_and_versions(g)
+        .and_then(|(loaded, versions)| super::deploy::resolve(&loaded, &versions, &c));
+    let (cx, desired) = or_close(cx, resolved).await?;
+    let hosts = cx.retarget(&desired).await.into_diagnostic()?;
+    super::deploy::converge_on(&desired, &c, t0, hosts).await
 }
 
-async fn run_connected(cx: &crate::observe::Connected, args: &Args) -> miette::Result<Agents> {
+async fn run_connected(cx: &Connected, args: &Args) -> miette::Result<Agents> {
     let d = &cx.desired;
     if d.agents.is_empty() {
         return Err(miette!(

@@ -105,12 +105,8 @@ mod tests {
     async fn one_client_per_session_for_its_agent() {
         let target = HostTarget {
             name: "laptop".into(),
-            address: "local".into(),
             user: None,
-            port: None,
-            identity_file: None,
-            docker_socket: "/run/docker.sock".into(),
-            roles: vec![],
+            ..super::super::tests::target("local")
         };
         let opts = ConnectOptions::default();
         let s = HostSession::connect(&target, &opts).await.unwrap();

@@ -804,12 +804,9 @@ mod local_tests {
         let dir = tempfile::tempdir().unwrap();
         let target = HostTarget {
             name: "laptop".into(),
-            address: "local".into(),
             user: None,
-            port: None,
-            identity_file: None,
             docker_socket: dir.path().join("no-docker.sock").display().to_string(),
-            roles: vec![],
+            ..tests::target("local")
         };
         let opts = ConnectOptions::default();
         let s = HostSession::connect(&target, &opts).await.unwrap();

@@ -49,6 +49,32 @@ impl<D: Borrow<DesiredState>> Connected<D> {
         })
     }
 
+    /// The same sessions for `desired`, another resolution of the same environment (`setup`
+    /// resolves it again, with its apps' versions, for the accessories): kept when it names the
+    /// same hosts in the same order, else closed and opened anew for it.
+    pub async fn retarget<E: Borrow<DesiredState>>(
+        self,
+        desired: E,
+    ) -> Result<Connected<E>, SecretError> {
+        let targets = |d: &DesiredState| -> Vec<HostTarget> {
+            d.hosts.iter().map(|h| h.target.clone()).collect()
+        };
+        let (was, now) = (self.desired(), desired.borrow());
+        let same = targets(was) == targets(now) && was.consul == now.consul;
+        if !same {
+            let (options, parallel) = (self.options.clone(), self.parallel);
+            self.close().await;
+            return Connected::open(desired, options, parallel).await;
+        }
+        Ok(Connected {
+            desired,
+            sessions: self.sessions,
+            options: self.options,
+            consul_token: self.consul_token,
+            parallel: self.parallel,
+        })
+    }
+
     pub fn desired(&self) -> &DesiredState {
         self.desired.borrow()
     }

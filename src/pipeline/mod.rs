@@ -231,6 +231,26 @@ impl<'a> Deployment<'a> {
         }
     }
 
+    /// The pipeline on sessions already open (`setup` has them from its agents' step): the
+    /// lock first, then as `run`.
+    pub async fn run_on(
+        &self,
+        hosts: Hosts<'a>,
+        confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
+    ) -> Result<Finished, PipelineError> {
+        let what = format!("{}: planning", self.options.verb);
+        match Locked::take(self.desired, &what).await {
+            Ok(locked) => {
+                self.took_over(&locked);
+                self.run_with(locked, Ok(hosts), confirm).await
+            }
+            Err(e) => {
+                hosts.close().await;
+                Err(e)
+            }
+        }
+    }
+
     /// The pipeline with the lock already held (a rollback reads the ledger under it first).
     pub async fn run_locked(
         &self,
@@ -461,7 +481,10 @@ impl<'a> Deployment<'a> {
     }
 }
 
-/// Keep only the changes of `apps` in the plan (`--app`).
+/// Keep only the changes of `apps` in the plan (`--app`): their instances, registrations and
+/// KV config. The edge's changes stay whole: apply converges the environment's edge config as
+/// one (`edge::setup`, every route of the environment), so dropping another app's route change
+/// here would hide what apply does.
 pub fn restrict(plan: &mut Plan, d: &DesiredState, apps: &[String]) {
     if apps.is_empty() {
         return;

@@ -387,6 +387,12 @@ fn koa_from_bare_hosts_setup_then_deploy() {
         2,
         "the agents and the accessories: {t}"
     );
+    // With the agents up, `--plan` plans the accessories too (through the same sessions).
+    let replan = k.run(&b.tb, &["setup", "bare", "--plan"]);
+    let t = koa::text(&replan);
+    assert_eq!(replan.status.code(), Some(0), "{t}");
+    assert!(t.contains("Accessories: redis"), "{t}");
+    assert_eq!(t.matches("No changes.").count(), 2, "{t}");
 
     k.deploy_with(
         &b.tb,
