@@ -39,7 +39,7 @@ use super::rollout::run_wave;
 use crate::desired::ConfigOrder;
 use crate::host::{AgentError, HostSession};
 use crate::plan::rollout::canary_waves;
-use crate::plan::{Action, HostPlan, Plan};
+use crate::plan::{Action, EdgeAction, EdgeKind, HostPlan, Plan};
 
 /// What an apply did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -317,7 +317,9 @@ async fn setup_edge(ctx: &Ctx<'_>, hosts: &[Host<'_>]) -> Result<(), EdgeError> 
     let Some(edge) = &p.context.edge else {
         for h in hosts {
             let removes = p.edge.iter().any(|c| {
-                c.kind == "route" && c.action == "remove" && c.hosts.contains(&h.plan.name)
+                c.kind == EdgeKind::Route
+                    && c.action == EdgeAction::Remove
+                    && c.hosts.contains(&h.plan.name)
             });
             if removes {
                 let a = crate::edge::Admin::connect(h.session).await?;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::EdgeChange;
+use super::{EdgeAction, EdgeChange, EdgeKind};
 use crate::desired::DesiredState;
 use crate::edge::caddy;
 use crate::observe::ObservedState;
@@ -13,16 +13,16 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Vec<EdgeChange>
     let (project, env) = (&desired.project, &desired.environment);
     let prefix = caddy::owner_prefix(project, env);
     // (action, kind, subject, app, detail) -> hosts
-    let mut out: BTreeMap<(u8, String, String, String, Option<String>, String), Vec<String>> =
+    let mut out: BTreeMap<(u8, EdgeAction, EdgeKind, String, Option<String>, String), Vec<String>> =
         BTreeMap::new();
     let mut add = |order: u8,
-                   action: &str,
-                   kind: &str,
+                   action: EdgeAction,
+                   kind: EdgeKind,
                    subject: String,
                    app: Option<String>,
                    detail: String,
                    host: &str| {
-        out.entry((order, action.into(), kind.into(), subject, app, detail))
+        out.entry((order, action, kind, subject, app, detail))
             .or_default()
             .push(host.to_string());
     };
@@ -42,8 +42,8 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Vec<EdgeChange>
             match container {
                 None => add(
                     0,
-                    "create",
-                    "container",
+                    EdgeAction::Create,
+                    EdgeKind::Container,
                     edge.image.clone(),
                     None,
                     String::new(),
@@ -51,8 +51,8 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Vec<EdgeChange>
                 ),
                 Some(c) if c.spec != crate::edge::container_spec(&edge.image) => add(
                     0,
-                    "update",
-                    "container",
+                    EdgeAction::Update,
+                    EdgeKind::Container,
                     edge.image.clone(),
                     None,
                     format!("{} -> {}", c.image, edge.image),
@@ -60,8 +60,8 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Vec<EdgeChange>
                 ),
                 Some(c) if !c.running => add(
                     0,
-                    "update",
-                    "container",
+                    EdgeAction::Update,
+                    EdgeKind::Container,
                     edge.image.clone(),
                     None,
                     "not running".into(),
@@ -81,8 +81,8 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Vec<EdgeChange>
                 if !(ports_ok && settings_ok && tls_ok) {
                     add(
                         1,
-                        "update",
-                        "config",
+                        EdgeAction::Update,
+                        EdgeKind::Config,
                         String::new(),
                         None,
                         String::new(),
@@ -100,8 +100,8 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Vec<EdgeChange>
                 {
                     None => add(
                         2,
-                        "create",
-                        "route",
+                        EdgeAction::Create,
+                        EdgeKind::Route,
                         r.label(),
                         Some(r.app.clone()),
                         String::new(),
@@ -109,8 +109,8 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Vec<EdgeChange>
                     ),
                     Some(have) if have != want => add(
                         2,
-                        "update",
-                        "route",
+                        EdgeAction::Update,
+                        EdgeKind::Route,
                         r.label(),
                         Some(r.app.clone()),
                         String::new(),
@@ -142,8 +142,8 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Vec<EdgeChange>
                 let path = caddy::path_of(have);
                 add(
                     3,
-                    "remove",
-                    "route",
+                    EdgeAction::Remove,
+                    EdgeKind::Route,
                     format!("{}{path}", hosts.join(",")),
                     Some(app.to_string()),
                     String::new(),
@@ -168,19 +168,19 @@ pub fn diff(desired: &DesiredState, observed: &ObservedState) -> Vec<EdgeChange>
 
 /// `+ route koa.localhost/ -> app (h1, h2)`, `~ edge h1: config`, `+ edge h1: container (caddy:2)`.
 pub fn line(c: &EdgeChange) -> String {
-    let sym = match c.action.as_str() {
-        "create" => "+",
-        "remove" => "-",
-        _ => "~",
+    let sym = match c.action {
+        EdgeAction::Create => "+",
+        EdgeAction::Remove => "-",
+        EdgeAction::Update => "~",
     };
-    match c.kind.as_str() {
-        "route" => format!(
+    match c.kind {
+        EdgeKind::Route => format!(
             "{sym} route {} -> {} ({})",
             c.subject,
             c.app.as_deref().unwrap_or("?"),
             c.hosts.join(", ")
         ),
-        "container" => format!(
+        EdgeKind::Container => format!(
             "{sym} edge {}: container ({})",
             c.hosts.join(", "),
             if c.detail.is_empty() {
@@ -189,7 +189,7 @@ pub fn line(c: &EdgeChange) -> String {
                 &c.detail
             }
         ),
-        _ => format!("{sym} edge {}: {}", c.hosts.join(", "), c.kind),
+        EdgeKind::Config => format!("{sym} edge {}: config", c.hosts.join(", ")),
     }
 }
 

@@ -35,13 +35,33 @@ pub struct Plan {
     pub context: ApplyContext,
 }
 
+/// What happens to a part of the edge (`create`, `remove`, `update` in the plan's JSON).
+/// Alphabetical, as plans list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgeAction {
+    Create,
+    Remove,
+    Update,
+}
+
+/// Which part of the edge (`config`, `container`, `route` in the plan's JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgeKind {
+    /// The shared config: ports, listeners, this environment's TLS policy.
+    Config,
+    /// The proxy container.
+    Container,
+    /// One of this environment's routes.
+    Route,
+}
+
 /// One change of the edge (docs/edge.md, *Plan*).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeChange {
-    /// `create`, `update` or `remove`.
-    pub action: String,
-    /// `container`, `config` or `route`.
-    pub kind: String,
+    pub action: EdgeAction,
+    pub kind: EdgeKind,
     /// The edge hosts it happens on.
     pub hosts: Vec<String>,
     /// The route (`koa.localhost/`) or the image.
