@@ -155,7 +155,23 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        runnable(&p);
         p
+    }
+
+    /// Waits until the script just written at `p` can be run. Another test's thread that forks
+    /// while this one has the file open for writing gives its child a copy of that descriptor,
+    /// and until the child execs, running the file fails with ETXTBSY ("Text file busy").
+    fn runnable(p: &Path) {
+        for _ in 0..200 {
+            match Command::new(p).stdin(Stdio::null()).output() {
+                Err(e) if e.raw_os_error() == Some(26) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => return,
+            }
+        }
+        panic!("{} stayed busy (ETXTBSY) for 2 s", p.display());
     }
 
     #[test]

@@ -371,19 +371,16 @@ fn cli_pushes_with_the_credentials_of_a_docker_credential_helper() {
     let bin = tmp.path().join("bin");
     fs::create_dir_all(&bin).unwrap();
     let helper = bin.join("docker-credential-fleettest");
-    fs::write(
+    support::write_script(
         &helper,
-        format!(
+        &format!(
             "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\n\
              if [ \"$server\" = \"$FLEETTEST_KNOWS\" ]; then\n\
              printf '{{\"ServerURL\":\"%s\",\"Username\":\"{}\",\"Secret\":\"{}\"}}\\n' \"$server\"\n\
              else echo 'credentials not found in native keychain'; exit 1; fi\n",
             tb.registry_user, tb.registry_password
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let docker_config = tmp.path().join("docker");
     fs::create_dir_all(&docker_config).unwrap();
     fs::write(

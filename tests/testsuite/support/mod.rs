@@ -326,6 +326,22 @@ pub fn unique() -> String {
     )
 }
 
+/// Writes an executable script to `path` and waits until it can be run: another test's thread
+/// that forks while the file is open for writing gives its child a copy of the descriptor, and
+/// until that child execs, running the file fails with ETXTBSY ("Text file busy").
+pub fn write_script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for _ in 0..200 {
+        match Command::new(path).stdin(Stdio::null()).output() {
+            Err(e) if e.raw_os_error() == Some(26) => std::thread::sleep(Duration::from_millis(10)),
+            _ => return,
+        }
+    }
+    panic!("{} stayed busy (ETXTBSY) for 2 s", path.display());
+}
+
 /// A test host's link, cut as a cable is: every packet in or out of its veth dropped silently
 /// (iptables), routes untouched. Restored when dropped.
 pub struct LinkCut {
