@@ -68,13 +68,7 @@ pub async fn run(args: Args, g: &Global) -> miette::Result<ExitCode> {
     } else {
         run_connected(&cx, &args).await
     };
-    let agents = match agents {
-        Ok(a) => a,
-        Err(e) => {
-            cx.close().await;
-            return Err(e);
-        }
-    };
+    let (cx, agents) = or_close(cx, agents).await?;
     // The accessories' step goes on with the same sessions.
     match agents {
         Agents::Planned { changes: false } if !accessories.is_empty() => {
@@ -111,12 +105,9 @@ fn manifest_and_versions(
     Ok((loaded, versions))
 }
 
-/// The sessions with `resolved`, or its error once they are closed.
-async fn or_close(
-    cx: Connected,
-    resolved: miette::Result<crate::desired::DesiredState>,
-) -> miette::Result<(Connected, crate::desired::DesiredState)> {
-    match resolved {
+/// The sessions with what a step gave, or its error once they are closed.
+async fn or_close<T>(cx: Connected, step: miette::Result<T>) -> miette::Result<(Connected, T)> {
+    match step {
         Ok(d) => Ok((cx, d)),
         Err(e) => {
             cx.close().await;

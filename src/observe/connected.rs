@@ -14,6 +14,11 @@ use crate::desired::{DesiredState, HostTarget, InstanceSpec};
 use crate::host::{AgentError, ConnectOptions, HostError, HostSession, close_all, connect_all};
 use crate::manifest::secret::SecretError;
 
+/// The hosts of `d`, in its order: one session each.
+fn targets(d: &DesiredState) -> Vec<HostTarget> {
+    d.hosts.iter().map(|h| h.target.clone()).collect()
+}
+
 /// Open sessions to every host of one environment. `D` is its desired state, owned (the
 /// operate commands) or borrowed (`plan_live`, the pipeline). Close it on every path.
 pub struct Connected<D = DesiredState> {
@@ -38,8 +43,7 @@ impl<D: Borrow<DesiredState>> Connected<D> {
     ) -> Result<Self, SecretError> {
         let d = desired.borrow();
         let consul_token = crate::manifest::secret::consul_token(d.consul.as_ref())?;
-        let targets: Vec<HostTarget> = d.hosts.iter().map(|h| h.target.clone()).collect();
-        let sessions = connect_all(&targets, &options, parallel).await;
+        let sessions = connect_all(&targets(d), &options, parallel).await;
         Ok(Connected {
             desired,
             sessions,
@@ -56,9 +60,6 @@ impl<D: Borrow<DesiredState>> Connected<D> {
         self,
         desired: E,
     ) -> Result<Connected<E>, SecretError> {
-        let targets = |d: &DesiredState| -> Vec<HostTarget> {
-            d.hosts.iter().map(|h| h.target.clone()).collect()
-        };
         let (was, now) = (self.desired(), desired.borrow());
         let same = targets(was) == targets(now) && was.consul == now.consul;
         if !same {
@@ -82,9 +83,8 @@ impl<D: Borrow<DesiredState>> Connected<D> {
     /// Read every host (a host without a session is a fault), then the KV once.
     pub async fn observe(&self) -> ObservedState {
         let d = self.desired();
-        let targets: Vec<HostTarget> = d.hosts.iter().map(|h| h.target.clone()).collect();
         let o = ObserveOptions::new(d, self.consul_token.clone(), self.parallel);
-        observe_all(&targets, &self.sessions, &o).await
+        observe_all(&targets(d), &self.sessions, &o).await
     }
 
     /// Close every session and remove the runtime directory.

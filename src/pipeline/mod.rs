@@ -217,18 +217,7 @@ impl<'a> Deployment<'a> {
             "connected and locked after {:.3}s",
             self.started.elapsed().as_secs_f64()
         );
-        match locked {
-            Ok(locked) => {
-                self.took_over(&locked);
-                self.run_with(locked, hosts, confirm).await
-            }
-            Err(e) => {
-                if let Ok(hosts) = hosts {
-                    hosts.close().await;
-                }
-                Err(e)
-            }
-        }
+        self.when_locked(locked, hosts, confirm).await
     }
 
     /// The pipeline on sessions already open (`setup` has them from its agents' step): the
@@ -239,13 +228,27 @@ impl<'a> Deployment<'a> {
         confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
     ) -> Result<Finished, PipelineError> {
         let what = format!("{}: planning", self.options.verb);
-        match Locked::take(self.desired, &what).await {
+        let locked = Locked::take(self.desired, &what).await;
+        self.when_locked(locked, Ok(hosts), confirm).await
+    }
+
+    /// Go on once the lock was asked for: with it, the pipeline; without it, the sessions
+    /// closed and the lock's error.
+    async fn when_locked(
+        &self,
+        locked: Result<Locked, PipelineError>,
+        hosts: Result<Hosts<'a>, SecretError>,
+        confirm: impl FnOnce(&Plan) -> std::io::Result<Answer>,
+    ) -> Result<Finished, PipelineError> {
+        match locked {
             Ok(locked) => {
                 self.took_over(&locked);
-                self.run_with(locked, Ok(hosts), confirm).await
+                self.run_with(locked, hosts, confirm).await
             }
             Err(e) => {
-                hosts.close().await;
+                if let Ok(hosts) = hosts {
+                    hosts.close().await;
+                }
                 Err(e)
             }
         }

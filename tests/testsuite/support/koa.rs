@@ -23,7 +23,7 @@ pub struct Koa {
     /// Another `FLEET_SSH_CONFIG` than the testbed's (the bare hosts').
     pub ssh_config: Option<PathBuf>,
     /// What makes this copy's names its own (`koa{id}`, `app{id}`, `client{id}`,
-    /// `redis{id}`): the process and a count, since the tests of this binary run side by side.
+    /// `redis{id}`; `support::unique`), since the tests of this binary run side by side.
     pub id: String,
 }
 
@@ -46,9 +46,7 @@ impl Koa {
             .status()
             .unwrap();
         assert!(ok.success(), "copying manifests/koa");
-        static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("{}n{n}", std::process::id());
+        let id = crate::support::unique();
         let project = format!("koa{id}");
         let service = format!("app{id}");
         let k = Koa {

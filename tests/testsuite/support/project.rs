@@ -37,8 +37,8 @@ impl Project {
         Project::named(tb, "fdt")
     }
 
-    /// `new` with its own name prefix; a count after the process id keeps two copies apart
-    /// (the tests of this binary run side by side).
+    /// `new` with its own name prefix; `support::unique` after it keeps two copies apart (the
+    /// tests of this binary run side by side).
     pub fn named(tb: &Testbed, prefix: &str) -> Project {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("m");
@@ -47,9 +47,7 @@ impl Project {
             &root,
         );
         std::fs::copy("/bin/busybox", root.join("app/busybox")).unwrap();
-        static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("{prefix}{}n{n}", std::process::id());
+        let name = format!("{prefix}{}", crate::support::unique());
         let toml = std::fs::read_to_string(root.join("fleet.toml"))
             .unwrap()
             .replacen("name = \"hello\"", &format!("name = \"{name}\""), 1)
